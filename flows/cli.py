@@ -1,0 +1,64 @@
+"""The `edgewave` command line. Heavy packages are imported inside commands, so `edgewave
+serve` at the edge never loads the control plane."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from tasks.settings import Settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="edgewave: edge-to-cloud MLOps for factory fleets.")
+console = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    try:
+        settings = Settings()
+    except Exception as exc:  # pydantic's message names the variable and what is wrong
+        console.print(f"[red]invalid settings:[/red] {exc}")
+        raise typer.Exit(2) from None
+    settings.apply_runtime_environment()
+    return settings
+
+
+@app.command()
+def release(
+    seed: Annotated[int | None, typer.Option(help="Seed of the generated training data (default: a new one).")] = None,
+) -> None:
+    """Train, export, sign, register and gate a new model version."""
+    settings = _settings()
+    if seed is not None:
+        settings = settings.model_copy(update={"data_seed": seed})
+    from flows.release import release as release_flow
+
+    result = release_flow(settings)
+    verdict = "[green]PASSED → @staging[/green]" if result.staged else "[yellow]REJECTED[/yellow]"
+    console.print(f"{result.model} [bold]v{result.version}[/bold] ({result.family}) gate {verdict}: {result.gate_reason}")
+    console.print(f"bundle: {result.bundle_url}")
+    print(json.dumps({"model": result.model, "version": result.version, "staged": result.staged}))
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """Registry state: versions, tags and aliases."""
+    settings = _settings()
+    from tasks.registry import registry_state
+
+    state = {"registry": registry_state(settings)}
+    if as_json:
+        json.dump(state, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+        return
+    reg = state["registry"]
+    console.print(f"model [bold]{reg['model']}[/bold] ({reg['tracking_uri']})")
+    console.print("aliases: " + (", ".join(f"@{a} → v{v}" for a, v in reg["aliases"].items()) or "none"))
+    for v in reg["versions"]:
+        console.print(f"  v{v['version']} {' '.join('@' + a for a in v['aliases'])}  "
+                      f"{v['tags'].get('family', '')} {v['tags'].get('metrics', '')} gate={v['tags'].get('gate.passed', '?')}")

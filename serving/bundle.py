@@ -1,0 +1,183 @@
+"""The model bundle as the edge sees it: its manifest schema and its verification.
+
+A bundle is a folder: `model.onnx` (+ optional variants), `bundle.json` (the manifest) and
+`bundle.sig` (an ed25519 signature over the manifest's exact bytes). The manifest holds the
+sha256 of every model file, so one signature covers the whole bundle. An edge site loads
+nothing that `verify_bundle` has not accepted.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+MANIFEST = "bundle.json"
+SIGNATURE = "bundle.sig"
+MODEL = "model.onnx"
+
+
+class BundleError(Exception):
+    """Base of every reason a bundle is refused."""
+
+
+class BundleIncompleteError(BundleError):
+    """A file the bundle must contain is absent."""
+
+
+class SignatureMissingError(BundleError):
+    """The bundle carries no signature."""
+
+
+class UnknownKeyError(BundleError):
+    """The bundle is signed by a key this site does not trust."""
+
+
+class SignatureInvalidError(BundleError):
+    """The signature does not match the manifest: it was edited or signed by another key."""
+
+
+class ManifestInvalidError(BundleError):
+    """The manifest is signed but lacks fields or has wrong values."""
+
+
+class HashMismatchError(BundleError):
+    """A model file's content does not match the sha256 in the manifest."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FeatureSpec(_Strict):
+    name: str = Field(min_length=1)
+    dtype: Literal["float32"] = "float32"
+    min: float
+    max: float
+
+
+class InputSchema(_Strict):
+    name: str = "features"
+    features: list[FeatureSpec] = Field(min_length=1)
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+
+class OutputSchema(_Strict):
+    name: str = "probabilities"
+    positive_index: int = Field(1, ge=0)
+
+
+class ModelFile(_Strict):
+    path: str = Field(pattern=r"^[\w.-]+\.onnx$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(gt=0)
+
+
+class Reference(_Strict):
+    """Training reference for drift checks: a row sample (columnar) and per-feature quantiles."""
+
+    rows: int = Field(gt=0)
+    columns: dict[str, list[float]]
+    quantiles: dict[str, list[float]]
+
+
+class BundleManifest(_Strict):
+    schema_version: Literal[1] = 1
+    name: str = Field(min_length=1)
+    version: int = Field(ge=1)
+    created_at: datetime
+    edgewave_version: str
+    family: str
+    model: ModelFile
+    variants: dict[str, ModelFile] = Field(default_factory=dict)
+    input: InputSchema
+    output: OutputSchema
+    class_labels: list[str] = Field(min_length=2)
+    threshold: float = Field(ge=0, le=1)
+    metrics: dict[str, float]
+    data_fingerprint: str
+    parity_max_abs_diff: float
+    reference: Reference
+
+
+def key_id(public_key: Ed25519PublicKey) -> str:
+    """Short stable name of a public key: the first 16 hex digits of sha256(raw key)."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def load_trusted_keys(folder: Path) -> dict[str, Ed25519PublicKey]:
+    """Every `*.pub` (PEM) in `folder`, by key id."""
+    keys: dict[str, Ed25519PublicKey] = {}
+    for path in sorted(Path(folder).glob("*.pub")):
+        key = serialization.load_pem_public_key(path.read_bytes())
+        if not isinstance(key, Ed25519PublicKey):
+            raise BundleError(f"{path}: not an ed25519 public key")
+        keys[key_id(key)] = key
+    return keys
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_signature(folder: Path) -> tuple[str, bytes]:
+    path = folder / SIGNATURE
+    if not path.exists():
+        raise SignatureMissingError(f"{folder}: no {SIGNATURE}; unsigned bundles are refused")
+    try:
+        data = json.loads(path.read_text())
+        return str(data["key_id"]), base64.b64decode(data["signature"], validate=True)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SignatureMissingError(f"{path}: unreadable signature file ({exc})") from exc
+
+
+def verify_bundle(folder: str | Path, trusted: dict[str, Ed25519PublicKey]) -> BundleManifest:
+    """Check signature, manifest and file hashes, in that order; return the manifest.
+
+    Raises a distinct `BundleError` subclass for each way a bundle can be wrong, so the edge
+    can count and report why it refused one.
+    """
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST
+    if not manifest_path.exists():
+        raise BundleIncompleteError(f"{folder}: no {MANIFEST}")
+    manifest_bytes = manifest_path.read_bytes()
+    signer, signature = _read_signature(folder)
+    key = trusted.get(signer)
+    if key is None:
+        raise UnknownKeyError(f"{folder}: signed by key {signer}, which is not among the trusted keys {sorted(trusted)}")
+    try:
+        key.verify(signature, manifest_bytes)
+    except InvalidSignature:
+        raise SignatureInvalidError(
+            f"{folder}: the signature does not match {MANIFEST} for key {signer} (manifest edited or signed by another key)"
+        ) from None
+    try:
+        manifest = BundleManifest.model_validate_json(manifest_bytes)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors())
+        raise ManifestInvalidError(f"{manifest_path}: {problems}") from None
+    for entry in [manifest.model, *manifest.variants.values()]:
+        path = folder / entry.path
+        if not path.exists():
+            raise BundleIncompleteError(f"{folder}: {entry.path} is named in the manifest but absent")
+        actual = file_sha256(path)
+        if actual != entry.sha256:
+            raise HashMismatchError(f"{path}: sha256 {actual} does not match the manifest's {entry.sha256}")
+    return manifest

@@ -1,0 +1,158 @@
+"""Building, signing and storing model bundles (the control-plane half of serving/bundle.py)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version as package_version
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pandas as pd
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from serving.bundle import (
+    MANIFEST,
+    MODEL,
+    SIGNATURE,
+    BundleManifest,
+    FeatureSpec,
+    InputSchema,
+    ModelFile,
+    OutputSchema,
+    Reference,
+    key_id,
+)
+from tasks.data import CLASS_LABELS, FEATURES
+from tasks.export import INPUT_NAME, OUTPUT_NAME
+
+INT8_MODEL = "model.int8.onnx"
+
+
+def edgewave_version() -> str:
+    try:
+        return package_version("edgewave")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "0+unknown"
+
+
+def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
+    """The release signing key; created with its `.pub` beside it on first use (mode 0600)."""
+    if path.exists():
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise PermissionError(f"{path}: signing key is readable by others (mode {mode:o}); chmod 600 it")
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"{path}: not an ed25519 private key")
+        return key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(pem)
+    public_path(path).write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return key
+
+
+def public_path(private_key_path: Path) -> Path:
+    return private_key_path.with_suffix(".pub")
+
+
+def reference_from(train_frame: pd.DataFrame, max_rows: int, seed: int = 0) -> Reference:
+    """A row sample (for Evidently) and 101 quantiles per feature (for cheap checks)."""
+    sample = train_frame.sample(n=min(max_rows, len(train_frame)), random_state=seed)
+    levels = np.linspace(0, 1, 101)
+    return Reference(
+        rows=len(sample),
+        columns={f: np.round(sample[f].to_numpy(dtype=float), 4).tolist() for f in FEATURES},
+        quantiles={f: np.round(np.quantile(train_frame[f], levels), 4).tolist() for f in FEATURES},
+    )
+
+
+def model_file(name: str, content: bytes) -> ModelFile:
+    return ModelFile(path=name, sha256=hashlib.sha256(content).hexdigest(), size=len(content))
+
+
+def build_manifest(*, name: str, version: int, family: str, model: bytes, int8_model: bytes | None,
+                   train_frame: pd.DataFrame, threshold: float, metrics: dict[str, float],
+                   data_fingerprint: str, parity_max_abs_diff: float, reference_rows: int) -> BundleManifest:
+    """The manifest of a bundle; valid ranges are those seen in training."""
+    features = [
+        FeatureSpec(name=f, min=float(train_frame[f].min()), max=float(train_frame[f].max())) for f in FEATURES
+    ]
+    return BundleManifest(
+        name=name,
+        version=version,
+        created_at=datetime.now(timezone.utc),
+        edgewave_version=edgewave_version(),
+        family=family,
+        model=model_file(MODEL, model),
+        variants={"int8": model_file(INT8_MODEL, int8_model)} if int8_model else {},
+        input=InputSchema(name=INPUT_NAME, features=features),
+        output=OutputSchema(name=OUTPUT_NAME, positive_index=1),
+        class_labels=list(CLASS_LABELS),
+        threshold=threshold,
+        metrics=metrics,
+        data_fingerprint=data_fingerprint,
+        parity_max_abs_diff=parity_max_abs_diff,
+        reference=reference_from(train_frame, reference_rows),
+    )
+
+
+def sign(manifest_bytes: bytes, key: Ed25519PrivateKey) -> bytes:
+    """The `bundle.sig` content: key id and base64 ed25519 signature over the manifest bytes."""
+    signature = base64.b64encode(key.sign(manifest_bytes)).decode()
+    return json.dumps({"algorithm": "ed25519", "key_id": key_id(key.public_key()), "signature": signature}).encode()
+
+
+def write_bundle(folder: Path, manifest: BundleManifest, model: bytes, int8_model: bytes | None,
+                 key: Ed25519PrivateKey) -> Path:
+    """Write the bundle files to `folder` and sign the manifest."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MODEL).write_bytes(model)
+    if int8_model:
+        (folder / INT8_MODEL).write_bytes(int8_model)
+    manifest_bytes = manifest.model_dump_json(indent=1).encode()
+    (folder / MANIFEST).write_bytes(manifest_bytes)
+    (folder / SIGNATURE).write_bytes(sign(manifest_bytes, key))
+    return folder
+
+
+def bundle_url(store: str, name: str, version: int) -> str:
+    return f"{store.rstrip('/')}/{name}/v{version}"
+
+
+def upload_bundle(folder: Path, url: str) -> str:
+    """Copy a bundle folder to the store; idempotent (same files, same place).
+
+    The manifest and signature go last, so a reader never sees a signed manifest whose
+    model file is still on its way.
+    """
+    fs, root = fsspec.core.url_to_fs(url)
+    fs.makedirs(root, exist_ok=True)
+    files = sorted(p.name for p in folder.iterdir() if p.is_file())
+    ordered = [f for f in files if f not in (MANIFEST, SIGNATURE)] + [MANIFEST, SIGNATURE]
+    for name in ordered:
+        fs.put_file(str(folder / name), f"{root}/{name}")
+    return url
+
+
+def download_bundle(url: str, folder: Path) -> Path:
+    """Fetch a bundle folder from the store (verification is the caller's next step)."""
+    fs, root = fsspec.core.url_to_fs(url)
+    if not fs.exists(f"{root}/{MANIFEST}"):
+        raise FileNotFoundError(f"{url}: no {MANIFEST} there")
+    folder.mkdir(parents=True, exist_ok=True)
+    for entry in fs.ls(root, detail=False):
+        name = entry.rstrip("/").rsplit("/", 1)[-1]
+        fs.get_file(entry, str(folder / name))
+    return folder

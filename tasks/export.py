@@ -1,0 +1,157 @@
+"""ONNX export, structural check, parity against the source model, and an int8 variant.
+
+Every exported graph has the same contract, which the edge relies on: one float32 input
+`features` of shape [batch, n_features] and an output `probabilities` of shape [batch, 2]
+(columns: ok, failure).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from tasks.train import TrainedModel, evaluate
+
+INPUT_NAME = "features"
+OUTPUT_NAME = "probabilities"
+OPSET = 18
+
+
+class ParityError(RuntimeError):
+    """The ONNX graph does not reproduce the source model within tolerance."""
+
+
+@dataclass(frozen=True)
+class QuantizedVariant:
+    model: bytes | None
+    max_abs_diff: float | None
+    pr_auc_delta: float | None
+    kept: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class Export:
+    family: str
+    model: bytes
+    parity_max_abs_diff: float
+    opset: int
+    quantized: QuantizedVariant
+
+
+def _export_sklearn(trained: TrainedModel, n_features: int) -> onnx.ModelProto:
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+
+    model = to_onnx(
+        trained.model,
+        initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
+        options={id(trained.model): {"zipmap": False}},
+        target_opset={"": OPSET, "ai.onnx.ml": 3},
+        final_types=None,
+    )
+    # skl2onnx names the outputs "label" and "probabilities"; keep only what the edge reads.
+    names = [o.name for o in model.graph.output]
+    if OUTPUT_NAME not in names:
+        raise RuntimeError(f"skl2onnx produced outputs {names}, expected {OUTPUT_NAME!r}")
+    return model
+
+
+def _export_torch(trained: TrainedModel, n_features: int) -> onnx.ModelProto:
+    import torch
+
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" noise
+    example = (torch.zeros(4, n_features, dtype=torch.float32),)
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.onnx.export(
+        trained.model,
+        example,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_shapes=({0: batch},),
+        opset_version=OPSET,
+        dynamo=True,
+        verbose=False,
+    )
+    return program.model_proto
+
+
+def to_onnx(trained: TrainedModel, n_features: int) -> onnx.ModelProto:
+    """Export with a dynamic batch axis and check the graph with `onnx.checker`."""
+    exporters = {"sklearn": _export_sklearn, "torch": _export_torch}
+    model = exporters[trained.family](trained, n_features)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def session(model: bytes) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def onnx_proba(model: bytes | ort.InferenceSession, x: np.ndarray) -> np.ndarray:
+    """Failure probability per row from an ONNX graph of the edgewave contract."""
+    sess = model if isinstance(model, ort.InferenceSession) else session(model)
+    (out,) = sess.run([OUTPUT_NAME], {INPUT_NAME: np.asarray(x, dtype=np.float32)})
+    return np.asarray(out, dtype=np.float64)[:, 1]
+
+
+def parity(trained: TrainedModel, model: bytes, x: np.ndarray, tolerance: float) -> float:
+    """Max |p_source - p_onnx| on `x`; raises ParityError above `tolerance`."""
+    diff = float(np.max(np.abs(trained.predict_proba(x) - onnx_proba(model, x))))
+    if not np.isfinite(diff) or diff > tolerance:
+        raise ParityError(
+            f"{trained.family}: ONNX probabilities differ from the source model by {diff:.3g} "
+            f"(max abs over {len(x)} held-out rows), above the tolerance {tolerance:.1g}"
+        )
+    return diff
+
+
+def quantize(model: bytes, x: np.ndarray, y: np.ndarray, threshold: float, max_delta: float) -> QuantizedVariant:
+    """Dynamic int8 quantisation, kept only if it loses at most `max_delta` PR-AUC.
+
+    The largest probability change is recorded too; int8 weights move individual
+    probabilities by a few percent, so ranking quality is the bound that matters.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+
+    proto = onnx.load_from_string(model)
+    if not any(node.op_type in {"MatMul", "Gemm"} for node in proto.graph.node):
+        return QuantizedVariant(None, None, None, False, "no MatMul/Gemm to quantise (tree ensemble)")
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
+        src.write_bytes(model)
+        root = logging.getLogger()
+        level, root.level = root.level, logging.ERROR  # ORT logs a pre-processing hint to root
+        try:
+            quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+        finally:
+            root.setLevel(level)
+        quantized = dst.read_bytes()
+    base, q = onnx_proba(model, x), onnx_proba(quantized, x)
+    diff = float(np.max(np.abs(base - q)))
+    delta = evaluate(y, base, threshold).pr_auc - evaluate(y, q, threshold).pr_auc
+    kept = delta <= max_delta
+    reason = f"PR-AUC loss {delta:.4f} {'within' if kept else 'outside'} bound {max_delta:g}"
+    return QuantizedVariant(quantized if kept else None, diff, float(delta), kept, reason)
+
+
+def export_model(trained: TrainedModel, x_test: np.ndarray, y_test: np.ndarray,
+                 tolerance: float = 1e-4, quantization_max_delta: float = 0.01) -> Export:
+    """Export, check, prove parity on held-out rows, and try the int8 variant."""
+    proto = to_onnx(trained, x_test.shape[1])
+    buffer = io.BytesIO()
+    onnx.save_model(proto, buffer)
+    model = buffer.getvalue()
+    diff = parity(trained, model, x_test, tolerance)
+    variant = quantize(model, x_test, y_test, trained.metrics.threshold, quantization_max_delta)
+    return Export(trained.family, model, diff, OPSET, variant)

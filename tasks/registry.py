@@ -1,0 +1,181 @@
+"""MLflow tracking and registry: runs, versions, aliases and tags.
+
+Aliases only, never stages: @candidate on register, @staging after the gate, @production and
+@previous set by the rollout. Every writer here is idempotent so a Prefect retry after a
+half-done call does not create a second run or version.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import onnx
+import onnxruntime
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from tasks.settings import Settings
+
+CANDIDATE, STAGING, PRODUCTION, PREVIOUS = "candidate", "staging", "production", "previous"
+BASELINE_ALIASES = (PRODUCTION, STAGING)
+RELEASE_TAG = "edgewave.release_id"
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    name: str
+    version: int
+    run_id: str
+
+
+def client(settings: Settings) -> MlflowClient:
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    return MlflowClient(settings.mlflow_tracking_uri)
+
+
+def ensure_experiment(settings: Settings) -> str:
+    """The release experiment; embedded artifacts go under EDGEWAVE_HOME, never the cwd."""
+    mlc = client(settings)
+    experiment = mlc.get_experiment_by_name(settings.experiment_name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None if settings.uses_tracking_server else settings.artifact_root.as_uri()
+    try:
+        return mlc.create_experiment(settings.experiment_name, artifact_location=location)
+    except MlflowException:  # created meanwhile by a concurrent or retried call
+        return mlc.get_experiment_by_name(settings.experiment_name).experiment_id
+
+
+def log_training_run(settings: Settings, release_id: str, family: str, params: dict[str, Any],
+                     metrics: dict[str, float], data_fingerprint: str, parity_max_abs_diff: float) -> str:
+    """One MLflow run per trained candidate; returns the existing run on a retry."""
+    mlc = client(settings)
+    experiment_id = ensure_experiment(settings)
+    existing = mlc.search_runs(
+        [experiment_id], f"tags.`{RELEASE_TAG}` = '{release_id}' and tags.`edgewave.family` = '{family}'"
+    )
+    if existing:
+        return existing[0].info.run_id
+    run = mlc.create_run(experiment_id, run_name=f"{release_id}-{family}",
+                         tags={RELEASE_TAG: release_id, "edgewave.family": family, "data_fingerprint": data_fingerprint})
+    run_id = run.info.run_id
+    mlc.log_batch(
+        run_id,
+        metrics=[mlflow.entities.Metric(k, float(v), 0, 0) for k, v in {**metrics, "parity_max_abs_diff": parity_max_abs_diff}.items()],
+        params=[mlflow.entities.Param(k, json.dumps(v) if not isinstance(v, str) else v) for k, v in params.items()],
+    )
+    mlc.set_terminated(run_id)
+    return run_id
+
+
+def _version_for_run(mlc: MlflowClient, name: str, run_id: str) -> ModelVersion | None:
+    try:
+        versions = mlc.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    except MlflowException:
+        return None
+    return versions[0] if versions else None
+
+
+def register_candidate(settings: Settings, run_id: str, model: bytes, tags: dict[str, str]) -> RegisteredVersion:
+    """Log the ONNX model to the run, register it, tag it and point @candidate at it.
+
+    Keyed by the run: a retry finds the version registered by the first attempt.
+    """
+    mlc = client(settings)
+    name = settings.model_name
+    version = _version_for_run(mlc, name, run_id)
+    if version is None:
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.onnx.log_model(
+                onnx.load_from_string(model),
+                name="model",
+                pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
+                save_as_external_data=False,
+            )
+        mlc.set_terminated(run_id)
+        try:
+            mlc.create_registered_model(name)
+        except MlflowException as exc:
+            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+                raise
+        version = mlc.create_model_version(name, info.model_uri, run_id=run_id)
+    number = int(version.version)
+    for key, value in tags.items():
+        mlc.set_model_version_tag(name, str(number), key, value)
+    mlc.set_registered_model_alias(name, CANDIDATE, str(number))
+    return RegisteredVersion(name, number, run_id)
+
+
+def attach_bundle(settings: Settings, registered: RegisteredVersion, folder: Path, url: str) -> None:
+    """Log the signed bundle as run artifacts and record where the edge fetches it."""
+    mlc = client(settings)
+    mlc.log_artifacts(registered.run_id, str(folder), artifact_path="bundle")
+    mlc.set_model_version_tag(registered.name, str(registered.version), "bundle_url", url)
+
+
+def baseline_version(settings: Settings, exclude: int) -> tuple[str, ModelVersion] | None:
+    """The version a challenger must not be worse than: @production, else @staging."""
+    mlc = client(settings)
+    for alias in BASELINE_ALIASES:
+        try:
+            version = mlc.get_model_version_by_alias(settings.model_name, alias)
+        except MlflowException:
+            continue
+        if int(version.version) != exclude:
+            return alias, version
+    return None
+
+
+def download_onnx(settings: Settings, version: ModelVersion) -> bytes:
+    """The ONNX graph of a registered version, as logged by `register_candidate`."""
+    client(settings)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=tmp))
+        found = sorted(local.rglob("*.onnx"))
+        if not found:
+            raise FileNotFoundError(f"model version {version.version}: no .onnx file under {version.source}")
+        return found[0].read_bytes()
+
+
+def record_gate(settings: Settings, registered: RegisteredVersion, tags: dict[str, str], passed: bool) -> None:
+    """Tag the decision on the version; move @staging only when it passed."""
+    mlc = client(settings)
+    for key, value in tags.items():
+        mlc.set_model_version_tag(registered.name, str(registered.version), key, value)
+    if passed:
+        mlc.set_registered_model_alias(registered.name, STAGING, str(registered.version))
+
+
+def registry_state(settings: Settings) -> dict[str, Any]:
+    """Model name, aliases and every version with its tags: what `edgewave status` prints."""
+    mlc = client(settings)
+    name = settings.model_name
+    try:
+        model = mlc.get_registered_model(name)
+    except MlflowException:
+        return {"model": name, "tracking_uri": settings.mlflow_tracking_uri, "aliases": {}, "versions": []}
+    versions = sorted(mlc.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
+    by_version: dict[int, list[str]] = {}
+    for alias, number in model.aliases.items():  # search results do not carry aliases
+        by_version.setdefault(int(number), []).append(alias)
+    return {
+        "model": name,
+        "tracking_uri": settings.mlflow_tracking_uri,
+        "aliases": {alias: int(v) for alias, v in sorted(model.aliases.items())},
+        "versions": [
+            {
+                "version": int(v.version),
+                "aliases": sorted(by_version.get(int(v.version), [])),
+                "run_id": v.run_id,
+                "created": v.creation_timestamp,
+                "tags": dict(sorted(v.tags.items())),
+            }
+            for v in versions
+        ],
+    }

@@ -1,0 +1,180 @@
+"""Thin Prefect tasks of the release flow over the plain functions in this package.
+
+Everything that talks to MLflow or the bundle store retries with backoff; every side effect
+has `cache_policy=NONE` and is keyed (release id, training run, model version) so a retry or
+a re-run never registers or uploads twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NONE
+
+from tasks import bundle as bundles
+from tasks import registry
+from tasks.data import generate, load_user_data
+from tasks.export import Export, export_model, onnx_proba
+from tasks.gate import GateDecision, judge
+from tasks.settings import Settings
+from tasks.train import Split, TrainedModel, evaluate, split_data, train_sklearn, train_torch
+
+REMOTE = {"retries": 4, "retry_delay_seconds": [2, 5, 15, 30], "cache_policy": NONE}
+LOCAL = {"cache_policy": NONE}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    trained: TrainedModel
+    exported: Export
+
+
+@task(name="load-training-data", **LOCAL)
+def load_training_data(settings: Settings, seed: int) -> pd.DataFrame:
+    """The user's data set when configured, else AI4I-style generated data."""
+    if settings.data_path is not None:
+        return load_user_data(settings.data_path)
+    return generate(settings.train_rows, seed)
+
+
+@task(name="split-data", **LOCAL)
+def split(frame: pd.DataFrame, seed: int) -> Split:
+    return split_data(frame, seed)
+
+
+@task(name="train-sklearn", **LOCAL)
+def fit_sklearn(data: Split, seed: int) -> TrainedModel:
+    return train_sklearn(data, seed)
+
+
+@task(name="train-torch", **LOCAL)
+def fit_torch(data: Split, seed: int) -> TrainedModel:
+    return train_torch(data, seed)
+
+
+@task(name="export-onnx", **LOCAL)
+def export(trained: TrainedModel, data: Split, settings: Settings) -> Candidate:
+    """ONNX export with parity on the held-out split; fails with the difference if above tolerance."""
+    return Candidate(trained, export_model(trained, data.x_test, data.y_test, settings.parity_tolerance,
+                                           settings.quantization_max_delta))
+
+
+@task(name="log-training-run", **REMOTE)
+def log_run(settings: Settings, release_id: str, candidate: Candidate, data: Split) -> str:
+    t = candidate.trained
+    params = {**t.params, "int8_kept": candidate.exported.quantized.kept}
+    metrics = t.metrics.as_dict()
+    if candidate.exported.quantized.pr_auc_delta is not None:
+        metrics["int8_pr_auc_delta"] = candidate.exported.quantized.pr_auc_delta
+        metrics["int8_max_abs_diff"] = float(candidate.exported.quantized.max_abs_diff or 0.0)
+    return registry.log_training_run(settings, release_id, t.family, params, metrics, data.data_fingerprint,
+                                     candidate.exported.parity_max_abs_diff)
+
+
+@task(name="register-candidate", **REMOTE)
+def register(settings: Settings, run_id: str, champion: Candidate, data: Split) -> registry.RegisteredVersion:
+    """Register the champion and move @candidate to it (keyed by its training run)."""
+    import hashlib
+    import json
+
+    m = champion.trained.metrics
+    tags = {
+        "family": champion.trained.family,
+        "onnx_sha256": hashlib.sha256(champion.exported.model).hexdigest(),
+        "parity_max_abs_diff": f"{champion.exported.parity_max_abs_diff:.3g}",
+        "metrics": json.dumps({"pr_auc": round(m.pr_auc, 4), "f1": round(m.f1, 4), "recall": round(m.recall, 4)}),
+        "threshold": f"{m.threshold:.6g}",
+        "data_fingerprint": data.data_fingerprint,
+        "int8": champion.exported.quantized.reason,
+    }
+    return registry.register_candidate(settings, run_id, champion.exported.model, tags)
+
+
+@task(name="build-signed-bundle", **LOCAL)
+def build_bundle(settings: Settings, version: registry.RegisteredVersion, champion: Candidate, data: Split,
+                 release_id: str) -> Path:
+    """model.onnx + bundle.json + ed25519 signature, written under EDGEWAVE_HOME/work."""
+    key = bundles.load_or_create_signing_key(settings.signing_key)
+    manifest = bundles.build_manifest(
+        name=version.name, version=version.version, family=champion.trained.family,
+        model=champion.exported.model, int8_model=champion.exported.quantized.model,
+        train_frame=data.train_frame, threshold=champion.trained.metrics.threshold,
+        metrics=champion.trained.metrics.as_dict(), data_fingerprint=data.data_fingerprint,
+        parity_max_abs_diff=champion.exported.parity_max_abs_diff, reference_rows=settings.reference_rows,
+    )
+    folder = settings.home / "work" / release_id / f"bundle-v{version.version}"
+    return bundles.write_bundle(folder, manifest, champion.exported.model, champion.exported.quantized.model, key)
+
+
+@task(name="store-bundle", **REMOTE)
+def store_bundle(settings: Settings, version: registry.RegisteredVersion, folder: Path) -> str:
+    """Upload to the bundle store and record it on the version (same URL on every retry)."""
+    url = bundles.upload_bundle(folder, bundles.bundle_url(settings.bundle_store, version.name, version.version))
+    registry.attach_bundle(settings, version, folder, url)
+    return url
+
+
+@task(name="quality-gate", **REMOTE)
+def quality_gate(settings: Settings, version: registry.RegisteredVersion, champion: Candidate,
+                 data: Split) -> GateDecision:
+    """Challenger vs the baseline version (@production, else @staging) on this held-out split."""
+    baseline = registry.baseline_version(settings, exclude=version.version)
+    scored = None
+    if baseline is not None:
+        alias, base = baseline
+        proba = onnx_proba(registry.download_onnx(settings, base), data.x_test)
+        scored = (alias, int(base.version), evaluate(data.y_test, proba, 0.5).pr_auc)
+    return judge(champion.trained.metrics.pr_auc, scored, settings.gate_tolerance, settings.gate_floor_pr_auc)
+
+
+@task(name="record-gate", **REMOTE)
+def record_gate(settings: Settings, version: registry.RegisteredVersion, decision: GateDecision) -> None:
+    """Tag the decision on the version; @staging moves only on a pass."""
+    registry.record_gate(settings, version, decision.as_tags(), decision.passed)
+
+
+def draw_seed(settings: Settings) -> int:
+    return settings.data_seed if settings.data_seed is not None else int(np.random.SeedSequence().entropy % 2**31)
+
+
+def run_link(settings: Settings, run_id: str) -> str:
+    """Where a person opens the MLflow run: the server UI, or the command to browse SQLite."""
+    if settings.uses_tracking_server:
+        client = registry.client(settings)
+        experiment_id = client.get_run(run_id).info.experiment_id
+        return f"{settings.mlflow_tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"run {run_id} (browse: mlflow ui --backend-store-uri {settings.mlflow_tracking_uri})"
+
+
+def summary_markdown(release_id: str, version: registry.RegisteredVersion, candidates: list[Candidate],
+                     champion: Candidate, decision: GateDecision, url: str, link: str) -> str:
+    rows = "\n".join(
+        f"| {c.trained.family}{' (champion)' if c is champion else ''} | {c.trained.metrics.pr_auc:.4f} | "
+        f"{c.trained.metrics.f1:.4f} | {c.trained.metrics.recall:.4f} | {c.exported.parity_max_abs_diff:.2e} | "
+        f"{c.exported.quantized.reason} |"
+        for c in candidates
+    )
+    verdict = "PASSED → @staging" if decision.passed else "REJECTED (stays @candidate)"
+    return (
+        f"# Release {release_id}: {version.name} v{version.version}\n\n"
+        "| model | PR-AUC | F1 | recall | ONNX parity (max abs) | int8 |\n|---|---|---|---|---|---|\n"
+        f"{rows}\n\n**Quality gate:** {verdict}: {decision.reason}\n\n"
+        f"**Bundle:** `{url}`\n\n**MLflow:** {link}\n"
+    )
+
+
+@task(name="publish-summary", **REMOTE)
+def publish_summary(settings: Settings, release_id: str, version: registry.RegisteredVersion,
+                    candidates: list[Candidate], champion: Candidate, decision: GateDecision, url: str) -> str:
+    """A markdown artifact in Prefect with metrics, parity, the gate decision and the run link."""
+    from prefect.artifacts import create_markdown_artifact
+
+    markdown = summary_markdown(release_id, version, candidates, champion, decision, url,
+                                run_link(settings, version.run_id))
+    create_markdown_artifact(markdown, key=f"release-{version.name}".lower().replace("_", "-"),
+                             description=f"release {release_id}")
+    return markdown

@@ -1,0 +1,104 @@
+"""The one settings object of edgewave.
+
+Built once at the edge of the program (the CLI, a test) and passed down; nothing reads the
+environment at import time. Only pydantic-settings is needed, so the edge runtime can use it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, computed_field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """edgewave's configuration, read from `EDGEWAVE_*` variables and an optional `.env`."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGEWAVE_", env_file=".env", extra="ignore")
+
+    home: Path = Field(Path(".edgewave"), description="Folder holding all embedded state.")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; default SQLite under home. An http:// URL uses a server."
+    )
+    bundle_store_url: str | None = Field(
+        None, description="fsspec URL where signed bundles are stored; default a folder under home."
+    )
+    signing_key_path: Path | None = Field(
+        None, description="ed25519 private key (PEM); created with its public key on first use."
+    )
+    trusted_keys_dir: Path | None = Field(
+        None, description="Folder of trusted public keys (*.pub) for bundle verification."
+    )
+    model_name: str = Field("machine-failure", min_length=1, pattern=r"^[A-Za-z0-9][\w.-]*$")
+    experiment_name: str = "edgewave-release"
+    telemetry: bool = Field(False, description="Let Prefect and MLflow send usage telemetry.")
+
+    data_path: Path | None = Field(
+        None, description="Your own training data (CSV/Parquet, AI4I columns); default: generated data."
+    )
+    train_rows: int = Field(10_000, ge=500, le=5_000_000)
+    data_seed: int | None = Field(None, description="Seed of the generated data; None draws one per run.")
+    parity_tolerance: float = Field(1e-4, gt=0, le=1e-2)
+    quantization_max_delta: float = Field(
+        0.01, ge=0, description="Largest PR-AUC loss (and probability drift) an int8 variant may add."
+    )
+    gate_tolerance: float = Field(
+        0.02, ge=0, le=1, description="How much PR-AUC a challenger may lose to the baseline."
+    )
+    gate_floor_pr_auc: float = Field(
+        0.5, ge=0, le=1, description="PR-AUC the first model must reach with no baseline."
+    )
+    reference_rows: int = Field(5_000, ge=100, le=5_000)
+
+    @model_validator(mode="after")
+    def _absolute_home(self) -> Settings:
+        self.home = self.home.expanduser().resolve()
+        return self
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return self.tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def bundle_store(self) -> str:
+        return self.bundle_store_url or (self.home / "bundles").as_uri()
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def signing_key(self) -> Path:
+        return self.signing_key_path or self.home / "keys" / "signing.key"
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def trusted_keys(self) -> Path:
+        return self.trusted_keys_dir or self.signing_key.parent
+
+    @property
+    def artifact_root(self) -> Path:
+        """Where MLflow keeps artifacts when tracking is embedded (never the current folder)."""
+        return self.home / "mlartifacts"
+
+    @property
+    def uses_tracking_server(self) -> bool:
+        return self.mlflow_tracking_uri.startswith(("http://", "https://"))
+
+    def apply_runtime_environment(self) -> None:
+        """Point Prefect and MLflow at edgewave's state and turn their telemetry off.
+
+        Must run before prefect or mlflow is imported: both read these at import.
+        """
+        self.home.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("PREFECT_HOME", str(self.home / "prefect"))
+        # MLflow's own HTTP retries default to ~4 minutes of backoff; keep them short so the
+        # flow's task retries (which log what happens) do the waiting.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        if not self.telemetry:
+            os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+            os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+            os.environ.setdefault("DO_NOT_TRACK", "1")
