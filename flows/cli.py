@@ -12,7 +12,7 @@ from rich.console import Console
 
 from tasks.settings import Settings
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="edgewave: edge-to-cloud MLOps for factory fleets.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False, help="edgewave: edge-to-cloud MLOps for factory fleets.")
 console = Console(stderr=True)
 
 
@@ -36,7 +36,11 @@ def release(
         settings = settings.model_copy(update={"data_seed": seed})
     from flows.release import release as release_flow
 
-    result = release_flow(settings)
+    try:
+        result = release_flow(settings)
+    except Exception as exc:  # the flow's log above has the traceback; say what failed, plainly
+        console.print(f"[red]release failed:[/red] {type(exc).__name__}: {exc}")
+        raise typer.Exit(1) from None
     verdict = "[green]PASSED → @staging[/green]" if result.staged else "[yellow]REJECTED[/yellow]"
     console.print(f"{result.model} [bold]v{result.version}[/bold] ({result.family}) gate {verdict}: {result.gate_reason}")
     console.print(f"bundle: {result.bundle_url}")

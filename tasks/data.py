@@ -333,7 +333,8 @@ def load_user_data(path: str | Path, schema: tuple[ColumnSpec, ...] = DEFAULT_SC
     frame = frame.dropna().reset_index(drop=True)
     if TARGET in frame:
         frame[TARGET] = frame[TARGET].astype(np.int64)
-        labels = set(frame[TARGET].unique())
-        if not labels <= {0, 1}:
-            raise DataValidationError(f"{source}: column {TARGET!r} must be 0 or 1, found {sorted(labels)}")
+        bad = ~frame[TARGET].isin([0, 1])
+        if bad.any():
+            others = sorted(int(v) for v in frame.loc[bad, TARGET].unique())
+            raise DataValidationError(f"{source}: column {TARGET!r} must be 0 or 1 but {int(bad.sum())} rows hold {others}")
     return frame

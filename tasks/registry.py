@@ -104,7 +104,7 @@ def register_candidate(settings: Settings, run_id: str, model: bytes, tags: dict
         except MlflowException as exc:
             if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
                 raise
-        version = mlc.create_model_version(name, info.model_uri, run_id=run_id)
+        version = mlc.create_model_version(name, info.model_uri, run_id=run_id, model_id=info.model_id)
     number = int(version.version)
     for key, value in tags.items():
         mlc.set_model_version_tag(name, str(number), key, value)

@@ -1,0 +1,74 @@
+"""`edgewave release` twice on embedded defaults, then `edgewave status --json`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from serving.bundle import load_trusted_keys, verify_bundle
+from tests.helpers import BIN, edgewave_env
+
+pytestmark = pytest.mark.e2e
+
+
+def edgewave(home: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "edgewave"), *args], env=edgewave_env(home), capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_two_releases_register_two_versions_judged_against_each_other(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    first = edgewave(home, "release", "--seed", "1")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert json.loads(first.stdout.strip().splitlines()[-1]) == {"model": "machine-failure", "version": 1, "staged": True}
+    assert "gate PASSED" in first.stderr and "first model" in first.stderr
+
+    second = edgewave(home, "release", "--seed", "2")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert json.loads(second.stdout.strip().splitlines()[-1])["version"] == 2
+    assert "of v1 (@staging) on the same held-out data" in second.stderr
+
+    status = edgewave(home, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    registry = json.loads(status.stdout)["registry"]
+    versions = {v["version"]: v for v in registry["versions"]}
+    assert set(versions) == {1, 2}
+    assert registry["aliases"]["candidate"] == 2
+    assert "candidate" in versions[2]["aliases"]
+    assert versions[2]["tags"]["gate.baseline_version"] == "1"
+    for v in versions.values():
+        tags = v["tags"]
+        assert {"onnx_sha256", "parity_max_abs_diff", "metrics", "data_fingerprint", "bundle_url"} <= set(tags)
+        assert float(tags["parity_max_abs_diff"]) <= 1e-4
+        assert tags["data_fingerprint"] != ""
+    assert versions[1]["tags"]["data_fingerprint"] != versions[2]["tags"]["data_fingerprint"]
+
+    # What the registry points at is a bundle the edge accepts.
+    bundle_dir = Path(versions[2]["tags"]["bundle_url"].removeprefix("file://"))
+    manifest = verify_bundle(bundle_dir, load_trusted_keys(home / "keys"))
+    assert manifest.version == 2 and manifest.name == "machine-failure"
+
+    # Everything stayed under EDGEWAVE_HOME.
+    assert {p.name for p in home.iterdir()} >= {"mlflow.db", "mlartifacts", "bundles", "keys", "prefect"}
+
+
+def test_bad_settings_fail_before_anything_runs(tmp_path: Path) -> None:
+    result = subprocess.run([str(BIN / "edgewave"), "release"],
+                            env=edgewave_env(tmp_path / "home", EDGEWAVE_GATE_TOLERANCE="lots"),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "gate_tolerance" in result.stderr
+    assert not (tmp_path / "home" / "mlflow.db").exists()
+
+
+def test_bad_user_data_fails_the_flow_naming_the_column(tmp_path: Path) -> None:
+    (tmp_path / "plant.csv").write_text("air_temperature_k,torque_nm\n300.1,40\n")
+    result = subprocess.run([str(BIN / "edgewave"), "release"],
+                            env=edgewave_env(tmp_path / "home", EDGEWAVE_DATA_PATH=str(tmp_path / "plant.csv")),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "release failed: DataValidationError" in result.stderr
+    assert "missing column(s) ['process_temperature_k'" in result.stderr

@@ -1,0 +1,70 @@
+"""The registry against a real MLflow (SQLite backend under a temporary home)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from tasks import registry
+from tasks import release as step
+from tasks.export import Export
+from tasks.settings import Settings
+from tasks.train import Split, TrainedModel
+
+pytestmark = pytest.mark.integration
+
+
+def _log(settings: Settings, release_id: str, family: str, split: Split, trained: TrainedModel, parity: float) -> str:
+    return registry.log_training_run(settings, release_id, family, trained.params, trained.metrics.as_dict(),
+                                     split.data_fingerprint, parity)
+
+
+def test_versions_aliases_tags_and_gate_through_real_mlflow(settings: Settings, split: Split,
+                                                             trained: dict[str, TrainedModel],
+                                                             exported: dict[str, Export]) -> None:
+    sk = trained["sklearn"]
+    run1 = _log(settings, "rel-1", "sklearn", split, sk, exported["sklearn"].parity_max_abs_diff)
+    assert _log(settings, "rel-1", "sklearn", split, sk, 0.0) == run1, "a retried log must reuse the run"
+
+    v1 = registry.register_candidate(settings, run1, exported["sklearn"].model, {"family": "sklearn"})
+    assert v1.version == 1
+    assert any(settings.artifact_root.rglob("*.onnx")), "embedded artifacts belong under EDGEWAVE_HOME"
+    assert registry.register_candidate(settings, run1, exported["sklearn"].model, {}).version == 1, "retry registers twice"
+    assert registry.baseline_version(settings, exclude=1) is None
+
+    champion = step.Candidate(sk, exported["sklearn"])
+    first = step.quality_gate.fn(settings, v1, champion, split)
+    assert first.passed and first.baseline_version is None
+    step.record_gate.fn(settings, v1, first)
+
+    mlp = trained["torch"]
+    run2 = _log(settings, "rel-2", "torch", split, mlp, exported["torch"].parity_max_abs_diff)
+    v2 = registry.register_candidate(settings, run2, exported["torch"].model, {"family": "torch"})
+    assert v2.version == 2
+
+    alias, base = registry.baseline_version(settings, exclude=2)
+    assert (alias, int(base.version)) == ("staging", 1)
+    assert hashlib.sha256(registry.download_onnx(settings, base)).digest() == hashlib.sha256(exported["sklearn"].model).digest()
+
+    second = step.quality_gate.fn(settings, v2, step.Candidate(mlp, exported["torch"]), split)
+    assert second.baseline_version == 1 and second.baseline_alias == "staging"
+    assert second.baseline_pr_auc == pytest.approx(sk.metrics.pr_auc, abs=1e-6), "baseline scored on the same held-out rows"
+
+    rejected = second.__class__(False, "forced rejection", second.challenger_pr_auc, 1, "staging", second.baseline_pr_auc)
+    step.record_gate.fn(settings, v2, rejected)
+
+    state = registry.registry_state(settings)
+    assert state["aliases"] == {"candidate": 2, "staging": 1}
+    by_version = {v["version"]: v for v in state["versions"]}
+    assert by_version[1]["aliases"] == ["staging"]
+    assert by_version[2]["aliases"] == ["candidate"]
+    assert by_version[2]["tags"]["gate.passed"] == "False"
+    assert by_version[2]["tags"]["gate.reason"] == "forced rejection"
+    assert by_version[1]["tags"]["family"] == "sklearn"
+
+
+def test_empty_registry_state_is_readable(settings: Settings) -> None:
+    state = registry.registry_state(settings)
+    assert state["versions"] == [] and state["aliases"] == {}
+    assert not (settings.home.parent / "mlruns").exists()
