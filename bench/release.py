@@ -1,0 +1,156 @@
+"""Benchmark: each stage of the release flow and the whole flow, under Prefect and called directly.
+
+Both run in this one process, interleaved, on the same data seed, each against its own
+embedded state (SQLite MLflow, local bundle store). The output is Prefect's overhead as a
+ratio (prefect / direct) per stage and for the whole flow; the ephemeral API server's
+start-up is reported on its own since a deployed flow does not pay it.
+
+    .venv/bin/python bench/release.py [--rounds 3] [--rows 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results" / "release.json"
+
+
+def direct_release(settings, seed: int) -> dict[str, float]:
+    """The release flow's steps called as plain functions (`task.fn`), timed one by one."""
+    from tasks import release as step
+    from tasks.train import pick_champion
+
+    times: dict[str, float] = defaultdict(float)
+
+    def timed(name, fn, *args):
+        start = time.perf_counter()
+        result = fn(*args)
+        times[name] += time.perf_counter() - start
+        return result
+
+    release_id = f"bench-direct-{seed}-{time.time_ns()}"
+    data = timed("split-data", step.split.fn, timed("load-training-data", step.load_training_data.fn, settings, seed), seed)
+    fitted = [timed("train-sklearn", step.fit_sklearn.fn, data, seed), timed("train-torch", step.fit_torch.fn, data, seed)]
+    candidates = [timed("export-onnx", step.export.fn, m, data, settings) for m in fitted]
+    champion = next(c for c in candidates if c.trained is pick_champion([c.trained for c in candidates]))
+    runs = {c.trained.family: timed("log-training-run", step.log_run.fn, settings, release_id, c, data) for c in candidates}
+    version = timed("register-candidate", step.register.fn, settings, runs[champion.trained.family], champion, data)
+    folder = timed("build-signed-bundle", step.build_bundle.fn, settings, version, champion, data, release_id)
+    url = timed("store-bundle", step.store_bundle.fn, settings, version, folder)
+    decision = timed("quality-gate", step.quality_gate.fn, settings, version, champion, data)
+    timed("record-gate", step.record_gate.fn, settings, version, decision)
+    timed("publish-summary", lambda: step.summary_markdown(release_id, version, candidates, champion, decision, url,
+                                                           step.run_link(settings, version.run_id)))
+    return dict(times)
+
+
+def prefect_stage_times(flow_run_id) -> dict[str, float]:
+    """Wall time of each task run as its client saw it: from its Pending to its final state.
+
+    State timestamps are taken by the engine in this process, so they include the
+    orchestration calls around the task's function (the server's `created` is not: runs are
+    recorded asynchronously).
+    """
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async def read() -> dict[str, float]:
+        times: dict[str, float] = defaultdict(float)
+        async with get_client() as client:
+            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            for run in runs:
+                states = sorted(await client.read_task_run_states(run.id), key=lambda s: s.timestamp)
+                if states and states[-1].is_final():
+                    times[run.name.rsplit("-", 1)[0]] += (states[-1].timestamp - states[0].timestamp).total_seconds()
+        return times
+
+    return dict(asyncio.run(read()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=10_000)
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="edgewave-bench-"))
+    from tasks.settings import Settings
+
+    base = Settings(home=root / "prefect-home", train_rows=args.rows)
+    base.apply_runtime_environment()  # before prefect/mlflow are imported
+    os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+    direct_settings = Settings(home=root / "direct-home", train_rows=args.rows)
+
+    from prefect import flow
+
+    from flows.release import release
+
+    @flow(name="bench-warm-up")
+    def warm_up() -> None:
+        return None
+
+    start = time.perf_counter()
+    warm_up()
+    startup = time.perf_counter() - start
+    print(f"prefect ephemeral API start-up: {startup:.1f}s")
+
+    # One uncounted round of each warms imports, MLflow's schema set-up and torch's kernels.
+    direct_release(direct_settings.model_copy(update={"data_seed": 999}), 999)
+    release(base.model_copy(update={"data_seed": 999}))
+
+    whole = {"direct": [], "prefect": []}
+    stages = {"direct": defaultdict(list), "prefect": defaultdict(list)}
+    for round_ in range(args.rounds):
+        seed = 1000 + round_
+        start = time.perf_counter()
+        times = direct_release(direct_settings.model_copy(update={"data_seed": seed}), seed)
+        whole["direct"].append(time.perf_counter() - start)
+        for name, value in times.items():
+            stages["direct"][name].append(value)
+
+        start = time.perf_counter()
+        state = release(base.model_copy(update={"data_seed": seed}), return_state=True)
+        whole["prefect"].append(time.perf_counter() - start)
+        for name, value in prefect_stage_times(state.state_details.flow_run_id).items():
+            stages["prefect"][name].append(value)
+        print(f"round {round_ + 1}: direct {whole['direct'][-1]:.2f}s, prefect {whole['prefect'][-1]:.2f}s")
+
+    def row(direct: list[float], prefect: list[float]) -> dict[str, float]:
+        d, p = statistics.median(direct), statistics.median(prefect)
+        return {"direct_s": round(d, 4), "prefect_s": round(p, 4), "ratio": round(p / d, 3) if d > 0 else None}
+
+    result = {
+        "benchmark": "release flow: Prefect vs the same functions called directly",
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "rounds": args.rounds,
+        "train_rows": args.rows,
+        "statistic": "median over rounds, after one uncounted warm-up round of each",
+        "notes": "publish-summary: direct only renders the markdown; under Prefect it also stores the artifact, "
+                 "so its ratio is Prefect's artifact cost, not overhead on shared work.",
+        "prefect_ephemeral_startup_s": round(startup, 2),
+        "whole_flow": row(whole["direct"], whole["prefect"]),
+        "stages": {name: row(stages["direct"][name], stages["prefect"].get(name, [float("nan")]))
+                   for name in stages["direct"]},
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{'stage':<22}{'direct s':>10}{'prefect s':>11}{'ratio':>8}")
+    for name, r in [*result["stages"].items(), ("WHOLE FLOW", result["whole_flow"])]:
+        print(f"{name:<22}{r['direct_s']:>10.3f}{r['prefect_s']:>11.3f}{r['ratio']:>8}")
+    print(f"written to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
