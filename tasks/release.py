@@ -7,6 +7,8 @@ a re-run never registers or uploads twice.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,9 +80,6 @@ def log_run(settings: Settings, release_id: str, candidate: Candidate, data: Spl
 @task(name="register-candidate", **REMOTE)
 def register(settings: Settings, run_id: str, champion: Candidate, data: Split) -> registry.RegisteredVersion:
     """Register the champion and move @candidate to it (keyed by its training run)."""
-    import hashlib
-    import json
-
     m = champion.trained.metrics
     tags = {
         "family": champion.trained.family,

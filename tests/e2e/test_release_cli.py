@@ -72,3 +72,16 @@ def test_bad_user_data_fails_the_flow_naming_the_column(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "release failed: DataValidationError" in result.stderr
     assert "missing column(s) ['process_temperature_k'" in result.stderr
+
+
+def test_a_model_below_the_floor_is_rejected_tagged_and_not_staged(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = edgewave_env(home, EDGEWAVE_GATE_FLOOR_PR_AUC="0.999")
+    result = subprocess.run([str(BIN / "edgewave"), "release", "--seed", "3"], env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"model": "machine-failure", "version": 1, "staged": False}
+    assert "REJECTED" in result.stderr and "misses the floor 0.9990" in result.stderr
+    registry = json.loads(edgewave(home, "status", "--json").stdout)["registry"]
+    assert registry["aliases"] == {"candidate": 1}
+    assert registry["versions"][0]["tags"]["gate.passed"] == "False"

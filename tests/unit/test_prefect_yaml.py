@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import yaml
+from prefect import Flow
+from prefect.client.schemas.schedules import CronSchedule
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_deployment_points_at_a_flow_of_its_name_with_a_valid_schedule() -> None:
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    deployments = {d["name"]: d for d in spec["deployments"]}
+    assert "release" in deployments
+    for name, deployment in deployments.items():
+        module_path, attr = deployment["entrypoint"].split(":")
+        module = importlib.import_module(module_path.removesuffix(".py").replace("/", "."))
+        flow = getattr(module, attr)
+        assert isinstance(flow, Flow), f"{name}: {deployment['entrypoint']} is not a Prefect flow"
+        for schedule in deployment.get("schedules", []):
+            CronSchedule(cron=schedule["cron"], timezone=schedule.get("timezone", "UTC"))
+    weekly = deployments["release"]["schedules"][0]["cron"].split()
+    assert weekly[2:] == ["*", "*", weekly[4]] and weekly[4] != "*", "release runs once a week"
