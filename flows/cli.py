@@ -13,7 +13,7 @@ from rich.console import Console
 from tasks.settings import Settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False, help="edgewave: edge-to-cloud MLOps for factory fleets.")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def _settings() -> Settings:

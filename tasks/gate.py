@@ -35,7 +35,10 @@ def judge(challenger_pr_auc: float, baseline: tuple[str, int, float] | None, tol
                             challenger_pr_auc)
     alias, version, base = baseline
     passed = challenger_pr_auc >= base - tolerance
-    verdict = "within" if passed else "worse than"
-    reason = (f"PR-AUC {challenger_pr_auc:.4f} vs {base:.4f} of v{version} (@{alias}) on the same held-out data: "
-              f"{verdict} the tolerance {tolerance:.4f}")
+    loss = base - challenger_pr_auc
+    if loss <= 0:
+        verdict = f"better by {-loss:.4f}"
+    else:
+        verdict = f"worse by {loss:.4f}, {'within' if passed else 'beyond'} the tolerance {tolerance:.4f}"
+    reason = f"PR-AUC {challenger_pr_auc:.4f} vs {base:.4f} of v{version} (@{alias}) on the same held-out data: {verdict}"
     return GateDecision(passed, reason, challenger_pr_auc, version, alias, base)

@@ -12,10 +12,15 @@ def test_first_model_must_clear_the_floor(pr_auc: float, passed: bool) -> None:
     assert "first model" in decision.reason and decision.baseline_version is None
 
 
-@pytest.mark.parametrize(("challenger", "passed"), [(0.90, True), (0.785, True), (0.779, False)])
-def test_challenger_may_lose_at_most_the_tolerance_to_the_baseline(challenger: float, passed: bool) -> None:
+@pytest.mark.parametrize(("challenger", "passed", "wording"), [
+    (0.90, True, "better by 0.1000"),
+    (0.785, True, "worse by 0.0150, within the tolerance"),
+    (0.779, False, "worse by 0.0210, beyond the tolerance"),
+])
+def test_challenger_may_lose_at_most_the_tolerance_to_the_baseline(challenger: float, passed: bool, wording: str) -> None:
     decision = judge(challenger, ("production", 4, 0.80), tolerance=0.02, floor=0.99)
     assert decision.passed is passed
+    assert wording in decision.reason
     assert decision.baseline_version == 4 and decision.baseline_alias == "production"
     assert "v4 (@production)" in decision.reason
 
@@ -24,4 +29,4 @@ def test_decision_becomes_version_tags() -> None:
     tags = judge(0.7, ("staging", 1, 0.8), tolerance=0.02, floor=0.5).as_tags()
     assert tags["gate.passed"] == "False"
     assert tags["gate.baseline_version"] == "1"
-    assert "worse than the tolerance" in tags["gate.reason"]
+    assert "beyond the tolerance" in tags["gate.reason"]
