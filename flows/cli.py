@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -45,6 +46,25 @@ def release(
     console.print(f"{result.model} [bold]v{result.version}[/bold] ({result.family}) gate {verdict}: {result.gate_reason}")
     console.print(f"bundle: {result.bundle_url}")
     print(json.dumps({"model": result.model, "version": result.version, "staged": result.staged}))
+
+
+@app.command()
+def serve(
+    bundle: Annotated[Path | None, typer.Option(help="Serve this bundle folder (verified first); no agent.")] = None,
+    site: Annotated[str | None, typer.Option(help="Run as this site: serve its last-known-good model and run its agent.")] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default EDGEWAVE_SERVE_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default EDGEWAVE_SERVE_PORT).")] = None,
+) -> None:
+    """Run an edge site: the inference service, and with --site its agent."""
+    if (bundle is None) == (site is None):
+        console.print("[red]give exactly one of --bundle PATH or --site SITE[/red]")
+        raise typer.Exit(2)
+    settings = _settings()
+    update = {k: v for k, v in {"site_id": site, "serve_host": host, "serve_port": port}.items() if v is not None}
+    settings = settings.model_copy(update=update)
+    from serving.site import run_site
+
+    raise typer.Exit(run_site(settings, bundle, with_agent=site is not None))
 
 
 @app.command()

@@ -28,6 +28,7 @@ from serving.bundle import (
     Reference,
     key_id,
 )
+from serving.transport import download_bundle  # noqa: F401  (one implementation, re-exported)
 from tasks.data import CLASS_LABELS, FEATURES
 from tasks.export import INPUT_NAME, OUTPUT_NAME
 
@@ -144,15 +145,3 @@ def upload_bundle(folder: Path, url: str) -> str:
     for name in ordered:
         fs.put_file(str(folder / name), f"{root}/{name}")
     return url
-
-
-def download_bundle(url: str, folder: Path) -> Path:
-    """Fetch a bundle folder from the store (verification is the caller's next step)."""
-    fs, root = fsspec.core.url_to_fs(url)
-    if not fs.exists(f"{root}/{MANIFEST}"):
-        raise FileNotFoundError(f"{url}: no {MANIFEST} there")
-    folder.mkdir(parents=True, exist_ok=True)
-    for entry in fs.ls(root, detail=False):
-        name = entry.rstrip("/").rsplit("/", 1)[-1]
-        fs.get_file(entry, str(folder / name))
-    return folder

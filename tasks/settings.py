@@ -52,6 +52,29 @@ class Settings(BaseSettings):
     )
     reference_rows: int = Field(5_000, ge=100, le=5_000)
 
+    # --- edge site (serving runtime + agent) ---------------------------------------------
+    site_id: str = Field("local", pattern=r"^[A-Za-z0-9][\w.-]*$", description="This site's id.")
+    serve_host: str = Field("127.0.0.1", description="Address the site's HTTP service binds to.")
+    serve_port: int = Field(8080, ge=0, le=65535)
+    max_batch: int = Field(1_000, ge=1, description="Rows per request above which the answer is 413.")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Request bodies above this get 413.")
+    reject_out_of_range: bool = Field(
+        False, description="Refuse (422) rows outside the training range instead of only counting them."
+    )
+    sample_fraction: float = Field(0.1, ge=0, le=1, description="Share of requests kept for drift checks.")
+    sample_window_seconds: float = Field(60.0, gt=0, description="Length of one sample window file.")
+    sample_buffer_max_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024, description="Disk the site may use for unshipped sample windows."
+    )
+    desired_state_remote: str | None = Field(
+        None, description="Git remote holding sites/<site>.yaml; default the repo under home."
+    )
+    monitoring_store_url: str | None = Field(
+        None, description="fsspec URL sample windows are shipped to; default a folder under home."
+    )
+    sync_interval_seconds: float = Field(10.0, gt=0, description="How often the agent syncs.")
+    bundles_kept: int = Field(3, ge=1, description="Bundles a site keeps on disk for local rollback.")
+
     @model_validator(mode="after")
     def _absolute_home(self) -> Settings:
         self.home = self.home.expanduser().resolve()
@@ -76,6 +99,20 @@ class Settings(BaseSettings):
     @property
     def trusted_keys(self) -> Path:
         return self.trusted_keys_dir or self.signing_key.parent
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def desired_state_url(self) -> str:
+        return self.desired_state_remote or str(self.home / "desired-state.git")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def monitoring_store(self) -> str:
+        return self.monitoring_store_url or (self.home / "monitoring").as_uri()
+
+    def site_dir(self, site_id: str | None = None) -> Path:
+        """A site's own state: bundle cache, sample windows, desired-state checkout."""
+        return self.home / "sites" / (site_id or self.site_id)
 
     @property
     def artifact_root(self) -> Path:

@@ -1,0 +1,193 @@
+"""The site agent: makes this site run what Git says, and ships its drift samples.
+
+Each cycle: fetch the desired-state repo, apply `sites/<site>.yaml` (a cached bundle is a
+local rollback, anything else is downloaded, verified against the file's sha256 and swapped
+in), then upload finished sample windows, deleting each only after the store confirms it.
+Unreachable remote or store: the site keeps serving the last-known-good model, samples stay
+buffered (bounded), `edgewave_agent_offline` is 1 and the next try backs off with jitter.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from serving.bundle import BundleError, HashMismatchError, ManifestInvalidError
+from serving.desired import DesiredState, DesiredStateError, GitMirror, read_desired, site_file
+from serving.metrics import SiteMetrics
+from serving.model import BundleCache, ModelSlot
+from serving.sampler import Sampler
+from serving.transport import download_bundle, upload_confirmed
+
+log = logging.getLogger("edgewave.agent")
+APPLIED = "applied.json"
+
+
+def backoff(failures: int, interval: float) -> float:
+    """Wait before the next cycle: the interval when healthy; after failures, 1 s doubling up to
+    the interval, with jitter in [50 %, 100 %] so a fleet does not reconnect in step. Capped at
+    the interval so a site converges within one interval of the remote coming back."""
+    if not failures:
+        return interval
+    step = min(interval, min(1.0, interval) * 2 ** (failures - 1))
+    return step * random.uniform(0.5, 1.0)
+
+
+class Agent:
+    def __init__(self, site_id: str, site_dir: Path, remote: str, monitoring_store: str, slot: ModelSlot,
+                 cache: BundleCache, trusted: dict[str, Ed25519PublicKey], metrics: SiteMetrics,
+                 sampler: Sampler | None, interval: float) -> None:
+        self.site_id = site_id
+        self.site_dir = site_dir
+        self.mirror = GitMirror(remote, site_dir / "desired-state")
+        self.monitoring_store = monitoring_store
+        self.slot = slot
+        self.cache = cache
+        self.trusted = trusted
+        self.metrics = metrics
+        self.sampler = sampler
+        self.interval = interval
+        self.failures = 0
+        self.refused: set[tuple[int, str]] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- last-known-good ------------------------------------------------------------------
+    def restore(self) -> None:
+        """At start, serve the last applied bundle from the local cache, before any network."""
+        record = self.site_dir / APPLIED
+        if not record.exists():
+            return
+        version = json.loads(record.read_text())["version"]
+        try:
+            self.slot.swap(self.cache.folder(version), self.trusted)
+            self.metrics.agent_applied_version.set(version)
+        except (BundleError, OSError) as exc:
+            log.error("last applied bundle v%s did not load from cache: %s", version, exc)
+
+    def _record_applied(self, desired: DesiredState) -> None:
+        tmp = self.site_dir / f".{APPLIED}.tmp"
+        tmp.write_text(json.dumps({"version": desired.version, "sha256": desired.sha256,
+                                   "rollout_id": desired.rollout_id, "applied_at": time.time()}))
+        tmp.replace(self.site_dir / APPLIED)
+        self.metrics.agent_applied_version.set(desired.version)
+
+    # -- one cycle -------------------------------------------------------------------------
+    def apply(self, desired: DesiredState) -> bool:
+        """Make the served model match `desired`; True if it now does."""
+        current = self.slot.current
+        if current is not None and current.version == desired.version and current.sha256 == desired.sha256:
+            return True
+        key = (desired.version, desired.sha256)
+        if key in self.refused:
+            return False
+        folder = self.cache.folder(desired.version)
+        cached = folder.exists()
+        if not cached:
+            log.info("downloading v%d from %s (rollout %s)", desired.version, desired.bundle_url, desired.rollout_id)
+            try:
+                download_bundle(desired.bundle_url, folder)
+            except OSError as exc:  # store unreachable or bundle not there (yet): retry later
+                self.cache.discard(desired.version)
+                raise ConnectionError(f"bundle v{desired.version} not fetched from {desired.bundle_url}: {exc}") from exc
+        try:
+            self._check_desired_hash(folder, desired)
+            self.slot.swap(folder, self.trusted)  # verifies, loads, warms up; counts its own refusals
+        except BundleError as exc:
+            self.refused.add(key)
+            self.metrics.agent_errors.labels("bundle_refused").inc()
+            log.error("not applying v%d, still serving %s: %s", desired.version, self._serving(), exc)
+            if not cached:
+                self.cache.discard(desired.version)
+            return False
+        self.cache.touch(desired.version)
+        self.cache.prune(protect=desired.version)
+        self._record_applied(desired)
+        log.info("applied v%d%s (rollout %s)", desired.version, " from the local cache" if cached else "",
+                 desired.rollout_id)
+        return True
+
+    def _check_desired_hash(self, folder: Path, desired: DesiredState) -> None:
+        """The bundle must be the one the desired state names, not just any signed bundle."""
+        try:
+            manifest_sha = json.loads((folder / "bundle.json").read_text())["model"]["sha256"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            self.metrics.load_failures.labels("ManifestInvalidError").inc()
+            raise ManifestInvalidError(f"{folder}: unreadable bundle.json: {exc}") from None
+        if manifest_sha != desired.sha256:
+            self.metrics.load_failures.labels("HashMismatchError").inc()
+            raise HashMismatchError(f"{folder}: model sha256 {manifest_sha} is not the desired {desired.sha256}")
+
+    def sync_desired_state(self) -> DesiredState | None:
+        commit = self.mirror.sync()
+        desired = read_desired(self.mirror.checkout / site_file(self.site_id), self.site_id)
+        log.debug("desired state at %s: %s", commit[:8], desired)
+        return desired
+
+    def ship_windows(self) -> int:
+        """Upload finished windows, oldest first; each is deleted only after a confirmed upload."""
+        if self.sampler is None:
+            return 0
+        shipped = 0
+        windows = self.sampler.windows()
+        for window in windows:
+            upload_confirmed(window, self.monitoring_store, f"{self.site_id}/{window.name}")
+            window.unlink()
+            shipped += 1
+            self.metrics.windows_shipped.inc()
+        self.metrics.buffered_windows.set(len(windows) - shipped)
+        return shipped
+
+    def cycle(self) -> bool:
+        """One sync; True when both the remote and the store were reached."""
+        reached = True
+        try:
+            desired = self.sync_desired_state()
+            if desired is not None:
+                self.apply(desired)
+            self.metrics.agent_last_sync.set(time.time())
+        except ConnectionError as exc:
+            reached = False
+            self.metrics.agent_errors.labels("remote_unreachable").inc()
+            log.warning("desired-state remote unreachable, still serving %s: %s", self._serving(), exc)
+        except DesiredStateError as exc:
+            self.metrics.agent_errors.labels("desired_state_invalid").inc()
+            log.error("%s", exc)
+        try:
+            self.ship_windows()
+        except (ConnectionError, OSError) as exc:
+            reached = False
+            self.metrics.agent_errors.labels("store_unreachable").inc()
+            log.warning("monitoring store unreachable, keeping samples buffered: %s", exc)
+        self.failures = 0 if reached else self.failures + 1
+        self.metrics.agent_offline.set(0 if reached else 1)
+        return reached
+
+    def _serving(self) -> str:
+        current = self.slot.current
+        return f"v{current.version}" if current else "no model"
+
+    # -- loop ------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.cycle()
+            except Exception:  # never let the agent die: the site must keep converging
+                log.exception("agent cycle failed")
+                self.failures += 1
+            self._stop.wait(backoff(self.failures, self.interval))
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="agent", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=30)

@@ -1,0 +1,151 @@
+"""The inference service: a bare ASGI app over ONNX Runtime.
+
+Bare ASGI rather than a framework because the HTTP path, not the model, is what costs at
+the edge (see bench/serving.py); the OpenAPI description is still served at /openapi.json.
+No route changes which model is served: swaps come from the agent, in-process.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+import numpy as np
+import orjson
+
+from serving.metrics import SiteMetrics
+from serving.model import ModelSlot
+from serving.openapi import openapi
+from serving.sampler import Sampler
+from serving.validation import RequestError, out_of_range, parse_predict
+
+log = logging.getLogger("edgewave.serving")
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+JSON = b"application/json"
+ROUTES = {"/v1/predict": "POST", "/v1/model": "GET", "/healthz": "GET", "/readyz": "GET", "/metrics": "GET",
+          "/openapi.json": "GET"}
+
+
+class SiteApp:
+    def __init__(self, slot: ModelSlot, metrics: SiteMetrics, sampler: Sampler | None = None, *,
+                 max_batch: int = 1000, max_body_bytes: int = 4 * 1024 * 1024,
+                 reject_out_of_range: bool = False) -> None:
+        self.slot = slot
+        self.metrics = metrics
+        self.sampler = sampler
+        self.max_batch = max_batch
+        self.max_body_bytes = max_body_bytes
+        self.reject_out_of_range = reject_out_of_range
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        start = time.perf_counter()
+        path = scope["path"]
+        route = path if path in ROUTES else "other"
+        try:
+            status, body, content_type = await self._handle(scope, receive, path)
+        except RequestError as exc:
+            status, body, content_type = exc.status, _error(exc.message), JSON
+        except Exception:  # a bug must not take the site down or leak a trace to the client
+            log.exception("unhandled error on %s %s", scope.get("method"), path)
+            status, body, content_type = 500, _error("internal error; see the site log"), JSON
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+        self.metrics.observe_request(route, status, time.perf_counter() - start)
+
+    async def _handle(self, scope: Scope, receive: Receive, path: str) -> tuple[int, bytes, bytes]:
+        method = ROUTES.get(path)
+        if method is None:
+            raise RequestError(404, f"no route {path}; see /openapi.json")
+        if scope["method"] != method and not (method == "GET" and scope["method"] == "HEAD"):
+            raise RequestError(405, f"{path} takes {method}, not {scope['method']}")
+        if path == "/v1/predict":
+            return 200, self._predict(scope, await self._body(scope, receive)), JSON
+        if path == "/healthz":
+            return 200, b'{"status":"alive"}', JSON
+        if path == "/metrics":
+            return 200, self.metrics.exposition(), b"text/plain; version=0.0.4; charset=utf-8"
+        if path == "/openapi.json":
+            return 200, orjson.dumps(openapi(self.slot.current, self.max_batch)), JSON
+        model = self.slot.current
+        if model is None:
+            raise RequestError(503, "no verified model loaded yet")
+        if path == "/readyz":
+            return 200, orjson.dumps({"status": "ready", "model": model.manifest.name, "model_version": model.version,
+                                      "sha256": model.sha256}), JSON
+        manifest = model.manifest.model_dump(mode="json", exclude={"reference": {"columns"}})
+        return 200, orjson.dumps(manifest), JSON
+
+    async def _body(self, scope: Scope, receive: Receive) -> bytes:
+        content_type = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
+        if not content_type.split(b";")[0].strip().lower() == JSON:
+            raise RequestError(415, f"content-type must be application/json, got {content_type.decode(errors='replace') or 'none'}")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise RequestError(413, f"body exceeds {self.max_body_bytes} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    def _predict(self, scope: Scope, body: bytes) -> bytes:
+        model = self.slot.current  # read once: a swap during this request does not affect it
+        if model is None:
+            raise RequestError(503, "no verified model loaded yet")
+        x = parse_predict(body, model, self.max_batch)
+        outside = out_of_range(x, model)
+        flagged = {}
+        if outside.any():
+            flagged = {model.feature_names[j]: int(n) for j, n in enumerate(outside) if n}
+            for name, n in flagged.items():
+                self.metrics.out_of_range.labels(name).inc(n)
+            if self.reject_out_of_range:
+                raise RequestError(422, f"values outside the training range: {flagged} (rows per feature)")
+        t0 = time.perf_counter()
+        proba = model.failure_probability(x)
+        self.metrics.inference_seconds.observe(time.perf_counter() - t0)
+        positive = proba >= model.manifest.threshold
+        n_pos = int(positive.sum())
+        labels = model.manifest.class_labels
+        m = self.metrics
+        m.rows.inc(len(x))
+        if n_pos:
+            m.predicted.labels(labels[1]).inc(n_pos)
+        if len(x) - n_pos:
+            m.predicted.labels(labels[0]).inc(len(x) - n_pos)
+        for c in np.maximum(proba, 1 - proba).tolist():
+            m.confidence.observe(c)
+        if self.sampler is not None:
+            self.sampler.offer(x, proba, model.version, model.feature_names)
+        predictions = [{"probability": p, "label": labels[1] if p >= model.manifest.threshold else labels[0]}
+                       for p in proba.tolist()]
+        response: dict[str, Any] = {"model": model.manifest.name, "model_version": model.version,
+                                    "predictions": predictions}
+        if flagged:
+            response["out_of_range"] = flagged
+        return orjson.dumps(response)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def _error(message: str) -> bytes:
+    return orjson.dumps({"error": message})

@@ -1,0 +1,148 @@
+"""A verified, warmed-up ONNX model and the slot that swaps it atomically.
+
+A request reads `slot.current` once and uses that model to the end, so a swap never changes
+the model under a request in flight: it finishes on the old session while new requests get
+the new one. Nothing replaces `current` before the new bundle has been verified, loaded,
+warmed up on its reference rows and checked to give finite probabilities of the right shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnxruntime as ort
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from serving.bundle import MODEL, BundleError, BundleManifest, verify_bundle
+
+log = logging.getLogger("edgewave.serving")
+
+
+class ModelLoadError(BundleError):
+    """A verified bundle whose model does not load, warm up or give sane outputs."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    manifest: BundleManifest
+    session: ort.InferenceSession
+    folder: Path
+    feature_names: tuple[str, ...]
+    mins: np.ndarray
+    maxs: np.ndarray
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+    @property
+    def sha256(self) -> str:
+        return self.manifest.model.sha256
+
+    def failure_probability(self, x: np.ndarray) -> np.ndarray:
+        (out,) = self.session.run([self.manifest.output.name], {self.manifest.input.name: x})
+        return out[:, self.manifest.output.positive_index]
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # latency over throughput: one small request at a time
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def load_model(folder: Path, trusted: dict[str, Ed25519PublicKey]) -> LoadedModel:
+    """Verify, load, warm up and sanity-check a bundle; raise a `BundleError` on any failure."""
+    manifest = verify_bundle(folder, trusted)
+    try:
+        session = _session(folder / MODEL)
+    except Exception as exc:  # ORT raises its own exception types for a bad graph
+        raise ModelLoadError(f"{folder}: {MODEL} does not load in ONNX Runtime: {exc}") from None
+    names = tuple(manifest.input.names)
+    model = LoadedModel(
+        manifest, session, folder, names,
+        np.array([f.min for f in manifest.input.features], dtype=np.float32),
+        np.array([f.max for f in manifest.input.features], dtype=np.float32),
+    )
+    columns = manifest.reference.columns
+    missing = [n for n in names if n not in columns]
+    if missing:
+        raise ModelLoadError(f"{folder}: reference rows lack features {missing}; cannot warm up")
+    warm = np.column_stack([np.asarray(columns[n][:256], dtype=np.float32) for n in names])
+    try:
+        proba = model.failure_probability(warm)
+        single = model.failure_probability(warm[:1])
+    except Exception as exc:
+        raise ModelLoadError(f"{folder}: warm-up inference failed: {exc}") from None
+    if proba.shape != (len(warm),) or single.shape != (1,):
+        raise ModelLoadError(f"{folder}: warm-up gave shape {proba.shape}, expected ({len(warm)},)")
+    if not np.all(np.isfinite(proba)) or proba.min() < 0 or proba.max() > 1:
+        raise ModelLoadError(f"{folder}: warm-up gave probabilities outside [0, 1] or not finite")
+    return model
+
+
+class ModelSlot:
+    """Holds the serving model; `swap` replaces it only with a model that passed every check."""
+
+    def __init__(self, on_swap: Callable[[LoadedModel], None] | None = None,
+                 on_failure: Callable[[str], None] | None = None) -> None:
+        self.current: LoadedModel | None = None
+        self._lock = threading.Lock()  # one swap at a time; readers never take it
+        self._on_swap = on_swap
+        self._on_failure = on_failure
+
+    def swap(self, folder: Path, trusted: dict[str, Ed25519PublicKey]) -> LoadedModel:
+        with self._lock:
+            try:
+                model = load_model(folder, trusted)
+            except BundleError as exc:
+                reason = type(exc).__name__
+                log.error("refused bundle %s (%s): %s; still serving %s", folder, reason, exc,
+                          f"v{self.current.version}" if self.current else "nothing")
+                if self._on_failure:
+                    self._on_failure(reason)
+                raise
+            previous, self.current = self.current, model
+            log.info("now serving %s v%d (sha256 %s), was %s", model.manifest.name, model.version, model.sha256[:12],
+                     f"v{previous.version}" if previous else "nothing")
+            if self._on_swap:
+                self._on_swap(model)
+            return model
+
+
+class BundleCache:
+    """The site's bundles on disk, newest last; keeps `keep` of them for instant local rollback."""
+
+    def __init__(self, root: Path, keep: int = 3) -> None:
+        self.root = root
+        self.keep = keep
+        root.mkdir(parents=True, exist_ok=True)
+
+    def folder(self, version: int) -> Path:
+        return self.root / f"v{version}"
+
+    def versions(self) -> list[int]:
+        found = [int(p.name[1:]) for p in self.root.glob("v*") if p.is_dir() and p.name[1:].isdigit()]
+        return sorted(found, key=lambda v: self.folder(v).stat().st_mtime)
+
+    def touch(self, version: int) -> None:
+        """Mark a version as most recently used (what prune keeps)."""
+        self.folder(version).touch()
+
+    def prune(self, protect: int | None = None) -> list[int]:
+        """Delete all but the `keep` most recently used bundles; never the one being served."""
+        versions = self.versions()
+        doomed = [v for v in versions[: max(0, len(versions) - self.keep)] if v != protect]
+        for version in doomed:
+            shutil.rmtree(self.folder(version), ignore_errors=True)
+        return doomed
+
+    def discard(self, version: int) -> None:
+        shutil.rmtree(self.folder(version), ignore_errors=True)

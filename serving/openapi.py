@@ -1,0 +1,60 @@
+"""The service's OpenAPI description, generated from the served bundle's input schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from serving.model import LoadedModel
+
+ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {400: "Malformed JSON or body", 413: "Batch or body too large", 415: "Not application/json",
+            422: "Rows do not match the input schema", 503: "No verified model loaded yet"}
+    return {str(c): {"description": text[c], "content": {"application/json": {"schema": ERROR}}} for c in codes}
+
+
+def openapi(model: LoadedModel | None, max_batch: int) -> dict[str, Any]:
+    names = list(model.feature_names) if model else []
+    number = {"type": "number"}
+    row = {"type": "object", "additionalProperties": False, "required": names,
+           "properties": {n: number for n in names}}
+    request = {
+        "oneOf": [
+            {"type": "object", "additionalProperties": False, "required": ["instances"],
+             "properties": {"instances": {"type": "array", "minItems": 1, "maxItems": max_batch, "items": row}}},
+            {"type": "object", "additionalProperties": False, "required": ["columns"],
+             "properties": {"columns": {"type": "object", "additionalProperties": False, "required": names,
+                                        "properties": {n: {"type": "array", "items": number, "minItems": 1,
+                                                           "maxItems": max_batch} for n in names}}}},
+        ]
+    }
+    prediction = {"type": "object", "required": ["probability", "label"],
+                  "properties": {"probability": {"type": "number", "minimum": 0, "maximum": 1},
+                                 "label": {"type": "string"}}}
+    response = {"type": "object", "required": ["model", "model_version", "predictions"],
+                "properties": {"model": {"type": "string"}, "model_version": {"type": "integer"},
+                               "predictions": {"type": "array", "items": prediction}}}
+    json_body = {"type": "object"}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "edgewave edge site", "version": str(model.version) if model else "none",
+                 "description": "Failure prediction at an edge site. Inputs are raw sensor readings."},
+        "paths": {
+            "/v1/predict": {"post": {
+                "operationId": "predict",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": request}}},
+                "responses": {"200": {"description": "Failure probability and label per row",
+                                      "content": {"application/json": {"schema": response}}},
+                              **_errors(400, 413, 415, 422, 503)}}},
+            "/v1/model": {"get": {"operationId": "model", "responses": {
+                "200": {"description": "Manifest of the served bundle",
+                        "content": {"application/json": {"schema": json_body}}}, **_errors(503)}}},
+            "/healthz": {"get": {"operationId": "healthz", "responses": {"200": {"description": "Alive"}}}},
+            "/readyz": {"get": {"operationId": "readyz", "responses": {
+                "200": {"description": "A verified model is loaded and warmed up"}, **_errors(503)}}},
+            "/metrics": {"get": {"operationId": "metrics", "responses": {
+                "200": {"description": "Prometheus metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+        },
+    }

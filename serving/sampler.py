@@ -1,0 +1,130 @@
+"""Drift sampling: a share of requests goes to rolling Parquet window files.
+
+The request path only appends to an in-memory list under a lock (microseconds); a writer
+thread turns it into one Parquet file per window (written to a temp name, then renamed, so
+the agent never ships half a file). Memory and disk are bounded; what a bound turns away is
+counted in `edgewave_samples_dropped_total`, never silently lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from serving.metrics import SiteMetrics
+
+log = logging.getLogger("edgewave.sampler")
+WINDOW_RE = re.compile(r"^(?P<site>.+)-(?P<start>\d+)-(?P<seq>\d+)-n(?P<rows>\d+)\.parquet$")
+
+
+def window_rows(path: Path) -> int:
+    match = WINDOW_RE.match(path.name)
+    return int(match["rows"]) if match else 0
+
+
+class Sampler:
+    def __init__(self, folder: Path, site_id: str, fraction: float,
+                 window_seconds: float, max_bytes: int, metrics: SiteMetrics, max_pending_rows: int = 200_000) -> None:
+        self.folder = folder
+        self.site_id = site_id
+        self.features: tuple[str, ...] = ()
+        self.fraction = fraction
+        self.window_seconds = window_seconds
+        self.max_bytes = max_bytes
+        self.metrics = metrics
+        self.max_pending_rows = max_pending_rows
+        self.boot = uuid.uuid4().hex[:8]  # sample ids stay unique across restarts
+        self._pending: list[tuple[float, np.ndarray, np.ndarray, int]] = []
+        self._pending_rows = 0
+        self._seq = 0
+        self._row_seq = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+
+    # -- request path --------------------------------------------------------------------
+    def offer(self, x: np.ndarray, proba: np.ndarray, version: int, features: tuple[str, ...]) -> None:
+        if self.fraction <= 0 or (self.fraction < 1 and random.random() >= self.fraction):
+            return
+        if features != self.features:  # a new model with other inputs: close the window first
+            self.flush()
+            self.features = features
+        with self._lock:
+            if self._pending_rows + len(x) > self.max_pending_rows:
+                self.metrics.samples_dropped.inc(len(x))
+                return
+            self._pending.append((time.time(), x, proba, version))
+            self._pending_rows += len(x)
+
+    # -- writer --------------------------------------------------------------------------
+    def flush(self) -> Path | None:
+        """Write what is pending as one window file now; returns it (None when nothing pending)."""
+        with self._lock:
+            batch, n = self._pending, self._pending_rows
+            self._pending, self._pending_rows = [], 0
+            if not batch:
+                return None
+            self._seq += 1
+            seq, first = self._seq, self._row_seq
+            self._row_seq += n
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        x = np.concatenate([b[1] for b in batch])
+        columns = {
+            "sample_id": [f"{self.site_id}-{self.boot}-{i}" for i in range(first, first + n)],
+            "timestamp": np.concatenate([np.full(len(b[1]), b[0]) for b in batch]),
+            **{name: x[:, j] for j, name in enumerate(self.features)},
+            "probability": np.concatenate([b[2] for b in batch]).astype(np.float32),
+            "model_version": np.concatenate([np.full(len(b[1]), b[3], dtype=np.int64) for b in batch]),
+        }
+        start = int(batch[0][0] * 1000)
+        path = self.folder / f"{self.site_id}-{start}-{seq:06d}-n{n}.parquet"
+        tmp = self.folder / f".{path.name}.tmp"
+        pq.write_table(pa.table(columns), tmp)
+        os.replace(tmp, path)
+        self.metrics.samples_written.inc(n)
+        self._enforce_disk_bound()
+        return path
+
+    def windows(self) -> list[Path]:
+        """Finished window files, oldest first."""
+        return sorted((p for p in self.folder.glob("*.parquet") if WINDOW_RE.match(p.name)),
+                      key=lambda p: (int(WINDOW_RE.match(p.name)["start"]), p.name))
+
+    def _enforce_disk_bound(self) -> None:
+        windows = self.windows()
+        total = sum(p.stat().st_size for p in windows)
+        while windows and total > self.max_bytes:
+            oldest = windows.pop(0)
+            total -= oldest.stat().st_size
+            self.metrics.samples_dropped.inc(window_rows(oldest))
+            log.warning("sample buffer over %d bytes: dropped window %s", self.max_bytes, oldest.name)
+            oldest.unlink(missing_ok=True)
+        self.metrics.buffered_windows.set(len(windows))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.window_seconds):
+            try:
+                self.flush()
+            except Exception:  # a full disk must not kill sampling for good
+                log.exception("writing a sample window failed")
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+        self.flush()

@@ -1,0 +1,103 @@
+"""One edge site in one process: the inference service and, with a site id, its agent.
+
+Service and agent share a process on purpose: the swap is then an in-process call (no admin
+endpoint on the network), the agent reads the same model slot the requests read, and a site
+is one pid to start, watch and stop. The agent and the sample writer run in threads; requests
+run on the uvicorn event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+
+from serving.agent import Agent
+from serving.app import SiteApp
+from serving.bundle import BundleError, load_trusted_keys
+from serving.metrics import SiteMetrics
+from serving.model import BundleCache, LoadedModel, ModelSlot
+from serving.sampler import Sampler
+from tasks.settings import Settings
+
+log = logging.getLogger("edgewave.site")
+
+
+@dataclass
+class Site:
+    settings: Settings
+    slot: ModelSlot
+    metrics: SiteMetrics
+    sampler: Sampler
+    app: SiteApp
+    agent: Agent | None
+
+    def start_background(self) -> None:
+        self.sampler.start()
+        if self.agent:
+            self.agent.start()
+
+    def stop_background(self) -> None:
+        if self.agent:
+            self.agent.stop()
+        self.sampler.stop()
+        if self.agent:
+            try:  # last chance to ship what the sampler just flushed
+                self.agent.ship_windows()
+            except (ConnectionError, OSError):
+                pass
+
+
+def build_site(settings: Settings, bundle: Path | None = None, with_agent: bool = True) -> Site:
+    """Wire a site: last-known-good model first, then (optionally) the agent that updates it."""
+    site_dir = settings.site_dir()
+    site_dir.mkdir(parents=True, exist_ok=True)
+    metrics = SiteMetrics(settings.site_id)
+
+    def served(model: LoadedModel) -> None:
+        metrics.serving(model.manifest.name, model.version, model.sha256)
+
+    slot = ModelSlot(on_swap=served, on_failure=lambda reason: metrics.load_failures.labels(reason).inc())
+    trusted = load_trusted_keys(settings.trusted_keys)
+    if not trusted:
+        log.warning("no trusted keys in %s: every bundle will be refused", settings.trusted_keys)
+    sampler = Sampler(site_dir / "samples", settings.site_id, settings.sample_fraction,
+                      settings.sample_window_seconds, settings.sample_buffer_max_bytes, metrics)
+    app = SiteApp(slot, metrics, sampler, max_batch=settings.max_batch, max_body_bytes=settings.max_body_bytes,
+                  reject_out_of_range=settings.reject_out_of_range)
+    agent = None
+    if with_agent:
+        cache = BundleCache(site_dir / "bundles", keep=settings.bundles_kept)
+        agent = Agent(settings.site_id, site_dir, settings.desired_state_url, settings.monitoring_store, slot, cache,
+                      trusted, metrics, sampler, settings.sync_interval_seconds)
+        agent.restore()
+    if bundle is not None:
+        slot.swap(bundle, trusted)
+    return Site(settings, slot, metrics, sampler, app, agent)
+
+
+def run_site(settings: Settings, bundle: Path | None, with_agent: bool) -> int:
+    """Serve until SIGINT/SIGTERM; returns the exit code."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s [%(threadName)s]: %(message)s")
+    try:
+        site = build_site(settings, bundle, with_agent)
+    except BundleError as exc:
+        log.error("cannot serve %s: %s", bundle, exc)
+        return 3
+    current = site.slot.current
+    log.info("site %s on http://%s:%d serving %s%s", settings.site_id, settings.serve_host, settings.serve_port,
+             f"{current.manifest.name} v{current.version}" if current else "no model yet",
+             f"; agent syncing {settings.desired_state_url} every {settings.sync_interval_seconds:g}s" if site.agent else "")
+    config = uvicorn.Config(site.app, host=settings.serve_host, port=settings.serve_port, loop="uvloop",
+                            http="httptools", lifespan="on", access_log=False, log_level="warning",
+                            timeout_graceful_shutdown=10)
+    site.start_background()
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        site.stop_background()
+    return 0
