@@ -107,7 +107,7 @@ def _finite(x64: np.ndarray, where: str, names: tuple[str, ...]) -> np.ndarray:
     bad = ~np.isfinite(x)
     if bad.any():
         row, col = (int(i) for i in np.argwhere(bad)[0])
-        raise RequestError(422, f"{where.format(row=row, feature=names[col])}: value {x64[row, col]!r} is not a "
+        raise RequestError(422, f"{where.format(row=row, feature=names[col])}: value {float(x64[row, col])!r} is not a "
                                 "finite float32")
     return x
 

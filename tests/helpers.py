@@ -71,3 +71,57 @@ def edgewave_env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGEWAVE_", "PREFECT_", "MLFLOW_"))}
     env.update({"EDGEWAVE_HOME": str(home), "EDGEWAVE_TRAIN_ROWS": "4000", **extra})
     return env
+
+
+def start_site(home: Path, port: int, log: Path, *args: str, **env: str) -> subprocess.Popen:
+    """A real site process (`edgewave serve ...`) on 127.0.0.1:port; waits until it listens."""
+    process = subprocess.Popen(
+        [str(BIN / "edgewave"), "serve", "--port", str(port), "--host", "127.0.0.1", *args],
+        env=edgewave_env(home, **env), stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/healthz") or process.poll() is not None, 30,
+                 f"site on port {port}")
+    except TimeoutError:
+        stop(process)
+        raise
+    if process.poll() is not None:
+        raise RuntimeError(f"site exited with {process.returncode}: {log.read_text()}")
+    return process
+
+
+def post_json(conn, path: str, body: bytes | str, content_type: str = "application/json") -> tuple[int, dict]:
+    """POST on a keep-alive http.client connection; returns (status, decoded JSON body)."""
+    import json
+
+    conn.request("POST", path, body=body, headers={"Content-Type": content_type})
+    response = conn.getresponse()
+    data = response.read()
+    return response.status, json.loads(data) if data else {}
+
+
+class DesiredRepo:
+    """A desired-state Git repository, written the way the rollout flow writes it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        self._git("init", "--quiet", "--initial-branch", "main")
+        self._git("config", "user.email", "tests@edgewave.invalid")
+        self._git("config", "user.name", "edgewave tests")
+        (path / "README").write_text("desired state\n")
+        self._git("add", "README")
+        self._git("commit", "--quiet", "-m", "init")
+
+    def _git(self, *args: str) -> None:
+        subprocess.run(["git", *args], cwd=self.path, check=True, capture_output=True)
+
+    def set(self, site: str, version: int, bundle: Path, sha256: str, rollout_id: str = "ro-test") -> None:
+        import yaml
+
+        target = self.path / "sites" / f"{site}.yaml"
+        target.parent.mkdir(exist_ok=True)
+        target.write_text(yaml.safe_dump({"site": site, "model": "machine-failure", "version": version,
+                                          "bundle_url": bundle.as_uri(), "sha256": sha256, "rollout_id": rollout_id}))
+        self._git("add", "-A")
+        self._git("commit", "--quiet", "-m", f"{rollout_id}: {site} -> v{version}")

@@ -1,0 +1,185 @@
+"""A real site process on 127.0.0.1: valid requests, every kind of bad one, and a fuzz run."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+from tasks.data import FEATURES
+from tasks.export import onnx_proba
+from tests.helpers import free_port, post_json, start_site, stop
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def site(bundles, tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("site") / "site.log"
+    process = start_site(bundles.home, port, log, "--bundle", str(bundles.v2), EDGEWAVE_MAX_BATCH="100")
+    yield port, process, log
+    stop(process)
+
+
+@pytest.fixture
+def conn(site):
+    connection = http.client.HTTPConnection("127.0.0.1", site[0], timeout=10)
+    yield connection
+    connection.close()
+
+
+def rows(split, n: int) -> list[dict[str, float]]:
+    return [dict(zip(FEATURES, map(float, r))) for r in split.x_test[:n]]
+
+
+def test_rows_and_columns_give_the_models_probabilities(conn, split, bundles) -> None:
+    status, body = post_json(conn, "/v1/predict", json.dumps({"instances": rows(split, 20)}))
+    assert status == 200
+    assert body["model_version"] == 2 and body["model"] == "machine-failure"
+    expected = onnx_proba((bundles.v2 / "model.onnx").read_bytes(), split.x_test[:20])
+    np.testing.assert_allclose([p["probability"] for p in body["predictions"]], expected, atol=1e-6)
+    threshold = json.loads((bundles.v2 / "bundle.json").read_text())["threshold"]
+    assert [p["label"] for p in body["predictions"]] == ["failure" if p >= threshold else "ok" for p in expected]
+
+    columns = {name: split.x_test[:20, j].astype(float).tolist() for j, name in enumerate(FEATURES)}
+    status, body2 = post_json(conn, "/v1/predict", json.dumps({"columns": columns}))
+    assert status == 200 and body2["predictions"] == body["predictions"]
+
+
+def test_integers_are_numbers_too(conn, split) -> None:
+    row = {k: int(v) for k, v in rows(split, 1)[0].items()}
+    assert post_json(conn, "/v1/predict", json.dumps({"instances": [row]}))[0] == 200
+
+
+@pytest.mark.parametrize(("make_body", "status", "message"), [
+    (lambda r: b'{"instances": [', 400, "malformed JSON"),
+    (lambda r: b'{"instances": [{"torque_nm": NaN}]}', 400, "malformed JSON"),
+    (lambda r: b"[1, 2]", 400, "body: expected a JSON object"),
+    (lambda r: json.dumps({"rows": [r]}), 400, "unknown field(s) ['rows']"),
+    (lambda r: json.dumps({"instances": [r], "columns": {}}), 400, "exactly one of"),
+    (lambda r: json.dumps({"instances": [{k: v for k, v in r.items() if k != "torque_nm"}]}), 422,
+     "instances[0]: missing feature(s) ['torque_nm']"),
+    (lambda r: json.dumps({"instances": [{**r, "humidity": 0.4}]}), 422, "instances[0]: unknown feature(s) ['humidity']"),
+    (lambda r: json.dumps({"instances": [{("torque" if k == "torque_nm" else k): v for k, v in r.items()}]}), 422,
+     "missing feature(s) ['torque_nm']; unknown feature(s) ['torque']"),
+    (lambda r: json.dumps({"instances": [r, {**r, "tool_wear_min": "12"}]}), 422,
+     "instances[1].tool_wear_min: expected a number, got string"),
+    (lambda r: json.dumps({"instances": [{**r, "product_quality": True}]}), 422,
+     "instances[0].product_quality: expected a number, got boolean"),
+    (lambda r: json.dumps({"instances": [{**r, "torque_nm": None}]}), 422, "instances[0].torque_nm: expected a number, got null"),
+    (lambda r: json.dumps({"instances": [{**r, "torque_nm": 1e39}]}), 422, "instances[0].torque_nm: value 1e+39 is not a finite"),
+    (lambda r: b'{"instances": [{"torque_nm": 1e999}]}', 400, "malformed JSON"),
+    (lambda r: json.dumps({"instances": []}), 422, "instances: empty batch"),
+    (lambda r: json.dumps({"instances": [r] * 101}), 413, "batch of 101 rows exceeds the maximum of 100"),
+    (lambda r: json.dumps({"instances": ["row"]}), 422, "instances[0]: expected an object of features, got string"),
+    (lambda r: json.dumps({"columns": {k: [v] for k, v in r.items() if k != "air_temperature_k"}}), 422,
+     "columns: missing feature(s) ['air_temperature_k']"),
+    (lambda r: json.dumps({"columns": {**{k: [v] for k, v in r.items()}, "torque_nm": [1.0, 2.0]}}), 422,
+     "arrays have different lengths"),
+    (lambda r: json.dumps({"columns": {**{k: [v] for k, v in r.items()}, "torque_nm": ["x"]}}), 422,
+     "columns.torque_nm[0]: expected a number, got string"),
+])
+def test_bad_requests_get_a_4xx_that_names_the_problem(conn, split, make_body, status, message) -> None:
+    got, body = post_json(conn, "/v1/predict", make_body(rows(split, 1)[0]))
+    assert got == status, body
+    assert message in body["error"]
+
+
+def test_wrong_content_type_wrong_method_and_unknown_route(conn, site, split) -> None:
+    status, body = post_json(conn, "/v1/predict", json.dumps({"instances": rows(split, 1)}), "text/plain")
+    assert status == 415 and "content-type must be application/json" in body["error"]
+    conn.request("GET", "/v1/predict")
+    response = conn.getresponse()
+    assert response.status == 405 and "takes POST" in json.loads(response.read())["error"]
+    conn.request("GET", "/v2/predict")
+    response = conn.getresponse()
+    assert response.status == 404 and json.loads(response.read())["error"].startswith("no route")
+
+
+def test_a_body_over_the_limit_is_413(conn) -> None:
+    status, body = post_json(conn, "/v1/predict", b'{"instances": [' + b" " * (5 * 1024 * 1024) + b"]}")
+    assert status == 413 and "body exceeds" in body["error"]
+
+
+def test_health_readiness_manifest_openapi_and_metrics(site, conn, split) -> None:
+    port = site[0]
+    base = f"http://127.0.0.1:{port}"
+    assert json.loads(urllib.request.urlopen(f"{base}/healthz").read()) == {"status": "alive"}
+    ready = json.loads(urllib.request.urlopen(f"{base}/readyz").read())
+    assert ready["model_version"] == 2 and len(ready["sha256"]) == 64
+    manifest = json.loads(urllib.request.urlopen(f"{base}/v1/model").read())
+    assert manifest["input"]["features"][0]["name"] == FEATURES[0] and "columns" not in manifest["reference"]
+    spec = json.loads(urllib.request.urlopen(f"{base}/openapi.json").read())
+    assert spec["openapi"].startswith("3.") and "/v1/predict" in spec["paths"]
+
+    # one out-of-range row is served and counted against its feature
+    row = {**rows(split, 1)[0], "torque_nm": 500.0}
+    status, body = post_json(conn, "/v1/predict", json.dumps({"instances": [row]}))
+    assert status == 200 and body["out_of_range"] == {"torque_nm": 1}
+    text = urllib.request.urlopen(f"{base}/metrics").read().decode()
+    for series in ('edgewave_requests_total{route="/v1/predict",status="200"}',
+                   'edgewave_requests_total{route="/v1/predict",status="422"}',
+                   'edgewave_out_of_range_values_total{feature="torque_nm"}',
+                   "edgewave_request_duration_seconds_bucket", "edgewave_inference_duration_seconds_bucket",
+                   "edgewave_prediction_confidence_bucket", 'edgewave_predictions_total{label="ok"}',
+                   'edgewave_model_info{model="machine-failure"', "edgewave_model_swaps_total 1.0",
+                   "edgewave_model_version 2.0"):
+        assert series in text, series
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@st.composite
+def payloads(draw) -> tuple[bytes, str]:
+    """Valid-looking bodies with one thing wrong, random JSON, random bytes, odd content types."""
+    kind = draw(st.sampled_from(["mutated_row", "mutated_columns", "random_json", "random_bytes"]))
+    content_type = draw(st.sampled_from(["application/json"] * 8 + ["text/plain", "", "application/json; charset=utf-8"]))
+    row = {name: draw(st.floats(-1e6, 1e6) | st.integers(-10**6, 10**6)) for name in FEATURES}
+    if kind == "mutated_row":
+        key = draw(st.sampled_from(FEATURES + ("extra",)))
+        row = {**row, key: draw(json_values)} if draw(st.booleans()) else {k: v for k, v in row.items() if k != key}
+        body = json.dumps({"instances": draw(st.lists(st.just(row), min_size=0, max_size=3))})
+    elif kind == "mutated_columns":
+        columns = {k: [v] for k, v in row.items()}
+        columns[draw(st.sampled_from(FEATURES))] = draw(json_values)
+        body = json.dumps({"columns": columns})
+    elif kind == "random_json":
+        body = json.dumps(draw(json_values))
+    else:
+        return draw(st.binary(max_size=64)), content_type
+    return body.encode(), content_type
+
+
+def test_fuzz_1000_requests_never_get_a_5xx_and_the_site_stays_up(site) -> None:
+    port, process, log = site
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    statuses: list[int] = []
+
+    @hsettings(max_examples=1000, deadline=None, database=None, derandomize=True,
+               suppress_health_check=list(HealthCheck))
+    @given(payloads())
+    def one(payload: tuple[bytes, str]) -> None:
+        body, content_type = payload
+        conn.request("POST", "/v1/predict", body=body, headers={"Content-Type": content_type} if content_type else {})
+        response = conn.getresponse()
+        response.read()
+        statuses.append(response.status)
+        assert response.status < 500, (body, response.status)
+
+    one()
+    conn.close()
+    assert len(statuses) >= 1000
+    assert {200, 400, 415, 422} <= set(statuses), sorted(set(statuses))
+    assert process.poll() is None, log.read_text()
+    assert urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz").status == 200
