@@ -1,0 +1,167 @@
+"""A real site process with its agent: hot swap under load, refusals, offline autonomy."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import shutil
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tasks.data import FEATURES
+from tests.helpers import DesiredRepo, free_port, post_json, start_site, stop, wait_for
+
+pytestmark = pytest.mark.integration
+SITE = "plant-a-line-1"
+
+
+def readyz(port: int) -> dict:
+    try:
+        return json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).read())
+    except OSError:
+        return {}
+
+
+def metric(port: int, name: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+def site_home(bundles, tmp_path: Path) -> Path:
+    """A site's own home that trusts the release key (and only it)."""
+    home = tmp_path / "site-home"
+    shutil.copytree(bundles.home / "keys", home / "keys", ignore=shutil.ignore_patterns("*.key"))
+    return home
+
+
+class Load:
+    """N client threads posting single rows until stopped; records every (status, version)."""
+
+    def __init__(self, port: int, body: bytes, threads: int = 2) -> None:
+        self.port, self.body = port, body
+        self.results: list[list[tuple[int, int | None]]] = [[] for _ in range(threads)]
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+
+    def _run(self, i: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        while not self._stop.is_set():
+            status, body = post_json(conn, "/v1/predict", self.body)
+            self.results[i].append((status, body.get("model_version")))
+        conn.close()
+
+    def __enter__(self) -> "Load":
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=15)
+
+
+def test_hot_swap_under_load_drops_nothing_and_refuses_bad_bundles(bundles, split, tmp_path: Path) -> None:
+    repo = DesiredRepo(tmp_path / "desired")
+    repo.set(SITE, 1, bundles.v1, bundles.sha(bundles.v1))
+    port = free_port()
+    log = tmp_path / "site.log"
+    site = start_site(site_home(bundles, tmp_path), port, log, "--site", SITE,
+                      EDGEWAVE_DESIRED_STATE_REMOTE=str(repo.path), EDGEWAVE_SYNC_INTERVAL_SECONDS="0.5",
+                      EDGEWAVE_SAMPLE_FRACTION="0")
+    try:
+        wait_for(lambda: readyz(port).get("model_version") == 1, 20, "site to apply v1")
+        body = json.dumps({"instances": [dict(zip(FEATURES, map(float, split.x_test[0])))]}).encode()
+        with Load(port, body, threads=3) as load:
+            time.sleep(4)
+            repo.set(SITE, 2, bundles.v2, bundles.sha(bundles.v2), rollout_id="ro-swap")
+            wait_for(lambda: readyz(port).get("model_version") == 2, 20, "site to swap to v2")
+            time.sleep(6)
+        all_results = [r for thread in load.results for r in thread]
+        assert len(all_results) > 1000, "load too thin to prove anything"
+        assert {status for status, _ in all_results} == {200}
+        for thread in load.results:
+            versions = [v for _, v in thread]
+            changes = [(a, b) for a, b in zip(versions, versions[1:]) if a != b]
+            assert changes == [(1, 2)], f"version changed {changes} in one client"
+
+        # A bundle signed by a key the site does not trust, then a corrupted one: both refused.
+        repo.set(SITE, 3, bundles.foreign, bundles.sha(bundles.foreign), rollout_id="ro-foreign")
+        wait_for(lambda: metric(port, 'edgewave_model_load_failures_total{reason="UnknownKeyError"}') >= 1, 20,
+                 "the foreign bundle to be refused")
+        repo.set(SITE, 4, bundles.corrupt, bundles.sha(bundles.corrupt), rollout_id="ro-corrupt")
+        wait_for(lambda: metric(port, 'edgewave_model_load_failures_total{reason="HashMismatchError"}') >= 1, 20,
+                 "the corrupt bundle to be refused")
+        assert readyz(port)["model_version"] == 2
+        status, answer = post_json(http.client.HTTPConnection("127.0.0.1", port), "/v1/predict", body)
+        assert (status, answer["model_version"]) == (200, 2)
+        assert metric(port, "edgewave_model_swaps_total") == 2
+        text = log.read_text()
+        assert "refused bundle" in text and "still serving v2" in text
+
+        # Instant local rollback: v1 is still in the cache, nothing is downloaded.
+        repo.set(SITE, 1, bundles.v1, bundles.sha(bundles.v1), rollout_id="ro-rollback")
+        wait_for(lambda: readyz(port).get("model_version") == 1, 20, "rollback to v1")
+        assert "applied v1 from the local cache" in log.read_text()
+    finally:
+        stop(site)
+
+
+def test_offline_site_keeps_serving_and_ships_every_buffered_sample_once(bundles, split, tmp_path: Path) -> None:
+    interval = 2.0
+    repo = DesiredRepo(tmp_path / "remote" / "desired")
+    store = tmp_path / "remote" / "monitoring"
+    store.mkdir()
+    repo.set(SITE, 1, bundles.v1, bundles.sha(bundles.v1))
+    port = free_port()
+    log = tmp_path / "site.log"
+    site = start_site(site_home(bundles, tmp_path), port, log, "--site", SITE,
+                      EDGEWAVE_DESIRED_STATE_REMOTE=str(repo.path), EDGEWAVE_MONITORING_STORE_URL=store.as_uri(),
+                      EDGEWAVE_SYNC_INTERVAL_SECONDS=str(interval), EDGEWAVE_SAMPLE_FRACTION="1",
+                      EDGEWAVE_SAMPLE_WINDOW_SECONDS="0.5")
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    sent = 0
+
+    def send(n: int) -> None:
+        nonlocal sent
+        for i in range(n):
+            rows = [dict(zip(FEATURES, map(float, r))) for r in split.x_test[i % 50: i % 50 + 3]]
+            status, _ = post_json(conn, "/v1/predict", json.dumps({"instances": rows}))
+            assert status == 200
+            sent += len(rows)
+
+    try:
+        wait_for(lambda: readyz(port).get("model_version") == 1, 20, "site to apply v1")
+        send(20)
+        # The network to the control plane goes away: remote and store both unreachable.
+        (tmp_path / "remote").rename(tmp_path / "remote-away")
+        wait_for(lambda: metric(port, "edgewave_agent_offline") == 1, 15, "the agent to notice it is offline")
+        send(100)
+        time.sleep(1.5)  # let some windows close while offline
+        assert readyz(port)["model_version"] == 1
+        assert metric(port, "edgewave_agent_buffered_windows") >= 1
+
+        # Back online, with a new desired version committed meanwhile.
+        (tmp_path / "remote-away").rename(tmp_path / "remote")
+        repo.set(SITE, 2, bundles.v2, bundles.sha(bundles.v2))
+        back = time.monotonic()
+        wait_for(lambda: readyz(port).get("model_version") == 2, 3 * interval, "convergence after reconnect")
+        converged = time.monotonic() - back
+        assert converged <= interval + 1.0, f"converged {converged:.1f}s after reconnect, interval {interval}s"
+        wait_for(lambda: metric(port, "edgewave_agent_offline") == 0, 2 * interval, "the agent to be online")
+    finally:
+        conn.close()
+        stop(site)  # a clean stop flushes the last window and ships it
+
+    uploaded = sorted((store / SITE).glob("*.parquet"))
+    assert uploaded
+    ids = [i for path in uploaded for i in pq.read_table(path, columns=["sample_id"]).column(0).to_pylist()]
+    assert len(ids) == sent, f"{sent} rows sampled, {len(ids)} uploaded"
+    assert len(set(ids)) == len(ids), "a sample was uploaded twice"
+    site_dir = tmp_path / "site-home" / "sites" / SITE / "samples"
+    assert not list(site_dir.glob("*.parquet")), "a shipped window was left behind"
