@@ -183,3 +183,37 @@ def test_fuzz_1000_requests_never_get_a_5xx_and_the_site_stays_up(site) -> None:
     assert {200, 400, 415, 422} <= set(statuses), sorted(set(statuses))
     assert process.poll() is None, log.read_text()
     assert urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz").status == 200
+
+
+def asgi_post(app, body: bytes) -> tuple[int, dict]:
+    """Drive the ASGI app in-process (no server), as uvicorn would."""
+    import asyncio
+
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/predict", "headers": [(b"content-type", b"application/json")]}
+    asyncio.run(app(scope, receive, send))
+    return sent[0]["status"], json.loads(sent[1]["body"])
+
+
+def test_out_of_range_rows_are_refused_when_configured(bundles, split) -> None:
+    from serving.app import SiteApp
+    from serving.bundle import load_trusted_keys
+    from serving.metrics import SiteMetrics
+    from serving.model import ModelSlot
+
+    slot = ModelSlot()
+    slot.swap(bundles.v2, load_trusted_keys(bundles.home / "keys"))
+    strict = SiteApp(slot, SiteMetrics("s"), reject_out_of_range=True)
+    row = {**rows(split, 1)[0], "air_temperature_k": 400.0}
+    status, body = asgi_post(strict, json.dumps({"instances": [rows(split, 1)[0], row]}).encode())
+    assert status == 422 and "outside the training range: {'air_temperature_k': 1}" in body["error"]
+    lenient = SiteApp(slot, SiteMetrics("s"))
+    status, body = asgi_post(lenient, json.dumps({"instances": [row]}).encode())
+    assert status == 200 and body["out_of_range"] == {"air_temperature_k": 1}
