@@ -105,32 +105,33 @@ class SiteApp:
         if model is None:
             raise RequestError(503, "no verified model loaded yet")
         x = parse_predict(body, model, self.max_batch)
-        outside = out_of_range(x, model)
-        flagged = {}
-        if outside.any():
-            flagged = {model.feature_names[j]: int(n) for j, n in enumerate(outside) if n}
+        hot = self.metrics.hot
+        flagged = out_of_range(x, model)
+        if flagged:
             for name, n in flagged.items():
-                self.metrics.out_of_range.labels(name).inc(n)
+                hot.out_of_range[name] = hot.out_of_range.get(name, 0) + n
             if self.reject_out_of_range:
                 raise RequestError(422, f"values outside the training range: {flagged} (rows per feature)")
         t0 = time.perf_counter()
         proba = model.failure_probability(x)
-        self.metrics.inference_seconds.observe(time.perf_counter() - t0)
-        positive = proba >= model.manifest.threshold
-        n_pos = int(positive.sum())
-        labels = model.manifest.class_labels
-        m = self.metrics
-        m.rows.inc(len(x))
-        if n_pos:
-            m.predicted.labels(labels[1]).inc(n_pos)
-        if len(x) - n_pos:
-            m.predicted.labels(labels[0]).inc(len(x) - n_pos)
-        for c in np.maximum(proba, 1 - proba).tolist():
-            m.confidence.observe(c)
+        hot.inference.observe(time.perf_counter() - t0)
         if self.sampler is not None:
             self.sampler.offer(x, proba, model.version, model.feature_names)
-        predictions = [{"probability": p, "label": labels[1] if p >= model.manifest.threshold else labels[0]}
-                       for p in proba.tolist()]
+        negative, positive = model.labels
+        threshold = model.threshold
+        probabilities = proba.tolist()
+        predictions = [{"probability": p, "label": positive if p >= threshold else negative} for p in probabilities]
+        n_pos = sum(1 for p in probabilities if p >= threshold)
+        hot.rows += len(probabilities)
+        hot.predicted[positive] = hot.predicted.get(positive, 0) + n_pos
+        hot.predicted[negative] = hot.predicted.get(negative, 0) + len(probabilities) - n_pos
+        if len(probabilities) <= 16:
+            for p in probabilities:
+                hot.confidence.observe(p if p >= 0.5 else 1.0 - p)
+        else:
+            confidence = np.maximum(proba, 1 - proba)
+            counts = np.bincount(np.searchsorted(hot.confidence.bounds, confidence), minlength=len(hot.confidence.counts))
+            hot.confidence.add(counts.tolist(), float(confidence.sum()))
         response: dict[str, Any] = {"model": model.manifest.name, "model_version": model.version,
                                     "predictions": predictions}
         if flagged:

@@ -36,6 +36,8 @@ class LoadedModel:
     feature_names: tuple[str, ...]
     mins: np.ndarray
     maxs: np.ndarray
+    threshold: float
+    labels: tuple[str, str]  # (negative, positive)
 
     @property
     def version(self) -> int:
@@ -70,6 +72,8 @@ def load_model(folder: Path, trusted: dict[str, Ed25519PublicKey]) -> LoadedMode
         manifest, session, folder, names,
         np.array([f.min for f in manifest.input.features], dtype=np.float32),
         np.array([f.max for f in manifest.input.features], dtype=np.float32),
+        manifest.threshold,
+        (manifest.class_labels[1 - manifest.output.positive_index], manifest.class_labels[manifest.output.positive_index]),
     )
     columns = manifest.reference.columns
     missing = [n for n in names if n not in columns]
