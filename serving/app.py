@@ -14,6 +14,7 @@ from typing import Any, Awaitable, Callable
 import numpy as np
 import orjson
 
+from serving.batching import MicroBatcher
 from serving.metrics import SiteMetrics
 from serving.model import ModelSlot
 from serving.openapi import openapi
@@ -39,6 +40,7 @@ class SiteApp:
         self.max_batch = max_batch
         self.max_body_bytes = max_body_bytes
         self.reject_out_of_range = reject_out_of_range
+        self.batcher = MicroBatcher(metrics.hot.inference)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -68,7 +70,7 @@ class SiteApp:
         if scope["method"] != method and not (method == "GET" and scope["method"] == "HEAD"):
             raise RequestError(405, f"{path} takes {method}, not {scope['method']}")
         if path == "/v1/predict":
-            return 200, self._predict(scope, await self._body(scope, receive)), JSON
+            return 200, await self._predict(await self._body(scope, receive)), JSON
         if path == "/healthz":
             return 200, b'{"status":"alive"}', JSON
         if path == "/metrics":
@@ -100,7 +102,7 @@ class SiteApp:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    def _predict(self, scope: Scope, body: bytes) -> bytes:
+    async def _predict(self, body: bytes) -> bytes:
         model = self.slot.current  # read once: a swap during this request does not affect it
         if model is None:
             raise RequestError(503, "no verified model loaded yet")
@@ -112,9 +114,7 @@ class SiteApp:
                 hot.out_of_range[name] = hot.out_of_range.get(name, 0) + n
             if self.reject_out_of_range:
                 raise RequestError(422, f"values outside the training range: {flagged} (rows per feature)")
-        t0 = time.perf_counter()
-        proba = model.failure_probability(x)
-        hot.inference.observe(time.perf_counter() - t0)
+        proba = await self.batcher.predict(model, x)
         if self.sampler is not None:
             self.sampler.offer(x, proba, model.version, model.feature_names)
         negative, positive = model.labels

@@ -76,7 +76,7 @@ class HotPath(Collector):
         for route, buckets in sorted(self.request_latency.items()):
             buckets.family("", "", {"route": route}, into=latency)
         yield latency
-        yield self.inference.family("edgewave_inference_duration_seconds", "ONNX Runtime time per request.")
+        yield self.inference.family("edgewave_inference_duration_seconds", "ONNX Runtime time per call (one call scores a micro-batch of requests).")
         yield self.confidence.family("edgewave_prediction_confidence", "max(p, 1-p) per scored row.")
         yield CounterMetricFamily("edgewave_predicted_rows", "Rows scored.", value=self.rows)
         yield self._by("edgewave_predictions", "Scored rows by predicted class.", "label", self.predicted)

@@ -217,3 +217,45 @@ def test_out_of_range_rows_are_refused_when_configured(bundles, split) -> None:
     lenient = SiteApp(slot, SiteMetrics("s"))
     status, body = asgi_post(lenient, json.dumps({"instances": [row]}).encode())
     assert status == 200 and body["out_of_range"] == {"air_temperature_k": 1}
+
+
+def test_concurrent_requests_share_onnx_calls_and_each_gets_its_own_rows(bundles, split) -> None:
+    import asyncio
+
+    from serving.app import SiteApp
+    from serving.bundle import load_trusted_keys
+    from serving.metrics import SiteMetrics
+    from serving.model import ModelSlot
+
+    slot = ModelSlot()
+    slot.swap(bundles.v2, load_trusted_keys(bundles.home / "keys"))
+    metrics = SiteMetrics("s")
+    app = SiteApp(slot, metrics)
+    bodies = [json.dumps({"instances": [dict(zip(FEATURES, map(float, r))) for r in split.x_test[i: i + 1 + i % 3]]}).encode()
+              for i in range(40)]
+
+    async def call(body: bytes) -> dict:
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/v1/predict",
+                 "headers": [(b"content-type", b"application/json")]}
+        await app(scope, receive, send)
+        assert sent[0]["status"] == 200
+        return json.loads(sent[1]["body"])
+
+    async def all_at_once() -> list[dict]:
+        return await asyncio.gather(*(call(b) for b in bodies))
+
+    answers = asyncio.run(all_at_once())
+    model = (bundles.v2 / "model.onnx").read_bytes()
+    for i, answer in enumerate(answers):
+        expected = onnx_proba(model, split.x_test[i: i + 1 + i % 3])
+        np.testing.assert_allclose([p["probability"] for p in answer["predictions"]], expected, atol=1e-6)
+    onnx_calls = sum(metrics.hot.inference.counts)
+    assert onnx_calls < len(bodies), f"{onnx_calls} ONNX calls for {len(bodies)} concurrent requests: no batching"
