@@ -30,6 +30,7 @@ test-unit: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/release.py
+	$(BIN)/python bench/serving.py
 
 clean:
 	rm -rf .edgewave

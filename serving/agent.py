@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import random
-import threading
 import time
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from serving.background import Background
 from serving.bundle import BundleError, HashMismatchError, ManifestInvalidError
 from serving.desired import DesiredState, DesiredStateError, GitMirror, read_desired, site_file
 from serving.metrics import SiteMetrics
@@ -39,7 +39,10 @@ def backoff(failures: int, interval: float) -> float:
     return step * random.uniform(0.5, 1.0)
 
 
-class Agent:
+class Agent(Background):
+    thread_name = "agent"
+    join_timeout = 30.0
+
     def __init__(self, site_id: str, site_dir: Path, remote: str, monitoring_store: str, slot: ModelSlot,
                  cache: BundleCache, trusted: dict[str, Ed25519PublicKey], metrics: SiteMetrics,
                  sampler: Sampler | None, interval: float) -> None:
@@ -55,8 +58,7 @@ class Agent:
         self.interval = interval
         self.failures = 0
         self.refused: set[tuple[int, str]] = set()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__()
 
     # -- last-known-good ------------------------------------------------------------------
     def restore(self) -> None:
@@ -183,11 +185,3 @@ class Agent:
                 self.failures += 1
             self._stop.wait(backoff(self.failures, self.interval))
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="agent", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=30)

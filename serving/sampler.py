@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from serving.background import Background
 from serving.metrics import SiteMetrics
 
 log = logging.getLogger("edgewave.sampler")
@@ -30,7 +31,9 @@ def window_rows(path: Path) -> int:
     return int(match["rows"]) if match else 0
 
 
-class Sampler:
+class Sampler(Background):
+    thread_name = "sampler"
+
     def __init__(self, folder: Path, site_id: str, fraction: float,
                  window_seconds: float, max_bytes: int, metrics: SiteMetrics, max_pending_rows: int = 200_000) -> None:
         self.folder = folder
@@ -47,8 +50,7 @@ class Sampler:
         self._seq = 0
         self._row_seq = 0
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__()
         folder.mkdir(parents=True, exist_ok=True)
 
     # -- request path --------------------------------------------------------------------
@@ -119,12 +121,6 @@ class Sampler:
             except Exception:  # a full disk must not kill sampling for good
                 log.exception("writing a sample window failed")
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
-        self._thread.start()
-
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=10)
+        super().stop()
         self.flush()

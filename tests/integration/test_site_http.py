@@ -185,10 +185,8 @@ def test_fuzz_1000_requests_never_get_a_5xx_and_the_site_stays_up(site) -> None:
     assert urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz").status == 200
 
 
-def asgi_post(app, body: bytes) -> tuple[int, dict]:
+async def asgi_call(app, body: bytes) -> tuple[int, dict]:
     """Drive the ASGI app in-process (no server), as uvicorn would."""
-    import asyncio
-
     sent: list[dict] = []
 
     async def receive() -> dict:
@@ -198,8 +196,14 @@ def asgi_post(app, body: bytes) -> tuple[int, dict]:
         sent.append(message)
 
     scope = {"type": "http", "method": "POST", "path": "/v1/predict", "headers": [(b"content-type", b"application/json")]}
-    asyncio.run(app(scope, receive, send))
+    await app(scope, receive, send)
     return sent[0]["status"], json.loads(sent[1]["body"])
+
+
+def asgi_post(app, body: bytes) -> tuple[int, dict]:
+    import asyncio
+
+    return asyncio.run(asgi_call(app, body))
 
 
 def test_out_of_range_rows_are_refused_when_configured(bundles, split) -> None:
@@ -234,27 +238,13 @@ def test_concurrent_requests_share_onnx_calls_and_each_gets_its_own_rows(bundles
     bodies = [json.dumps({"instances": [dict(zip(FEATURES, map(float, r))) for r in split.x_test[i: i + 1 + i % 3]]}).encode()
               for i in range(40)]
 
-    async def call(body: bytes) -> dict:
-        sent: list[dict] = []
-
-        async def receive() -> dict:
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        async def send(message: dict) -> None:
-            sent.append(message)
-
-        scope = {"type": "http", "method": "POST", "path": "/v1/predict",
-                 "headers": [(b"content-type", b"application/json")]}
-        await app(scope, receive, send)
-        assert sent[0]["status"] == 200
-        return json.loads(sent[1]["body"])
-
-    async def all_at_once() -> list[dict]:
-        return await asyncio.gather(*(call(b) for b in bodies))
+    async def all_at_once() -> list[tuple[int, dict]]:
+        return await asyncio.gather(*(asgi_call(app, b) for b in bodies))
 
     answers = asyncio.run(all_at_once())
     model = (bundles.v2 / "model.onnx").read_bytes()
-    for i, answer in enumerate(answers):
+    for i, (status, answer) in enumerate(answers):
+        assert status == 200
         expected = onnx_proba(model, split.x_test[i: i + 1 + i % 3])
         np.testing.assert_allclose([p["probability"] for p in answer["predictions"]], expected, atol=1e-6)
     onnx_calls = sum(metrics.hot.inference.counts)
