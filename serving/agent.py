@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -93,11 +94,14 @@ class Agent(Background):
         cached = folder.exists()
         if not cached:
             log.info("downloading v%d from %s (rollout %s)", desired.version, desired.bundle_url, desired.rollout_id)
+            partial = folder.with_name(f".{folder.name}.partial")  # never mistaken for a cached bundle
+            shutil.rmtree(partial, ignore_errors=True)
             try:
-                download_bundle(desired.bundle_url, folder)
+                download_bundle(desired.bundle_url, partial)
             except OSError as exc:  # store unreachable or bundle not there (yet): retry later
-                self.cache.discard(desired.version)
+                shutil.rmtree(partial, ignore_errors=True)
                 raise ConnectionError(f"bundle v{desired.version} not fetched from {desired.bundle_url}: {exc}") from exc
+            partial.rename(folder)
         try:
             self._check_desired_hash(folder, desired)
             self.slot.swap(folder, self.trusted)  # verifies, loads, warms up; counts its own refusals
@@ -105,8 +109,7 @@ class Agent(Background):
             self.refused.add(key)
             self.metrics.agent_errors.labels("bundle_refused").inc()
             log.error("not applying v%d, still serving %s: %s", desired.version, self._serving(), exc)
-            if not cached:
-                self.cache.discard(desired.version)
+            self.cache.discard(desired.version)  # a bad bundle is no rollback target
             return False
         self.cache.touch(desired.version)
         self.cache.prune(protect=desired.version)

@@ -101,3 +101,19 @@ def test_fraction_zero_samples_nothing_and_bounds_count_what_they_drop(tmp_path:
     disk.offer(np.ones((3, 2), np.float32), np.ones(3, np.float32), 1, FEATURES)
     disk.flush()
     assert disk.windows() == [] and disk.metrics.samples_dropped._value.get() == 3
+
+
+def test_an_unreachable_bundle_leaves_nothing_in_the_cache_and_is_retried(tmp_path: Path) -> None:
+    from serving.agent import Agent
+    from serving.desired import DesiredState
+    from serving.model import ModelSlot
+
+    cache = BundleCache(tmp_path / "bundles")
+    agent = Agent("s1", tmp_path, str(tmp_path / "remote"), (tmp_path / "store").as_uri(), ModelSlot(), cache, {},
+                  SiteMetrics("s1"), None, 1.0)
+    desired = DesiredState(site="s1", model="m", version=5, bundle_url=(tmp_path / "absent").as_uri(), sha256=SHA,
+                           rollout_id="ro-1")
+    with pytest.raises(ConnectionError, match="bundle v5 not fetched"):
+        agent.apply(desired)
+    assert cache.versions() == [] and not any(cache.root.iterdir())
+    assert (5, SHA) not in agent.refused, "an unreachable store is retried, not refused for good"
