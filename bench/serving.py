@@ -166,7 +166,8 @@ def main() -> None:
                     "-h", "127.0.0.1", "-p", str(ports["mlflow"])], f"http://127.0.0.1:{ports['mlflow']}/ping",
                    "/invocations"),
         "echo": ([str(BIN / "uvicorn"), "bench.echo_app:app", "--host", "127.0.0.1", "--port", str(ports["echo"]),
-                  "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"],
+                  "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
+                  "--no-proxy-headers", "--no-server-header", "--no-date-header"],  # as the site runs
                  f"http://127.0.0.1:{ports['echo']}/", "/"),
     }
     for name, (cmd, ready, path) in servers.items():

@@ -38,6 +38,8 @@ class LoadedModel:
     maxs: np.ndarray
     threshold: float
     labels: tuple[str, str]  # (negative, positive)
+    min_bounds: tuple[float, ...]  # the same bounds as Python floats, for small batches
+    max_bounds: tuple[float, ...]
 
     @property
     def version(self) -> int:
@@ -68,12 +70,13 @@ def load_model(folder: Path, trusted: dict[str, Ed25519PublicKey]) -> LoadedMode
     except Exception as exc:  # ORT raises its own exception types for a bad graph
         raise ModelLoadError(f"{folder}: {MODEL} does not load in ONNX Runtime: {exc}") from None
     names = tuple(manifest.input.names)
+    mins = np.array([f.min for f in manifest.input.features], dtype=np.float32)
+    maxs = np.array([f.max for f in manifest.input.features], dtype=np.float32)
+    positive = manifest.output.positive_index
     model = LoadedModel(
-        manifest, session, folder, names,
-        np.array([f.min for f in manifest.input.features], dtype=np.float32),
-        np.array([f.max for f in manifest.input.features], dtype=np.float32),
-        manifest.threshold,
-        (manifest.class_labels[1 - manifest.output.positive_index], manifest.class_labels[manifest.output.positive_index]),
+        manifest, session, folder, names, mins, maxs, manifest.threshold,
+        (manifest.class_labels[1 - positive], manifest.class_labels[positive]),
+        tuple(mins.tolist()), tuple(maxs.tolist()),
     )
     columns = manifest.reference.columns
     missing = [n for n in names if n not in columns]

@@ -94,6 +94,7 @@ def run_site(settings: Settings, bundle: Path | None, with_agent: bool) -> int:
              f"; agent syncing {settings.desired_state_url} every {settings.sync_interval_seconds:g}s" if site.agent else "")
     config = uvicorn.Config(site.app, host=settings.serve_host, port=settings.serve_port, loop="uvloop",
                             http="httptools", lifespan="on", access_log=False, log_level="warning",
+                            proxy_headers=False, server_header=False, date_header=False,
                             timeout_graceful_shutdown=10)
     site.start_background()
     try:

@@ -129,7 +129,18 @@ def parse_predict(body: bytes, model: LoadedModel, max_batch: int) -> np.ndarray
 
 
 def out_of_range(x: np.ndarray, model: LoadedModel) -> dict[str, int]:
-    """Values outside the range seen in training, per feature (empty: all inside)."""
+    """Values outside the range seen in training, per feature (empty: all inside).
+
+    Small batches are checked in plain Python: for a handful of values that is several times
+    cheaper than numpy's per-call overhead, which showed up in the served profile.
+    """
+    if len(x) <= 8:
+        found: dict[str, int] = {}
+        for row in x.tolist():
+            for name, v, lo, hi in zip(model.feature_names, row, model.min_bounds, model.max_bounds):
+                if v < lo or v > hi:
+                    found[name] = found.get(name, 0) + 1
+        return found
     outside = (x < model.mins) | (x > model.maxs)
     if not outside.any():
         return {}
