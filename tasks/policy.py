@@ -1,0 +1,241 @@
+"""The fleet and its rollout policy: pydantic models loaded from one YAML file.
+
+A bad file fails here, at load, with the field path in the message, before anything is
+deployed. Waves are resolved against the fleet at load too, so a wave that would select no
+site is an error naming the wave rather than a silent no-op.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, time as clock
+from pathlib import Path
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+DAYS: tuple[Day, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+SiteId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][\w.-]*$")]
+
+
+class PolicyError(ValueError):
+    """The fleet or rollout policy file is invalid; the message names the field."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MaintenanceWindow(_Model):
+    """Updates are allowed from `start` to `end` (local time of the site) on `days`."""
+
+    days: list[Day] = Field(default_factory=lambda: list(DAYS), min_length=1)
+    start: clock
+    end: clock
+
+    def contains(self, moment: datetime) -> bool:
+        day, now = DAYS[moment.weekday()], moment.time()
+        if self.start <= self.end:
+            return day in self.days and self.start <= now < self.end
+        # a window over midnight belongs to the day it starts on
+        previous = DAYS[(moment.weekday() - 1) % 7]
+        return (day in self.days and now >= self.start) or (previous in self.days and now < self.end)
+
+
+class Site(_Model):
+    id: SiteId
+    kind: Literal["local", "agent", "k8s"] = "local"
+    labels: dict[str, str] = Field(default_factory=dict)
+    port: int | None = Field(None, ge=1024, le=65535, description="Loopback port of a local site.")
+    metrics_url: str | None = Field(None, description="Where its /metrics is scraped; local sites derive it.")
+    timezone: str = "UTC"
+    maintenance_windows: list[MaintenanceWindow] = Field(default_factory=list)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _reachable(self) -> Site:
+        if self.metrics_url is None and self.port is None:
+            raise ValueError("give a port (local sites) or a metrics_url")
+        return self
+
+    @property
+    def base_url(self) -> str:
+        if self.metrics_url:
+            return self.metrics_url.removesuffix("/metrics")
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def scrape_url(self) -> str:
+        return self.metrics_url or f"{self.base_url}/metrics"
+
+    def in_maintenance(self, moment: datetime) -> bool:
+        """True when an update may happen now (always, if the site has no windows)."""
+        if not self.maintenance_windows:
+            return True
+        local = moment.astimezone(ZoneInfo(self.timezone))
+        return any(w.contains(local) for w in self.maintenance_windows)
+
+
+class Wave(_Model):
+    """Which of the sites not yet updated this wave takes: by labels, a count or a percentage."""
+
+    name: str = Field(min_length=1)
+    selector: dict[str, str] | None = None
+    count: int | None = Field(None, ge=1)
+    percent: float | None = Field(None, gt=0, le=100)
+    manual_gate: bool = Field(False, description="Pause for approval in the Prefect UI after this wave.")
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> Wave:
+        if sum(x is not None for x in (self.selector, self.count, self.percent)) != 1:
+            raise ValueError("give exactly one of selector, count or percent")
+        return self
+
+
+class Analysis(_Model):
+    interval_seconds: float = Field(5.0, gt=0)
+    measurements: int = Field(3, ge=1)
+    min_requests_per_site: int = Field(50, ge=1, description="Fewer requests in the window: inconclusive.")
+    max_error_rate: float = Field(0.01, ge=0, le=1, description="Share of 5xx among predict requests.")
+    max_p99_latency_ratio: float = Field(1.5, gt=0, description="Canary p99 / baseline p99.")
+    min_confidence_ratio: float = Field(0.9, gt=0, description="Canary mean confidence / baseline.")
+    max_failure_rate_shift: float = Field(0.05, ge=0, le=1,
+                                          description="|canary - baseline| share of rows predicted 'failure'.")
+    inconclusive_limit: int = Field(3, ge=1, description="Inconclusive measurements before the fallback.")
+    on_inconclusive: Literal["hold", "fail"] = "hold"
+
+
+class Abort(_Model):
+    max_failed_site_share: float = Field(0.0, ge=0, le=1, description="Failed / judged sites above this: roll back.")
+    min_sites_judged: int = Field(1, ge=1, description="Fewer judged sites: the wave is inconclusive.")
+
+
+class Offline(_Model):
+    deadline_seconds: float = Field(60.0, gt=0, description="How long an unreachable site is waited for.")
+    then: Literal["fail", "skip"] = Field("skip", description="fail: count it failed; skip: re-queue it next wave.")
+
+
+class RolloutPolicy(_Model):
+    waves: list[Wave] = Field(min_length=1)
+    rounding: Literal["up", "down", "nearest"] = Field(
+        "up", description="How a percentage of the remaining sites becomes a site count.")
+    bake_seconds: float = Field(30.0, ge=0)
+    convergence_deadline_seconds: float = Field(60.0, gt=0)
+    analysis: Analysis = Field(default_factory=Analysis)
+    abort: Abort = Field(default_factory=Abort)
+    concurrency: int = Field(10, ge=1)
+    offline: Offline = Field(default_factory=Offline)
+
+    @field_validator("waves")
+    @classmethod
+    def _unique_names(cls, waves: list[Wave]) -> list[Wave]:
+        names = [w.name for w in waves]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"wave names must be unique: {duplicates}")
+        return waves
+
+
+class Fleet(_Model):
+    sites: list[Site] = Field(min_length=1)
+
+    @field_validator("sites")
+    @classmethod
+    def _unique_ids(cls, sites: list[Site]) -> list[Site]:
+        ids = [s.id for s in sites]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"site ids must be unique: {duplicates}")
+        ports = [s.port for s in sites if s.port is not None]
+        clashes = sorted({p for p in ports if ports.count(p) > 1})
+        if clashes:
+            raise ValueError(f"ports used by more than one site: {clashes}")
+        return sites
+
+    def site(self, site_id: str) -> Site:
+        for s in self.sites:
+            if s.id == site_id:
+                return s
+        raise KeyError(f"no site {site_id!r} in the fleet")
+
+
+class FleetFile(_Model):
+    fleet: Fleet
+    rollout: RolloutPolicy
+
+    @model_validator(mode="after")
+    def _waves_resolve(self) -> FleetFile:
+        plan_waves(self.fleet, self.rollout)  # raises naming the wave
+        return self
+
+
+def wave_size(percent: float, remaining: int, rounding: str) -> int:
+    """The explicit rule: a percentage of the sites still to update, rounded as configured."""
+    exact = round(remaining * percent / 100, 9)  # 50 % of 10 is 5, not 5.000000001
+    if rounding == "up":
+        return math.ceil(exact)
+    if rounding == "down":
+        return math.floor(exact)
+    return math.floor(exact + 0.5)
+
+
+def plan_waves(fleet: Fleet, policy: RolloutPolicy) -> list[tuple[str, list[str]]]:
+    """Resolve waves to site ids in fleet order; the first wave is the canary.
+
+    Raises ValueError naming the wave (index and name) that would select no site, the
+    selector label no site has, or the sites no wave covers.
+    """
+    remaining = [s for s in fleet.sites]
+    known_labels = {k for s in fleet.sites for k in s.labels}
+    plan: list[tuple[str, list[str]]] = []
+    for index, wave in enumerate(policy.waves):
+        where = f"rollout.waves.{index} ({wave.name})"
+        if wave.selector is not None:
+            unknown = sorted(set(wave.selector) - known_labels)
+            if unknown:
+                raise ValueError(f"{where}.selector: no site has the label(s) {unknown}")
+            chosen = [s for s in remaining if all(s.labels.get(k) == v for k, v in wave.selector.items())]
+        elif wave.count is not None:
+            chosen = remaining[: wave.count]
+        else:
+            n = wave_size(wave.percent, len(remaining), policy.rounding)
+            chosen = remaining[:n]
+        if not chosen:
+            rule = (f"selector {wave.selector}" if wave.selector is not None else f"count {wave.count}"
+                    if wave.count is not None else f"{wave.percent:g} % of {len(remaining)} rounded {policy.rounding}")
+            raise ValueError(f"{where}: selects 0 sites ({rule}, {len(remaining)} sites left)")
+        plan.append((wave.name, [s.id for s in chosen]))
+        remaining = [s for s in remaining if s not in chosen]
+    if remaining:
+        raise ValueError(f"rollout.waves: sites not covered by any wave: {[s.id for s in remaining]} "
+                         "(end with a wave of percent: 100)")
+    return plan
+
+
+def load_fleet_file(path: str | Path) -> FleetFile:
+    """Load and validate a fleet + rollout policy file; PolicyError names the field."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        return FleetFile.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "") + e["msg"].removeprefix("Value error, ")
+            for e in exc.errors())
+        raise PolicyError(f"{path}: {problems}") from None
