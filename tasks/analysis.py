@@ -1,0 +1,111 @@
+"""Canary analysis: judge canary sites against baseline sites over the same window.
+
+Pure functions. Missing, empty or NaN data is "inconclusive", never a pass; a wave advances
+only when every measurement passed, rolls back as soon as the share of failed sites among the
+judged ones exceeds the abort limit, and after too many inconclusive measurements holds or
+fails as the policy says.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from tasks.policy import Abort, Analysis
+from tasks.telemetry import Window
+
+Verdict = Literal["pass", "fail", "inconclusive"]
+Decision = Literal["advance", "rollback", "hold", "measure"]
+
+
+@dataclass(frozen=True)
+class SiteJudgement:
+    site: str
+    verdict: Verdict
+    reasons: list[str]
+    requests: float
+    error_rate: float
+    p99_ratio: float
+    confidence_ratio: float
+    failure_rate_shift: float
+
+    def as_dict(self) -> dict:
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One analysis interval: every canary site judged, and what that means for the wave."""
+
+    verdict: Verdict
+    reason: str
+    sites: list[SiteJudgement] = field(default_factory=list)
+    baseline_sites: tuple[str, ...] = ()
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 and not math.isnan(a) and not math.isnan(b) else math.nan
+
+
+def judge_site(site: str, canary: Window | None, baseline: Window | None, rules: Analysis) -> SiteJudgement:
+    """pass / fail / inconclusive for one canary site; fail wins over inconclusive."""
+    if canary is None:
+        return SiteJudgement(site, "inconclusive", ["no telemetry (site unreachable)"], 0, math.nan, math.nan,
+                             math.nan, math.nan)
+    error_rate = canary.error_rate
+    p99_ratio = _ratio(canary.p99, baseline.p99) if baseline else math.nan
+    confidence_ratio = _ratio(canary.mean_confidence, baseline.mean_confidence) if baseline else math.nan
+    shift = abs(canary.failure_rate - baseline.failure_rate) if baseline else math.nan
+    failures, unknown = [], []
+    if canary.requests < rules.min_requests_per_site:
+        unknown.append(f"{canary.requests:.0f} requests < {rules.min_requests_per_site}")
+    checks = [
+        ("error rate", error_rate, lambda v: v > rules.max_error_rate, f"> {rules.max_error_rate:g}"),
+        ("p99 ratio", p99_ratio, lambda v: v > rules.max_p99_latency_ratio, f"> {rules.max_p99_latency_ratio:g}"),
+        ("confidence ratio", confidence_ratio, lambda v: v < rules.min_confidence_ratio, f"< {rules.min_confidence_ratio:g}"),
+        ("failure-rate shift", shift, lambda v: v > rules.max_failure_rate_shift, f"> {rules.max_failure_rate_shift:g}"),
+    ]
+    for name, value, bad, limit in checks:
+        if math.isnan(value):
+            unknown.append(f"{name}: no data" + ("" if baseline else " (no baseline)"))
+        elif bad(value):
+            failures.append(f"{name} {value:.4g} {limit}")
+    # Too few requests makes every number noise: never fail or pass a site on them.
+    if canary.requests < rules.min_requests_per_site:
+        verdict: Verdict = "inconclusive"
+    else:
+        verdict = "fail" if failures else "inconclusive" if unknown else "pass"
+    return SiteJudgement(site, verdict, failures + unknown, canary.requests, error_rate, p99_ratio,
+                         confidence_ratio, shift)
+
+
+def measure(canaries: dict[str, Window | None], baseline: Window | None, rules: Analysis,
+            abort: Abort) -> Measurement:
+    """Judge every canary site in one window and combine by the abort criteria."""
+    sites = [judge_site(site, window, baseline, rules) for site, window in sorted(canaries.items())]
+    judged = [s for s in sites if s.verdict != "inconclusive"]
+    failed = [s for s in judged if s.verdict == "fail"]
+    base = baseline.sites if baseline else ()
+    if judged and len(failed) / len(judged) > abort.max_failed_site_share:
+        return Measurement("fail", f"{len(failed)} of {len(judged)} judged sites failed "
+                                   f"(limit {abort.max_failed_site_share:.0%}): "
+                                   + "; ".join(f"{s.site}: {', '.join(s.reasons)}" for s in failed), sites, base)
+    if len(judged) < abort.min_sites_judged:
+        return Measurement("inconclusive", f"{len(judged)} sites judged, need {abort.min_sites_judged}: "
+                                           + "; ".join(f"{s.site}: {', '.join(s.reasons)}" for s in sites), sites, base)
+    return Measurement("pass", f"{len(judged)} sites judged, {len(failed)} failed", sites, base)
+
+
+def decide(measurements: list[Measurement], rules: Analysis) -> tuple[Decision, str]:
+    """What the controller does after the measurements so far of one wave."""
+    if any(m.verdict == "fail" for m in measurements):
+        return "rollback", next(m.reason for m in measurements if m.verdict == "fail")
+    inconclusive = sum(m.verdict == "inconclusive" for m in measurements)
+    if inconclusive >= rules.inconclusive_limit:
+        reason = f"{inconclusive} inconclusive measurements (limit {rules.inconclusive_limit}): {measurements[-1].reason}"
+        return ("rollback" if rules.on_inconclusive == "fail" else "hold"), reason
+    passed = sum(m.verdict == "pass" for m in measurements)
+    if passed >= rules.measurements:
+        return "advance", f"{passed} of {rules.measurements} measurements passed"
+    return "measure", f"{passed} passed, {inconclusive} inconclusive so far"

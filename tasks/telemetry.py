@@ -1,0 +1,152 @@
+"""Site telemetry for canary analysis: counters from a site's /metrics, and what changed
+between two readings.
+
+A reading is cumulative (counters and histogram buckets as the site exposes them); analysis
+works on the difference of two readings taken `interval` apart, so canary and baseline are
+compared over the same window. Parsing uses prometheus_client's own parser.
+"""
+
+from __future__ import annotations
+
+import math
+import urllib.request
+from dataclasses import dataclass, field
+
+from prometheus_client.parser import text_string_to_metric_families
+
+PREDICT = "/v1/predict"
+
+
+@dataclass(frozen=True)
+class Reading:
+    """Cumulative counters of one site at one moment."""
+
+    version: int
+    ok: float = 0.0  # predict requests answered 2xx
+    errors: float = 0.0  # predict requests answered 5xx
+    latency_buckets: tuple[tuple[float, float], ...] = ()  # (le, cumulative count), ascending
+    confidence_sum: float = 0.0
+    confidence_count: float = 0.0
+    rows: float = 0.0
+    failures_predicted: float = 0.0
+    offline: bool = False
+
+
+@dataclass(frozen=True)
+class Window:
+    """What one site did between two readings (or several sites, summed)."""
+
+    requests: float
+    errors: float
+    latency_buckets: tuple[tuple[float, float], ...]
+    confidence_sum: float
+    confidence_count: float
+    rows: float
+    failures_predicted: float
+    sites: tuple[str, ...] = field(default=())
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests > 0 else math.nan
+
+    @property
+    def p99(self) -> float:
+        return quantile(0.99, self.latency_buckets)
+
+    @property
+    def mean_confidence(self) -> float:
+        return self.confidence_sum / self.confidence_count if self.confidence_count > 0 else math.nan
+
+    @property
+    def failure_rate(self) -> float:
+        return self.failures_predicted / self.rows if self.rows > 0 else math.nan
+
+
+def quantile(q: float, buckets: tuple[tuple[float, float], ...]) -> float:
+    """Like PromQL's histogram_quantile: linear within the bucket; NaN with no observations."""
+    if not buckets or buckets[-1][1] <= 0:
+        return math.nan
+    total = buckets[-1][1]
+    rank = q * total
+    previous_le, previous_count = 0.0, 0.0
+    for le, count in buckets:
+        if count >= rank:
+            if math.isinf(le):
+                return previous_le  # beyond the last finite bucket: its upper bound, as Prometheus does
+            if count == previous_count:
+                return le
+            return previous_le + (le - previous_le) * (rank - previous_count) / (count - previous_count)
+        previous_le, previous_count = le, count
+    return math.nan
+
+
+def parse(text: str) -> Reading:
+    """A Reading from the exposition text of an edgewave site."""
+    values: dict[str, float] = {}
+    ok = errors = 0.0
+    buckets: dict[float, float] = {}
+    failures = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name, labels, value = sample.name, sample.labels, sample.value
+            if name == "edgewave_requests_total" and labels.get("route") == PREDICT:
+                status = int(labels["status"])
+                if 200 <= status < 300:
+                    ok += value
+                elif status >= 500:
+                    errors += value
+            elif name == "edgewave_request_duration_seconds_bucket" and labels.get("route") == PREDICT:
+                buckets[float(labels["le"])] = value
+            elif name == "edgewave_predictions_total" and labels.get("label") == "failure":
+                failures += value
+            elif not labels:
+                values[name] = value
+    return Reading(
+        version=int(values.get("edgewave_model_version", 0)),
+        ok=ok, errors=errors, latency_buckets=tuple(sorted(buckets.items())),
+        confidence_sum=values.get("edgewave_prediction_confidence_sum", 0.0),
+        confidence_count=values.get("edgewave_prediction_confidence_count", 0.0),
+        rows=values.get("edgewave_predicted_rows_total", 0.0), failures_predicted=failures,
+        offline=values.get("edgewave_agent_offline", 0.0) > 0,
+    )
+
+
+def scrape(url: str, timeout: float = 5.0) -> Reading:
+    """Read a site's /metrics; raises OSError when the site is unreachable."""
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return parse(response.read().decode())
+
+
+def window(before: Reading, after: Reading, site: str = "") -> Window:
+    """What happened between two readings of one site. A restart (counters went down) counts
+    from zero, as Prometheus' increase() does."""
+
+    def delta(a: float, b: float) -> float:
+        return b - a if b >= a else b
+
+    before_buckets = dict(before.latency_buckets)
+    latency = tuple((le, delta(before_buckets.get(le, 0.0), count)) for le, count in after.latency_buckets)
+    return Window(
+        requests=delta(before.ok + before.errors, after.ok + after.errors),
+        errors=delta(before.errors, after.errors),
+        latency_buckets=latency,
+        confidence_sum=delta(before.confidence_sum, after.confidence_sum),
+        confidence_count=delta(before.confidence_count, after.confidence_count),
+        rows=delta(before.rows, after.rows),
+        failures_predicted=delta(before.failures_predicted, after.failures_predicted),
+        sites=(site,) if site else (),
+    )
+
+
+def combine(windows: list[Window]) -> Window | None:
+    """Several sites' windows as one population (the baseline); None when there are none."""
+    if not windows:
+        return None
+    bounds = sorted({le for w in windows for le, _ in w.latency_buckets})
+    latency = tuple((le, sum(dict(w.latency_buckets).get(le, 0.0) for w in windows)) for le in bounds)
+    return Window(
+        requests=sum(w.requests for w in windows), errors=sum(w.errors for w in windows), latency_buckets=latency,
+        confidence_sum=sum(w.confidence_sum for w in windows), confidence_count=sum(w.confidence_count for w in windows),
+        rows=sum(w.rows for w in windows), failures_predicted=sum(w.failures_predicted for w in windows),
+        sites=tuple(s for w in windows for s in w.sites),
+    )
