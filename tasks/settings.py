@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     sync_interval_seconds: float = Field(10.0, gt=0, description="How often the agent syncs.")
     bundles_kept: int = Field(3, ge=1, description="Bundles a site keeps on disk for local rollback.")
 
+    # --- fleet and rollout ---------------------------------------------------------------
+    fleet_path: Path = Field(Path("deployments/fleet.yaml"), description="Fleet and rollout policy file.")
+
     @model_validator(mode="after")
     def _absolute_home(self) -> Settings:
         self.home = self.home.expanduser().resolve()
@@ -103,7 +106,7 @@ class Settings(BaseSettings):
     @computed_field  # type: ignore[prop-decorator]
     @property
     def desired_state_url(self) -> str:
-        return self.desired_state_remote or str(self.home / "desired-state.git")
+        return self.desired_state_remote or str(self.home / "desired-state")
 
     @computed_field  # type: ignore[prop-decorator]
     @property
