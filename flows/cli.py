@@ -67,6 +67,59 @@ def serve(
     raise typer.Exit(run_site(settings, bundle, with_agent=site is not None))
 
 
+fleet_app = typer.Typer(no_args_is_help=True, help="The local fleet: site processes on loopback ports.")
+app.add_typer(fleet_app, name="fleet")
+
+
+def _fleet(settings: Settings):
+    from tasks.policy import PolicyError, load_fleet_file
+
+    try:
+        return load_fleet_file(settings.fleet_path)
+    except PolicyError as exc:
+        console.print(f"[red]invalid fleet file:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _print_fleet(rows) -> None:
+    from rich.table import Table
+
+    table = Table("site", "port", "pid", "process", "ready", "serving", "desired")
+    for r in rows:
+        table.add_row(r.site, str(r.port or ""), str(r.pid or ""), "up" if r.running else "down",
+                      "yes" if r.ready else "no", f"v{r.version}" if r.version else "-",
+                      f"v{r.desired}" if r.desired else "-")
+    console.print(table)
+
+
+@fleet_app.command("up")
+def fleet_up(count: Annotated[int | None, typer.Argument(help="How many sites (default: all local sites).")] = None) -> None:
+    """Start the fleet's local sites (each `edgewave serve --site`), recording their pids."""
+    settings = _settings()
+    from tasks import fleet
+
+    _print_fleet(fleet.up(settings, _fleet(settings).fleet, count))
+
+
+@fleet_app.command("down")
+def fleet_down() -> None:
+    """Stop the sites `fleet up` started, by pid."""
+    settings = _settings()
+    from tasks import fleet
+
+    stopped = fleet.down(settings, _fleet(settings).fleet)
+    console.print(f"stopped {len(stopped)} site(s): {', '.join(stopped) or 'none running'}")
+
+
+@fleet_app.command("status")
+def fleet_status() -> None:
+    """Each site's process, readiness, served and desired version."""
+    settings = _settings()
+    from tasks import fleet
+
+    _print_fleet(fleet.status(settings, _fleet(settings).fleet))
+
+
 @app.command()
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,

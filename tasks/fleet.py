@@ -1,0 +1,126 @@
+"""A local fleet: site processes of the serving runtime on loopback ports, by pid.
+
+`up` starts one `edgewave serve --site` per site of the fleet file (own state dir under
+EDGEWAVE_HOME/sites/<id>, own port) and records its pid; `down` stops exactly those pids;
+`status` reads each site's /readyz and the desired state it was given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from tasks.gitops import DesiredStateRepo
+from tasks.policy import Fleet, Site
+from tasks.settings import Settings
+
+
+@dataclass(frozen=True)
+class SiteStatus:
+    site: str
+    port: int | None
+    pid: int | None
+    running: bool
+    ready: bool
+    version: int | None
+    desired: int | None
+
+
+def _pid_file(settings: Settings, site: str) -> Path:
+    return settings.home / "fleet" / f"{site}.json"
+
+
+def _alive(pid: int, site: str) -> bool:
+    """The pid runs and is our site process (guards against a recycled pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"serve" in cmdline and site.encode() in cmdline
+
+
+def _ready(site: Site) -> tuple[bool, int | None]:
+    try:
+        with urllib.request.urlopen(f"{site.base_url}/readyz", timeout=2) as response:
+            return True, json.loads(response.read())["model_version"]
+    except OSError:
+        return False, None
+
+
+def _healthy(site: Site) -> bool:
+    try:
+        with urllib.request.urlopen(f"{site.base_url}/healthz", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def up(settings: Settings, fleet: Fleet, count: int | None = None, extra_env: dict[str, str] | None = None,
+       timeout: float = 30.0) -> list[SiteStatus]:
+    """Start the first `count` local sites (all by default); already running ones are left alone."""
+    sites = [s for s in fleet.sites if s.kind == "local"][: count or None]
+    DesiredStateRepo(Path(settings.desired_state_url)).ensure()
+    executable = shutil.which("edgewave", path=str(Path(sys.executable).parent)) or "edgewave"
+    started: list[tuple[Site, subprocess.Popen]] = []
+    for site in sites:
+        record = _pid_file(settings, site.id)
+        if record.exists() and _alive(json.loads(record.read_text())["pid"], site.id):
+            continue
+        record.parent.mkdir(parents=True, exist_ok=True)
+        log = open(settings.home / "fleet" / f"{site.id}.log", "ab")
+        env = {**os.environ, "EDGEWAVE_HOME": str(settings.home), **(extra_env or {})}
+        process = subprocess.Popen([executable, "serve", "--site", site.id, "--port", str(site.port)],
+                                   stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        record.write_text(json.dumps({"pid": process.pid, "port": site.port, "started": time.time()}))
+        started.append((site, process))
+    deadline = time.monotonic() + timeout
+    for site, process in started:
+        while not _healthy(site):
+            if process.poll() is not None:
+                raise RuntimeError(f"site {site.id} exited with {process.returncode}; see "
+                                   f"{settings.home / 'fleet' / (site.id + '.log')}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"site {site.id} not listening on port {site.port} after {timeout:.0f}s")
+            time.sleep(0.1)
+    return status(settings, fleet)
+
+
+def down(settings: Settings, fleet: Fleet, timeout: float = 15.0) -> list[str]:
+    """Stop every site this home started, by its recorded pid; returns the stopped site ids."""
+    stopped = []
+    for site in fleet.sites:
+        record = _pid_file(settings, site.id)
+        if not record.exists():
+            continue
+        pid = json.loads(record.read_text())["pid"]
+        if _alive(pid, site.id):
+            os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while _alive(pid, site.id) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if _alive(pid, site.id):
+                os.killpg(pid, signal.SIGKILL)
+            stopped.append(site.id)
+        record.unlink()
+    return stopped
+
+
+def status(settings: Settings, fleet: Fleet) -> list[SiteStatus]:
+    repo = DesiredStateRepo(Path(settings.desired_state_url))
+    result = []
+    for site in fleet.sites:
+        record = _pid_file(settings, site.id)
+        pid = json.loads(record.read_text())["pid"] if record.exists() else None
+        running = pid is not None and _alive(pid, site.id)
+        ready, version = _ready(site)
+        desired = repo.read(site.id) if (repo.path / ".git").exists() else None
+        result.append(SiteStatus(site.id, site.port, pid, running, ready, version, desired.version if desired else None))
+    return result

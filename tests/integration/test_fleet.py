@@ -1,0 +1,56 @@
+"""`edgewave fleet up/status/down` with real site processes and a real desired-state repo."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from serving.desired import DesiredState
+from tasks.gitops import DesiredStateRepo
+from tests.helpers import BIN, edgewave_env, free_port, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_fleet_up_status_down_by_pid(bundles, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    shutil.copytree(bundles.home / "keys", home / "keys", ignore=shutil.ignore_patterns("*.key"))
+    fleet_file = tmp_path / "fleet.yaml"
+    ports = [free_port(), free_port()]
+    fleet_file.write_text(yaml.safe_dump({
+        "fleet": {"sites": [{"id": f"site-{i}", "port": p, "labels": {"plant": "x"}} for i, p in enumerate(ports)]},
+        "rollout": {"waves": [{"name": "all", "percent": 100}]},
+    }))
+    env = edgewave_env(home, EDGEWAVE_FLEET_PATH=str(fleet_file), EDGEWAVE_SYNC_INTERVAL_SECONDS="0.5")
+
+    def edgewave(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "edgewave"), "fleet", *args], env=env, capture_output=True, text=True,
+                              timeout=120)
+
+    up = edgewave("up")
+    assert up.returncode == 0, up.stderr
+    pids = {f.stem: json.loads(f.read_text())["pid"] for f in (home / "fleet").glob("*.json")}
+    try:
+        assert set(pids) == {"site-0", "site-1"}
+        repo = DesiredStateRepo(home / "desired-state")
+        repo.commit([DesiredState(site=f"site-{i}", model="machine-failure", version=1,
+                                  bundle_url=bundles.v1.as_uri(), sha256=bundles.sha(bundles.v1), rollout_id="ro-t")
+                     for i in range(2)], "ro-t: wave 1/1")
+
+        def all_on_v1() -> bool:
+            result = edgewave("status")
+            return result.returncode == 0 and result.stderr.count("v1") == 4  # served and desired, both sites
+        wait_for(all_on_v1, 30, "both sites to serve v1")
+        assert edgewave("up").returncode == 0  # idempotent: running sites are left alone
+        assert {f.stem: json.loads(f.read_text())["pid"] for f in (home / "fleet").glob("*.json")} == pids
+    finally:
+        down = edgewave("down")
+    assert down.returncode == 0 and "stopped 2 site(s)" in down.stderr
+    for pid in pids.values():
+        assert not Path(f"/proc/{pid}").exists() or b"serve" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert not list((home / "fleet").glob("*.json"))
