@@ -67,6 +67,31 @@ def serve(
     raise typer.Exit(run_site(settings, bundle, with_agent=site is not None))
 
 
+@app.command()
+def rollout(
+    version: Annotated[int, typer.Argument(help="Registered model version to roll out.")],
+) -> None:
+    """Roll a model version out to the fleet in waves, with canary analysis and rollback."""
+    settings = _settings()
+    _fleet(settings)  # a bad policy fails here, before anything is deployed
+    from flows.rollout import rollout as rollout_flow
+
+    try:
+        result = rollout_flow(version, settings)
+    except Exception as exc:
+        console.print(f"[red]rollout failed:[/red] {type(exc).__name__}: {exc}")
+        raise typer.Exit(1) from None
+    from rich.table import Table
+
+    table = Table("wave", "sites", "status", "decision", "reason", "deferred", "failed", title=result["rollout_id"])
+    for row in result["waves"]:
+        table.add_row(*(str(row[k]) for k in ("wave", "sites", "status", "decision", "reason", "deferred", "failed")))
+    console.print(table)
+    console.print(f"rollout {result['status']}: {result['reason']}")
+    print(json.dumps({"rollout_id": result["rollout_id"], "status": result["status"]}))
+    raise typer.Exit(0 if result["status"] in ("succeeded", "noop") else 3)
+
+
 fleet_app = typer.Typer(no_args_is_help=True, help="The local fleet: site processes on loopback ports.")
 app.add_typer(fleet_app, name="fleet")
 

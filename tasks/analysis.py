@@ -48,8 +48,13 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b > 0 and not math.isnan(a) and not math.isnan(b) else math.nan
 
 
-def judge_site(site: str, canary: Window | None, baseline: Window | None, rules: Analysis) -> SiteJudgement:
-    """pass / fail / inconclusive for one canary site; fail wins over inconclusive."""
+def judge_site(site: str, canary: Window | None, baseline: Window | None, rules: Analysis,
+               absolute_only: bool = False) -> SiteJudgement:
+    """pass / fail / inconclusive for one canary site; fail wins over inconclusive.
+
+    `absolute_only` is for a first rollout, when no site runs an older model to compare with:
+    only the error rate and the minimum traffic are judged.
+    """
     if canary is None:
         return SiteJudgement(site, "inconclusive", ["no telemetry (site unreachable)"], 0, math.nan, math.nan,
                              math.nan, math.nan)
@@ -66,6 +71,8 @@ def judge_site(site: str, canary: Window | None, baseline: Window | None, rules:
         ("confidence ratio", confidence_ratio, lambda v: v < rules.min_confidence_ratio, f"< {rules.min_confidence_ratio:g}"),
         ("failure-rate shift", shift, lambda v: v > rules.max_failure_rate_shift, f"> {rules.max_failure_rate_shift:g}"),
     ]
+    if absolute_only:
+        checks = checks[:1]
     for name, value, bad, limit in checks:
         if math.isnan(value):
             unknown.append(f"{name}: no data" + ("" if baseline else " (no baseline)"))
@@ -81,9 +88,9 @@ def judge_site(site: str, canary: Window | None, baseline: Window | None, rules:
 
 
 def measure(canaries: dict[str, Window | None], baseline: Window | None, rules: Analysis,
-            abort: Abort) -> Measurement:
+            abort: Abort, absolute_only: bool = False) -> Measurement:
     """Judge every canary site in one window and combine by the abort criteria."""
-    sites = [judge_site(site, window, baseline, rules) for site, window in sorted(canaries.items())]
+    sites = [judge_site(site, window, baseline, rules, absolute_only) for site, window in sorted(canaries.items())]
     judged = [s for s in sites if s.verdict != "inconclusive"]
     failed = [s for s in judged if s.verdict == "fail"]
     base = baseline.sites if baseline else ()

@@ -179,3 +179,38 @@ def registry_state(settings: Settings) -> dict[str, Any]:
             for v in versions
         ],
     }
+
+
+def alias_version(settings: Settings, alias: str) -> int | None:
+    try:
+        return int(client(settings).get_model_version_by_alias(settings.model_name, alias).version)
+    except MlflowException:
+        return None
+
+
+def rollout_target(settings: Settings, version: int) -> tuple[str, str]:
+    """(bundle URL, model.onnx sha256) of a registered version, as the release tagged them."""
+    try:
+        tags = client(settings).get_model_version(settings.model_name, str(version)).tags
+    except MlflowException as exc:
+        raise LookupError(f"{settings.model_name} v{version} is not registered ({settings.mlflow_tracking_uri})") from exc
+    missing = [t for t in ("bundle_url", "onnx_sha256") if t not in tags]
+    if missing:
+        raise LookupError(f"{settings.model_name} v{version} lacks the tag(s) {missing}; was it released by edgewave?")
+    return tags["bundle_url"], tags["onnx_sha256"]
+
+
+def tag_version(settings: Settings, version: int, tags: dict[str, str]) -> None:
+    mlc = client(settings)
+    for key, value in tags.items():
+        mlc.set_model_version_tag(settings.model_name, str(version), key, value)
+
+
+def promote(settings: Settings, version: int) -> int | None:
+    """@production → `version`, @previous → the old production; returns the old one."""
+    mlc = client(settings)
+    old = alias_version(settings, PRODUCTION)
+    if old is not None and old != version:
+        mlc.set_registered_model_alias(settings.model_name, PREVIOUS, str(old))
+    mlc.set_registered_model_alias(settings.model_name, PRODUCTION, str(version))
+    return old

@@ -1,10 +1,19 @@
+"""Shared fixtures: a temporary home, and (session-scoped) trained models, exports and signed bundles."""
+
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tasks.bundle import build_manifest, load_or_create_signing_key, write_bundle
+from tasks.data import generate
+from tasks.export import Export, export_model
 from tasks.settings import Settings
+from tasks.train import Split, TrainedModel, split_data, train_sklearn, train_torch
 
 
 @pytest.fixture
@@ -13,3 +22,58 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     for var in ("EDGEWAVE_TRACKING_URI", "EDGEWAVE_BUNDLE_STORE_URL", "EDGEWAVE_SIGNING_KEY_PATH"):
         monkeypatch.delenv(var, raising=False)
     return Settings(home=tmp_path / "home", train_rows=4000)
+
+
+@pytest.fixture(scope="session")
+def split() -> Split:
+    return split_data(generate(6000, 21), seed=0)
+
+
+@pytest.fixture(scope="session")
+def trained(split: Split) -> dict[str, TrainedModel]:
+    return {"sklearn": train_sklearn(split), "torch": train_torch(split, epochs=40)}
+
+
+@pytest.fixture(scope="session")
+def exported(trained: dict[str, TrainedModel], split: Split) -> dict[str, Export]:
+    return {family: export_model(model, split.x_test, split.y_test) for family, model in trained.items()}
+
+
+@dataclass(frozen=True)
+class Bundles:
+    """Signed bundles in a bundle store under `home`, plus two that a site must refuse."""
+
+    home: Path
+    v1: Path  # sklearn
+    v2: Path  # torch
+    foreign: Path  # v3, signed by a key the site does not trust
+    corrupt: Path  # v4, one byte of model.onnx changed after signing
+
+    def sha(self, folder: Path) -> str:
+        return json.loads((folder / "bundle.json").read_text())["model"]["sha256"]
+
+
+@pytest.fixture(scope="session")
+def bundles(tmp_path_factory: pytest.TempPathFactory, split: Split, trained: dict[str, TrainedModel],
+            exported: dict[str, Export]) -> Bundles:
+    home = tmp_path_factory.mktemp("edge-home")
+    settings = Settings(home=home)
+    key = load_or_create_signing_key(settings.signing_key)
+    store = home / "bundles" / "machine-failure"
+
+    def make(version: int, family: str, signer=key) -> Path:
+        t, e = trained[family], exported[family]
+        manifest = build_manifest(
+            name="machine-failure", version=version, family=family, model=e.model, int8_model=None,
+            train_frame=split.train_frame, threshold=t.metrics.threshold, metrics=t.metrics.as_dict(),
+            data_fingerprint=split.data_fingerprint, parity_max_abs_diff=e.parity_max_abs_diff, reference_rows=500,
+        )
+        return write_bundle(store / f"v{version}", manifest, e.model, None, signer)
+
+    v1, v2 = make(1, "sklearn"), make(2, "torch")
+    foreign = make(3, "sklearn", Ed25519PrivateKey.generate())
+    corrupt = make(4, "torch")
+    data = bytearray((corrupt / "model.onnx").read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    (corrupt / "model.onnx").write_bytes(bytes(data))
+    return Bundles(home, v1, v2, foreign, corrupt)

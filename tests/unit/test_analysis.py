@@ -106,3 +106,9 @@ def test_abort_share_tolerates_some_failed_sites_when_configured() -> None:
     assert measure(canaries, base, RULES, Abort(max_failed_site_share=0.25)).verdict == "pass"
     assert measure(canaries, base, RULES, Abort(max_failed_site_share=0.2)).verdict == "fail"
     assert measure(canaries, base, RULES, Abort(max_failed_site_share=0.25, min_sites_judged=5)).verdict == "inconclusive"
+
+
+def test_a_first_rollout_is_judged_on_error_rate_and_traffic_only() -> None:
+    assert judge_site("c", site_window(100, confidence=0.5), None, RULES, absolute_only=True).verdict == "pass"
+    assert judge_site("c", site_window(100, errors=10), None, RULES, absolute_only=True).verdict == "fail"
+    assert judge_site("c", site_window(5), None, RULES, absolute_only=True).verdict == "inconclusive"

@@ -1,0 +1,38 @@
+"""The rollout flow: plan waves → per wave: commit desired state, converge, bake, analyse
+canary vs baseline → advance, hold or roll back → on success move @production."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+from tasks import rollout_steps as step
+from tasks.settings import Settings
+
+
+@flow(name="rollout", log_prints=True)
+def rollout(version: int, settings: Settings | None = None) -> dict:
+    """Roll `version` of the model out to the fleet in waves; resumable by its rollout id."""
+    settings = settings or Settings()
+    log = get_run_logger()
+    controller = step.controller(settings, version)
+    record = step.start(controller)
+    if record.status != "running":
+        log.info("%s: %s (%s); nothing to do", record.id, record.status, record.reason)
+        return step.report(settings, record, noop=True)
+
+    for wave in record.waves[controller.next_wave(record):]:
+        step.defer_unreachable(controller, record, wave)
+        step.commit_wave(controller, record, wave)
+        step.converge(controller, wave)
+        decision = step.analyse(controller, record, wave)
+        if decision == "rollback":
+            step.rollback(controller, record, wave)
+            break
+        if decision == "hold":
+            step.finish(controller, record, "held", wave.reason or "held")
+            break
+        step.manual_gate(controller, wave)
+    else:
+        step.finish(controller, record, "succeeded", f"all {len(record.waves)} waves advanced")
+        step.promote(settings, record)
+    return step.report(settings, record)

@@ -1,0 +1,107 @@
+"""Thin Prefect tasks of the rollout flow over tasks/rollout.py.
+
+Side effects (commits, alias moves) have `cache_policy=NONE` and are keyed by the rollout id:
+re-running a step after a crash finds its commit already in Git and makes none.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NONE
+
+from tasks import registry
+from tasks.gitops import DesiredStateRepo
+from tasks.policy import load_fleet_file
+from tasks.rollout import Controller, Io, RolloutRecord, WaveRecord, scrape_sites, summary
+from tasks.settings import Settings
+
+REMOTE = {"retries": 4, "retry_delay_seconds": [2, 5, 15, 30], "cache_policy": NONE}
+LOCAL = {"cache_policy": NONE}
+
+
+def controller(settings: Settings, version: int, io: Io | None = None) -> Controller:
+    """Everything the rollout needs to know before its first step (fails fast on bad input)."""
+    from prefect import get_run_logger
+
+    fleet_file = load_fleet_file(settings.fleet_path)
+    bundle_url, sha256 = registry.rollout_target(settings, version)
+    production = registry.alias_version(settings, registry.PRODUCTION)
+    if io is None:
+        logger = get_run_logger()
+        io = Io(repo=DesiredStateRepo(Path(settings.desired_state_url)).ensure(),
+                read=lambda sites: scrape_sites(sites, fleet_file.rollout.concurrency), log=logger.info)
+    return Controller(fleet_file, settings.model_name, version, bundle_url, sha256, production, io)
+
+
+@task(name="start-rollout", **LOCAL)
+def start(c: Controller) -> RolloutRecord:
+    return c.start()
+
+
+@task(name="defer-unreachable", **LOCAL)
+def defer_unreachable(c: Controller, record: RolloutRecord, wave: WaveRecord) -> None:
+    c.defer_unreachable(record, wave)
+
+
+@task(name="commit-wave", **LOCAL)
+def commit_wave(c: Controller, record: RolloutRecord, wave: WaveRecord) -> str | None:
+    return c.commit_wave(record, wave)
+
+
+@task(name="converge", **LOCAL)
+def converge(c: Controller, wave: WaveRecord) -> None:
+    c.converge(wave)
+
+
+@task(name="analyse-wave", **LOCAL)
+def analyse(c: Controller, record: RolloutRecord, wave: WaveRecord) -> str:
+    return c.analyse(record, wave)
+
+
+@task(name="rollback", **LOCAL)
+def rollback(c: Controller, record: RolloutRecord, wave: WaveRecord) -> str | None:
+    return c.rollback(record, wave)
+
+
+@task(name="finish-rollout", **LOCAL)
+def finish(c: Controller, record: RolloutRecord, status: str, reason: str) -> str | None:
+    return c.finish(record, status, reason)  # type: ignore[arg-type]
+
+
+@task(name="promote", **REMOTE)
+def promote(settings: Settings, record: RolloutRecord) -> None:
+    """@production → the new version, @previous → the old one; the result tagged on the version."""
+    registry.promote(settings, record.version)
+    registry.tag_version(settings, record.version, {"rollout_id": record.id, "rollout_result": record.status})
+
+
+def manual_gate(c: Controller, wave: WaveRecord) -> None:
+    """Pause the flow run for approval in the Prefect UI after a wave whose policy asks for it."""
+    if not c.policy.waves[wave.index].manual_gate:
+        return
+    from prefect.flow_runs import pause_flow_run
+
+    c.io.log(f"{c.id}: wave {wave.name} done; waiting for approval in the Prefect UI (resume the flow run)")
+    pause_flow_run(timeout=24 * 3600)
+
+
+@task(name="rollout-report", **REMOTE)
+def report(settings: Settings, record: RolloutRecord, noop: bool = False) -> dict:
+    """A table artifact of the waves and decisions, the result tagged on the version.
+
+    `noop`: the rollout had already finished (or the version is already in production);
+    nothing was deployed by this run.
+    """
+    from prefect.artifacts import create_table_artifact
+
+    rows = summary(record)
+    if noop:
+        return {"rollout_id": record.id, "status": "noop", "reason": f"already {record.status}: {record.reason}",
+                "waves": rows}
+    create_table_artifact(rows, key=f"rollout-{record.model}".lower().replace("_", "-"),
+                          description=f"{record.id}: {record.status} ({record.reason})")
+    if record.status in ("rolled_back", "held"):
+        registry.tag_version(settings, record.version, {"rollout_id": record.id, "rollout_result": record.status})
+    return {"rollout_id": record.id, "status": record.status, "reason": record.reason, "waves": rows}

@@ -1,0 +1,116 @@
+"""Rollouts over a real local fleet: site processes, Git desired state, MLflow registry, the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks import fleet, registry
+from tasks.bundle import build_manifest, load_or_create_signing_key, write_bundle
+from tasks.gitops import DesiredStateRepo
+from tasks.policy import load_fleet_file
+from tasks.settings import Settings
+from tasks.telemetry import scrape
+from tasks.traffic import Traffic
+from tests.helpers import BIN, edgewave_env, free_port
+
+pytestmark = pytest.mark.e2e
+
+
+def register(settings: Settings, family: str, bundle: Path, model: bytes, tags: dict | None = None) -> int:
+    run_id = registry.log_training_run(settings, f"e2e-{bundle.name}", family, {}, {}, "f" * 64, 0.0)
+    version = registry.register_candidate(settings, run_id, model, {})
+    registry.tag_version(settings, version.version, {"bundle_url": bundle.as_uri(),
+                                                     "onnx_sha256": json.loads((bundle / "bundle.json").read_text())["model"]["sha256"],
+                                                     **(tags or {})})
+    return version.version
+
+
+@pytest.fixture
+def world(bundles, split, trained, exported, tmp_path: Path):
+    """Three local sites, a registry with a good sklearn v1, a good torch v2 and a bad v3."""
+    home = tmp_path / "home"
+    shutil.copytree(bundles.home / "keys", home / "keys")
+    settings = Settings(home=home, fleet_path=tmp_path / "fleet.yaml")
+    settings.apply_runtime_environment()
+    store = home / "bundles" / "machine-failure"
+    shutil.copytree(bundles.v1, store / "v1")
+    shutil.copytree(bundles.v2, store / "v2")
+    bad = build_manifest(  # flags nearly every row as a failure: the canary must catch it
+        name="machine-failure", version=3, family="sklearn", model=exported["sklearn"].model, int8_model=None,
+        train_frame=split.train_frame, threshold=0.0001, metrics={}, data_fingerprint=split.data_fingerprint,
+        parity_max_abs_diff=0.0, reference_rows=200)
+    write_bundle(store / "v3", bad, exported["sklearn"].model, None, load_or_create_signing_key(settings.signing_key))
+    assert register(settings, "sklearn", store / "v1", exported["sklearn"].model) == 1
+    assert register(settings, "torch", store / "v2", exported["torch"].model) == 2
+    assert register(settings, "sklearn", store / "v3", exported["sklearn"].model) == 3
+
+    settings.fleet_path.write_text(yaml.safe_dump({
+        "fleet": {"sites": [{"id": f"site-{i}", "port": free_port(), "labels": {"line": str(i)}} for i in range(3)]},
+        "rollout": {"waves": [{"name": "canary", "count": 1}, {"name": "rest", "percent": 100}],
+                    "bake_seconds": 1, "convergence_deadline_seconds": 30,
+                    # Two different good models (trees, MLP) differ in confidence and in how many rows
+                    # they flag; the bad one flags nearly all. Limits sit between the two.
+                    "analysis": {"interval_seconds": 2, "measurements": 2, "min_requests_per_site": 20,
+                                 "max_p99_latency_ratio": 5.0, "min_confidence_ratio": 0.7,
+                                 "max_failure_rate_shift": 0.3, "inconclusive_limit": 4},
+                    "offline": {"deadline_seconds": 5, "then": "skip"}},
+    }))
+    fleet_file = load_fleet_file(settings.fleet_path)
+    env = {"EDGEWAVE_SYNC_INTERVAL_SECONDS": "0.5", "EDGEWAVE_SAMPLE_FRACTION": "0"}
+    fleet.up(settings, fleet_file.fleet, extra_env=env)
+    traffic = Traffic(fleet_file.fleet.sites, rate_per_site=40).start()
+    yield settings, fleet_file
+    traffic.stop()
+    fleet.down(settings, fleet_file.fleet)
+
+
+def rollout(settings: Settings, version: int) -> tuple[int, dict, str]:
+    result = subprocess.run([str(BIN / "edgewave"), "rollout", str(version)], capture_output=True, text=True,
+                            timeout=600, env=edgewave_env(settings.home, EDGEWAVE_FLEET_PATH=str(settings.fleet_path)))
+    lines = [line for line in result.stdout.splitlines() if line.startswith('{"rollout_id"')]
+    return result.returncode, json.loads(lines[-1]) if lines else {}, result.stdout + result.stderr
+
+
+def versions(fleet_file) -> dict[str, int]:
+    return {s.id: scrape(s.scrape_url).version for s in fleet_file.fleet.sites}
+
+
+def test_good_models_roll_out_wave_by_wave_and_a_bad_one_is_rolled_back(world) -> None:
+    settings, fleet_file = world
+    repo = DesiredStateRepo(Path(settings.desired_state_url))
+
+    code, result, log = rollout(settings, 1)
+    assert (code, result.get("status")) == (0, "succeeded"), log
+    assert set(versions(fleet_file).values()) == {1}
+    assert len(repo.log(f"{result['rollout_id']}: wave")) == 2, "one commit per wave"
+    assert registry.alias_version(settings, "production") == 1
+
+    code, result, log = rollout(settings, 2)
+    assert (code, result.get("status")) == (0, "succeeded"), log
+    assert set(versions(fleet_file).values()) == {2}
+    assert (registry.alias_version(settings, "production"), registry.alias_version(settings, "previous")) == (2, 1)
+    record = repo.record(result["rollout_id"])
+    assert [w["decision"] for w in record["waves"]] == ["advance", "advance"]
+    assert record["waves"][0]["measurements"][0]["baseline_sites"], "canary judged against sites still on v1"
+
+    commits_before = len(repo.log())
+    code, result, log = rollout(settings, 3)
+    assert (code, result.get("status")) == (3, "rolled_back"), log
+    assert "failure-rate shift" in result.get("status", "") + log
+    assert set(versions(fleet_file).values()) == {2}, "every touched site back on v2"
+    assert registry.alias_version(settings, "production") == 2
+    subjects = repo.log(result["rollout_id"])
+    assert sum("wave" in s and "rollback" not in s for s in subjects) == 1, "stopped at the canary"
+    assert any("rollback after wave 1/2" in s for s in subjects)
+    assert len(repo.log()) - commits_before == 2, "canary commit + one rollback commit"
+
+    commits_before = len(repo.log())
+    code, result, log = rollout(settings, 2)  # finished rollout, and v2 is in production: nothing to do
+    assert (code, result.get("status")) == (0, "noop"), log
+    assert len(repo.log()) == commits_before
