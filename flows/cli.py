@@ -145,6 +145,27 @@ def fleet_status() -> None:
     _print_fleet(fleet.status(settings, _fleet(settings).fleet))
 
 
+def _fleet_state(settings: Settings) -> dict:
+    """Each site's desired and reported version, and the last rollout with its decisions."""
+    from dataclasses import asdict
+
+    from tasks import fleet
+    from tasks.gitops import DesiredStateRepo
+    from tasks.policy import PolicyError, load_fleet_file
+
+    try:
+        fleet_file = load_fleet_file(settings.fleet_path)
+    except PolicyError as exc:
+        return {"error": str(exc)}
+    repo = DesiredStateRepo(Path(settings.desired_state_url))
+    last = None
+    if (repo.path / ".git").exists():
+        ids = [s.split(":", 1)[0] for s in repo.log() if s.startswith("ro-")]
+        last = repo.record(ids[0]) if ids else None
+    return {"fleet_file": str(settings.fleet_path), "sites": [asdict(s) for s in fleet.status(settings, fleet_file.fleet)],
+            "last_rollout": last}
+
+
 @app.command()
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
@@ -153,7 +174,7 @@ def status(
     settings = _settings()
     from tasks.registry import registry_state
 
-    state = {"registry": registry_state(settings)}
+    state = {"registry": registry_state(settings), "fleet": _fleet_state(settings)}
     if as_json:
         json.dump(state, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
@@ -164,3 +185,11 @@ def status(
     for v in reg["versions"]:
         console.print(f"  v{v['version']} {' '.join('@' + a for a in v['aliases'])}  "
                       f"{v['tags'].get('family', '')} {v['tags'].get('metrics', '')} gate={v['tags'].get('gate.passed', '?')}")
+    fleet_state = state["fleet"]
+    if "sites" in fleet_state:
+        from tasks.fleet import SiteStatus
+
+        _print_fleet([SiteStatus(**s) for s in fleet_state["sites"]])
+        last = fleet_state["last_rollout"]
+        if last:
+            console.print(f"last rollout {last['id']}: {last['status']} ({last['reason']})")

@@ -114,3 +114,12 @@ def test_good_models_roll_out_wave_by_wave_and_a_bad_one_is_rolled_back(world) -
     code, result, log = rollout(settings, 2)  # finished rollout, and v2 is in production: nothing to do
     assert (code, result.get("status")) == (0, "noop"), log
     assert len(repo.log()) == commits_before
+
+    status = subprocess.run([str(BIN / "edgewave"), "status", "--json"], capture_output=True, text=True, timeout=120,
+                            env=edgewave_env(settings.home, EDGEWAVE_FLEET_PATH=str(settings.fleet_path)))
+    state = json.loads(status.stdout)
+    assert state["registry"]["aliases"]["production"] == 2
+    assert {s["site"]: (s["version"], s["desired"]) for s in state["fleet"]["sites"]} == \
+        {f"site-{i}": (2, 2) for i in range(3)}
+    assert state["fleet"]["last_rollout"]["status"] == "rolled_back"
+    assert state["fleet"]["last_rollout"]["version"] == 3
