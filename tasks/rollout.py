@@ -167,12 +167,13 @@ class Controller:
         reason = f"wave {wave.index + 1}/{n} ({wave.name})"
         message = (f"{self.id}: wave {wave.index + 1}/{n} ({wave.name}) {self.model} v{self.version} -> "
                    f"{', '.join(wave.sites) or 'no sites'}")
-        if wave.status == "pending":
-            wave.status = "committed"
-            wave.committed_at = self.io.now()
+        if wave.status != "pending":  # resumed: the states and the record went to Git in one commit
+            self.io.log(f"{self.id}: {message} (already committed)")
+            return None
+        wave.status, wave.committed_at = "committed", self.io.now()
         commit = self.io.repo.commit([self.desired(s, reason) for s in wave.sites], message,
                                      (self.id, record.model_dump(mode="json")))
-        self.io.log(f"{self.id}: {message}" + ("" if commit else " (already committed)"))
+        self.io.log(f"{self.id}: {message}")
         return commit
 
     def converge(self, wave: WaveRecord) -> None:
@@ -271,3 +272,24 @@ def summary(record: RolloutRecord) -> list[dict]:
     return [{"wave": f"{w.index + 1}/{len(record.waves)} {w.name}", "sites": len(w.sites), "status": w.status,
              "decision": w.decision or "", "reason": (w.reason or "")[:200], "deferred": ", ".join(w.deferred),
              "failed": ", ".join(w.failed)} for w in record.waves]
+
+
+def run(c: Controller) -> Status:
+    """The rollout flow's composition without Prefect: for benchmarks and fault tests that must
+    stop the controller at an exact step. flows/rollout.py is the same sequence as tasks."""
+    record = c.start()
+    if record.status != "running":
+        return "noop"
+    for wave in record.waves[c.next_wave(record):]:
+        c.defer_unreachable(record, wave)
+        c.commit_wave(record, wave)
+        c.converge(wave)
+        decision = c.analyse(record, wave)
+        if decision == "rollback":
+            c.rollback(record, wave)
+            return "rolled_back"
+        if decision == "hold":
+            c.finish(record, "held", wave.reason or "held")
+            return "held"
+    c.finish(record, "succeeded", f"all {len(record.waves)} waves advanced")
+    return "succeeded"
