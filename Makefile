@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-* && touch $@
 
 run: $(STAMP)
-	$(BIN)/edgewave release
+	$(BIN)/edgewave demo loop
 	$(BIN)/edgewave status
 
 test: $(STAMP)

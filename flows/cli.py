@@ -30,6 +30,8 @@ def _settings() -> Settings:
 @app.command()
 def release(
     seed: Annotated[int | None, typer.Option(help="Seed of the generated training data (default: a new one).")] = None,
+    shuffle_labels: Annotated[bool, typer.Option(help="Train on shuffled labels (a deliberately bad model, for demos).")] = False,
+    force: Annotated[bool, typer.Option(help="Move @staging even if the quality gate rejects (tagged gate.forced).")] = False,
 ) -> None:
     """Train, export, sign, register and gate a new model version."""
     settings = _settings()
@@ -38,7 +40,7 @@ def release(
     from flows.release import release as release_flow
 
     try:
-        result = release_flow(settings)
+        result = release_flow(settings, shuffle_labels, force)
     except Exception as exc:  # the flow's log above has the traceback; say what failed, plainly
         console.print(f"[red]release failed:[/red] {type(exc).__name__}: {exc}")
         raise typer.Exit(1) from None
@@ -90,6 +92,51 @@ def rollout(
     console.print(f"rollout {result['status']}: {result['reason']}")
     print(json.dumps({"rollout_id": result["rollout_id"], "status": result["status"]}))
     raise typer.Exit(0 if result["status"] in ("succeeded", "noop") else 3)
+
+
+demo_app = typer.Typer(no_args_is_help=True, help="The whole loop on this machine, and the rollback demo.")
+app.add_typer(demo_app, name="demo")
+
+
+@demo_app.command("loop")
+def demo_loop(
+    keep_fleet: Annotated[bool, typer.Option(help="Leave the local sites running afterwards.")] = False,
+    rate: Annotated[float, typer.Option(help="Requests per second sent to each site.")] = 20.0,
+) -> None:
+    """Release → fleet up → traffic → rollout in waves → summary."""
+    settings = _settings()
+    _fleet(settings)
+    from flows.demo import loop
+
+    result = loop(settings, keep_fleet, rate)
+    if result["rollout"]:
+        r = result["rollout"]
+        console.print(f"rollout {r['rollout_id']}: [bold]{r['status']}[/bold] ({r['reason']})")
+        console.print("sites now serve: " + ", ".join(f"{k}=v{v}" for k, v in r["served"].items()))
+        if r.get("timeline"):
+            console.print(f"timeline: {r['timeline']}")
+
+
+@demo_app.command("rollback")
+def demo_rollback(
+    keep_fleet: Annotated[bool, typer.Option(help="Leave the local sites running afterwards.")] = False,
+    rate: Annotated[float, typer.Option(help="Requests per second sent to each site.")] = 20.0,
+) -> None:
+    """Roll out a deliberately bad model; exit 0 only if it was rolled back and no site kept it."""
+    settings = _settings()
+    _fleet(settings)
+    from flows.demo import bad_rollout
+
+    r = bad_rollout(settings, keep_fleet, rate)
+    on_bad = [site for site, v in r["served"].items() if v == r["bad_version"]]
+    console.print(f"rollout {r['rollout_id']}: [bold]{r['status']}[/bold] ({r['reason']})")
+    console.print("sites now serve: " + ", ".join(f"{k}=v{v}" for k, v in r["served"].items()))
+    if r["status"] == "rolled_back" and not on_bad:
+        console.print(f"[green]the bad model v{r['bad_version']} was caught and rolled back; "
+                      f"@production stays v{r['production']}[/green]")
+        return
+    console.print(f"[red]the bad model was not rolled back everywhere (status {r['status']}, on it: {on_bad})[/red]")
+    raise typer.Exit(1)
 
 
 fleet_app = typer.Typer(no_args_is_help=True, help="The local fleet: site processes on loopback ports.")

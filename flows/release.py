@@ -25,8 +25,12 @@ class ReleaseResult(BaseModel):
 
 
 @flow(name="release", log_prints=True)
-def release(settings: Settings | None = None) -> ReleaseResult:
-    """Train both families, ship the better one as a signed ONNX bundle, and gate it."""
+def release(settings: Settings | None = None, shuffle_labels: bool = False, force: bool = False) -> ReleaseResult:
+    """Train both families, ship the better one as a signed ONNX bundle, and gate it.
+
+    `shuffle_labels` and `force` exist for the rollback demo: a model that learned nothing,
+    pushed past the gate, so the canary analysis has something to catch.
+    """
     settings = settings or Settings()
     log = get_run_logger()
     seed = step.draw_seed(settings)
@@ -34,7 +38,7 @@ def release(settings: Settings | None = None) -> ReleaseResult:
     log.info("release %s: model %s, data seed %d, tracking %s", release_id, settings.model_name, seed,
              settings.mlflow_tracking_uri)
 
-    data = step.split(step.load_training_data(settings, seed), seed)
+    data = step.split(step.load_training_data(settings, seed, shuffle_labels), seed)
     candidates = [step.export(model, data, settings) for model in (step.fit_sklearn(data, seed), step.fit_torch(data, seed))]
     champion = next(c for c in candidates if c.trained is pick_champion([c.trained for c in candidates]))
     run_ids = {c.trained.family: step.log_run(settings, release_id, c, data) for c in candidates}
@@ -42,13 +46,14 @@ def release(settings: Settings | None = None) -> ReleaseResult:
     version = step.register(settings, run_ids[champion.trained.family], champion, data)
     url = step.store_bundle(settings, version, step.build_bundle(settings, version, champion, data, release_id))
     decision = step.quality_gate(settings, version, champion, data)
-    step.record_gate(settings, version, decision)
+    step.record_gate(settings, version, decision, force)
     step.publish_summary(settings, release_id, version, candidates, champion, decision, url)
 
     log.info("%s v%d (%s): gate %s: %s", version.name, version.version, champion.trained.family,
              "PASSED, now @staging" if decision.passed else "REJECTED", decision.reason)
     return ReleaseResult(
         release_id=release_id, model=version.name, version=version.version, family=champion.trained.family,
-        staged=decision.passed, gate_reason=decision.reason, bundle_url=url,
+        staged=decision.passed or force, gate_reason=decision.reason + (" (FORCED to @staging)" if force and not decision.passed else ""),
+        bundle_url=url,
         metrics={c.trained.family: c.trained.metrics.as_dict() for c in candidates},
     )

@@ -19,7 +19,7 @@ from prefect.cache_policies import NONE
 
 from tasks import bundle as bundles
 from tasks import registry
-from tasks.data import generate, load_user_data
+from tasks.data import TARGET, generate, load_user_data
 from tasks.export import Export, export_model, onnx_proba
 from tasks.gate import GateDecision, judge
 from tasks.settings import Settings
@@ -36,11 +36,16 @@ class Candidate:
 
 
 @task(name="load-training-data", **LOCAL)
-def load_training_data(settings: Settings, seed: int) -> pd.DataFrame:
-    """The user's data set when configured, else AI4I-style generated data."""
-    if settings.data_path is not None:
-        return load_user_data(settings.data_path)
-    return generate(settings.train_rows, seed)
+def load_training_data(settings: Settings, seed: int, shuffle_labels: bool = False) -> pd.DataFrame:
+    """The user's data set when configured, else AI4I-style generated data.
+
+    `shuffle_labels` breaks the link between inputs and target on purpose: the model learns
+    nothing, which is how the rollback demo makes a model the canary must catch.
+    """
+    frame = load_user_data(settings.data_path) if settings.data_path is not None else generate(settings.train_rows, seed)
+    if shuffle_labels:
+        frame = frame.assign(**{TARGET: np.random.default_rng(seed).permutation(frame[TARGET].to_numpy())})
+    return frame
 
 
 @task(name="split-data", **LOCAL)
@@ -131,9 +136,11 @@ def quality_gate(settings: Settings, version: registry.RegisteredVersion, champi
 
 
 @task(name="record-gate", **REMOTE)
-def record_gate(settings: Settings, version: registry.RegisteredVersion, decision: GateDecision) -> None:
-    """Tag the decision on the version; @staging moves only on a pass."""
-    registry.record_gate(settings, version, decision.as_tags(), decision.passed)
+def record_gate(settings: Settings, version: registry.RegisteredVersion, decision: GateDecision,
+                force: bool = False) -> None:
+    """Tag the decision on the version; @staging moves only on a pass, or when forced (tagged so)."""
+    tags = {**decision.as_tags(), **({"gate.forced": "True"} if force and not decision.passed else {})}
+    registry.record_gate(settings, version, tags, decision.passed or force)
 
 
 def draw_seed(settings: Settings) -> int:

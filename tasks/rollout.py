@@ -168,12 +168,12 @@ class Controller:
         message = (f"{self.id}: wave {wave.index + 1}/{n} ({wave.name}) {self.model} v{self.version} -> "
                    f"{', '.join(wave.sites) or 'no sites'}")
         if wave.status != "pending":  # resumed: the states and the record went to Git in one commit
-            self.io.log(f"{self.id}: {message} (already committed)")
+            self.io.log(f"{message} (already committed)")
             return None
         wave.status, wave.committed_at = "committed", self.io.now()
         commit = self.io.repo.commit([self.desired(s, reason) for s in wave.sites], message,
                                      (self.id, record.model_dump(mode="json")))
-        self.io.log(f"{self.id}: {message}")
+        self.io.log(message)
         return commit
 
     def converge(self, wave: WaveRecord) -> None:
