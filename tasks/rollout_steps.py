@@ -97,6 +97,16 @@ def report(settings: Settings, record: RolloutRecord, noop: bool = False) -> dic
     from prefect.artifacts import create_table_artifact
 
     rows = summary(record)
+    timeline = None
+    if not noop:
+        from prefect.artifacts import create_markdown_artifact
+
+        from tasks.timeline import render
+
+        timeline = render(record, settings.home / "rollouts" / f"{record.id}.png")
+        create_markdown_artifact(f"# {record.id}: {record.status}\n\n{record.reason}\n\n"
+                                 f"Timeline image: `{timeline}`\n", key=f"rollout-timeline-{record.model}".lower(),
+                                 description="rollout timeline")
     if noop:
         return {"rollout_id": record.id, "status": "noop", "reason": f"already {record.status}: {record.reason}",
                 "waves": rows}
@@ -104,4 +114,5 @@ def report(settings: Settings, record: RolloutRecord, noop: bool = False) -> dic
                           description=f"{record.id}: {record.status} ({record.reason})")
     if record.status in ("rolled_back", "held"):
         registry.tag_version(settings, record.version, {"rollout_id": record.id, "rollout_result": record.status})
-    return {"rollout_id": record.id, "status": record.status, "reason": record.reason, "waves": rows}
+    return {"rollout_id": record.id, "status": record.status, "reason": record.reason, "waves": rows,
+            "timeline": str(timeline) if timeline else None}

@@ -108,6 +108,7 @@ def test_good_models_roll_out_wave_by_wave_and_a_bad_one_is_rolled_back(world) -
     subjects = repo.log(result["rollout_id"])
     assert sum("wave" in s and "rollback" not in s for s in subjects) == 1, "stopped at the canary"
     assert any("rollback after wave 1/2" in s for s in subjects)
+    assert (settings.home / "rollouts" / f"{result['rollout_id']}.png").stat().st_size > 10_000, "timeline image"
     assert len(repo.log()) - commits_before == 2, "canary commit + one rollback commit"
 
     commits_before = len(repo.log())
@@ -123,3 +124,17 @@ def test_good_models_roll_out_wave_by_wave_and_a_bad_one_is_rolled_back(world) -
         {f"site-{i}": (2, 2) for i in range(3)}
     assert state["fleet"]["last_rollout"]["status"] == "rolled_back"
     assert state["fleet"]["last_rollout"]["version"] == 3
+
+
+def test_a_bad_policy_fails_before_anything_is_deployed(tmp_path: Path) -> None:
+    bad = tmp_path / "fleet.yaml"
+    bad.write_text(yaml.safe_dump({
+        "fleet": {"sites": [{"id": "s1", "port": 19999}]},
+        "rollout": {"waves": [{"name": "canary", "percent": 5}, {"name": "rest", "percent": 100}], "rounding": "down",
+                    "analysis": {"max_error_rate": -1}},
+    }))
+    result = subprocess.run([str(BIN / "edgewave"), "rollout", "1"], capture_output=True, text=True, timeout=120,
+                            env=edgewave_env(tmp_path / "home", EDGEWAVE_FLEET_PATH=str(bad)))
+    assert result.returncode == 2
+    assert "rollout.analysis.max_error_rate" in result.stderr
+    assert not (tmp_path / "home" / "desired-state").exists()
