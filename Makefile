@@ -31,6 +31,7 @@ test-unit: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/release.py
 	$(BIN)/python bench/serving.py
+	$(BIN)/python bench/rollout_scale.py
 
 clean:
 	rm -rf .edgewave

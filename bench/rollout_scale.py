@@ -1,0 +1,113 @@
+"""Benchmark: the rollout controller's own cost at 50, 500 and 2,000 sites.
+
+Sites are simulated (bench/sitesim.py, one HTTP port, a path per site) and follow the Git
+desired state instantly; bake time is zero and the analysis interval minimal, so what is
+measured is control overhead: planning, Git commits, convergence polling and scraping for
+canary analysis. Waves: 1 %, 10 %, 50 %, the rest. Written to bench/results/rollout_scale.json.
+
+    .venv/bin/python bench/rollout_scale.py [--sizes 50 500 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "bench" / "results" / "rollout_scale.json"
+
+from serving.desired import DesiredState  # noqa: E402
+from tasks.gitops import DesiredStateRepo  # noqa: E402
+from tasks.policy import FleetFile  # noqa: E402
+from tasks.rollout import Controller, Io, run, scrape_sites  # noqa: E402
+from tests.helpers import free_port, http_ok, stop, wait_for  # noqa: E402
+
+SHA = "d" * 64
+
+
+def fleet_file(n: int, port: int) -> FleetFile:
+    return FleetFile.model_validate({
+        "fleet": {"sites": [{"id": f"sim-{i:05d}", "kind": "agent", "labels": {"plant": f"p{i % 20}"},
+                             "metrics_url": f"http://127.0.0.1:{port}/sim-{i:05d}/metrics"} for i in range(n)]},
+        "rollout": {"waves": [{"name": "canary", "percent": 1}, {"name": "ten", "percent": 10},
+                              {"name": "half", "percent": 50}, {"name": "rest", "percent": 100}],
+                    "bake_seconds": 0, "concurrency": 32, "convergence_deadline_seconds": 120,
+                    "analysis": {"interval_seconds": 0.2, "measurements": 1, "min_requests_per_site": 5}},
+    })
+
+
+def one_size(n: int, work: Path) -> dict:
+    repo = DesiredStateRepo(work / f"repo-{n}").ensure()
+    port = free_port()
+    sim = subprocess.Popen([sys.executable, str(ROOT / "bench" / "sitesim.py"), str(repo.path), str(port)],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/sim-00000/metrics"), 30, "the simulator")
+        ff = fleet_file(n, port)
+        # everyone on v1 first, as after an earlier rollout
+        repo.commit([DesiredState(site=s.id, model="m", version=1, bundle_url="file:///sim/v1", sha256=SHA,
+                                  rollout_id="ro-initial") for s in ff.fleet.sites], "initial")
+        io = Io(repo=repo, read=lambda sites: scrape_sites(sites, ff.rollout.concurrency), log=lambda line: None)
+        controller = Controller(ff, "m", 2, "file:///sim/v2", SHA, 1, io)
+        tracemalloc.start()
+        started = time.perf_counter()
+        begun = datetime.now(timezone.utc)
+        status = run(controller)
+        total = time.perf_counter() - started
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        record = repo.record(controller.id)
+        ends = [datetime.fromisoformat(w["decided_at"]) for w in record["waves"] if w["decided_at"]]
+        wave_seconds = [(b - a).total_seconds() for a, b in zip([begun, *ends], ends)]
+        return {"sites": n, "status": status, "total_s": round(total, 2),
+                "per_wave_s": [round(t, 2) for t in wave_seconds],
+                "wave_sizes": [len(w["sites"]) for w in record["waves"]],
+                "commits": len(repo.log(controller.id)),
+                "python_peak_mb": round(peak / 2**20, 1)}
+    finally:
+        stop(sim)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[50, 500, 2000])
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="edgewave-bench-rollout-"))
+    rows = []
+    for n in args.sizes:
+        row = one_size(n, work)
+        rows.append(row)
+        print(f"{n:>5} sites: {row['status']} in {row['total_s']:.1f}s, waves {row['wave_sizes']} "
+              f"took {row['per_wave_s']} s, peak python heap {row['python_peak_mb']} MB", flush=True)
+    base = rows[0]
+    for row in rows:
+        row["seconds_per_site"] = round(row["total_s"] / row["sites"], 4)
+        row["growth_vs_smallest"] = round(row["total_s"] / base["total_s"], 2)
+        row["size_ratio_vs_smallest"] = round(row["sites"] / base["sites"], 2)
+    result = {
+        "benchmark": "rollout controller overhead vs fleet size (simulated sites, zero bake)",
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "policy": "waves 1 % / 10 % / 50 % / rest; 1 measurement of 0.2 s; 32 concurrent scrapes",
+        "sizes": rows,
+        "target_500_sites_under_30s": next((r["total_s"] < 30 for r in rows if r["sites"] == 500), None),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
