@@ -23,6 +23,7 @@ run: $(STAMP)
 	$(BIN)/edgewave status
 
 test: $(STAMP)
+	@bash scripts/setup-system.sh
 	$(BIN)/python -m pytest
 
 test-unit: $(STAMP)

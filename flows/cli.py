@@ -183,6 +183,19 @@ def fleet_down() -> None:
     console.print(f"stopped {len(stopped)} site(s): {', '.join(stopped) or 'none running'}")
 
 
+@fleet_app.command("prometheus-config")
+def fleet_prometheus_config(
+    interval: Annotated[float, typer.Option(help="Scrape interval in seconds.")] = 5.0,
+) -> None:
+    """Print a prometheus.yml that scrapes every site of the fleet, labelled by site id."""
+    import yaml
+
+    from tasks.prometheus import scrape_config
+
+    settings = _settings()
+    sys.stdout.write(yaml.safe_dump(scrape_config(_fleet(settings).fleet, interval), sort_keys=False))
+
+
 @fleet_app.command("status")
 def fleet_status() -> None:
     """Each site's process, readiness, served and desired version."""

@@ -6,6 +6,7 @@ re-running a step after a crash finds its commit already in Git and makes none.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from prefect import task
@@ -13,9 +14,10 @@ from prefect.cache_policies import NONE
 
 from tasks import registry
 from tasks.gitops import DesiredStateRepo
-from tasks.policy import load_fleet_file
+from tasks.policy import Site, load_fleet_file
 from tasks.rollout import Controller, Io, RolloutRecord, WaveRecord, scrape_sites, summary
 from tasks.settings import Settings
+from tasks.telemetry import Reading, prometheus_readings
 
 REMOTE = {"retries": 4, "retry_delay_seconds": [2, 5, 15, 30], "cache_policy": NONE}
 LOCAL = {"cache_policy": NONE}
@@ -30,9 +32,17 @@ def controller(settings: Settings, version: int, io: Io | None = None) -> Contro
     production = registry.alias_version(settings, registry.PRODUCTION)
     if io is None:
         logger = get_run_logger()
-        io = Io(repo=DesiredStateRepo(Path(settings.desired_state_url)).ensure(),
-                read=lambda sites: scrape_sites(sites, fleet_file.rollout.concurrency), log=logger.info)
+        io = Io(repo=DesiredStateRepo(Path(settings.desired_state_url)).ensure(), read=reader(settings, fleet_file),
+                log=logger.info)
     return Controller(fleet_file, settings.model_name, version, bundle_url, sha256, production, io)
+
+
+def reader(settings: Settings, fleet_file) -> Callable[[list[Site]], dict[str, Reading | None]]:
+    """Telemetry from Prometheus (PromQL) when EDGEWAVE_PROMETHEUS_URL is set, else site scrapes."""
+    if settings.prometheus_url:
+        url = settings.prometheus_url
+        return lambda sites: prometheus_readings(url, [s.id for s in sites])
+    return lambda sites: scrape_sites(sites, fleet_file.rollout.concurrency)
 
 
 @task(name="start-rollout", **LOCAL)

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
 
     # --- fleet and rollout ---------------------------------------------------------------
     fleet_path: Path = Field(Path("deployments/fleet.yaml"), description="Fleet and rollout policy file.")
+    prometheus_url: str | None = Field(
+        None, description="Read rollout telemetry with PromQL from this Prometheus instead of scraping sites."
+    )
 
     @model_validator(mode="after")
     def _absolute_home(self) -> Settings:

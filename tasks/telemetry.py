@@ -150,3 +150,71 @@ def combine(windows: list[Window]) -> Window | None:
         rows=sum(w.rows for w in windows), failures_predicted=sum(w.failures_predicted for w in windows),
         sites=tuple(s for w in windows for s in w.sites),
     )
+
+
+# ----------------------------------------------------------------------------- PromQL
+
+PROMQL = {
+    "version": "edgewave_model_version",
+    "requests": 'edgewave_requests_total{route="/v1/predict"}',
+    "latency": 'edgewave_request_duration_seconds_bucket{route="/v1/predict"}',
+    "confidence_sum": "edgewave_prediction_confidence_sum",
+    "confidence_count": "edgewave_prediction_confidence_count",
+    "rows": "edgewave_predicted_rows_total",
+    "failures": 'edgewave_predictions_total{label="failure"}',
+    "offline": "edgewave_agent_offline",
+    "up": "up",
+}
+
+
+def _query(base_url: str, promql: str, job: str, timeout: float) -> list[dict]:
+    import json
+    from urllib.parse import urlencode
+
+    selector = promql.replace("{", f'{{job="{job}",', 1) if "{" in promql else f'{promql}{{job="{job}"}}'
+    url = f"{base_url.rstrip('/')}/api/v1/query?{urlencode({'query': selector})}"
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        body = json.loads(response.read())
+    if body.get("status") != "success":
+        raise OSError(f"Prometheus query {selector!r} failed: {body.get('error', body)}")
+    return body["data"]["result"]
+
+
+def prometheus_readings(base_url: str, site_ids: list[str], job: str = "edgewave-sites",
+                        timeout: float = 10.0) -> dict[str, Reading | None]:
+    """The same Readings as `scrape`, from a real Prometheus: one instant query per series for
+    the whole fleet (targets carry a `site` label, see tasks/prometheus.py). A site whose
+    target is down or absent reads as None."""
+    results = {key: _query(base_url, q, job, timeout) for key, q in PROMQL.items()}
+    by_site: dict[str, dict] = {s: {"buckets": {}, "ok": 0.0, "errors": 0.0} for s in site_ids}
+
+    def each(key: str):
+        for item in results[key]:
+            site = item["metric"].get("site")
+            if site in by_site:
+                yield site, item["metric"], float(item["value"][1])
+
+    up = {site for site, _, value in each("up") if value == 1}
+    for site, _, value in each("version"):
+        by_site[site]["version"] = int(value)
+    for site, labels, value in each("requests"):
+        status = int(labels.get("status", "0"))
+        if 200 <= status < 300:
+            by_site[site]["ok"] += value
+        elif status >= 500:
+            by_site[site]["errors"] += value
+    for site, labels, value in each("latency"):
+        by_site[site]["buckets"][float(labels["le"])] = value
+    for key in ("confidence_sum", "confidence_count", "rows", "failures", "offline"):
+        for site, _, value in each(key):
+            by_site[site][key] = by_site[site].get(key, 0.0) + value
+    readings: dict[str, Reading | None] = {}
+    for site, v in by_site.items():
+        if site not in up or "version" not in v:
+            readings[site] = None
+            continue
+        readings[site] = Reading(
+            version=v["version"], ok=v["ok"], errors=v["errors"], latency_buckets=tuple(sorted(v["buckets"].items())),
+            confidence_sum=v.get("confidence_sum", 0.0), confidence_count=v.get("confidence_count", 0.0),
+            rows=v.get("rows", 0.0), failures_predicted=v.get("failures", 0.0), offline=v.get("offline", 0.0) > 0)
+    return readings

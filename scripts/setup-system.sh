@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# System packages the tests use, from Debian's archive; idempotent, safe to run again.
+#   prometheus  the PromQL path of the rollout is tested against a real Prometheus
+# Without root or network the script says so and the tests that need the package are skipped
+# with that reason (pytest -ra prints it).
+set -uo pipefail
+missing=()
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+command -v git >/dev/null 2>&1 || missing+=(git)
+if [ ${#missing[@]} -eq 0 ]; then
+    exit 0
+fi
+if [ "$(id -u)" != 0 ]; then
+    echo "setup-system: not root; cannot install ${missing[*]} (tests needing them will be skipped)" >&2
+    exit 0
+fi
+echo "setup-system: installing ${missing[*]} from Debian's packages" >&2
+export DEBIAN_FRONTEND=noninteractive
+if ! apt-get install -y -q --no-install-recommends "${missing[@]}" >/tmp/edgewave-apt.log 2>&1; then
+    apt-get update -q >>/tmp/edgewave-apt.log 2>&1
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >>/tmp/edgewave-apt.log 2>&1 \
+        || { echo "setup-system: apt-get failed (see /tmp/edgewave-apt.log); tests needing ${missing[*]} will be skipped" >&2; exit 0; }
+fi
