@@ -33,7 +33,7 @@ def register(settings: Settings, family: str, bundle: Path, model: bytes, tags: 
 
 @pytest.fixture
 def world(bundles, split, trained, exported, tmp_path: Path):
-    """Three local sites, a registry with a good sklearn v1, a good torch v2 and a bad v3."""
+    """Six local sites, a registry with a good sklearn v1, a good torch v2 and a bad v3."""
     home = tmp_path / "home"
     shutil.copytree(bundles.home / "keys", home / "keys")
     settings = Settings(home=home, fleet_path=tmp_path / "fleet.yaml")
@@ -51,8 +51,9 @@ def world(bundles, split, trained, exported, tmp_path: Path):
     assert register(settings, "sklearn", store / "v3", exported["sklearn"].model) == 3
 
     settings.fleet_path.write_text(yaml.safe_dump({
-        "fleet": {"sites": [{"id": f"site-{i}", "port": free_port(), "labels": {"line": str(i)}} for i in range(3)]},
-        "rollout": {"waves": [{"name": "canary", "count": 1}, {"name": "rest", "percent": 100}],
+        "fleet": {"sites": [{"id": f"site-{i}", "port": free_port(), "labels": {"line": str(i)}} for i in range(6)]},
+        "rollout": {"waves": [{"name": "canary", "count": 1}, {"name": "half", "percent": 50},
+                              {"name": "rest", "percent": 100}],
                     "bake_seconds": 1, "convergence_deadline_seconds": 30,
                     # Two different good models (trees, MLP) differ in confidence and in how many rows
                     # they flag; the bad one flags nearly all. Limits sit between the two.
@@ -88,7 +89,12 @@ def test_good_models_roll_out_wave_by_wave_and_a_bad_one_is_rolled_back(world) -
     code, result, log = rollout(settings, 1)
     assert (code, result.get("status")) == (0, "succeeded"), log
     assert set(versions(fleet_file).values()) == {1}
-    assert len(repo.log(f"{result['rollout_id']}: wave")) == 2, "one commit per wave"
+    assert len(repo.log(f"{result['rollout_id']}: wave")) == 3, "one commit per wave"
+    record = repo.record(result["rollout_id"])
+    assert [len(w["sites"]) for w in record["waves"]] == [1, 3, 2]
+    committed = [w["committed_at"] for w in record["waves"]]
+    assert committed == sorted(committed) and all(w["decided_at"] < n for w, n in zip(record["waves"], committed[1:])), \
+        "each wave was decided before the next one was committed"
     assert registry.alias_version(settings, "production") == 1
 
     code, result, log = rollout(settings, 2)
@@ -96,7 +102,7 @@ def test_good_models_roll_out_wave_by_wave_and_a_bad_one_is_rolled_back(world) -
     assert set(versions(fleet_file).values()) == {2}
     assert (registry.alias_version(settings, "production"), registry.alias_version(settings, "previous")) == (2, 1)
     record = repo.record(result["rollout_id"])
-    assert [w["decision"] for w in record["waves"]] == ["advance", "advance"]
+    assert [w["decision"] for w in record["waves"]] == ["advance", "advance", "advance"]
     assert record["waves"][0]["measurements"][0]["baseline_sites"], "canary judged against sites still on v1"
 
     commits_before = len(repo.log())
@@ -107,7 +113,7 @@ def test_good_models_roll_out_wave_by_wave_and_a_bad_one_is_rolled_back(world) -
     assert registry.alias_version(settings, "production") == 2
     subjects = repo.log(result["rollout_id"])
     assert sum("wave" in s and "rollback" not in s for s in subjects) == 1, "stopped at the canary"
-    assert any("rollback after wave 1/2" in s for s in subjects)
+    assert any("rollback after wave 1/3" in s for s in subjects)
     assert (settings.home / "rollouts" / f"{result['rollout_id']}.png").stat().st_size > 10_000, "timeline image"
     assert len(repo.log()) - commits_before == 2, "canary commit + one rollback commit"
 
@@ -121,7 +127,7 @@ def test_good_models_roll_out_wave_by_wave_and_a_bad_one_is_rolled_back(world) -
     state = json.loads(status.stdout)
     assert state["registry"]["aliases"]["production"] == 2
     assert {s["site"]: (s["version"], s["desired"]) for s in state["fleet"]["sites"]} == \
-        {f"site-{i}": (2, 2) for i in range(3)}
+        {f"site-{i}": (2, 2) for i in range(6)}
     assert state["fleet"]["last_rollout"]["status"] == "rolled_back"
     assert state["fleet"]["last_rollout"]["version"] == 3
 

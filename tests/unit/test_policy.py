@@ -104,3 +104,33 @@ def test_an_unreadable_or_non_yaml_file_is_a_policy_error(tmp_path: Path) -> Non
     (tmp_path / "x.yaml").write_text("fleet: [")
     with pytest.raises(PolicyError, match="not valid YAML"):
         load_fleet_file(tmp_path / "x.yaml")
+
+
+def test_unreachable_sites_are_requeued_or_counted_failed_after_the_deadline(tmp_path: Path) -> None:
+    """The controller's offline policy, with a telemetry reader where two sites never answer."""
+    from tasks.gitops import DesiredStateRepo
+    from tasks.rollout import Controller, Io
+    from tasks.telemetry import Reading
+
+    def controller(then: str) -> tuple[Controller, list[str]]:
+        path = fleet_file(tmp_path, n_sites=6, waves=[{"name": "canary", "count": 3}, {"name": "rest", "percent": 100}],
+                          offline={"deadline_seconds": 0.2, "then": then})
+        log: list[str] = []
+        io = Io(repo=DesiredStateRepo(tmp_path / f"repo-{then}"),
+                read=lambda sites: {s.id: None if s.id in ("s1", "s4") else Reading(version=1) for s in sites},
+                sleep=lambda seconds: None, log=log.append)
+        return Controller(load_fleet_file(path), "m", 2, "file:///b", "e" * 64, 1, io), log
+
+    skip, log = controller("skip")
+    record = skip.start()
+    skip.defer_unreachable(record, record.waves[0])
+    assert record.waves[0].sites == ["s0", "s2"] and record.waves[0].deferred == ["s1"]
+    assert record.waves[1].sites[0] == "s1", "re-queued to the next wave"
+    skip.defer_unreachable(record, record.waves[1])
+    assert "s4" in record.waves[1].deferred and "s1" in record.waves[1].deferred, "skipped in the last wave"
+    assert any("re-queued" in line for line in log)
+
+    fail, _ = controller("fail")
+    record = fail.start()
+    fail.defer_unreachable(record, record.waves[0])
+    assert record.waves[0].failed == ["s1"] and record.waves[0].sites == ["s0", "s2"]
