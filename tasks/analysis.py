@@ -67,7 +67,9 @@ def judge_site(site: str, canary: Window | None, baseline: Window | None, rules:
         unknown.append(f"{canary.requests:.0f} requests < {rules.min_requests_per_site}")
     checks = [
         ("error rate", error_rate, lambda v: v > rules.max_error_rate, f"> {rules.max_error_rate:g}"),
-        ("p99 ratio", p99_ratio, lambda v: v > rules.max_p99_latency_ratio, f"> {rules.max_p99_latency_ratio:g}"),
+        ("p99 ratio", p99_ratio,
+         lambda v: v > rules.max_p99_latency_ratio and canary.p99 > rules.p99_floor_seconds,
+         f"> {rules.max_p99_latency_ratio:g} (p99 {canary.p99 * 1000:.1f} ms)"),
         ("confidence ratio", confidence_ratio, lambda v: v < rules.min_confidence_ratio, f"< {rules.min_confidence_ratio:g}"),
         ("failure-rate shift", shift, lambda v: v > rules.max_failure_rate_shift, f"> {rules.max_failure_rate_shift:g}"),
     ]

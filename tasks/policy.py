@@ -109,6 +109,9 @@ class Analysis(_Model):
     min_requests_per_site: int = Field(50, ge=1, description="Fewer requests in the window: inconclusive.")
     max_error_rate: float = Field(0.01, ge=0, le=1, description="Share of 5xx among predict requests.")
     max_p99_latency_ratio: float = Field(1.5, gt=0, description="Canary p99 / baseline p99.")
+    p99_floor_seconds: float = Field(
+        0.02, ge=0, description="A canary p99 below this passes the latency check whatever the ratio: over a "
+        "short window of millisecond requests one scheduling hiccup is the p99.")
     min_confidence_ratio: float = Field(0.9, gt=0, description="Canary mean confidence / baseline.")
     max_failure_rate_shift: float = Field(0.05, ge=0, le=1,
                                           description="|canary - baseline| share of rows predicted 'failure'.")

@@ -65,7 +65,7 @@ def test_similar_canary_passes() -> None:
 
 @pytest.mark.parametrize(("canary", "reason"), [
     (dict(errors=5), "error rate"),
-    (dict(latency=0.02), "p99 ratio"),
+    (dict(latency=0.08), "p99 ratio"),
     (dict(confidence=0.6), "confidence ratio"),
     (dict(failure_share=0.3), "failure-rate shift"),
 ])
@@ -112,3 +112,10 @@ def test_a_first_rollout_is_judged_on_error_rate_and_traffic_only() -> None:
     assert judge_site("c", site_window(100, confidence=0.5), None, RULES, absolute_only=True).verdict == "pass"
     assert judge_site("c", site_window(100, errors=10), None, RULES, absolute_only=True).verdict == "fail"
     assert judge_site("c", site_window(5), None, RULES, absolute_only=True).verdict == "inconclusive"
+
+
+def test_a_latency_ratio_below_the_absolute_floor_is_not_a_failure() -> None:
+    base = combine([site_window(300, latency=0.0004, name="b1")])
+    judged = judge_site("c", site_window(120, latency=0.004), base, RULES)  # 10x, but 4 ms
+    assert judged.verdict == "pass", judged.reasons
+    assert judged.p99_ratio > RULES.max_p99_latency_ratio
