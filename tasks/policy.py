@@ -21,6 +21,11 @@ DAYS: tuple[Day, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 SiteId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][\w.-]*$")]
 
 
+def _repeated(values: list) -> list:
+    """Values that occur more than once, sorted."""
+    return sorted({v for v in values if values.count(v) > 1})
+
+
 class PolicyError(ValueError):
     """The fleet or rollout policy file is invalid; the message names the field."""
 
@@ -143,8 +148,7 @@ class RolloutPolicy(_Model):
     @field_validator("waves")
     @classmethod
     def _unique_names(cls, waves: list[Wave]) -> list[Wave]:
-        names = [w.name for w in waves]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
+        duplicates = _repeated([w.name for w in waves])
         if duplicates:
             raise ValueError(f"wave names must be unique: {duplicates}")
         return waves
@@ -156,12 +160,10 @@ class Fleet(_Model):
     @field_validator("sites")
     @classmethod
     def _unique_ids(cls, sites: list[Site]) -> list[Site]:
-        ids = [s.id for s in sites]
-        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        duplicates = _repeated([s.id for s in sites])
         if duplicates:
             raise ValueError(f"site ids must be unique: {duplicates}")
-        ports = [s.port for s in sites if s.port is not None]
-        clashes = sorted({p for p in ports if ports.count(p) > 1})
+        clashes = _repeated([s.port for s in sites if s.port is not None])
         if clashes:
             raise ValueError(f"ports used by more than one site: {clashes}")
         return sites
