@@ -137,7 +137,10 @@ class Controller:
     # -- one wave ---------------------------------------------------------------------------
     def defer_unreachable(self, record: RolloutRecord, wave: WaveRecord) -> None:
         """Wait for unreachable or out-of-window sites up to the offline deadline; then count them
-        failed, or move them to the next wave, as the policy says."""
+        failed, or move them to the next wave, as the policy says. A wave already committed (a
+        resumed rollout) keeps its sites: they have been told to update."""
+        if wave.status != "pending":
+            return
         sites = {s.id: s for s in self.fleet.sites}
         deadline = time.monotonic() + self.policy.offline.deadline_seconds
         while True:
