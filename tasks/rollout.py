@@ -247,6 +247,9 @@ class Controller:
                 states.append(DesiredState.model_validate({**previous, "rollout_id": f"{self.id}-rollback",
                                                             "reason": f"rollback of {self.id}: {wave.reason}",
                                                             "updated_at": self.io.now()}))
+        orphans = [s for s in touched if record.previous.get(s) is None]
+        if orphans:  # a first deployment has nothing to return to
+            self.io.log(f"{self.id}: {orphans} had no model before this rollout; they keep v{self.version}")
         wave.status = "rolled_back"
         record.status, record.reason, record.finished_at = "rolled_back", wave.reason, self.io.now()
         message = f"{self.id}: rollback after wave {wave.index + 1}/{len(record.waves)} ({wave.name}): {wave.reason}"
