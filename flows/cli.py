@@ -98,6 +98,13 @@ demo_app = typer.Typer(no_args_is_help=True, help="The whole loop on this machin
 app.add_typer(demo_app, name="demo")
 
 
+def _print_rollout(r: dict) -> None:
+    console.print(f"rollout {r['rollout_id']}: [bold]{r['status']}[/bold] ({r['reason']})")
+    console.print("sites now serve: " + ", ".join(f"{k}=v{v}" for k, v in r["served"].items()))
+    if r.get("timeline"):
+        console.print(f"timeline: {r['timeline']}")
+
+
 @demo_app.command("loop")
 def demo_loop(
     keep_fleet: Annotated[bool, typer.Option(help="Leave the local sites running afterwards.")] = False,
@@ -110,11 +117,7 @@ def demo_loop(
 
     result = loop(settings, keep_fleet, rate)
     if result["rollout"]:
-        r = result["rollout"]
-        console.print(f"rollout {r['rollout_id']}: [bold]{r['status']}[/bold] ({r['reason']})")
-        console.print("sites now serve: " + ", ".join(f"{k}=v{v}" for k, v in r["served"].items()))
-        if r.get("timeline"):
-            console.print(f"timeline: {r['timeline']}")
+        _print_rollout(result["rollout"])
 
 
 @demo_app.command("rollback")
@@ -129,8 +132,7 @@ def demo_rollback(
 
     r = bad_rollout(settings, keep_fleet, rate)
     on_bad = [site for site, v in r["served"].items() if v == r["bad_version"]]
-    console.print(f"rollout {r['rollout_id']}: [bold]{r['status']}[/bold] ({r['reason']})")
-    console.print("sites now serve: " + ", ".join(f"{k}=v{v}" for k, v in r["served"].items()))
+    _print_rollout(r)
     if r["status"] == "rolled_back" and not on_bad:
         console.print(f"[green]the bad model v{r['bad_version']} was caught and rolled back; "
                       f"@production stays v{r['production']}[/green]")
