@@ -14,8 +14,8 @@ from flows.rollout import rollout
 from tasks import fleet
 from tasks.policy import load_fleet_file
 from tasks.registry import PRODUCTION, alias_version
+from tasks.rollout import scrape_sites
 from tasks.settings import Settings
-from tasks.telemetry import scrape
 from tasks.traffic import Traffic
 
 DEMO_SITE_ENV = {"EDGEWAVE_SYNC_INTERVAL_SECONDS": "2"}
@@ -33,12 +33,14 @@ def _with_fleet(settings: Settings, keep_fleet: bool, rate: float, work: Callabl
 
 
 def served_versions(settings: Settings) -> dict[str, int | None]:
-    result: dict[str, int | None] = {}
-    for site in load_fleet_file(settings.fleet_path).fleet.sites:
-        try:
-            result[site.id] = scrape(site.scrape_url).version
-        except OSError:
-            result[site.id] = None
+    readings = scrape_sites(load_fleet_file(settings.fleet_path).fleet.sites)
+    return {site: reading.version if reading else None for site, reading in readings.items()}
+
+
+def _rollout_and_look(settings: Settings, version: int) -> dict:
+    """Run the rollout flow, then read which version every site ended up serving."""
+    result = rollout(version, settings)
+    result["served"] = served_versions(settings)
     return result
 
 
@@ -50,12 +52,8 @@ def loop(settings: Settings, keep_fleet: bool = False, rate: float = 20.0) -> di
     if not released.staged:
         return {"release": released.model_dump(), "rollout": None}
 
-    def roll() -> dict:
-        result = rollout(released.version, settings)
-        result["served"] = served_versions(settings)
-        return result
-
-    return {"release": released.model_dump(), "rollout": _with_fleet(settings, keep_fleet, rate, roll)}
+    rolled = _with_fleet(settings, keep_fleet, rate, lambda: _rollout_and_look(settings, released.version))
+    return {"release": released.model_dump(), "rollout": rolled}
 
 
 def bad_rollout(settings: Settings, keep_fleet: bool = False, rate: float = 20.0) -> dict:
@@ -67,12 +65,7 @@ def bad_rollout(settings: Settings, keep_fleet: bool = False, rate: float = 20.0
     bad = release(settings, shuffle_labels=True, force=True)
     print(f"bad model v{bad.version} forced to @staging ({bad.gate_reason})")
 
-    def roll() -> dict:
-        result = rollout(bad.version, settings)
-        result["served"] = served_versions(settings)
-        return result
-
-    result = _with_fleet(settings, keep_fleet, rate, roll)
+    result = _with_fleet(settings, keep_fleet, rate, lambda: _rollout_and_look(settings, bad.version))
     result["bad_version"] = bad.version
     result["production"] = alias_version(settings, PRODUCTION)
     return result

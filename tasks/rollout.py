@@ -181,19 +181,25 @@ class Controller:
 
     def converge(self, wave: WaveRecord) -> None:
         """Wait until the wave's sites report the new version, up to the convergence deadline."""
-        sites = {s.id: s for s in self.fleet.sites}
-        deadline = time.monotonic() + self.policy.convergence_deadline_seconds
-        pending = list(wave.sites)
-        while pending and time.monotonic() < deadline:
-            readings = self.io.read([sites[s] for s in pending])
-            pending = [s for s in pending if readings.get(s) is None or readings[s].version != self.version]
-            if pending:
-                self.io.sleep(0.5)
+        pending = self._wait_for_versions({s: self.version for s in wave.sites})
         wave.converged = [s for s in wave.sites if s not in pending]
         if pending:
             self.io.log(f"{self.id}: wave {wave.name}: {pending} did not report v{self.version} in time")
             if self.policy.offline.then == "fail":
                 wave.failed.extend(s for s in pending if s not in wave.failed)
+
+    def _wait_for_versions(self, want: dict[str, int]) -> list[str]:
+        """Poll until each site reports its wanted version or the convergence deadline passes;
+        returns the sites that did not."""
+        sites = {s.id: s for s in self.fleet.sites}
+        deadline = time.monotonic() + self.policy.convergence_deadline_seconds
+        pending = list(want)
+        while pending and time.monotonic() < deadline:
+            readings = self.io.read([sites[s] for s in pending])
+            pending = [s for s in pending if readings.get(s) is None or readings[s].version != want[s]]
+            if pending:
+                self.io.sleep(0.5)
+        return pending
 
     def analyse(self, record: RolloutRecord, wave: WaveRecord) -> str:
         """Bake, then measure canary against baseline until a decision; returns it."""
@@ -255,15 +261,7 @@ class Controller:
         message = f"{self.id}: rollback after wave {wave.index + 1}/{len(record.waves)} ({wave.name}): {wave.reason}"
         commit = self.io.repo.commit(states, message[:500], (self.id, record.model_dump(mode="json")))
         self.io.log(message)
-        sites = {s.id: s for s in self.fleet.sites}
-        deadline = time.monotonic() + self.policy.convergence_deadline_seconds
-        pending = [s.site for s in states]
-        while pending and time.monotonic() < deadline:
-            readings = self.io.read([sites[s] for s in pending])
-            want = {s.site: s.version for s in states}
-            pending = [s for s in pending if readings.get(s) is None or readings[s].version != want[s]]
-            if pending:
-                self.io.sleep(0.5)
+        pending = self._wait_for_versions({s.site: s.version for s in states})
         if pending:
             self.io.log(f"{self.id}: after rollback {pending} still do not report their previous version")
         return commit
