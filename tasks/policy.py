@@ -175,13 +175,38 @@ class Fleet(_Model):
         raise KeyError(f"no site {site_id!r} in the fleet")
 
 
+class DriftPolicy(_Model):
+    """When per-site Evidently results become "drift detected" for the fleet.
+
+    A site's check window is drifted when at least `drift_share` of the model's input columns
+    drifted; a site is confirmed after `consecutive_windows` drifted windows in a row on the
+    same model version; the fleet event fires when `min_sites` sites are confirmed.
+    """
+
+    drift_share: float = Field(0.15, gt=0, le=1, description="Share of input columns that must drift.")
+    min_samples: int = Field(500, ge=50, description="Fewer new rows: the site waits for the next check.")
+    max_rows: int = Field(5_000, ge=100, description="Most recent rows a check compares (all new rows count).")
+    consecutive_windows: int = Field(2, ge=1)
+    min_sites: int = Field(1, ge=1)
+    method: str = Field("wasserstein", min_length=1, description=(
+        "Evidently stat test for every column, so thresholds keep their units whatever the sample size "
+        "(Evidently's own default switches to K-S p-values under 1,000 reference rows)."))
+    threshold: float = Field(0.2, gt=0, description="Drift threshold (in the method's units) of a column without its own.")
+    column_thresholds: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
+    cooldown_minutes: float = Field(60.0, ge=0, description="No second event for the model within this.")
+    reports_kept: int = Field(5, ge=1, description="Checks whose HTML reports stay in the state dir.")
+
+
 class FleetFile(_Model):
     fleet: Fleet
     rollout: RolloutPolicy
+    drift: DriftPolicy = Field(default_factory=DriftPolicy)
 
     @model_validator(mode="after")
     def _waves_resolve(self) -> FleetFile:
         plan_waves(self.fleet, self.rollout)  # raises naming the wave
+        if self.drift.min_sites > len(self.fleet.sites):
+            raise ValueError(f"drift.min_sites: {self.drift.min_sites} but the fleet has {len(self.fleet.sites)} sites")
         return self
 
 

@@ -39,17 +39,18 @@ def client(settings: Settings) -> MlflowClient:
     return MlflowClient(settings.mlflow_tracking_uri)
 
 
-def ensure_experiment(settings: Settings) -> str:
-    """The release experiment; embedded artifacts go under EDGEWAVE_HOME, never the cwd."""
+def ensure_experiment(settings: Settings, name: str | None = None) -> str:
+    """The release experiment (or `name`); embedded artifacts go under EDGEWAVE_HOME, never the cwd."""
     mlc = client(settings)
-    experiment = mlc.get_experiment_by_name(settings.experiment_name)
+    name = name or settings.experiment_name
+    experiment = mlc.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    location = None if settings.uses_tracking_server else settings.artifact_root.as_uri()
+    location = None if settings.uses_tracking_server else f"{settings.artifact_root.as_uri()}/{name}"
     try:
-        return mlc.create_experiment(settings.experiment_name, artifact_location=location)
+        return mlc.create_experiment(name, artifact_location=location)
     except MlflowException:  # created meanwhile by a concurrent or retried call
-        return mlc.get_experiment_by_name(settings.experiment_name).experiment_id
+        return mlc.get_experiment_by_name(name).experiment_id
 
 
 def log_training_run(settings: Settings, release_id: str, family: str, params: dict[str, Any],

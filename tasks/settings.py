@@ -81,6 +81,17 @@ class Settings(BaseSettings):
         None, description="Read rollout telemetry with PromQL from this Prometheus instead of scraping sites."
     )
 
+    # --- drift and retraining -------------------------------------------------------------
+    drift_workers: int = Field(
+        0, ge=0, description="Processes for per-site drift checks on this machine; 0 = one per core."
+    )
+    dask_address: str | None = Field(
+        None, description="Run per-site drift checks on this Dask scheduler (tcp://host:8786) instead."
+    )
+    feedback_rows_per_site: int = Field(
+        5_000, ge=0, description="Most recent labelled rows per site that retraining adds to the data."
+    )
+
     @model_validator(mode="after")
     def _absolute_home(self) -> Settings:
         self.home = self.home.expanduser().resolve()

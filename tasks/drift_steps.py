@@ -1,0 +1,200 @@
+"""Thin Prefect tasks of the drift-monitor flow over tasks/drift.py.
+
+The per-site check is the unit the task runner spreads: a process pool on one machine, a Dask
+cluster when one machine is not enough. It reads and writes only its own site's ledger, so
+checks of different sites never contend; a retry of a site re-reads the same new windows,
+because the ledger is written only after the check succeeded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NONE
+
+from tasks import drift
+from tasks.drift_store import load_ledger, reference_for, save_ledger, write_json
+from tasks.policy import DriftPolicy
+from tasks.settings import Settings
+
+REMOTE = {"retries": 3, "retry_delay_seconds": [2, 5, 15], "cache_policy": NONE}
+LOCAL = {"cache_policy": NONE}
+EVENT = "edgewave.drift.detected"
+
+
+def new_check_id() -> str:
+    return f"drift-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}"[:-3]
+
+
+def reports_dir(settings: Settings, check_id: str) -> Path:
+    return settings.home / "drift" / "reports" / check_id
+
+
+def check_one_site(settings: Settings, policy: DriftPolicy, check_id: str, site: str) -> drift.SiteCheck:
+    """Check one site and commit its ledger; an error is a result, not a crash of the fleet check."""
+    ledger = load_ledger(settings, site)
+    try:
+        result, updated = drift.check_site(
+            site, check_id, settings.monitoring_store, ledger, policy,
+            lambda version: reference_for(settings, settings.model_name, version), reports_dir(settings, check_id))
+    except Exception as exc:  # one broken site (corrupt window, missing bundle) must not hide the others
+        logging.getLogger("edgewave.drift").exception("drift check of %s failed", site)
+        return drift.SiteCheck(site=site, check_id=check_id, status="error", detail=f"{type(exc).__name__}: {exc}")
+    if updated is not ledger:
+        save_ledger(settings, site, updated)
+    return result
+
+
+@task(name="check-site-drift", task_run_name="drift-{site}", **LOCAL)
+def check_site(settings: Settings, policy: DriftPolicy, check_id: str, site: str) -> drift.SiteCheck:
+    return check_one_site(settings, policy, check_id, site)
+
+
+@task(name="summarise-fleet-drift", **LOCAL)
+def summarise(settings: Settings, check_id: str, checks: list[drift.SiteCheck], policy: DriftPolicy) -> drift.FleetDrift:
+    summary = drift.summarise(check_id, settings.model_name, checks, policy)
+    write_json(reports_dir(settings, check_id) / "summary.json", summary.model_dump())
+    prune_reports(settings, policy.reports_kept)
+    return summary
+
+
+def prune_reports(settings: Settings, keep: int) -> list[str]:
+    """Keep the HTML of the last `keep` checks: an Evidently page is ~4 MB."""
+    root = settings.home / "drift" / "reports"
+    checks = sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []
+    gone = checks[:-keep] if len(checks) > keep else []
+    for folder in gone:
+        shutil.rmtree(folder, ignore_errors=True)
+    return [p.name for p in gone]
+
+
+@task(name="log-drift-to-mlflow", **REMOTE)
+def log_to_mlflow(settings: Settings, summary: drift.FleetDrift) -> dict[str, str]:
+    """One MLflow run per check: per-site metrics, the summary, the drifted sites' HTML reports.
+
+    Returns where each logged report can be opened. The HTML of undrifted sites stays in the
+    state dir only (an Evidently page is ~4 MB; 100 sites a check would fill a store fast).
+    """
+    import mlflow
+
+    from tasks import registry
+
+    mlc = registry.client(settings)
+    experiment_id = registry.ensure_experiment(settings, f"{settings.experiment_name}-drift")
+    existing = mlc.search_runs([experiment_id], f"tags.`edgewave.drift_check` = '{summary.check_id}'")
+    run = existing[0] if existing else mlc.create_run(
+        experiment_id, run_name=summary.check_id,
+        tags={"edgewave.drift_check": summary.check_id, "edgewave.model": summary.model,
+              "edgewave.drift_detected": str(summary.detected).lower()})
+    run_id = run.info.run_id
+    metrics = [mlflow.entities.Metric(f"{name}.{c.site}", float(value), int(time.time() * 1000), 0)
+               for c in summary.sites if c.status == "checked"
+               for name, value in (("drifted_share", c.drifted_share), ("rows", c.rows_new),
+                                   ("prediction_drift_score", c.prediction.score if c.prediction else 0.0))]
+    metrics.append(mlflow.entities.Metric("sites_drifted", len(summary.sites_drifted), int(time.time() * 1000), 0))
+    mlc.log_batch(run_id, metrics=metrics)
+    mlc.log_text(run_id, json.dumps(summary.model_dump(), indent=1, default=str), "summary.json")
+    links: dict[str, str] = {}
+    artifact_uri = mlc.get_run(run_id).info.artifact_uri
+    for check in summary.sites:
+        if check.drifted and check.report_path and Path(check.report_path).exists():
+            mlc.log_artifact(run_id, check.report_path, "reports")
+            links[check.site] = f"{artifact_uri}/reports/{Path(check.report_path).name}"
+    mlc.set_terminated(run_id)
+    links["run"] = run_link(settings, experiment_id, run_id)
+    return links
+
+
+def run_link(settings: Settings, experiment_id: str, run_id: str) -> str:
+    if settings.uses_tracking_server:
+        return f"{settings.mlflow_tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"run {run_id} in {settings.mlflow_tracking_uri}"
+
+
+def summary_markdown(summary: drift.FleetDrift, links: dict[str, str]) -> str:
+    """The Prefect artifact: verdict, per-site table with top features, links to the reports."""
+    lines = [f"# Drift check {summary.check_id}: {'DRIFT DETECTED' if summary.detected else 'no fleet drift'}",
+             "", summary.reason, "", f"MLflow: {links.get('run', '-')}", "",
+             "| site | status | rows | version | drifted share | top features (score/threshold) | prediction drift | "
+             "confidence ref→now | windows in a row | report |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in summary.sites:
+        top = ", ".join(f"{col.column} ({col.score:.2f}/{col.threshold:g})"
+                        for col in sorted(c.columns, key=lambda col: -col.severity) if col.drifted) or "-"
+        prediction = f"{c.prediction.score:.3f}{' DRIFT' if c.prediction.drifted else ''}" if c.prediction else "-"
+        confidence = (f"{c.confidence_reference:.3f}→{c.confidence_current:.3f}"
+                      if c.confidence_current is not None else "-")
+        report = links.get(c.site) or (f"file://{c.report_path}" if c.report_path else "-")
+        share = f"{c.drifted_share:.0%}" if c.status == "checked" else "-"
+        status = c.status if not c.detail else f"{c.status}: {c.detail}"
+        lines.append(f"| {c.site} | {status} | {c.rows_new} | {c.model_version or '-'} | {share} | {top} | "
+                     f"{prediction} | {confidence} | {c.consecutive} | {report} |")
+    if summary.top_features:
+        lines += ["", "Top drifted features across sites: "
+                  + ", ".join(f"{f} ({n} site{'s' if n > 1 else ''})" for f, n in summary.top_features)]
+    return "\n".join(lines)
+
+
+@task(name="publish-drift-summary", **LOCAL)
+def publish(summary: drift.FleetDrift, links: dict[str, str]) -> str:
+    from prefect.artifacts import create_markdown_artifact
+
+    markdown = summary_markdown(summary, links)
+    create_markdown_artifact(markdown, key=f"drift-{summary.model}".lower().replace("_", "-"),
+                             description=f"drift check {summary.check_id}")
+    return markdown
+
+
+def event_payload(summary: drift.FleetDrift, links: dict[str, str]) -> dict:
+    confirmed = [c for c in summary.sites if c.site in summary.sites_confirmed]
+    return {
+        "check_id": summary.check_id,
+        "model": summary.model,
+        "summary": summary.reason,
+        "sites": summary.sites_confirmed,
+        "features": {c.site: c.top_features for c in confirmed},
+        "top_features": [f for f, _ in summary.top_features],
+        "model_versions": {c.site: c.model_version for c in confirmed},
+        "reports": {c.site: links.get(c.site) or f"file://{c.report_path}" for c in confirmed},
+        "mlflow_run": links.get("run"),
+    }
+
+
+def in_cooldown(settings: Settings, model: str, cooldown_minutes: float, now: float | None = None) -> float | None:
+    """Seconds since the last drift event of this model, if that is within the cooldown."""
+    path = settings.home / "drift" / "events.json"
+    last = json.loads(path.read_text()).get(model) if path.exists() else None
+    elapsed = (now or time.time()) - last["at"] if last else None
+    return elapsed if elapsed is not None and elapsed < cooldown_minutes * 60 else None
+
+
+@task(name="emit-drift-event", **LOCAL)
+def emit(settings: Settings, summary: drift.FleetDrift, links: dict[str, str], cooldown_minutes: float) -> str | None:
+    """`edgewave.drift.detected` on `edgewave.model.<name>`; at most once per cooldown per model."""
+    from prefect import get_run_logger
+    from prefect.events import emit_event
+
+    log = get_run_logger()
+    elapsed = in_cooldown(settings, summary.model, cooldown_minutes)
+    if elapsed is not None:
+        log.info("drift detected, but the last event for %s was %.0f s ago (cooldown %g min): no new event",
+                 summary.model, elapsed, cooldown_minutes)
+        return None
+    event = emit_event(
+        EVENT,
+        resource={"prefect.resource.id": f"edgewave.model.{summary.model}", "prefect.resource.name": summary.model,
+                  "edgewave.model.name": summary.model},
+        payload=event_payload(summary, links),
+    )
+    path = settings.home / "drift" / "events.json"
+    events = json.loads(path.read_text()) if path.exists() else {}
+    events[summary.model] = {"at": time.time(), "check_id": summary.check_id, "event_id": str(event.id) if event else None}
+    write_json(path, events)
+    log.info("emitted %s for %s (event %s): %s", EVENT, summary.model, event.id if event else "-", summary.reason)
+    return str(event.id) if event else None

@@ -1,0 +1,149 @@
+"""Drift checks with real Evidently on windows written by the site's own sampler and shipped
+to a file monitoring store, against the reference in a real signed bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from serving.bundle import load_trusted_keys
+from serving.model import load_model
+from tasks.bundle import build_manifest, load_or_create_signing_key, write_bundle
+from tasks.data import FEATURES, generate, scenario
+from tasks.drift_sim import ship_windows, upload_windows, write_windows
+from tasks.drift_steps import check_one_site
+from tasks.drift_store import load_ledger
+from tasks.policy import DriftPolicy, load_fleet_file
+from tasks.settings import Settings
+
+POLICY = load_fleet_file(Path(__file__).parents[2] / "deployments" / "fleet.yaml").drift
+
+
+@pytest.fixture
+def world(settings: Settings, split, trained, exported):
+    """A home whose bundle store holds a signed v1 with a 4,200-row training reference."""
+    key = load_or_create_signing_key(settings.signing_key)
+    t, e = trained["sklearn"], exported["sklearn"]
+    manifest = build_manifest(
+        name=settings.model_name, version=1, family="sklearn", model=e.model, int8_model=None,
+        train_frame=split.train_frame, threshold=t.metrics.threshold, metrics=t.metrics.as_dict(),
+        data_fingerprint=split.data_fingerprint, parity_max_abs_diff=e.parity_max_abs_diff, reference_rows=5000)
+    folder = write_bundle(settings.home / "bundles" / settings.model_name / "v1", manifest, e.model, None, key)
+    (settings.home / "monitoring").mkdir(parents=True)
+    return settings, load_model(folder, load_trusted_keys(settings.trusted_keys))
+
+
+def check(settings: Settings, site: str, policy: DriftPolicy = POLICY, check_id: str = "drift-test"):
+    return check_one_site(settings, policy, check_id, site)
+
+
+@pytest.mark.parametrize("seed", [101, 202, 303, 404, 505])
+def test_undrifted_sites_from_other_seeds_raise_no_alarm(world, seed: int) -> None:
+    settings, model = world
+    ship_windows(settings.monitoring_store, "healthy", generate(1500, seed), model, window_rows=500)
+    result = check(settings, "healthy")
+    assert result.status == "checked" and result.rows_new == 1500
+    assert not result.drifted, [(c.column, round(c.score, 3)) for c in result.columns if c.drifted]
+    assert all("wasserstein" in c.method.lower() for c in result.columns)
+
+
+@pytest.mark.parametrize("name, params, expected", [
+    ("sensor_calibration_offset", {}, {"process_temperature_k"}),
+    ("sensor_calibration_offset", {"feature": "torque_nm", "offset": 4.0}, {"torque_nm"}),
+    # the hall gets warmer: both temperatures move by 5 K (process has the smaller spread, so it leads)
+    ("ambient_temperature_shift", {}, {"process_temperature_k", "air_temperature_k"}),
+    ("product_mix_change", {}, {"product_quality"}),
+    ("worn_tool_regime", {}, {"tool_wear_min"}),
+])
+def test_each_drift_scenario_is_detected_with_its_top_feature(world, name: str, params: dict,
+                                                               expected: set[str]) -> None:
+    settings, model = world
+    drifted = generate(1500, 77, scenario(name, **params))
+    ship_windows(settings.monitoring_store, "drifting", drifted, model, window_rows=500)
+    result = check(settings, "drifting")
+    scores = [(c.column, round(c.score, 3)) for c in result.columns]
+    assert result.drifted and set(result.top_features[:len(expected)]) == expected, scores
+    assert result.drifted_share >= POLICY.drift_share
+    report = Path(result.report_path)
+    assert report.exists() and all(feature in report.read_text() for feature in expected)
+
+
+def test_late_windows_of_an_offline_site_count_in_the_next_check_and_none_twice(world, tmp_path: Path) -> None:
+    settings, model = world
+    buffered = write_windows(tmp_path / "buffer", "plant-x", generate(600, 5), model, window_rows=300)  # offline
+    ship_windows(settings.monitoring_store, "plant-x", generate(700, 6), model, window_rows=350)
+    first = check(settings, "plant-x", check_id="drift-1")
+    assert (first.status, first.rows_new, first.windows) == ("checked", 700, 2)
+
+    upload_windows(settings.monitoring_store, "plant-x", buffered)  # back online: older windows arrive
+    second = check(settings, "plant-x", check_id="drift-2")
+    assert (second.status, second.rows_new, second.windows) == ("checked", 600, 2)
+
+    third = check(settings, "plant-x", check_id="drift-3")
+    assert third.status == "no-data" and third.rows_new == 0
+    ledger = load_ledger(settings, "plant-x")
+    assert sum(w.rows for w in ledger.history) == 1300 and len(ledger.seen) == 4
+
+
+def test_too_few_rows_wait_for_the_next_check_instead_of_being_lost(world) -> None:
+    settings, model = world
+    ship_windows(settings.monitoring_store, "quiet", generate(300, 8), model, window_rows=300)
+    waiting = check(settings, "quiet")
+    assert waiting.status == "waiting" and waiting.rows_new == 300
+    ship_windows(settings.monitoring_store, "quiet", generate(300, 9), model, window_rows=300)
+    ready = check(settings, "quiet")
+    assert ready.status == "checked" and ready.rows_new == 600
+
+
+def test_a_corrupt_window_is_skipped_named_and_kept_while_the_rest_is_checked(world) -> None:
+    settings, model = world
+    ship_windows(settings.monitoring_store, "broken", generate(600, 3), model, window_rows=600)
+    site_dir = settings.home / "monitoring" / "broken"
+    good = next(site_dir.iterdir()).name
+    bad = good.replace("-n600", "-n50").replace("-000001-", "-000009-")
+    (site_dir / bad).write_bytes(b"not parquet")
+    result = check(settings, "broken")
+    assert (result.status, result.rows_new, result.windows) == ("checked", 600, 1)
+    assert bad in result.detail and "unreadable" in result.detail
+    assert (site_dir / bad).exists(), "a damaged window stays in the store for a person to look at"
+    assert check(settings, "broken").status == "no-data", "neither window is counted again"
+
+
+def test_consecutive_windows_confirm_a_site_only_on_the_same_model_version(world) -> None:
+    settings, model = world
+    worn = scenario("worn_tool_regime")
+    results = []
+    for i in range(2):
+        ship_windows(settings.monitoring_store, "worn", generate(600, 30 + i, worn), model, window_rows=600)
+        results.append(check(settings, "worn", check_id=f"drift-{i}"))
+    assert [r.consecutive for r in results] == [1, 2]
+    assert [r.confirmed for r in results] == [False, True]
+
+
+def test_a_policy_threshold_for_an_unknown_column_is_refused_with_its_name(world) -> None:
+    settings, model = world
+    ship_windows(settings.monitoring_store, "s", generate(600, 3), model, window_rows=600)
+    bad = POLICY.model_copy(update={"column_thresholds": {"spindle_vibration": 0.3}})
+    result = check(settings, "s", policy=bad)
+    assert result.status == "error" and "spindle_vibration" in result.detail
+
+
+def test_drift_policy_errors_name_the_field(tmp_path: Path) -> None:
+    data = yaml.safe_load((Path(__file__).parents[2] / "deployments" / "fleet.yaml").read_text())
+    data["drift"]["min_sites"] = 99
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ValueError, match="drift.min_sites: 99 but the fleet has 6 sites"):
+        load_fleet_file(path)
+    data["drift"]["min_sites"] = 1
+    data["drift"]["drift_share"] = 1.5
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ValueError, match="drift.drift_share"):
+        load_fleet_file(path)
+
+
+def test_features_constant_matches_the_bundle_inputs(world) -> None:
+    _, model = world
+    assert model.feature_names == FEATURES
