@@ -4,6 +4,7 @@ reports in MLflow and a Prefect artifact → `edgewave.drift.detected` when the 
 from __future__ import annotations
 
 import os
+from contextlib import AbstractContextManager, nullcontext
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.task_runners import ProcessPoolTaskRunner
@@ -30,6 +31,23 @@ def task_runner(settings: Settings):
     return ProcessPoolTaskRunner(max_workers=settings.drift_workers or os.cpu_count() or 1)
 
 
+def same_api_for_workers() -> AbstractContextManager:
+    """Pin the API URL while tasks run in other processes.
+
+    Without a Prefect server (`make run`) this process runs a temporary API; process-pool
+    workers would each start their own (seconds each, and left running) unless the URL is
+    set in the settings that Prefect hands them.
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        return nullcontext()
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    return temporary_settings(updates={PREFECT_API_URL: server.api_url}) if server.running else nullcontext()
+
+
 @flow(name="drift-monitor", log_prints=True)
 def drift_monitor(settings: Settings | None = None) -> FleetDrift:
     """Check every site's new sample windows against its model's training reference."""
@@ -41,7 +59,8 @@ def drift_monitor(settings: Settings | None = None) -> FleetDrift:
     sites = [s.id for s in fleet_file.fleet.sites]
     log.info("%s: %d sites of %s, store %s", check_id, len(sites), settings.model_name, settings.monitoring_store)
 
-    checks = check_sites.with_options(task_runner=task_runner(settings))(settings, policy, check_id, sites)
+    with same_api_for_workers():
+        checks = check_sites.with_options(task_runner=task_runner(settings))(settings, policy, check_id, sites)
     summary = step.summarise(settings, check_id, checks, policy)
     links = step.log_to_mlflow(settings, summary)
     step.publish(summary, links)
