@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
-.PHONY: run test test-unit bench setup clean
+.PHONY: run test test-unit bench setup clean up down
 
 setup: $(STAMP)
 
@@ -22,6 +22,13 @@ run: $(STAMP)
 	$(BIN)/edgewave demo loop
 	$(BIN)/edgewave status
 
+# The real servers: Prefect server + UI, MLflow server, a process worker; prefect.yaml deployed.
+up: $(STAMP)
+	$(BIN)/edgewave up
+
+down: $(STAMP)
+	$(BIN)/edgewave down
+
 test: $(STAMP)
 	@bash scripts/setup-system.sh
 	$(BIN)/python -m pytest
@@ -33,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/release.py
 	$(BIN)/python bench/serving.py
 	$(BIN)/python bench/rollout_scale.py
+	$(BIN)/python bench/drift.py
 
 clean:
 	rm -rf .edgewave

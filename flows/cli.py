@@ -94,6 +94,83 @@ def rollout(
     raise typer.Exit(0 if result["status"] in ("succeeded", "noop") else 3)
 
 
+drift_app = typer.Typer(no_args_is_help=True, help="Drift checks and retraining.")
+app.add_typer(drift_app, name="drift")
+
+
+def _print_drift(summary) -> None:
+    from rich.table import Table
+
+    table = Table("site", "status", "rows", "version", "drifted share", "top features", "in a row", "report",
+                  title=f"{summary.check_id}: {'DRIFT DETECTED' if summary.detected else 'no fleet drift'}")
+    for c in summary.sites:
+        table.add_row(c.site, c.status if not c.detail else f"{c.status} ({c.detail})", str(c.rows_new),
+                      str(c.model_version or "-"), f"{c.drifted_share:.0%}" if c.status == "checked" else "-",
+                      ", ".join(c.top_features) or "-", str(c.consecutive), c.report_path or "-")
+    console.print(table)
+    console.print(summary.reason)
+
+
+@drift_app.command("check")
+def drift_check(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the fleet summary as JSON.")] = False,
+) -> None:
+    """Check every site's new sample windows for drift; emits the drift event when the policy says so."""
+    settings = _settings()
+    _fleet(settings)
+    from flows.drift import drift_monitor
+
+    summary = drift_monitor(settings)
+    _print_drift(summary)
+    if as_json:
+        print(summary.model_dump_json(indent=1))
+
+
+@drift_app.command("retrain")
+def drift_retrain() -> None:
+    """Retrain with the sites' labelled feedback and roll the new version out (what the drift event starts)."""
+    settings = _settings()
+    _fleet(settings)
+    from flows.retrain import retrain_on_drift
+
+    result = retrain_on_drift(reason="started by hand", settings=settings)
+    release = result["release"]
+    console.print(f"v{release['version']}: {'staged' if release['staged'] else 'rejected'} ({release['gate_reason']})")
+    if result["rollout"]:
+        console.print(f"rollout {result['rollout']['rollout_id']}: {result['rollout']['status']}")
+
+
+@app.command()
+def up(
+    prefect_port: Annotated[int, typer.Option(help="Port of the Prefect server (UI and API).")] = 4200,
+    mlflow_port: Annotated[int, typer.Option(help="Port of the MLflow tracking server.")] = 5050,
+) -> None:
+    """Start a Prefect server, an MLflow server and a process worker on 127.0.0.1; deploy prefect.yaml."""
+    settings = _settings()
+    from tasks import servers
+
+    try:
+        stack = servers.up(settings, prefect_port, mlflow_port, log=console.print)
+    except (RuntimeError, TimeoutError) as exc:
+        console.print(f"[red]make up failed:[/red] {exc}")
+        raise typer.Exit(1) from None
+    console.print(f"[green]Prefect UI[/green]  {stack.prefect_url}   (API {stack.prefect_api})")
+    console.print(f"[green]MLflow UI[/green]   {stack.mlflow_url}")
+    console.print(f"worker pid {stack.worker_pid} on work pool {servers.WORK_POOL}; state in {settings.home}")
+    console.print(f"to use them from this shell: export PREFECT_API_URL={stack.prefect_api} "
+                  f"EDGEWAVE_TRACKING_URI={stack.mlflow_url}")
+
+
+@app.command()
+def down() -> None:
+    """Stop what `edgewave up` started, by pid."""
+    settings = _settings()
+    from tasks import servers
+
+    stopped = servers.down(settings)
+    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
 demo_app = typer.Typer(no_args_is_help=True, help="The whole loop on this machine, and the rollback demo.")
 app.add_typer(demo_app, name="demo")
 

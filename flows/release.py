@@ -25,8 +25,12 @@ class ReleaseResult(BaseModel):
 
 
 @flow(name="release", log_prints=True)
-def release(settings: Settings | None = None, shuffle_labels: bool = False, force: bool = False) -> ReleaseResult:
+def release(settings: Settings | None = None, shuffle_labels: bool = False, force: bool = False,
+            with_feedback: bool = False) -> ReleaseResult:
     """Train both families, ship the better one as a signed ONNX bundle, and gate it.
+
+    `with_feedback` adds the sites' recent labelled rows (maintenance-log feedback in the
+    monitoring store) to the training data: what retraining after drift does.
 
     `shuffle_labels` and `force` exist for the rollback demo: a model that learned nothing,
     pushed past the gate, so the canary analysis has something to catch.
@@ -38,7 +42,7 @@ def release(settings: Settings | None = None, shuffle_labels: bool = False, forc
     log.info("release %s: model %s, data seed %d, tracking %s", release_id, settings.model_name, seed,
              settings.mlflow_tracking_uri)
 
-    data = step.split(step.load_training_data(settings, seed, shuffle_labels), seed)
+    data = step.split(step.load_training_data(settings, seed, shuffle_labels, with_feedback), seed)
     candidates = [step.export(model, data, settings) for model in (step.fit_sklearn(data, seed), step.fit_torch(data, seed))]
     champion = next(c for c in candidates if c.trained is pick_champion([c.trained for c in candidates]))
     run_ids = {c.trained.family: step.log_run(settings, release_id, c, data) for c in candidates}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks import processes
 from tasks.gitops import DesiredStateRepo
 from tasks.policy import Fleet, Site
 from tasks.settings import Settings
@@ -38,13 +38,8 @@ def _pid_file(settings: Settings, site: str) -> Path:
     return settings.home / "fleet" / f"{site}.json"
 
 
-def _alive(pid: int, site: str) -> bool:
-    """The pid runs and is our site process (guards against a recycled pid)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return b"serve" in cmdline and site.encode() in cmdline
+def _markers(site: str) -> tuple[str, ...]:
+    return ("serve", site)
 
 
 def _ready(site: Site) -> tuple[bool, int | None]:
@@ -72,14 +67,11 @@ def up(settings: Settings, fleet: Fleet, count: int | None = None, extra_env: di
     started: list[tuple[Site, subprocess.Popen]] = []
     for site in sites:
         record = _pid_file(settings, site.id)
-        if record.exists() and _alive(json.loads(record.read_text())["pid"], site.id):
+        if processes.running_pid(record, _markers(site.id)) is not None:
             continue
-        record.parent.mkdir(parents=True, exist_ok=True)
-        log = open(settings.home / "fleet" / f"{site.id}.log", "ab")
         env = {**os.environ, "EDGEWAVE_HOME": str(settings.home), **(extra_env or {})}
-        process = subprocess.Popen([executable, "serve", "--site", site.id, "--port", str(site.port)],
-                                   stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        record.write_text(json.dumps({"pid": process.pid, "port": site.port, "started": time.time()}))
+        process = processes.start([executable, "serve", "--site", site.id, "--port", str(site.port)], record,
+                                  settings.home / "fleet" / f"{site.id}.log", env, port=site.port)
         started.append((site, process))
     deadline = time.monotonic() + timeout
     for site, process in started:
@@ -95,22 +87,8 @@ def up(settings: Settings, fleet: Fleet, count: int | None = None, extra_env: di
 
 def down(settings: Settings, fleet: Fleet, timeout: float = 15.0) -> list[str]:
     """Stop every site this home started, by its recorded pid; returns the stopped site ids."""
-    stopped = []
-    for site in fleet.sites:
-        record = _pid_file(settings, site.id)
-        if not record.exists():
-            continue
-        pid = json.loads(record.read_text())["pid"]
-        if _alive(pid, site.id):
-            os.killpg(pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while _alive(pid, site.id) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if _alive(pid, site.id):
-                os.killpg(pid, signal.SIGKILL)
-            stopped.append(site.id)
-        record.unlink()
-    return stopped
+    return [site.id for site in fleet.sites
+            if processes.stop(_pid_file(settings, site.id), _markers(site.id), timeout)]
 
 
 def status(settings: Settings, fleet: Fleet) -> list[SiteStatus]:
@@ -119,7 +97,7 @@ def status(settings: Settings, fleet: Fleet) -> list[SiteStatus]:
     for site in fleet.sites:
         record = _pid_file(settings, site.id)
         pid = json.loads(record.read_text())["pid"] if record.exists() else None
-        running = pid is not None and _alive(pid, site.id)
+        running = processes.running_pid(record, _markers(site.id)) is not None
         ready, version = _ready(site)
         desired = repo.read(site.id) if (repo.path / ".git").exists() else None
         result.append(SiteStatus(site.id, site.port, pid, running, ready, version, desired.version if desired else None))

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from tasks import bundle as bundles
 from tasks import registry
-from tasks.data import TARGET, generate, load_user_data
+from tasks.data import FEATURES, TARGET, generate, load_user_data
+from tasks.drift_store import read_feedback
 from tasks.export import Export, export_model, onnx_proba
 from tasks.gate import GateDecision, judge
 from tasks.settings import Settings
@@ -36,16 +37,34 @@ class Candidate:
 
 
 @task(name="load-training-data", **LOCAL)
-def load_training_data(settings: Settings, seed: int, shuffle_labels: bool = False) -> pd.DataFrame:
-    """The user's data set when configured, else AI4I-style generated data.
+def load_training_data(settings: Settings, seed: int, shuffle_labels: bool = False,
+                       with_feedback: bool = False) -> pd.DataFrame:
+    """The user's data set when configured, else AI4I-style generated data; plus the sites'
+    labelled feedback when retraining.
 
     `shuffle_labels` breaks the link between inputs and target on purpose: the model learns
     nothing, which is how the rollback demo makes a model the canary must catch.
     """
     frame = load_user_data(settings.data_path) if settings.data_path is not None else generate(settings.train_rows, seed)
+    if with_feedback:
+        feedback = read_feedback(settings.monitoring_store, settings.feedback_rows_per_site)
+        get_run_logger().info("retraining with %d labelled rows of site feedback (store %s) + %d base rows",
+                              len(feedback), settings.monitoring_store, len(frame))
+        frame = add_feedback(frame, feedback)
     if shuffle_labels:
         frame = frame.assign(**{TARGET: np.random.default_rng(seed).permutation(frame[TARGET].to_numpy())})
     return frame
+
+
+def add_feedback(frame: pd.DataFrame, feedback: pd.DataFrame) -> pd.DataFrame:
+    """Training rows plus labelled site rows; feedback missing a column is refused by name."""
+    if feedback.empty:
+        return frame
+    columns = [*FEATURES, TARGET]
+    missing = [c for c in columns if c not in feedback.columns]
+    if missing:
+        raise ValueError(f"feedback rows lack columns {missing} (have {list(feedback.columns)})")
+    return pd.concat([frame[columns], feedback[columns].astype(frame[columns].dtypes.to_dict())], ignore_index=True)
 
 
 @task(name="split-data", **LOCAL)

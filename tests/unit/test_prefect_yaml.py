@@ -5,7 +5,8 @@ from pathlib import Path
 
 import yaml
 from prefect import Flow
-from prefect.client.schemas.schedules import CronSchedule
+from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
+from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -20,6 +21,23 @@ def test_every_deployment_points_at_a_flow_of_its_name_with_a_valid_schedule() -
         flow = getattr(module, attr)
         assert isinstance(flow, Flow), f"{name}: {deployment['entrypoint']} is not a Prefect flow"
         for schedule in deployment.get("schedules", []):
-            CronSchedule(cron=schedule["cron"], timezone=schedule.get("timezone", "UTC"))
+            if "cron" in schedule:
+                CronSchedule(cron=schedule["cron"], timezone=schedule.get("timezone", "UTC"))
+            else:
+                IntervalSchedule(interval=schedule["interval"], timezone=schedule.get("timezone", "UTC"))
+        for trigger in deployment.get("triggers", []):
+            DeploymentEventTrigger.model_validate(trigger)
     weekly = deployments["release"]["schedules"][0]["cron"].split()
     assert weekly[2:] == ["*", "*", weekly[4]] and weekly[4] != "*", "release runs once a week"
+
+
+def test_drift_events_trigger_retraining_with_the_event_in_its_parameters() -> None:
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    deployments = {d["name"]: d for d in spec["deployments"]}
+    assert deployments["drift-monitor"]["schedules"][0]["interval"] > 0
+    (trigger,) = deployments["retrain-on-drift"]["triggers"]
+    parsed = DeploymentEventTrigger.model_validate(trigger)
+    assert parsed.expect == {"edgewave.drift.detected"}
+    from flows.retrain import retrain_on_drift
+
+    assert set(parsed.parameters) <= set(retrain_on_drift.parameters.properties)

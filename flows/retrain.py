@@ -1,0 +1,31 @@
+"""The retrain-on-drift flow: started by the `edgewave.drift.detected` event (a deployment
+trigger in prefect.yaml), it retrains with the sites' labelled feedback, then rolls the new
+version out when it passes the gate."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+from flows.release import release
+from flows.rollout import rollout
+from tasks.settings import Settings
+
+
+@flow(name="retrain-on-drift", log_prints=True)
+def retrain_on_drift(model: str = "", sites: str = "", reason: str = "", drift_event: str = "",
+                     settings: Settings | None = None) -> dict:
+    """Release with feedback → rollout. The parameters are what the drift event said, for the record."""
+    settings = settings or Settings()
+    log = get_run_logger()
+    if model and model != settings.model_name:
+        raise ValueError(f"drift event is about model {model!r}, but this deployment serves "
+                         f"{settings.model_name!r} (EDGEWAVE_MODEL_NAME)")
+    log.info("retraining %s after drift at %s (event %s): %s", settings.model_name, sites or "-",
+             drift_event or "-", reason or "-")
+    released = release(settings, with_feedback=True)
+    result = {"release": released.model_dump(), "rollout": None, "drift_event": drift_event, "sites": sites}
+    if not released.staged:
+        log.warning("v%d did not pass the gate (%s): nothing rolled out", released.version, released.gate_reason)
+        return result
+    result["rollout"] = rollout(released.version, settings)
+    return result

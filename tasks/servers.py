@@ -1,0 +1,139 @@
+"""`make up` / `make down`: a real Prefect server, MLflow server and process worker on 127.0.0.1.
+
+State stays under EDGEWAVE_HOME (the same SQLite databases the embedded mode uses, so runs of
+`make run` show up in both UIs). `up` is idempotent: what already runs (by recorded pid and
+health check) is left alone; deployments and the work pool are (re)applied each time.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tasks import processes
+from tasks.settings import Settings
+
+WORK_POOL = "edgewave-process"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Servers:
+    prefect_url: str
+    mlflow_url: str
+    worker_pid: int | None
+
+    @property
+    def prefect_api(self) -> str:
+        return f"{self.prefect_url}/api"
+
+
+def _bin(name: str) -> str:
+    return shutil.which(name, path=str(Path(sys.executable).parent)) or name
+
+
+def _record(settings: Settings, name: str) -> Path:
+    return settings.home / "servers" / f"{name}.json"
+
+
+def _log(settings: Settings, name: str) -> Path:
+    return settings.home / "servers" / f"{name}.log"
+
+
+MARKERS = {"prefect": ("prefect", "server"), "mlflow": ("mlflow", "server"), "worker": ("prefect", "worker")}
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _wait(what: str, check: Callable[[], bool], process: subprocess.Popen | None, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}; its log: {log}\n{_tail(log)}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not healthy after {timeout:.0f}s; its log: {log}\n{_tail(log)}")
+        time.sleep(0.5)
+
+
+def _tail(log: Path, lines: int = 15) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else ""
+
+
+def server_env(settings: Settings, prefect_api: str, mlflow_url: str) -> dict[str, str]:
+    """What every process of the stack (and every flow run the worker starts) runs with."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update({
+        "EDGEWAVE_HOME": str(settings.home), "EDGEWAVE_TRACKING_URI": mlflow_url,
+        "PREFECT_HOME": str(settings.home / "prefect"), "PREFECT_API_URL": prefect_api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+    })
+    return env
+
+
+def _ensure(settings: Settings, name: str, command: list[str], health: str, env: dict[str, str],
+            timeout: float, log: Callable[[str], None]) -> None:
+    record = _record(settings, name)
+    if processes.running_pid(record, MARKERS[name]) is not None and healthy(health):
+        log(f"{name}: already running (pid {processes.running_pid(record, MARKERS[name])})")
+        return
+    if healthy(health):
+        raise RuntimeError(f"{name}: something else already answers at {health}; stop it or pick another port")
+    processes.stop(record, MARKERS[name])
+    process = processes.start(command, record, _log(settings, name), env, cwd=ROOT)
+    log(f"{name}: starting (pid {process.pid}, log {_log(settings, name)})")
+    _wait(name, lambda: healthy(health), process, _log(settings, name), timeout)
+
+
+def _prefect(args: list[str], env: dict[str, str]) -> str:
+    result = subprocess.run([_bin("prefect"), *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    if result.returncode != 0:
+        raise RuntimeError(f"`prefect {' '.join(args)}` failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result.stdout
+
+
+def up(settings: Settings, prefect_port: int = 4200, mlflow_port: int = 5050, deployments: list[str] | None = None,
+       scheduler: bool = True, log: Callable[[str], None] = print, timeout: float = 120.0) -> Servers:
+    """Start (or find) the servers, deploy prefect.yaml to the process pool, start the worker.
+
+    `deployments` limits which deployments are applied (all by default); `scheduler=False`
+    starts a server that creates no scheduled runs (tests that want only their own runs).
+    """
+    prefect_url, mlflow_url = f"http://127.0.0.1:{prefect_port}", f"http://127.0.0.1:{mlflow_port}"
+    env = server_env(settings, f"{prefect_url}/api", mlflow_url)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    server_env_extra = {} if scheduler else {"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"}
+    _ensure(settings, "mlflow", [
+        _bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
+        "--backend-store-uri", f"sqlite:///{settings.home / 'mlflow.db'}",
+        "--artifacts-destination", str(settings.home / "mlartifacts-server")],
+        f"{mlflow_url}/health", env, timeout, log)
+    _ensure(settings, "prefect", [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
+            f"{prefect_url}/api/health", {**env, **server_env_extra}, timeout, log)
+    _prefect(["work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"], env)
+    names = [arg for name in deployments for arg in ("--name", name)] if deployments else ["--all"]
+    _prefect(["--no-prompt", "deploy", *names], env)
+    log(f"deployed {', '.join(deployments) if deployments else 'every deployment'} of prefect.yaml to {WORK_POOL}")
+    worker = _record(settings, "worker")
+    if processes.running_pid(worker, MARKERS["worker"]) is None:
+        process = processes.start([_bin("prefect"), "worker", "start", "--pool", WORK_POOL, "--name", "edgewave-local"],
+                                  worker, _log(settings, "worker"), env, cwd=ROOT)
+        log(f"worker: started (pid {process.pid}, log {_log(settings, 'worker')})")
+    return Servers(prefect_url, mlflow_url, processes.running_pid(worker, MARKERS["worker"]))
+
+
+def down(settings: Settings) -> list[str]:
+    """Stop the worker, then the servers, each by its recorded pid."""
+    return [name for name in ("worker", "prefect", "mlflow") if processes.stop(_record(settings, name), MARKERS[name])]
