@@ -12,7 +12,7 @@ from tasks.settings import Settings
 
 
 @flow(name="retrain-on-drift", log_prints=True)
-def retrain_on_drift(model: str = "", sites: str = "", reason: str = "", drift_event: str = "",
+def retrain_on_drift(model: str = "", sites: list[str] | None = None, reason: str = "", drift_event: str = "",
                      settings: Settings | None = None) -> dict:
     """Release with feedback → rollout. The parameters are what the drift event said, for the record."""
     settings = settings or Settings()
@@ -20,7 +20,7 @@ def retrain_on_drift(model: str = "", sites: str = "", reason: str = "", drift_e
     if model and model != settings.model_name:
         raise ValueError(f"drift event is about model {model!r}, but this deployment serves "
                          f"{settings.model_name!r} (EDGEWAVE_MODEL_NAME)")
-    log.info("retraining %s after drift at %s (event %s): %s", settings.model_name, sites or "-",
+    log.info("retraining %s after drift at %s (event %s): %s", settings.model_name, ", ".join(sites or []) or "-",
              drift_event or "-", reason or "-")
     released = release(settings, with_feedback=True)
     result = {"release": released.model_dump(), "rollout": None, "drift_event": drift_event, "sites": sites}

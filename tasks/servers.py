@@ -105,14 +105,16 @@ def _prefect(args: list[str], env: dict[str, str]) -> str:
 
 
 def up(settings: Settings, prefect_port: int = 4200, mlflow_port: int = 5050, deployments: list[str] | None = None,
-       scheduler: bool = True, log: Callable[[str], None] = print, timeout: float = 120.0) -> Servers:
+       scheduler: bool = True, extra_env: dict[str, str] | None = None, log: Callable[[str], None] = print,
+       timeout: float = 120.0) -> Servers:
     """Start (or find) the servers, deploy prefect.yaml to the process pool, start the worker.
 
     `deployments` limits which deployments are applied (all by default); `scheduler=False`
-    starts a server that creates no scheduled runs (tests that want only their own runs).
+    starts a server that creates no scheduled runs (tests that want only their own runs);
+    `extra_env` reaches the worker and so every flow run (EDGEWAVE_FLEET_PATH, say).
     """
     prefect_url, mlflow_url = f"http://127.0.0.1:{prefect_port}", f"http://127.0.0.1:{mlflow_port}"
-    env = server_env(settings, f"{prefect_url}/api", mlflow_url)
+    env = {**server_env(settings, f"{prefect_url}/api", mlflow_url), **(extra_env or {})}
     settings.home.mkdir(parents=True, exist_ok=True)
     server_env_extra = {} if scheduler else {"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"}
     _ensure(settings, "mlflow", [
@@ -127,11 +129,12 @@ def up(settings: Settings, prefect_port: int = 4200, mlflow_port: int = 5050, de
     _prefect(["--no-prompt", "deploy", *names], env)
     log(f"deployed {', '.join(deployments) if deployments else 'every deployment'} of prefect.yaml to {WORK_POOL}")
     worker = _record(settings, "worker")
-    if processes.running_pid(worker, MARKERS["worker"]) is None:
-        process = processes.start([_bin("prefect"), "worker", "start", "--pool", WORK_POOL, "--name", "edgewave-local"],
-                                  worker, _log(settings, "worker"), env, cwd=ROOT)
-        log(f"worker: started (pid {process.pid}, log {_log(settings, 'worker')})")
-    return Servers(prefect_url, mlflow_url, processes.running_pid(worker, MARKERS["worker"]))
+    pid = processes.running_pid(worker, MARKERS["worker"])
+    if pid is None:
+        pid = processes.start([_bin("prefect"), "worker", "start", "--pool", WORK_POOL, "--name", "edgewave-local"],
+                              worker, _log(settings, "worker"), env, cwd=ROOT).pid
+        log(f"worker: started (pid {pid}, log {_log(settings, 'worker')})")
+    return Servers(prefect_url, mlflow_url, pid)
 
 
 def down(settings: Settings) -> list[str]:
