@@ -186,15 +186,29 @@ def _print_rollout(r: dict) -> None:
 def demo_loop(
     keep_fleet: Annotated[bool, typer.Option(help="Leave the local sites running afterwards.")] = False,
     rate: Annotated[float, typer.Option(help="Requests per second sent to each site.")] = 20.0,
+    drift: Annotated[bool, typer.Option(help="After the rollout, drift two sites and retrain on the drift event.")] = True,
 ) -> None:
-    """Release → fleet up → traffic → rollout in waves → summary."""
+    """Release → fleet up → traffic → rollout in waves → two sites drift → drift check → retrain → rollout."""
     settings = _settings()
     _fleet(settings)
     from flows.demo import loop
+    from tasks.drift import FleetDrift
 
-    result = loop(settings, keep_fleet, rate)
+    result = loop(settings, keep_fleet, rate, drift)
     if result["rollout"]:
         _print_rollout(result["rollout"])
+    if result.get("drift"):
+        _print_drift(FleetDrift.model_validate(result["drift"]))
+    retrain = result.get("retrain")
+    if retrain:
+        released = retrain["release"]
+        console.print(f"retrained after drift: v{released['version']} "
+                      f"{'staged' if released['staged'] else 'rejected'} ({released['gate_reason']})")
+        if retrain["rollout"]:
+            _print_rollout(retrain["rollout"])
+    elif drift and result.get("drift"):
+        console.print("[red]the drift was not detected: no retraining[/red]")
+        raise typer.Exit(1)
 
 
 @demo_app.command("rollback")

@@ -1,4 +1,6 @@
-"""The whole loop on a laptop: release → local fleet → traffic → rollout, and the rollback demo.
+"""The whole loop on a laptop: release → local fleet → traffic → rollout → two sites drift →
+drift check finds them → retraining (the drift event's hop, in-process here) → rollout of the
+retrained model; and the rollback demo.
 
 Composition only: every step is a flow or a function from tasks/. Both demos leave the Git
 desired state and the registry behind for `edgewave status`; the fleet is stopped at the end
@@ -7,26 +9,37 @@ unless asked to stay up.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
+from flows.drift import drift_monitor
 from flows.release import release
+from flows.retrain import retrain_on_drift
 from flows.rollout import rollout
 from tasks import fleet
+from tasks.data import scenario
+from tasks.drift import FleetDrift
 from tasks.policy import load_fleet_file
 from tasks.registry import PRODUCTION, alias_version
 from tasks.rollout import scrape_sites
 from tasks.settings import Settings
 from tasks.traffic import Traffic
 
-DEMO_SITE_ENV = {"EDGEWAVE_SYNC_INTERVAL_SECONDS": "2"}
+# Sites sync every 2 s and keep every request for drift in 5 s windows, so a demo sees a
+# drift check's worth of rows (500) within half a minute.
+DEMO_SITE_ENV = {"EDGEWAVE_SYNC_INTERVAL_SECONDS": "2", "EDGEWAVE_SAMPLE_FRACTION": "1.0",
+                 "EDGEWAVE_SAMPLE_WINDOW_SECONDS": "5"}
+# What happens to two of the six sites after the first rollout (fleet order: 3rd and 5th site).
+DEMO_DRIFT = {2: ("sensor_calibration_offset", {"feature": "process_temperature_k", "offset": 4.0}),
+              4: ("worn_tool_regime", {"life_factor": 1.6})}
 
 
-def _with_fleet(settings: Settings, keep_fleet: bool, rate: float, work: Callable[[], dict]) -> dict:
+def _with_fleet(settings: Settings, keep_fleet: bool, rate: float, work: Callable[[Traffic], dict]) -> dict:
     fleet_file = load_fleet_file(settings.fleet_path)
     fleet.up(settings, fleet_file.fleet, extra_env=DEMO_SITE_ENV)
     try:
-        with Traffic(fleet_file.fleet.sites, rate_per_site=rate):
-            return work()
+        with Traffic(fleet_file.fleet.sites, rate_per_site=rate, feedback_store=settings.monitoring_store) as traffic:
+            return work(traffic)
     finally:
         if not keep_fleet:
             fleet.down(settings, fleet_file.fleet)
@@ -44,16 +57,55 @@ def _rollout_and_look(settings: Settings, version: int) -> dict:
     return result
 
 
-def loop(settings: Settings, keep_fleet: bool = False, rate: float = 20.0) -> dict:
-    """Release a new version and, when it passes the gate, roll it out to the local fleet."""
+def watch_for_drift(settings: Settings, max_checks: int = 10, pause: float = 10.0) -> FleetDrift:
+    """Run the drift-monitor flow until the policy fires (or `max_checks` checks passed)."""
+    summary = drift_monitor(settings)
+    for _ in range(max_checks - 1):
+        if summary.detected:
+            break
+        time.sleep(pause)
+        summary = drift_monitor(settings)
+    return summary
+
+
+def _drift_and_retrain(settings: Settings, traffic: Traffic) -> dict:
+    """Two sites drift; the drift flow must find them and the retrained model must roll out."""
+    settings = settings.model_copy(update={"drift_workers": 1})  # the sites and the traffic need the other core
+    baseline = drift_monitor(settings)  # counts the pre-drift windows: no site may be flagged by them
+    print(f"before the drift: {baseline.reason}")
+    sites = traffic.sites
+    for index, (name, params) in DEMO_DRIFT.items():
+        traffic.set_scenario(sites[index].id, scenario(name, **params))
+        print(f"{sites[index].id}: now {scenario(name, **params).description}")
+    summary = watch_for_drift(settings)
+    print(f"drift check {summary.check_id}: {summary.reason}; top features {summary.top_features}")
+    if not summary.detected:
+        return {"baseline": baseline.model_dump(), "drift": summary.model_dump(), "retrain": None}
+    # Under `make up` the drift event starts retrain-on-drift through the deployment trigger;
+    # without a server the demo takes that hop itself, with the parameters the trigger passes.
+    retrained = retrain_on_drift(model=summary.model, sites=summary.sites_confirmed, reason=summary.reason,
+                                 settings=settings)
+    if retrained["rollout"]:
+        retrained["rollout"]["served"] = served_versions(settings)
+    return {"baseline": baseline.model_dump(), "drift": summary.model_dump(), "retrain": retrained}
+
+
+def loop(settings: Settings, keep_fleet: bool = False, rate: float = 20.0, drift: bool = True) -> dict:
+    """Release → rollout; then (with `drift`) two sites drift, are found, and retraining rolls out."""
     released = release(settings)
     print(f"released {released.model} v{released.version}: {'staged' if released.staged else 'rejected'} "
           f"({released.gate_reason})")
     if not released.staged:
         return {"release": released.model_dump(), "rollout": None}
 
-    rolled = _with_fleet(settings, keep_fleet, rate, lambda: _rollout_and_look(settings, released.version))
-    return {"release": released.model_dump(), "rollout": rolled}
+    def work(traffic: Traffic) -> dict:
+        rolled = _rollout_and_look(settings, released.version)
+        result = {"release": released.model_dump(), "rollout": rolled}
+        if drift and rolled["status"] == "succeeded":
+            result.update(_drift_and_retrain(settings, traffic))
+        return result
+
+    return _with_fleet(settings, keep_fleet, rate, work)
 
 
 def bad_rollout(settings: Settings, keep_fleet: bool = False, rate: float = 20.0) -> dict:
@@ -61,11 +113,11 @@ def bad_rollout(settings: Settings, keep_fleet: bool = False, rate: float = 20.0
     catch it and every touched site must return to production."""
     if alias_version(settings, PRODUCTION) is None:
         print("no model in production yet: running the loop first")
-        loop(settings, keep_fleet=True, rate=rate)
+        loop(settings, keep_fleet=True, rate=rate, drift=False)
     bad = release(settings, shuffle_labels=True, force=True)
     print(f"bad model v{bad.version} forced to @staging ({bad.gate_reason})")
 
-    result = _with_fleet(settings, keep_fleet, rate, lambda: _rollout_and_look(settings, bad.version))
+    result = _with_fleet(settings, keep_fleet, rate, lambda _traffic: _rollout_and_look(settings, bad.version))
     result["bad_version"] = bad.version
     result["production"] = alias_version(settings, PRODUCTION)
     return result

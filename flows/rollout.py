@@ -22,6 +22,7 @@ def rollout(version: int, settings: Settings | None = None) -> dict:
 
     for wave in record.waves[controller.next_wave(record):]:
         step.defer_unreachable(controller, record, wave)
+        step.observe_before(controller, record, wave)
         step.commit_wave(controller, record, wave)
         step.converge(controller, wave)
         decision = step.analyse(controller, record, wave)

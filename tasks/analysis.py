@@ -1,4 +1,9 @@
-"""Canary analysis: judge canary sites against baseline sites over the same window.
+"""Canary analysis: judge canary sites against their own behaviour on the old model, or
+against baseline sites over the same window when a site has no such history.
+
+Sites are not alike (a plant whose tools wear faster predicts more failures whatever the
+model), so a canary's confidence and predicted-failure rate are compared with what the same
+site did just before it changed, on the same traffic; the fleet baseline is the fallback.
 
 Pure functions. Missing, empty or NaN data is "inconclusive", never a pass; a wave advances
 only when every measurement passed, rolls back as soon as the share of failed sites among the
@@ -9,7 +14,7 @@ fails as the policy says.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 from tasks.policy import Abort, Analysis
@@ -29,6 +34,7 @@ class SiteJudgement:
     p99_ratio: float
     confidence_ratio: float
     failure_rate_shift: float
+    compared_with: str = "fleet"  # "own" (the site before it changed) or "fleet" (baseline sites now)
 
     def as_dict(self) -> dict:
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
@@ -90,9 +96,16 @@ def judge_site(site: str, canary: Window | None, baseline: Window | None, rules:
 
 
 def measure(canaries: dict[str, Window | None], baseline: Window | None, rules: Analysis,
-            abort: Abort, absolute_only: bool = False) -> Measurement:
-    """Judge every canary site in one window and combine by the abort criteria."""
-    sites = [judge_site(site, window, baseline, rules, absolute_only) for site, window in sorted(canaries.items())]
+            abort: Abort, absolute_only: bool = False, own: dict[str, Window] | None = None) -> Measurement:
+    """Judge every canary site in one window and combine by the abort criteria.
+
+    `own` holds each site's window on the old model (before it changed); a site found there
+    is judged against itself, the others against the fleet `baseline`.
+    """
+    own = own or {}
+    sites = [replace(judge_site(site, window, own.get(site, baseline), rules, absolute_only),
+                     compared_with="own" if site in own else "fleet")
+             for site, window in sorted(canaries.items())]
     judged = [s for s in sites if s.verdict != "inconclusive"]
     failed = [s for s in judged if s.verdict == "fail"]
     base = baseline.sites if baseline else ()

@@ -101,6 +101,7 @@ class Controller:
         self.id = rollout_id(model, version, fleet_file)
         self.hash = policy_hash(fleet_file)
         self.baseline: Window | None = None
+        self.own_before: dict[str, Window] = {}  # each untouched site on the old model, summed over time
 
     # -- record ---------------------------------------------------------------------------
     def start(self) -> RolloutRecord:
@@ -179,6 +180,31 @@ class Controller:
         self.io.log(message)
         return commit
 
+    def observe_before(self, record: RolloutRecord, wave: WaveRecord) -> None:
+        """Before a wave changes its sites, know how they behave on the old model.
+
+        Earlier waves' measurements already watched untouched sites; what is still missing
+        (the first wave, a resumed rollout) is read now over `interval × measurements`.
+        """
+        if self.from_version is None or wave.status != "pending":
+            return
+        missing = [s for s in wave.sites if s not in self.own_before]
+        if not missing:
+            return
+        rules, sites = self.policy.analysis, {s.id: s for s in self.fleet.sites}
+        seconds = rules.interval_seconds * rules.measurements
+        self.io.log(f"{self.id}: wave {wave.name}: watching {len(missing)} site(s) on v{self.from_version} for {seconds:g}s")
+        before = self.io.read([sites[s] for s in missing])
+        self.io.sleep(seconds)
+        after = self.io.read([sites[s] for s in missing])
+        self._remember_own(missing, before, after)
+
+    def _remember_own(self, site_ids: list[str], before: dict, after: dict) -> None:
+        for s in site_ids:
+            if before.get(s) and after.get(s) and after[s].version == self.from_version:
+                w = window(before[s], after[s], s)
+                self.own_before[s] = combine([self.own_before[s], w]) if s in self.own_before else w
+
     def converge(self, wave: WaveRecord) -> None:
         """Wait until the wave's sites report the new version, up to the convergence deadline."""
         pending = self._wait_for_versions({s: self.version for s in wave.sites})
@@ -218,11 +244,13 @@ class Controller:
             windows = {s: window(before[s], after[s], s) if before.get(s) and after.get(s) else None for s in sites}
             baseline_windows = [w for s, w in windows.items() if w is not None and s not in touched
                                 and after[s].version == self.from_version]
+            self._remember_own([s for s in sites if s not in touched], before, after)
             if baseline_windows:
                 self.baseline = combine(baseline_windows)
             canaries = {s: windows[s] for s in canary_ids}
             first_rollout = self.from_version is None
-            m = measure(canaries, self.baseline, rules, self.policy.abort, absolute_only=first_rollout)
+            m = measure(canaries, self.baseline, rules, self.policy.abort, absolute_only=first_rollout,
+                        own=self.own_before)
             if wave.failed:  # sites the offline policy counts failed weigh in the abort share
                 judged = [j for j in m.sites if j.verdict != "inconclusive"]
                 share = len(wave.failed) / max(1, len(judged) + len(wave.failed))
@@ -286,6 +314,7 @@ def run(c: Controller) -> Status:
         return "noop"
     for wave in record.waves[c.next_wave(record):]:
         c.defer_unreachable(record, wave)
+        c.observe_before(record, wave)
         c.commit_wave(record, wave)
         c.converge(wave)
         decision = c.analyse(record, wave)

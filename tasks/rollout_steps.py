@@ -55,6 +55,11 @@ def defer_unreachable(c: Controller, record: RolloutRecord, wave: WaveRecord) ->
     c.defer_unreachable(record, wave)
 
 
+@task(name="observe-before", **LOCAL)
+def observe_before(c: Controller, record: RolloutRecord, wave: WaveRecord) -> None:
+    c.observe_before(record, wave)
+
+
 @task(name="commit-wave", **LOCAL)
 def commit_wave(c: Controller, record: RolloutRecord, wave: WaveRecord) -> str | None:
     return c.commit_wave(record, wave)

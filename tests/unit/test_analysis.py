@@ -119,3 +119,17 @@ def test_a_latency_ratio_below_the_absolute_floor_is_not_a_failure() -> None:
     judged = judge_site("c", site_window(120, latency=0.004), base, RULES)  # 10x, but 4 ms
     assert judged.verdict == "pass", judged.reasons
     assert judged.p99_ratio > RULES.max_p99_latency_ratio
+
+
+def test_a_site_unlike_the_baseline_is_judged_against_its_own_history() -> None:
+    """A plant with worn tools predicts many failures on any model: compared with healthy
+    baseline sites it would look broken, compared with itself before the update it is not."""
+    abort = Abort(max_failed_site_share=0.0, min_sites_judged=1)
+    healthy_fleet = combine([site_window(300, name="b1", failure_share=0.03)])
+    worn = site_window(100, name="worn", failure_share=0.30)
+    worn_before = site_window(150, name="worn", failure_share=0.31)
+    assert measure({"worn": worn}, healthy_fleet, RULES, abort).verdict == "fail"
+    judged = measure({"worn": worn}, healthy_fleet, RULES, abort, own={"worn": worn_before})
+    assert judged.verdict == "pass" and judged.sites[0].compared_with == "own"
+    broken = site_window(100, name="worn", failure_share=0.30, confidence=0.6)
+    assert measure({"worn": broken}, healthy_fleet, RULES, abort, own={"worn": worn_before}).verdict == "fail"
