@@ -57,7 +57,7 @@ def _rollout_and_look(settings: Settings, version: int) -> dict:
     return result
 
 
-def watch_for_drift(settings: Settings, max_checks: int = 10, pause: float = 10.0) -> FleetDrift:
+def watch_for_drift(settings: Settings, max_checks: int = 8, pause: float = 20.0) -> FleetDrift:
     """Run the drift-monitor flow until the policy fires (or `max_checks` checks passed)."""
     summary = drift_monitor(settings)
     for _ in range(max_checks - 1):

@@ -63,6 +63,8 @@ def up(settings: Settings, fleet: Fleet, count: int | None = None, extra_env: di
     """Start the first `count` local sites (all by default); already running ones are left alone."""
     sites = [s for s in fleet.sites if s.kind == "local"][: count or None]
     DesiredStateRepo(Path(settings.desired_state_url)).ensure()
+    if settings.monitoring_store.startswith("file://"):  # the local store is ours to make; a bucket is not
+        Path(settings.monitoring_store.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
     executable = shutil.which("edgewave", path=str(Path(sys.executable).parent)) or "edgewave"
     started: list[tuple[Site, subprocess.Popen]] = []
     for site in sites:

@@ -98,7 +98,9 @@ def _ensure(settings: Settings, name: str, command: list[str], health: str, env:
 
 
 def _prefect(args: list[str], env: dict[str, str]) -> str:
-    result = subprocess.run([_bin("prefect"), *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    # prefect.yaml's pull step is `{{ $PWD }}`: the checkout the worker runs flows from
+    result = subprocess.run([_bin("prefect"), *args], env={**env, "PWD": str(ROOT)}, cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
     if result.returncode != 0:
         raise RuntimeError(f"`prefect {' '.join(args)}` failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result.stdout

@@ -1,0 +1,116 @@
+"""The loop on real servers: `edgewave up` (Prefect server, MLflow server, process worker),
+prefect.yaml deployed, the drift-monitor deployment run on drifted windows, and the
+retrain-on-drift run that the deployment trigger creates from the drift event, run to
+completion by the worker (release with feedback, then a rollout to live local sites)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from serving.bundle import load_trusted_keys
+from serving.model import load_model
+from tasks import fleet, servers
+from tasks.data import generate, scenario
+from tasks.drift_sim import ship_windows
+from tasks.drift_store import write_feedback
+from tasks.policy import load_fleet_file
+from tasks.rollout import scrape_sites
+from tasks.settings import Settings
+from tasks.traffic import Traffic
+from tests.helpers import BIN, free_port
+
+DRIFTED = {"line-1": scenario("sensor_calibration_offset"), "line-2": scenario("worn_tool_regime")}
+SITES = ["line-0", "line-1", "line-2"]
+
+
+def api(base: str, path: str, body: dict | None = None) -> object:
+    request = urllib.request.Request(f"{base}{path}", data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def flow_runs(base: str, flow: str) -> list[dict]:
+    return api(base, "/flow_runs/filter", {"flows": {"name": {"any_": [flow]}}, "sort": "EXPECTED_START_TIME_ASC"})
+
+
+def wait_for_run(base: str, flow: str, timeout: float, log: Path) -> dict:
+    """The first run of `flow` once it is final; fails at once if it failed (with the worker log)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = flow_runs(base, flow)
+        if runs and runs[0]["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            run = runs[0]
+            assert run["state"]["type"] == "COMPLETED", f"{flow}: {run['state']}\n{log.read_text()[-4000:]}"
+            return run
+        time.sleep(1)
+    raise TimeoutError(f"{flow}: no final run within {timeout:.0f}s; runs: "
+                       f"{[r['state']['type'] for r in flow_runs(base, flow)]}\n{log.read_text()[-4000:]}")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stack")
+    home, fleet_path = root / "home", root / "fleet.yaml"
+    fleet_path.write_text(yaml.safe_dump({
+        "fleet": {"sites": [{"id": s, "port": free_port()} for s in SITES]},
+        "rollout": {"waves": [{"name": "canary", "count": 1}, {"name": "rest", "percent": 100}],
+                    "bake_seconds": 1, "convergence_deadline_seconds": 60,
+                    "analysis": {"interval_seconds": 2, "measurements": 2, "min_requests_per_site": 15,
+                                 "inconclusive_limit": 5}},
+        "drift": {"column_thresholds": {"air_temperature_k": 0.8, "process_temperature_k": 0.8},
+                  "consecutive_windows": 1, "min_sites": 2, "min_samples": 400},
+    }))
+    env = {"EDGEWAVE_FLEET_PATH": str(fleet_path), "EDGEWAVE_TRAIN_ROWS": "4000", "EDGEWAVE_DRIFT_WORKERS": "1"}
+    settings = Settings(home=home, fleet_path=fleet_path, train_rows=4000)
+    try:
+        stack = servers.up(settings, free_port(), free_port(), deployments=["drift-monitor", "retrain-on-drift"],
+                           scheduler=False, extra_env=env)
+        yield settings, stack, servers.server_env(settings, stack.prefect_api, stack.mlflow_url) | env
+    finally:
+        stopped = servers.down(settings)
+        assert "prefect" in stopped and "mlflow" in stopped
+
+
+def test_a_drift_event_starts_retraining_through_the_deployment_trigger(stack) -> None:
+    settings, servers_, env = stack
+    settings = settings.model_copy(update={"tracking_uri": servers_.mlflow_url})
+    released = subprocess.run([str(BIN / "edgewave"), "release"], env=env, capture_output=True, text=True, timeout=300)
+    assert released.returncode == 0, released.stdout + released.stderr
+
+    # What the sites saw since v1: two of them drifted. Their windows and maintenance logs are
+    # in the monitoring store as the agents and the plants would have put them there.
+    model = load_model(settings.home / "bundles" / settings.model_name / "v1", load_trusted_keys(settings.trusted_keys))
+    (settings.home / "monitoring").mkdir()
+    for index, site in enumerate(SITES):
+        ship_windows(settings.monitoring_store, site, generate(600, 40 + index, DRIFTED.get(site)), model, 300)
+        write_feedback(settings.monitoring_store, site, generate(800, 60 + index, DRIFTED.get(site)))
+
+    fleet_file = load_fleet_file(settings.fleet_path)
+    fleet.up(settings, fleet_file.fleet, extra_env={"EDGEWAVE_SYNC_INTERVAL_SECONDS": "0.5"})
+    try:
+        with Traffic(fleet_file.fleet.sites, rate_per_site=20):
+            run = subprocess.run([str(BIN / "prefect"), "deployment", "run", "drift-monitor/drift-monitor"],
+                                 env=env, capture_output=True, text=True, timeout=60)
+            assert run.returncode == 0, run.stdout + run.stderr
+            worker_log = settings.home / "servers" / "worker.log"
+            drift_run = wait_for_run(servers_.prefect_api, "drift-monitor", 240, worker_log)
+            retrain = wait_for_run(servers_.prefect_api, "retrain-on-drift", 420, worker_log)
+        served = {s: r.version if r else None for s, r in scrape_sites(fleet_file.fleet.sites).items()}
+    finally:
+        fleet.down(settings, fleet_file.fleet)
+
+    assert retrain["parameters"]["sites"] == ["line-1", "line-2"]
+    assert retrain["parameters"]["model"] == settings.model_name
+    assert retrain["parameters"]["drift_event"], "the run says which event started it"
+    assert retrain["created"] > drift_run["start_time"]
+    events = json.loads((settings.home / "drift" / "events.json").read_text())
+    assert events[settings.model_name]["event_id"] == retrain["parameters"]["drift_event"]
+    assert served == {site: 2 for site in SITES}, "the retrained v2 was rolled out to every site"
