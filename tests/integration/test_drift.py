@@ -147,3 +147,29 @@ def test_drift_policy_errors_name_the_field(tmp_path: Path) -> None:
 def test_features_constant_matches_the_bundle_inputs(world) -> None:
     _, model = world
     assert model.feature_names == FEATURES
+
+
+def test_the_drift_flow_fans_out_to_a_dask_cluster_by_setting_only(world, tmp_path: Path) -> None:
+    """EDGEWAVE_DASK_ADDRESS moves the per-site tasks to Dask workers: same flow, same results."""
+    from distributed import LocalCluster
+
+    from flows.drift import drift_monitor
+
+    settings, model = world
+    fleet_path = tmp_path / "fleet.yaml"
+    data = yaml.safe_load((Path(__file__).parents[2] / "deployments" / "fleet.yaml").read_text())
+    data["fleet"] = {"sites": [{"id": "calm", "port": 18901}, {"id": "worn", "port": 18902}]}
+    data["rollout"]["waves"] = [{"name": "all", "percent": 100}]
+    data["drift"].update({"consecutive_windows": 1, "min_sites": 1})
+    fleet_path.write_text(yaml.safe_dump(data))
+    ship_windows(settings.monitoring_store, "calm", generate(800, 11), model, window_rows=400)
+    ship_windows(settings.monitoring_store, "worn", generate(800, 12, scenario("worn_tool_regime")), model,
+                 window_rows=400)
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        dask_settings = settings.model_copy(update={"dask_address": cluster.scheduler_address, "fleet_path": fleet_path})
+        summary = drift_monitor(dask_settings)
+        workers = list(cluster.scheduler_info["workers"])
+    assert workers and summary.sites_drifted == ["worn"] and summary.detected
+    assert {c.site: c.status for c in summary.sites} == {"calm": "checked", "worn": "checked"}
+    assert (settings.home / "drift" / "events.json").exists(), "the drift event was emitted"

@@ -1,0 +1,85 @@
+"""Drift verdicts from plain data: column results, the fleet summary, cooldown, feedback."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from tasks.data import FEATURES, TARGET, generate
+from tasks.drift import ColumnDrift, SiteCheck, column_results, summarise, thresholds
+from tasks.drift_steps import event_payload, in_cooldown
+from tasks.drift_store import SiteLedger, WindowCheck
+from tasks.policy import DriftPolicy
+from tasks.release import add_feedback
+
+POLICY = DriftPolicy(min_sites=2, consecutive_windows=2)
+
+
+def checked(site: str, drifted: list[str], confirmed: bool) -> SiteCheck:
+    columns = [ColumnDrift(column=c, method="wasserstein", score=0.5 if c in drifted else 0.01, threshold=0.2,
+                           drifted=c in drifted) for c in FEATURES]
+    return SiteCheck(site=site, check_id="c1", status="checked", drifted=bool(drifted), columns=columns,
+                     drifted_share=len(drifted) / len(FEATURES), confirmed=confirmed, model_version=3,
+                     report_path=f"/r/{site}.html")
+
+
+def test_p_value_and_distance_methods_are_read_the_right_way_round() -> None:
+    snapshot = {"metrics": [
+        {"config": {"type": "evidently:metric_v2:ValueDrift", "column": "a", "method": "K-S p_value", "threshold": 0.05},
+         "value": 0.01},
+        {"config": {"type": "evidently:metric_v2:ValueDrift", "column": "b", "method": "wasserstein", "threshold": 0.2},
+         "value": 0.1},
+        {"config": {"type": "evidently:metric_v2:DriftedColumnsCount"}, "value": {"count": 1}},
+    ]}
+    results = column_results(snapshot)
+    assert results["a"].drifted and not results["b"].drifted and set(results) == {"a", "b"}
+    assert results["a"].severity > 1 > results["b"].severity
+
+
+def test_the_fleet_needs_min_sites_confirmed_and_ranks_features_by_sites() -> None:
+    checks = [checked("s1", ["tool_wear_min"], True), checked("s2", ["tool_wear_min", "torque_nm"], False),
+              checked("s3", [], False), SiteCheck(site="s4", check_id="c1", status="waiting")]
+    one = summarise("c1", "m", checks, POLICY)
+    assert not one.detected and one.sites_drifted == ["s1", "s2"] and one.sites_waiting == ["s4"]
+    assert one.top_features[0] == ("tool_wear_min", 2)
+    checks[1] = checked("s2", ["tool_wear_min", "torque_nm"], True)
+    two = summarise("c1", "m", checks, POLICY)
+    assert two.detected and two.sites_confirmed == ["s1", "s2"]
+    payload = event_payload(two, {"s1": "mlflow://run/reports/s1.html"})
+    assert payload["sites"] == ["s1", "s2"] and sorted(payload["features"]["s2"]) == ["tool_wear_min", "torque_nm"]
+    assert payload["reports"] == {"s1": "mlflow://run/reports/s1.html", "s2": "file:///r/s2.html"}
+    json.dumps(payload)  # it travels as a Prefect event payload
+
+
+def test_consecutive_windows_restart_on_a_clean_window_or_a_new_model() -> None:
+    ledger = SiteLedger(history=[WindowCheck(check_id=str(i), model_version=v, rows=500, drifted=d)
+                                 for i, (v, d) in enumerate([(1, True), (1, False), (1, True), (2, True), (2, True)])])
+    assert ledger.consecutive_drifted(2) == 2 and ledger.consecutive_drifted(1) == 0
+
+
+def test_thresholds_refuse_a_column_the_model_does_not_have() -> None:
+    policy = DriftPolicy(column_thresholds={"torque_nm": 0.5})
+    assert thresholds(policy, FEATURES)["torque_nm"] == 0.5 and thresholds(policy, FEATURES)["probability"] == 0.2
+    with pytest.raises(ValueError, match="spindle"):
+        thresholds(DriftPolicy(column_thresholds={"spindle": 0.5}), FEATURES)
+
+
+def test_cooldown_counts_from_the_last_event_of_the_model(settings) -> None:
+    path = settings.home / "drift" / "events.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"m": {"at": 1000.0}}))
+    assert in_cooldown(settings, "m", 30, now=1000.0 + 29 * 60) == pytest.approx(29 * 60)
+    assert in_cooldown(settings, "m", 30, now=1000.0 + 31 * 60) is None
+    assert in_cooldown(settings, "other", 30, now=1001.0) is None
+
+
+def test_feedback_rows_join_the_training_data_or_are_refused_by_column() -> None:
+    base = generate(300, 1)
+    feedback = generate(50, 2)[[*FEATURES, TARGET]]
+    joined = add_feedback(base, feedback)
+    assert len(joined) == 350 and list(joined.columns) == [*FEATURES, TARGET]
+    assert add_feedback(base, pd.DataFrame()) is base
+    with pytest.raises(ValueError, match=r"lack columns \['machine_failure'\]"):
+        add_feedback(base, feedback.drop(columns=[TARGET]))
