@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 import warnings
@@ -25,6 +26,7 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results" / "drift.json"
 ROOT = Path(__file__).resolve().parents[1]
+sys.path[0] = str(ROOT)  # bench/serving.py must not shadow the `serving` package
 SCENARIOS = [("sensor_calibration_offset", {}), ("worn_tool_regime", {}), ("product_mix_change", {}),
              ("ambient_temperature_shift", {})]
 

@@ -84,7 +84,7 @@ def _drift_and_retrain(settings: Settings, traffic: Traffic) -> dict:
     # Under `make up` the drift event starts retrain-on-drift through the deployment trigger;
     # without a server the demo takes that hop itself, with the parameters the trigger passes.
     retrained = retrain_on_drift(model=summary.model, sites=summary.sites_confirmed, reason=summary.reason,
-                                 settings=settings)
+                                 drift_event=summary.event_id or "", settings=settings)
     if retrained["rollout"]:
         retrained["rollout"]["served"] = served_versions(settings)
     return {"baseline": baseline.model_dump(), "drift": summary.model_dump(), "retrain": retrained}

@@ -65,6 +65,6 @@ def drift_monitor(settings: Settings | None = None) -> FleetDrift:
     links = step.log_to_mlflow(settings, summary)
     step.publish(summary, links)
     if summary.detected:
-        step.emit(settings, summary, links, policy.cooldown_minutes)
+        summary = summary.model_copy(update={"event_id": step.emit(settings, summary, links, policy.cooldown_minutes)})
     log.info("%s: %s", check_id, summary.reason)
     return summary

@@ -199,6 +199,7 @@ class FleetDrift(BaseModel):
     sites_failed: list[str]
     top_features: list[tuple[str, int]] = Field(description="(feature, drifted sites), most sites first")
     sites: list[SiteCheck]
+    event_id: str | None = Field(None, description="The edgewave.drift.detected event this check emitted.")
 
 
 def summarise(check_id: str, model: str, checks: list[SiteCheck], policy: DriftPolicy) -> FleetDrift:
