@@ -30,7 +30,7 @@ from tasks.traffic import Traffic
 DEMO_SITE_ENV = {"EDGEWAVE_SYNC_INTERVAL_SECONDS": "2", "EDGEWAVE_SAMPLE_FRACTION": "1.0",
                  "EDGEWAVE_SAMPLE_WINDOW_SECONDS": "5"}
 # What happens to two of the six sites after the first rollout (fleet order: 3rd and 5th site).
-DEMO_DRIFT = {2: ("sensor_calibration_offset", {"feature": "process_temperature_k", "offset": 4.0}),
+DEMO_DRIFT = {2: ("sensor_calibration_offset", {"feature": "process_temperature_k", "offset": 5.0}),
               4: ("worn_tool_regime", {"life_factor": 1.6})}
 
 

@@ -50,7 +50,7 @@ def test_undrifted_sites_from_other_seeds_raise_no_alarm(world, seed: int) -> No
 
 
 @pytest.mark.parametrize("name, params, expected", [
-    ("sensor_calibration_offset", {}, {"process_temperature_k"}),
+    ("sensor_calibration_offset", {"offset": 5.0}, {"process_temperature_k"}),
     ("sensor_calibration_offset", {"feature": "torque_nm", "offset": 4.0}, {"torque_nm"}),
     # the hall gets warmer: both temperatures move by 5 K (process has the smaller spread, so it leads)
     ("ambient_temperature_shift", {}, {"process_temperature_k", "air_temperature_k"}),

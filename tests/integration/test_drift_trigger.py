@@ -26,7 +26,7 @@ from tasks.settings import Settings
 from tasks.traffic import Traffic
 from tests.helpers import BIN, free_port
 
-DRIFTED = {"line-1": scenario("sensor_calibration_offset"), "line-2": scenario("worn_tool_regime")}
+DRIFTED = {"line-1": scenario("sensor_calibration_offset", offset=5.0), "line-2": scenario("worn_tool_regime")}
 SITES = ["line-0", "line-1", "line-2"]
 
 
@@ -65,7 +65,7 @@ def stack(tmp_path_factory):
                     "bake_seconds": 1, "convergence_deadline_seconds": 60,
                     "analysis": {"interval_seconds": 2, "measurements": 2, "min_requests_per_site": 15,
                                  "inconclusive_limit": 5}},
-        "drift": {"column_thresholds": {"air_temperature_k": 0.8, "process_temperature_k": 0.8},
+        "drift": {"column_thresholds": {"air_temperature_k": 0.8, "process_temperature_k": 1.5},
                   "consecutive_windows": 1, "min_sites": 2, "min_samples": 400},
     }))
     env = {"EDGEWAVE_FLEET_PATH": str(fleet_path), "EDGEWAVE_TRAIN_ROWS": "4000", "EDGEWAVE_DRIFT_WORKERS": "1"}
