@@ -101,14 +101,17 @@ app.add_typer(drift_app, name="drift")
 def _print_drift(summary) -> None:
     from rich.table import Table
 
-    table = Table("site", "status", "rows", "version", "drifted share", "top features", "in a row", "report",
+    table = Table("site", "status", "rows", "v", "drifted", "top features (score/threshold)", "in a row",
                   title=f"{summary.check_id}: {'DRIFT DETECTED' if summary.detected else 'no fleet drift'}")
     for c in summary.sites:
+        top = ", ".join(f"{col.column} {col.score:.2f}/{col.threshold:g}"
+                        for col in sorted(c.columns, key=lambda col: -col.severity) if col.drifted)
         table.add_row(c.site, c.status if not c.detail else f"{c.status} ({c.detail})", str(c.rows_new),
                       str(c.model_version or "-"), f"{c.drifted_share:.0%}" if c.status == "checked" else "-",
-                      ", ".join(c.top_features) or "-", str(c.consecutive), c.report_path or "-")
+                      top or "-", str(c.consecutive))
     console.print(table)
-    console.print(summary.reason)
+    reports = {str(Path(c.report_path).parent) for c in summary.sites if c.report_path}
+    console.print(summary.reason + (f"\nEvidently reports: {', '.join(sorted(reports))}" if reports else ""))
 
 
 @drift_app.command("check")
