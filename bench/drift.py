@@ -27,7 +27,7 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results" / "drift.json"
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)  # bench/serving.py must not shadow the `serving` package
-SCENARIOS = [("sensor_calibration_offset", {}), ("worn_tool_regime", {}), ("product_mix_change", {}),
+SCENARIOS = [("sensor_calibration_offset", {"offset": 5.0}), ("worn_tool_regime", {}), ("product_mix_change", {}),
              ("ambient_temperature_shift", {})]
 
 
