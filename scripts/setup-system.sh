@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # System packages the tests use, from Debian's archive; idempotent, safe to run again.
 #   prometheus  the PromQL path of the rollout is tested against a real Prometheus
+#   kubectl     `kubectl kustomize` renders the k8s/ base and the overlays the rollout writes
 # Without root or network the script says so and the tests that need the package are skipped
 # with that reason (pytest -ra prints it).
 set -uo pipefail
 missing=()
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 command -v git >/dev/null 2>&1 || missing+=(git)
+command -v kubectl >/dev/null 2>&1 || missing+=(kubectl)
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi

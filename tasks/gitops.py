@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from serving.desired import BRANCH, DesiredState, git, read_desired, site_file
+from tasks import k8s
 
 AUTHOR = ["-c", "user.name=edgewave", "-c", "user.email=edgewave@localhost"]
 
@@ -44,14 +45,24 @@ class DesiredStateRepo:
         return git("rev-parse", "HEAD", cwd=self.path).strip()
 
     def commit(self, states: list[DesiredState], message: str, record: tuple[str, dict] | None = None) -> str | None:
-        """Write the site files (and the rollout record) and commit; None when nothing changed."""
-        paths = []
+        """Write the site files (and the rollout record) and commit; None when nothing changed.
+
+        A state with an image is a Kubernetes site: its kustomize overlay (and the base it
+        builds on) goes into the same commit, so Argo CD / Flux see the wave at once.
+        """
+        files: dict[str, str] = {}
         for state in states:
-            target = self.path / site_file(state.site)
+            files[site_file(state.site)] = yaml.safe_dump(state.model_dump(mode="json", exclude_none=True),
+                                                          sort_keys=False)
+            if state.image:
+                files.update(k8s.base_files())
+                files[k8s.overlay_path(state.site)] = k8s.overlay(state)
+        paths = []
+        for name, text in files.items():
+            target = self.path / name
             target.parent.mkdir(parents=True, exist_ok=True)
-            data = state.model_dump(mode="json", exclude_none=True)
-            target.write_text(yaml.safe_dump(data, sort_keys=False))
-            paths.append(str(target.relative_to(self.path)))
+            target.write_text(text)
+            paths.append(name)
         if record is not None:
             rollout_id, content = record
             target = self.path / "rollouts" / f"{rollout_id}.json"

@@ -201,6 +201,11 @@ def rollout_target(settings: Settings, version: int) -> tuple[str, str]:
     return tags["bundle_url"], tags["onnx_sha256"]
 
 
+def serving_image(settings: Settings, version: int) -> str | None:
+    """The serving image with this version baked in (`image` tag, by digest), if one was built."""
+    return client(settings).get_model_version(settings.model_name, str(version)).tags.get("image")
+
+
 def tag_version(settings: Settings, version: int, tags: dict[str, str]) -> None:
     mlc = client(settings)
     for key, value in tags.items():

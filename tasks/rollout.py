@@ -92,10 +92,11 @@ def scrape_sites(sites: list[Site], concurrency: int = 32) -> dict[str, Reading 
 
 class Controller:
     def __init__(self, fleet_file: FleetFile, model: str, version: int, bundle_url: str, sha256: str,
-                 from_version: int | None, io: Io) -> None:
+                 from_version: int | None, io: Io, image: str | None = None) -> None:
         self.fleet = fleet_file.fleet
         self.policy = fleet_file.rollout
         self.model, self.version, self.bundle_url, self.sha256 = model, version, bundle_url, sha256
+        self.image = image  # the serving image with this version baked in, for Kubernetes sites
         self.from_version = from_version
         self.io = io
         self.id = rollout_id(model, version, fleet_file)
@@ -132,8 +133,12 @@ class Controller:
         return len(record.waves)
 
     def desired(self, site: str, reason: str) -> DesiredState:
+        image = self.image if self.fleet.site(site).kind == "k8s" else None
+        if self.fleet.site(site).kind == "k8s" and not image:
+            raise ValueError(f"site {site} runs on Kubernetes, but {self.model} v{self.version} has no serving image")
         return DesiredState(site=site, model=self.model, version=self.version, bundle_url=self.bundle_url,
-                            sha256=self.sha256, rollout_id=self.id, reason=reason, updated_at=self.io.now())
+                            sha256=self.sha256, rollout_id=self.id, image=image, reason=reason,
+                            updated_at=self.io.now())
 
     # -- one wave ---------------------------------------------------------------------------
     def defer_unreachable(self, record: RolloutRecord, wave: WaveRecord) -> None:

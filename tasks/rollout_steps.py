@@ -34,7 +34,8 @@ def controller(settings: Settings, version: int, io: Io | None = None) -> Contro
         logger = get_run_logger()
         io = Io(repo=DesiredStateRepo(Path(settings.desired_state_url)).ensure(), read=reader(settings, fleet_file),
                 log=logger.info)
-    return Controller(fleet_file, settings.model_name, version, bundle_url, sha256, production, io)
+    image = registry.serving_image(settings, version) if any(s.kind == "k8s" for s in fleet_file.fleet.sites) else None
+    return Controller(fleet_file, settings.model_name, version, bundle_url, sha256, production, io, image)
 
 
 def reader(settings: Settings, fleet_file) -> Callable[[list[Site]], dict[str, Reading | None]]:
