@@ -349,3 +349,7 @@ def status(
         last = fleet_state["last_rollout"]
         if last:
             console.print(f"last rollout {last['id']}: {last['status']} ({last['reason']})")
+
+
+if __name__ == "__main__":  # `python -m flows.cli`: how the serving image starts
+    app()
