@@ -2,6 +2,9 @@
 # System packages the tests use, from Debian's archive; idempotent, safe to run again.
 #   prometheus  the PromQL path of the rollout is tested against a real Prometheus
 #   kubectl     `kubectl kustomize` renders the k8s/ base and the overlays the rollout writes
+#   docker.io, docker-registry, debootstrap
+#               the serving image is built, run, pushed and pulled on a real local engine and
+#               registry, from a base image made with debootstrap (tasks/engine.py starts them)
 # Without root or network the script says so and the tests that need the package are skipped
 # with that reason (pytest -ra prints it).
 set -uo pipefail
@@ -9,6 +12,9 @@ missing=()
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 command -v git >/dev/null 2>&1 || missing+=(git)
 command -v kubectl >/dev/null 2>&1 || missing+=(kubectl)
+command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
+command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi

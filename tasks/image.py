@@ -1,0 +1,110 @@
+"""The serving image of a model version: build context, build, push, digest.
+
+The context holds everything the Dockerfile needs, so the build itself never touches the
+network: a wheelhouse of `edgewave[edge]` (prepared here with `pip wheel`, reused while
+pyproject.toml is unchanged), the trusted public keys and the signed bundle. The image is
+tagged `<registry>/edgewave-serving:<model>-v<version>`; what rollouts use is the pushed
+digest, recorded on the model version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = ROOT / "deployments" / "Dockerfile"
+REPOSITORY = "edgewave-serving"
+PIP_FOR_IMAGE = "pip==24.3.1"  # runs from its wheel inside the build; the base needs no pip
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    tag: str
+    image_id: str
+    size_bytes: int
+    build_seconds: float
+    digest_ref: str | None = None  # <registry>/edgewave-serving@sha256:… once pushed
+
+
+def image_tag(registry: str, model: str, version: int) -> str:
+    return f"{registry}/{REPOSITORY}:{model}-v{version}"
+
+
+def wheelhouse(cache: Path) -> Path:
+    """Wheels of edgewave[edge] and pip, rebuilt only when pyproject.toml or the code changes."""
+    key = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()
+                         + b"".join(p.read_bytes() for p in sorted(ROOT.glob("serving/*.py")))).hexdigest()[:12]
+    folder = cache / f"wheelhouse-{key}"
+    if folder.exists():
+        return folder
+    partial = cache / f".wheelhouse-{key}-{time.time_ns()}"
+    command = [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(partial), f"{ROOT}[edge]",
+               PIP_FOR_IMAGE]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    if result.returncode != 0:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise RuntimeError(f"preparing the wheelhouse failed: {result.stderr[-2000:]}")
+    partial.rename(folder)
+    return folder
+
+
+def build_context(out: Path, wheels: Path, keys_dir: Path, bundle: Path | None) -> Path:
+    """A self-contained build context: Dockerfile, wheelhouse, public keys, bundle."""
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    shutil.copy(DOCKERFILE, out / "Dockerfile")
+    shutil.copytree(wheels, out / "wheelhouse")
+    (out / "keys").mkdir()
+    for key in sorted(keys_dir.glob("*.pub")):
+        shutil.copy(key, out / "keys" / key.name)
+    if not any((out / "keys").iterdir()):
+        raise FileNotFoundError(f"no public key (*.pub) in {keys_dir}: the site could not verify any bundle")
+    (out / "bundle").mkdir()
+    if bundle is not None:
+        for item in bundle.iterdir():
+            shutil.copy(item, out / "bundle" / item.name)
+    return out
+
+
+def build(docker_host: str, context: Path, tag: str, base_image: str, model: str | None = None,
+          version: int | None = None, sha256: str | None = None, target: str = "model") -> BuiltImage:
+    """Build with the Docker SDK against `docker_host` (the legacy builder, no network)."""
+    import docker
+
+    client = docker.DockerClient(base_url=docker_host, timeout=600)
+    try:
+        started = time.perf_counter()
+        image, _ = client.images.build(
+            path=str(context), tag=tag, target=target, network_mode="none", rm=True, forcerm=True,
+            buildargs={"BASE_IMAGE": base_image, "MODEL_NAME": model or "", "MODEL_VERSION": str(version or ""),
+                       "MODEL_SHA256": sha256 or ""})
+        seconds = time.perf_counter() - started
+        return BuiltImage(tag, image.id, int(image.attrs["Size"]), seconds)
+    finally:
+        client.close()
+
+
+def push(docker_host: str, built: BuiltImage) -> BuiltImage:
+    """Push the tag; returns the image with its `<repo>@sha256:…` reference from the registry."""
+    import docker
+
+    client = docker.DockerClient(base_url=docker_host, timeout=600)
+    try:
+        repository, tag = built.tag.rsplit(":", 1)
+        digest = None
+        for line in client.images.push(repository, tag=tag, stream=True, decode=True):
+            if "error" in line:
+                raise RuntimeError(f"push of {built.tag} failed: {line['error']}")
+            digest = line.get("aux", {}).get("Digest", digest)
+        if digest is None:
+            raise RuntimeError(f"push of {built.tag} reported no digest")
+        return BuiltImage(built.tag, built.image_id, built.size_bytes, built.build_seconds, f"{repository}@{digest}")
+    finally:
+        client.close()

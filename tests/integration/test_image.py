@@ -1,0 +1,89 @@
+"""The serving image for real: a local Docker engine (dockerd --iptables=false --ip6tables=false
+--bridge=none), a debootstrap base image, a build from a wheelhouse with no network, the
+container run read-only with --network host, its prediction equal to in-process ONNX Runtime,
+then a push to the local registry and a pull back by digest."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serving.bundle import load_trusted_keys
+from serving.model import load_model
+from tasks import engine as engines
+from tasks import image as images
+from tasks.data import FEATURES
+from tests.helpers import free_port, http_ok, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE_IMAGE = "edgewave-base:bookworm-py311"
+STATE = Path(tempfile.gettempdir()) / f"edgewave-test-docker-{os.getuid()}"  # kept: the base image is reused
+
+
+@pytest.fixture(scope="module")
+def engine():
+    try:
+        running = engines.start(STATE, registry_port=free_port())
+    except engines.EngineUnavailable as exc:
+        pytest.skip(f"no Docker engine can run here: {exc}")
+    try:
+        result = subprocess.run([str(ROOT / "scripts" / "build-base-image.sh"), BASE_IMAGE], capture_output=True,
+                                text=True, timeout=900, env={**os.environ, "DOCKER_HOST": running.docker_host})
+        assert result.returncode == 0, f"base image: {result.stdout}{result.stderr}"
+        yield running
+    finally:
+        engines.stop(STATE)
+
+
+def test_the_image_serves_what_onnxruntime_computes_and_round_trips_the_registry(engine, bundles, split,
+                                                                                  tmp_path: Path) -> None:
+    import docker
+
+    context = images.build_context(tmp_path / "context", images.wheelhouse(STATE / "wheels"),
+                                   bundles.home / "keys", bundles.v1)
+    tag = images.image_tag(engine.registry, "machine-failure", 1)
+    built = images.build(engine.docker_host, context, tag, BASE_IMAGE, "machine-failure", 1, bundles.sha(bundles.v1))
+    client = docker.DockerClient(base_url=engine.docker_host)
+    attrs = client.images.get(tag).attrs["Config"]
+    assert attrs["User"] == "10001:10001" and attrs["Healthcheck"]["Test"][0] == "CMD"
+    assert attrs["Labels"]["io.edgewave.model.version"] == "1"
+    assert attrs["Labels"]["org.opencontainers.image.title"] == "edgewave-serving"
+
+    port = free_port()
+    container = client.containers.run(
+        tag, detach=True, network_mode="host", read_only=True,
+        tmpfs={"/tmp": "", "/var/lib/edgewave": "uid=10001,gid=10001"},
+        environment={"EDGEWAVE_SERVE_HOST": "127.0.0.1", "EDGEWAVE_SERVE_PORT": str(port)})
+    try:
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/readyz"), 60, "the container's /readyz")
+        rows = split.x_test[:64]
+        body = json.dumps({"instances": [dict(zip(FEATURES, map(float, r))) for r in rows]}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/predict", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            served = np.array([p["probability"] for p in json.loads(response.read())["predictions"]])
+        expected = load_model(bundles.v1, load_trusted_keys(bundles.home / "keys")).failure_probability(
+            rows.astype(np.float32))
+        assert np.max(np.abs(served - expected)) <= 1e-6
+        deadline = time.monotonic() + 60
+        while client.api.inspect_container(container.id)["State"]["Health"]["Status"] == "starting":
+            assert time.monotonic() < deadline, "HEALTHCHECK never reported"
+            time.sleep(1)
+        assert client.api.inspect_container(container.id)["State"]["Health"]["Status"] == "healthy"
+    finally:
+        container.remove(force=True)
+
+    pushed = images.push(engine.docker_host, built)
+    assert pushed.digest_ref.startswith(f"{engine.registry}/edgewave-serving@sha256:")
+    client.images.remove(tag, force=True)
+    pulled = client.images.pull(pushed.digest_ref)
+    assert pulled.id == built.image_id, "the registry gives back exactly the image that was built"
+    client.close()
