@@ -24,8 +24,14 @@ if [ "$(id -u)" != 0 ]; then
 fi
 echo "setup-system: installing ${missing[*]} from Debian's packages" >&2
 export DEBIAN_FRONTEND=noninteractive
-if ! apt-get install -y -q --no-install-recommends "${missing[@]}" >/tmp/edgewave-apt.log 2>&1; then
-    apt-get update -q >>/tmp/edgewave-apt.log 2>&1
-    apt-get install -y -q --no-install-recommends "${missing[@]}" >>/tmp/edgewave-apt.log 2>&1 \
-        || { echo "setup-system: apt-get failed (see /tmp/edgewave-apt.log); tests needing ${missing[*]} will be skipped" >&2; exit 0; }
-fi
+updated=0
+for package in "${missing[@]}"; do  # one at a time: a package this mirror lacks must not block the others
+    if ! apt-get install -y -q --no-install-recommends "$package" >>/tmp/edgewave-apt.log 2>&1; then
+        if [ "$updated" = 0 ]; then
+            apt-get update -q >>/tmp/edgewave-apt.log 2>&1
+            updated=1
+        fi
+        apt-get install -y -q --no-install-recommends "$package" >>/tmp/edgewave-apt.log 2>&1 \
+            || echo "setup-system: could not install $package (see /tmp/edgewave-apt.log); tests needing it will be skipped" >&2
+    fi
+done
