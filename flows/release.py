@@ -48,9 +48,11 @@ def release(settings: Settings | None = None, shuffle_labels: bool = False, forc
     run_ids = {c.trained.family: step.log_run(settings, release_id, c, data) for c in candidates}
 
     version = step.register(settings, run_ids[champion.trained.family], champion, data)
-    url = step.store_bundle(settings, version, step.build_bundle(settings, version, champion, data, release_id))
+    folder = step.build_bundle(settings, version, champion, data, release_id)
+    url = step.store_bundle(settings, version, folder)
     decision = step.quality_gate(settings, version, champion, data)
     step.record_gate(settings, version, decision, force)
+    step.build_image(settings, version, folder, decision.passed or force)
     step.publish_summary(settings, release_id, version, candidates, champion, decision, url)
 
     log.info("%s v%d (%s): gate %s: %s", version.name, version.version, champion.trained.family,

@@ -30,6 +30,11 @@ class Engine:
     registry: str  # 127.0.0.1:<port>
 
 
+def reachable(docker_host: str) -> bool:
+    """The engine at `docker_host` answers a ping."""
+    return _ping(docker_host)
+
+
 def _ping(docker_host: str) -> bool:
     import docker
 

@@ -10,6 +10,7 @@ digest, recorded on the model version.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -37,12 +38,15 @@ def image_tag(registry: str, model: str, version: int) -> str:
 
 
 def wheelhouse(cache: Path) -> Path:
-    """Wheels of edgewave[edge] and pip, rebuilt only when pyproject.toml or the code changes."""
+    """Wheels of edgewave[edge] and pip, rebuilt only when pyproject.toml or the code changes
+    (third-party wheels come from pip's own cache after the first time)."""
+    sources = sorted(p for package in ("flows", "tasks", "serving") for p in (ROOT / package).glob("*.py"))
     key = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()
-                         + b"".join(p.read_bytes() for p in sorted(ROOT.glob("serving/*.py")))).hexdigest()[:12]
+                         + b"".join(p.read_bytes() for p in sources)).hexdigest()[:12]
     folder = cache / f"wheelhouse-{key}"
     if folder.exists():
         return folder
+    cache.mkdir(parents=True, exist_ok=True)
     partial = cache / f".wheelhouse-{key}-{time.time_ns()}"
     command = [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(partial), f"{ROOT}[edge]",
                PIP_FOR_IMAGE]
@@ -51,7 +55,15 @@ def wheelhouse(cache: Path) -> Path:
         shutil.rmtree(partial, ignore_errors=True)
         raise RuntimeError(f"preparing the wheelhouse failed: {result.stderr[-2000:]}")
     partial.rename(folder)
+    for old in sorted(cache.glob("wheelhouse-*"), key=lambda p: p.stat().st_mtime)[:-2]:  # ~100 MB each
+        shutil.rmtree(old, ignore_errors=True)
     return folder
+
+
+def wheel_cache() -> Path:
+    """Shared by every EDGEWAVE_HOME of this user: the wheels depend on the code, not the state."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "edgewave"
 
 
 def build_context(out: Path, wheels: Path, keys_dir: Path, bundle: Path | None) -> Path:
@@ -74,7 +86,8 @@ def build_context(out: Path, wheels: Path, keys_dir: Path, bundle: Path | None) 
 
 
 def build(docker_host: str, context: Path, tag: str, base_image: str, model: str | None = None,
-          version: int | None = None, sha256: str | None = None, target: str = "model") -> BuiltImage:
+          version: int | None = None, sha256: str | None = None, target: str = "model",
+          nocache: bool = False) -> BuiltImage:
     """Build with the Docker SDK against `docker_host` (the legacy builder, no network)."""
     import docker
 
@@ -82,7 +95,7 @@ def build(docker_host: str, context: Path, tag: str, base_image: str, model: str
     try:
         started = time.perf_counter()
         image, _ = client.images.build(
-            path=str(context), tag=tag, target=target, network_mode="none", rm=True, forcerm=True,
+            path=str(context), tag=tag, target=target, network_mode="none", rm=True, forcerm=True, nocache=nocache,
             buildargs={"BASE_IMAGE": base_image, "MODEL_NAME": model or "", "MODEL_VERSION": str(version or ""),
                        "MODEL_SHA256": sha256 or ""})
         seconds = time.perf_counter() - started
@@ -108,3 +121,34 @@ def push(docker_host: str, built: BuiltImage) -> BuiltImage:
         return BuiltImage(built.tag, built.image_id, built.size_bytes, built.build_seconds, f"{repository}@{digest}")
     finally:
         client.close()
+
+
+@dataclass(frozen=True)
+class ImageOutcome:
+    status: str  # "pushed" | "skipped"
+    reason: str
+    context: str
+    tag: str
+    digest_ref: str | None = None
+    size_bytes: int | None = None
+    build_seconds: float | None = None
+
+
+def release_image(docker_host: str | None, registry: str, base_image: str, work: Path, keys_dir: Path,
+                  bundle: Path, model: str, version: int, sha256: str) -> ImageOutcome:
+    """Write the build context; with a reachable engine build and push it, else say why not."""
+    from tasks.engine import reachable
+
+    tag = image_tag(registry, model, version)
+    try:
+        wheels = wheelhouse(wheel_cache())
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        return ImageOutcome("skipped", f"the wheelhouse could not be prepared: {exc}", "", tag)
+    context = build_context(work / f"{model}-v{version}" / "context", wheels, keys_dir, bundle)
+    if not docker_host or not reachable(docker_host):
+        why = "no Docker engine configured (EDGEWAVE_DOCKER_HOST / DOCKER_HOST)" if not docker_host else \
+            f"the Docker engine at {docker_host} does not answer"
+        return ImageOutcome("skipped", f"{why}; build context written to {context}", str(context), tag)
+    built = push(docker_host, build(docker_host, context, tag, base_image, model, version, sha256))
+    return ImageOutcome("pushed", f"built in {built.build_seconds:.1f}s and pushed", str(context), tag,
+                        built.digest_ref, built.size_bytes, built.build_seconds)

@@ -141,6 +141,42 @@ def store_bundle(settings: Settings, version: registry.RegisteredVersion, folder
     return url
 
 
+@task(name="build-serving-image", **LOCAL)
+def build_image(settings: Settings, version: registry.RegisteredVersion, folder: Path, staged: bool):
+    """The serving image with this version baked in, pushed, its digest on the version.
+
+    Without a reachable engine the build context is still written and the step ends in a
+    state named Skipped (or fails, with EDGEWAVE_IMAGE_REQUIRED) saying why.
+    """
+    import os
+
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.states import Completed
+
+    from tasks import image as images
+
+    if not staged:
+        return Completed(name="Skipped", message=f"v{version.version} is not @staging: no image")
+    docker_host = settings.docker_host or os.environ.get("DOCKER_HOST")
+    manifest = json.loads((folder / "bundle.json").read_text())
+    outcome = images.release_image(docker_host, settings.image_registry, settings.image_base, settings.home / "images",
+                                   settings.trusted_keys, folder, version.name, version.version,
+                                   manifest["model"]["sha256"])
+    create_markdown_artifact(
+        f"# Serving image of {version.name} v{version.version}: {outcome.status}\n\n{outcome.reason}\n\n"
+        f"- tag: `{outcome.tag}`\n- digest: `{outcome.digest_ref or '-'}`\n- build context: `{outcome.context}`",
+        key=f"image-{version.name}".lower().replace("_", "-"), description=f"serving image v{version.version}")
+    if outcome.status == "skipped":
+        get_run_logger().warning("serving image of v%d skipped: %s", version.version, outcome.reason)
+        if settings.image_required:
+            raise RuntimeError(f"serving image of v{version.version} required but skipped: {outcome.reason}")
+        return Completed(name="Skipped", message=outcome.reason, data=outcome)
+    registry.tag_version(settings, version.version, {"image": outcome.digest_ref, "image_tag": outcome.tag,
+                                                     "image_size_bytes": str(outcome.size_bytes)})
+    get_run_logger().info("serving image %s (%s)", outcome.digest_ref, outcome.reason)
+    return outcome
+
+
 @task(name="quality-gate", **REMOTE)
 def quality_gate(settings: Settings, version: registry.RegisteredVersion, champion: Candidate,
                  data: Split) -> GateDecision:

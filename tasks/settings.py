@@ -81,6 +81,14 @@ class Settings(BaseSettings):
         None, description="Read rollout telemetry with PromQL from this Prometheus instead of scraping sites."
     )
 
+    # --- serving image ---------------------------------------------------------------------
+    docker_host: str | None = Field(
+        None, description="Docker engine for the serving image (unix:///… or tcp://…); unset: DOCKER_HOST, else skip."
+    )
+    image_registry: str = Field("127.0.0.1:5000", description="OCI registry the serving image is pushed to.")
+    image_base: str = Field("edgewave-base:bookworm-py311", description="BASE_IMAGE of deployments/Dockerfile.")
+    image_required: bool = Field(False, description="Fail the release (instead of skipping) when no engine is reachable.")
+
     # --- drift and retraining -------------------------------------------------------------
     drift_workers: int = Field(
         0, ge=0, description="Processes for per-site drift checks on this machine; 0 = one per core."

@@ -15,8 +15,8 @@ pytestmark = pytest.mark.e2e
 
 
 def edgewave(home: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "edgewave"), *args], env=edgewave_env(home), capture_output=True, text=True,
-                          timeout=600)
+    env = {k: v for k, v in edgewave_env(home).items() if k != "DOCKER_HOST"}  # no engine: the image step skips
+    return subprocess.run([str(BIN / "edgewave"), *args], env=env, capture_output=True, text=True, timeout=600)
 
 
 def test_two_releases_register_two_versions_judged_against_each_other(tmp_path: Path) -> None:
@@ -50,6 +50,13 @@ def test_two_releases_register_two_versions_judged_against_each_other(tmp_path: 
     bundle_dir = Path(versions[2]["tags"]["bundle_url"].removeprefix("file://"))
     manifest = verify_bundle(bundle_dir, load_trusted_keys(home / "keys"))
     assert manifest.version == 2 and manifest.name == "machine-failure"
+
+    # No Docker engine: the image step wrote the build context, said why it skipped, recorded no image.
+    context = home / "images" / "machine-failure-v2" / "context"
+    assert (context / "Dockerfile").exists() and (context / "bundle" / "bundle.json").exists()
+    assert any(context.glob("wheelhouse/edgewave-*.whl")) and any(context.glob("keys/*.pub"))
+    assert "serving image of v2 skipped: no Docker engine configured" in second.stderr
+    assert "image" not in versions[2]["tags"]
 
     # Everything stayed under EDGEWAVE_HOME.
     assert {p.name for p in home.iterdir()} >= {"mlflow.db", "mlartifacts", "bundles", "keys", "prefect"}
