@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/serving.py
 	$(BIN)/python bench/rollout_scale.py
 	$(BIN)/python bench/drift.py
+	$(BIN)/python bench/image.py
 
 clean:
 	rm -rf .edgewave
