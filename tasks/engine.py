@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,4 +107,7 @@ def stop(state: Path) -> list[str]:
         stopped.append("registry")
     if processes.stop(state / "dockerd.json", DOCKERD_MARKERS, timeout=30):
         stopped.append("dockerd")
+    netns = state / "exec" / "netns" / "default"  # dockerd leaves its host-network namespace mounted
+    if os.path.ismount(netns):
+        subprocess.run(["umount", str(netns)], check=False, capture_output=True, timeout=30)
     return stopped

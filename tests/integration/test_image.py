@@ -47,11 +47,14 @@ def test_the_image_serves_what_onnxruntime_computes_and_round_trips_the_registry
                                                                                   tmp_path: Path) -> None:
     import docker
 
-    context = images.build_context(tmp_path / "context", images.wheelhouse(STATE / "wheels"),
-                                   bundles.home / "keys", bundles.v1)
-    tag = images.image_tag(engine.registry, "machine-failure", 1)
-    built = images.build(engine.docker_host, context, tag, BASE_IMAGE, "machine-failure", 1, bundles.sha(bundles.v1))
+    # what the release flow's image step does: context, build, push
+    outcome = images.release_image(engine.docker_host, engine.registry, BASE_IMAGE, tmp_path / "images",
+                                   bundles.home / "keys", bundles.v1, "machine-failure", 1, bundles.sha(bundles.v1))
+    assert outcome.status == "pushed", outcome.reason
+    tag = outcome.tag
+    assert tag == f"{engine.registry}/edgewave-serving:machine-failure-v1"
     client = docker.DockerClient(base_url=engine.docker_host)
+    built_id = client.images.get(tag).id
     attrs = client.images.get(tag).attrs["Config"]
     assert attrs["User"] == "10001:10001" and attrs["Healthcheck"]["Test"][0] == "CMD"
     assert attrs["Labels"]["io.edgewave.model.version"] == "1"
@@ -81,9 +84,8 @@ def test_the_image_serves_what_onnxruntime_computes_and_round_trips_the_registry
     finally:
         container.remove(force=True)
 
-    pushed = images.push(engine.docker_host, built)
-    assert pushed.digest_ref.startswith(f"{engine.registry}/edgewave-serving@sha256:")
+    assert outcome.digest_ref.startswith(f"{engine.registry}/edgewave-serving@sha256:")
     client.images.remove(tag, force=True)
-    pulled = client.images.pull(pushed.digest_ref)
-    assert pulled.id == built.image_id, "the registry gives back exactly the image that was built"
+    pulled = client.images.pull(outcome.digest_ref)
+    assert pulled.id == built_id, "the registry gives back exactly the image that was built"
     client.close()
