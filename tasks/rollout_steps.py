@@ -34,7 +34,11 @@ def controller(settings: Settings, version: int, io: Io | None = None) -> Contro
         logger = get_run_logger()
         io = Io(repo=DesiredStateRepo(Path(settings.desired_state_url)).ensure(), read=reader(settings, fleet_file),
                 log=logger.info)
-    image = registry.serving_image(settings, version) if any(s.kind == "k8s" for s in fleet_file.fleet.sites) else None
+    k8s_sites = [s.id for s in fleet_file.fleet.sites if s.kind == "k8s"]
+    image = registry.serving_image(settings, version) if k8s_sites else None
+    if k8s_sites and not image:  # fail before anything is committed, not at the first K8s wave
+        raise LookupError(f"{settings.model_name} v{version} has no serving image, but {k8s_sites} run on Kubernetes: "
+                          "release it with a Docker engine reachable (EDGEWAVE_DOCKER_HOST)")
     return Controller(fleet_file, settings.model_name, version, bundle_url, sha256, production, io, image)
 
 
