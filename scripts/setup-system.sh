@@ -24,6 +24,12 @@ if [ "$(id -u)" != 0 ]; then
 fi
 echo "setup-system: installing ${missing[*]} from Debian's packages" >&2
 export DEBIAN_FRONTEND=noninteractive
+# docker.io's maintainer scripts would start a plain dockerd (it rewrites the host firewall and
+# makes a bridge): forbid service starts while installing; tasks/engine.py starts its own.
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+fi
 updated=0
 for package in "${missing[@]}"; do  # one at a time: a package this mirror lacks must not block the others
     if ! apt-get install -y -q --no-install-recommends "$package" >>/tmp/edgewave-apt.log 2>&1; then
