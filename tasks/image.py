@@ -66,13 +66,20 @@ def wheel_cache() -> Path:
     return base / "edgewave"
 
 
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system
+        shutil.copy2(source, target)
+
+
 def build_context(out: Path, wheels: Path, keys_dir: Path, bundle: Path | None) -> Path:
     """A self-contained build context: Dockerfile, wheelhouse, public keys, bundle."""
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     shutil.copy(DOCKERFILE, out / "Dockerfile")
-    shutil.copytree(wheels, out / "wheelhouse")
+    shutil.copytree(wheels, out / "wheelhouse", copy_function=_link_or_copy)  # ~100 MB: share, don't copy
     (out / "keys").mkdir()
     for key in sorted(keys_dir.glob("*.pub")):
         shutil.copy(key, out / "keys" / key.name)
