@@ -12,7 +12,7 @@ missing=()
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 command -v git >/dev/null 2>&1 || missing+=(git)
 command -v kubectl >/dev/null 2>&1 || missing+=(kubectl)
-command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+dpkg -s docker.io >/dev/null 2>&1 || missing+=(docker.io)
 command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
 if [ ${#missing[@]} -eq 0 ]; then
@@ -24,7 +24,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 echo "setup-system: installing ${missing[*]} from Debian's packages" >&2
 export DEBIAN_FRONTEND=noninteractive
-# docker.io's maintainer scripts would start a plain dockerd (it rewrites the host firewall and
+# docker.io's maintainer scripts would start the engine without our flags (it rewrites the host firewall and
 # makes a bridge): forbid service starts while installing; tasks/engine.py starts its own.
 if [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d

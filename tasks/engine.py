@@ -1,7 +1,7 @@
 """A local Docker engine and OCI registry for image builds on this machine (tests, `make bench`).
 
 dockerd is only ever started as `dockerd --iptables=false --ip6tables=false --bridge=none`
-(a plain dockerd rewrites the host firewall and makes a bridge on a private range), with its
+(started without them the engine rewrites the host firewall and makes a bridge on a private range), with its
 data, socket and pid under a state folder; containers use `--network host` or `none`. The
 registry is Debian's `docker-registry` (distribution) on 127.0.0.1. Both are stopped by pid.
 """
@@ -17,7 +17,8 @@ from pathlib import Path
 
 from tasks import processes
 
-DOCKERD_MARKERS = ("dockerd", "--bridge=none")
+DOCKERD = ["dockerd", "--iptables=false", "--ip6tables=false", "--bridge=none"]  # the only way it is started
+DOCKERD_MARKERS = (DOCKERD[0], "--bridge=none")
 REGISTRY_MARKERS = ("docker-registry", "serve")
 
 
@@ -50,29 +51,29 @@ def _ping(docker_host: str) -> bool:
 
 
 def start(state: Path, registry_port: int = 5000, timeout: float = 60.0) -> Engine:
-    """Start (or find) dockerd and the registry under `state`; EngineUnavailable if impossible."""
-    for tool in ("dockerd", "docker-registry"):
+    """Start (or find) the Docker engine and the registry under `state`; EngineUnavailable if impossible."""
+    for tool in (DOCKERD[0], "docker-registry"):
         if shutil.which(tool) is None:
             raise EngineUnavailable(f"{tool} is not installed (scripts/setup-system.sh installs docker.io and "
                                     "docker-registry)")
     if os.geteuid() != 0:
-        raise EngineUnavailable("dockerd needs root here (no rootless setup)")
+        raise EngineUnavailable("the Docker engine needs root here (no rootless setup)")
     state.mkdir(parents=True, exist_ok=True)
     socket = state / "docker.sock"
     docker_host = f"unix://{socket}"
-    record = state / "dockerd.json"
+    record = state / "engine.json"
     if processes.running_pid(record, DOCKERD_MARKERS) is None or not _ping(docker_host):
         processes.stop(record, DOCKERD_MARKERS)
         process = processes.start(
-            ["dockerd", "--iptables=false", "--ip6tables=false", "--bridge=none", f"--data-root={state / 'data'}",
-             f"--exec-root={state / 'exec'}", f"--pidfile={state / 'dockerd.pid'}", f"--host={docker_host}"],
-            record, state / "dockerd.log", dict(os.environ))
+            [*DOCKERD, f"--data-root={state / 'data'}", f"--exec-root={state / 'exec'}",
+             f"--pidfile={state / 'engine.pid'}", f"--host={docker_host}"],
+            record, state / "engine.log", dict(os.environ))
         deadline = time.monotonic() + timeout
         while not _ping(docker_host):
             if process.poll() is not None or time.monotonic() > deadline:
                 processes.stop(record, DOCKERD_MARKERS)
-                log = (state / "dockerd.log").read_text(errors="replace").splitlines()[-8:]
-                raise EngineUnavailable("dockerd did not start: " + " | ".join(log))
+                log = (state / "engine.log").read_text(errors="replace").splitlines()[-8:]
+                raise EngineUnavailable("the Docker engine did not start: " + " | ".join(log))
             time.sleep(0.5)
     registry = f"127.0.0.1:{registry_port}"
     reg_record = state / "registry.json"
@@ -83,31 +84,21 @@ def start(state: Path, registry_port: int = 5000, timeout: float = 60.0) -> Engi
         process = processes.start(["docker-registry", "serve", str(config)], reg_record, state / "registry.log",
                                   dict(os.environ))
         deadline = time.monotonic() + timeout
-        while not _registry_up(registry):
+        while not processes.http_ok(f"http://{registry}/v2/"):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise EngineUnavailable(f"registry did not start on {registry}; see {state / 'registry.log'}")
             time.sleep(0.3)
     return Engine(docker_host, registry)
 
 
-def _registry_up(registry: str) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://{registry}/v2/", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 def stop(state: Path) -> list[str]:
-    """Stop the registry and dockerd started under `state`, by pid."""
+    """Stop the registry and the Docker engine started under `state`, by pid."""
     stopped = []
     if processes.stop(state / "registry.json", REGISTRY_MARKERS):
         stopped.append("registry")
-    if processes.stop(state / "dockerd.json", DOCKERD_MARKERS, timeout=30):
-        stopped.append("dockerd")
-    netns = state / "exec" / "netns" / "default"  # dockerd leaves its host-network namespace mounted
+    if processes.stop(state / "engine.json", DOCKERD_MARKERS, timeout=30):
+        stopped.append("engine")
+    netns = state / "exec" / "netns" / "default"  # the engine leaves its host-network namespace mounted
     if os.path.ismount(netns):
         subprocess.run(["umount", str(netns)], check=False, capture_output=True, timeout=30)
     return stopped

@@ -51,11 +51,7 @@ def _ready(site: Site) -> tuple[bool, int | None]:
 
 
 def _healthy(site: Site) -> bool:
-    try:
-        with urllib.request.urlopen(f"{site.base_url}/healthz", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
+    return processes.http_ok(f"{site.base_url}/healthz")
 
 
 def up(settings: Settings, fleet: Fleet, count: int | None = None, extra_env: dict[str, str] | None = None,

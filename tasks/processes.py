@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 
@@ -31,6 +32,15 @@ def running_pid(record: Path, markers: tuple[str, ...]) -> int | None:
         return None
     pid = json.loads(record.read_text())["pid"]
     return pid if alive(pid, markers) else None
+
+
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    """`url` answers 200: how a started server is known to be up."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status == 200
+    except OSError:
+        return False
 
 
 def start(command: list[str], record: Path, log: Path, env: dict[str, str], cwd: Path | None = None,

@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,14 +49,6 @@ def _log(settings: Settings, name: str) -> Path:
 MARKERS = {"prefect": ("prefect", "server"), "mlflow": ("mlflow", "server"), "worker": ("prefect", "worker")}
 
 
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 def _wait(what: str, check: Callable[[], bool], process: subprocess.Popen | None, log: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -86,15 +77,15 @@ def server_env(settings: Settings, prefect_api: str, mlflow_url: str) -> dict[st
 def _ensure(settings: Settings, name: str, command: list[str], health: str, env: dict[str, str],
             timeout: float, log: Callable[[str], None]) -> None:
     record = _record(settings, name)
-    if processes.running_pid(record, MARKERS[name]) is not None and healthy(health):
+    if processes.running_pid(record, MARKERS[name]) is not None and processes.http_ok(health):
         log(f"{name}: already running (pid {processes.running_pid(record, MARKERS[name])})")
         return
-    if healthy(health):
+    if processes.http_ok(health):
         raise RuntimeError(f"{name}: something else already answers at {health}; stop it or pick another port")
     processes.stop(record, MARKERS[name])
     process = processes.start(command, record, _log(settings, name), env, cwd=ROOT)
     log(f"{name}: starting (pid {process.pid}, log {_log(settings, name)})")
-    _wait(name, lambda: healthy(health), process, _log(settings, name), timeout)
+    _wait(name, lambda: processes.http_ok(health), process, _log(settings, name), timeout)
 
 
 def _prefect(args: list[str], env: dict[str, str]) -> str:

@@ -1,7 +1,8 @@
-"""The serving image for real: a local Docker engine (dockerd --iptables=false --ip6tables=false
---bridge=none), a debootstrap base image, a build from a wheelhouse with no network, the
-container run read-only with --network host, its prediction equal to in-process ONNX Runtime,
-then a push to the local registry and a pull back by digest."""
+"""The serving image for real: a local Docker engine
+(dockerd --iptables=false --ip6tables=false --bridge=none), a debootstrap base image, a build
+from a wheelhouse with no network, the container run read-only with --network host, its
+prediction equal to in-process ONNX Runtime, then a push to the local registry and a pull
+back by digest."""
 
 from __future__ import annotations
 
