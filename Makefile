@@ -37,11 +37,11 @@ test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
 bench: $(STAMP)
-	$(BIN)/python bench/release.py
-	$(BIN)/python bench/serving.py
-	$(BIN)/python bench/rollout_scale.py
-	$(BIN)/python bench/drift.py
-	$(BIN)/python bench/image.py
+	$(BIN)/python -m bench.release
+	$(BIN)/python -m bench.serving
+	$(BIN)/python -m bench.rollout_scale
+	$(BIN)/python -m bench.drift
+	$(BIN)/python -m bench.image
 
 clean:
 	rm -rf .edgewave

@@ -8,7 +8,7 @@ tasks over a process pool (one worker per core) and adds the ledger, the fleet s
 MLflow run and the Prefect artifact. The ratio is plain / flow (above 1: the flow is faster).
 Prefect's temporary API start-up is reported on its own: a deployed flow does not pay it.
 
-    .venv/bin/python bench/drift.py [--sites 100] [--rows 5000]
+    .venv/bin/python -m bench.drift [--sites 100] [--rows 5000]
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 import warnings
@@ -26,7 +25,6 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results" / "drift.json"
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[0] = str(ROOT)  # bench/serving.py must not shadow the `serving` package
 SCENARIOS = [("sensor_calibration_offset", {"offset": 5.0}), ("worn_tool_regime", {}), ("product_mix_change", {}),
              ("ambient_temperature_shift", {})]
 
@@ -35,14 +33,14 @@ def build_world(home: Path, sites: int, rows: int, drifted_every: int) -> tuple[
     """A signed v1 bundle in the store and every site's windows shipped; returns (settings, drifted)."""
     import yaml
 
-    from serving.bundle import load_trusted_keys
-    from serving.model import load_model
-    from tasks.bundle import build_manifest, load_or_create_signing_key, write_bundle
-    from tasks.data import generate, scenario
-    from tasks.drift_sim import ship_windows
-    from tasks.export import export_model
-    from tasks.settings import Settings
-    from tasks.train import split_data, train_sklearn
+    from edgewave.serving.bundle import load_trusted_keys
+    from edgewave.serving.model import load_model
+    from edgewave.tasks.platform.settings import Settings
+    from edgewave.tasks.release.bundle import build_manifest, load_or_create_signing_key, write_bundle
+    from edgewave.tasks.release.data import generate, scenario
+    from edgewave.tasks.release.export import export_model
+    from edgewave.tasks.release.train import split_data, train_sklearn
+    from edgewave.tasks.sim.windows import ship_windows
 
     base = yaml.safe_load((ROOT / "deployments" / "fleet.yaml").read_text())
     base["fleet"] = {"sites": [{"id": f"site-{i:03d}", "kind": "agent", "metrics_url": f"http://127.0.0.1:9/{i}"}
@@ -75,9 +73,9 @@ def build_world(home: Path, sites: int, rows: int, drifted_every: int) -> tuple[
 
 def plain_loop(settings, sites: list[str], out: Path) -> tuple[float, list[str]]:
     """What a team writes first: for each site, read its windows, run Evidently, save the HTML."""
-    from tasks.drift import column_results, run_evidently, thresholds
-    from tasks.drift_store import SiteLedger, new_windows, read_windows, reference_for
-    from tasks.policy import load_fleet_file
+    from edgewave.tasks.drift.checks import column_results, run_evidently, thresholds
+    from edgewave.tasks.drift.store import SiteLedger, new_windows, read_windows, reference_for
+    from edgewave.tasks.rollout.policy import load_fleet_file
 
     policy = load_fleet_file(settings.fleet_path).drift
     started = time.perf_counter()
@@ -105,7 +103,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="edgewave-bench-drift-") as tmp:
         home = Path(tmp) / "home"
         os.environ["EDGEWAVE_HOME"] = str(home)
-        from tasks.settings import Settings
+        from edgewave.tasks.platform.settings import Settings
 
         Settings(home=home).apply_runtime_environment()
         t = time.perf_counter()
@@ -131,7 +129,7 @@ def main() -> None:
         warm_up()
         api_start_s = time.perf_counter() - t
 
-        from flows.drift import drift_monitor
+        from edgewave.flows.drift import drift_monitor
 
         t = time.perf_counter()
         summary = drift_monitor(settings)

@@ -5,7 +5,7 @@ Both builds run in this one script against the same engine and base image: the f
 with the layer cache off, then a build of the next model version with the cache on. The ratio
 is rebuild / full build.
 
-    .venv/bin/python bench/image.py
+    .venv/bin/python -m bench.image
 """
 
 from __future__ import annotations
@@ -14,14 +14,12 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[0] = str(ROOT)  # bench/serving.py must not shadow the `serving` package
 RESULTS = ROOT / "bench" / "results" / "image.json"
 BASE_IMAGE = "edgewave-base:bookworm-py311"
 STATE = Path(tempfile.gettempdir()) / f"edgewave-bench-docker-{os.getuid()}"
@@ -29,10 +27,10 @@ STATE = Path(tempfile.gettempdir()) / f"edgewave-bench-docker-{os.getuid()}"
 
 def bundles(home: Path) -> tuple[Path, Path, Path]:
     """Two signed versions of a small model (v1, v2) and the keys folder."""
-    from tasks.bundle import build_manifest, load_or_create_signing_key, write_bundle
-    from tasks.data import generate
-    from tasks.export import export_model
-    from tasks.train import split_data, train_sklearn
+    from edgewave.tasks.release.bundle import build_manifest, load_or_create_signing_key, write_bundle
+    from edgewave.tasks.release.data import generate
+    from edgewave.tasks.release.export import export_model
+    from edgewave.tasks.release.train import split_data, train_sklearn
 
     key = load_or_create_signing_key(home / "keys" / "signing.key")
     out = []
@@ -50,8 +48,8 @@ def bundles(home: Path) -> tuple[Path, Path, Path]:
 
 
 def main() -> None:
-    from tasks import engine as engines
-    from tasks import image as images
+    from edgewave.tasks.platform import engine as engines
+    from edgewave.tasks.release import image as images
     from tests.helpers import free_port
 
     engine = engines.start(STATE, registry_port=free_port())

@@ -5,7 +5,7 @@ embedded state (SQLite MLflow, local bundle store). The output is Prefect's over
 ratio (prefect / direct) per stage and for the whole flow; the ephemeral API server's
 start-up is reported on its own since a deployed flow does not pay it.
 
-    .venv/bin/python bench/release.py [--rounds 3] [--rows 10000]
+    .venv/bin/python -m bench.release [--rounds 3] [--rows 10000]
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ RESULTS = Path(__file__).parent / "results" / "release.json"
 
 def direct_release(settings, seed: int) -> dict[str, float]:
     """The release flow's steps called as plain functions (`task.fn`), timed one by one."""
-    from tasks import release as step
-    from tasks.train import pick_champion
+    from edgewave.tasks.release import steps as step
+    from edgewave.tasks.release.train import pick_champion
 
     times: dict[str, float] = defaultdict(float)
 
@@ -85,7 +85,7 @@ def main() -> None:
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="edgewave-bench-"))
-    from tasks.settings import Settings
+    from edgewave.tasks.platform.settings import Settings
 
     base = Settings(home=root / "prefect-home", train_rows=args.rows)
     base.apply_runtime_environment()  # before prefect/mlflow are imported
@@ -94,7 +94,7 @@ def main() -> None:
 
     from prefect import flow
 
-    from flows.release import release
+    from edgewave.flows.release import release
 
     @flow(name="bench-warm-up")
     def warm_up() -> None:

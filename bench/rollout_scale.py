@@ -5,7 +5,7 @@ desired state instantly; bake time is zero and the analysis interval minimal, so
 measured is control overhead: planning, Git commits, convergence polling and scraping for
 canary analysis. Waves: 1 %, 10 %, 50 %, the rest. Written to bench/results/rollout_scale.json.
 
-    .venv/bin/python bench/rollout_scale.py [--sizes 50 500 2000]
+    .venv/bin/python -m bench.rollout_scale [--sizes 50 500 2000]
 """
 
 from __future__ import annotations
@@ -24,14 +24,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results" / "rollout_scale.json"
 
-from serving.desired import DesiredState  # noqa: E402
-from tasks.gitops import DesiredStateRepo  # noqa: E402
-from tasks.policy import FleetFile  # noqa: E402
-from tasks.rollout import Controller, Io, run, scrape_sites  # noqa: E402
-from tests.helpers import free_port, http_ok, stop, wait_for  # noqa: E402
+from edgewave.serving.desired import DesiredState
+from edgewave.tasks.rollout.controller import Controller, Io, run, scrape_sites
+from edgewave.tasks.rollout.gitops import DesiredStateRepo
+from edgewave.tasks.rollout.policy import FleetFile
+from tests.helpers import free_port, http_ok, stop, wait_for
 
 SHA = "d" * 64
 

@@ -5,7 +5,7 @@ Load comes from wrk (Debian's package; installed here if missing) on 127.0.0.1 o
 single-row and 100-row requests at 1 and 8 connections. Also measured: the site's start to
 ready time and its resident memory after the load. Results go to bench/results/serving.json.
 
-    .venv/bin/python bench/serving.py [--seconds 8]
+    .venv/bin/python -m bench.serving [--seconds 8]
 """
 
 from __future__ import annotations
@@ -29,10 +29,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "serving.json"
 BIN = Path(sys.executable).parent
-sys.path.insert(0, str(ROOT))
 
-from serving.bundle import BundleManifest  # noqa: E402
-from tests.helpers import free_port, http_ok, stop, wait_for  # noqa: E402
+from edgewave.serving.bundle import BundleManifest
+from tests.helpers import free_port, http_ok, stop, wait_for
 
 LUA = """wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -83,12 +82,12 @@ def rss_mb(pid: int) -> dict[str, float]:
 
 def prepare_model(work: Path):
     """Train, export and sign a model, and register it in a local MLflow, as the release does."""
-    from tasks import registry
-    from tasks.bundle import build_manifest, load_or_create_signing_key, write_bundle
-    from tasks.data import generate
-    from tasks.export import export_model
-    from tasks.settings import Settings
-    from tasks.train import split_data, train_sklearn
+    from edgewave.tasks.platform.settings import Settings
+    from edgewave.tasks.release import registry
+    from edgewave.tasks.release.bundle import build_manifest, load_or_create_signing_key, write_bundle
+    from edgewave.tasks.release.data import generate
+    from edgewave.tasks.release.export import export_model
+    from edgewave.tasks.release.train import split_data, train_sklearn
 
     settings = Settings(home=work / "home")
     settings.apply_runtime_environment()

@@ -9,9 +9,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
-from tasks.settings import Settings
+from edgewave.serving import cli as edge_cli
+from edgewave.serving.errors import describe
+from edgewave.tasks.platform.settings import Settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False, help="edgewave: edge-to-cloud MLOps for factory fleets.")
 console = Console(stderr=True, soft_wrap=True)
@@ -20,8 +23,8 @@ console = Console(stderr=True, soft_wrap=True)
 def _settings() -> Settings:
     try:
         settings = Settings()
-    except Exception as exc:  # pydantic's message names the variable and what is wrong
-        console.print(f"[red]invalid settings:[/red] {exc}")
+    except ValidationError as exc:
+        console.print(f"[red]invalid settings:[/red] {describe(exc)}")
         raise typer.Exit(2) from None
     settings.apply_runtime_environment()
     return settings
@@ -37,7 +40,7 @@ def release(
     settings = _settings()
     if seed is not None:
         settings = settings.model_copy(update={"data_seed": seed})
-    from flows.release import release as release_flow
+    from edgewave.flows.release import release as release_flow
 
     try:
         result = release_flow(settings, shuffle_labels, force)
@@ -50,23 +53,7 @@ def release(
     print(json.dumps({"model": result.model, "version": result.version, "staged": result.staged}))
 
 
-@app.command()
-def serve(
-    bundle: Annotated[Path | None, typer.Option(help="Serve this bundle folder (verified first); no agent.")] = None,
-    site: Annotated[str | None, typer.Option(help="Run as this site: serve its last-known-good model and run its agent.")] = None,
-    host: Annotated[str | None, typer.Option(help="Bind address (default EDGEWAVE_SERVE_HOST).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default EDGEWAVE_SERVE_PORT).")] = None,
-) -> None:
-    """Run an edge site: the inference service, and with --site its agent."""
-    if (bundle is None) == (site is None):
-        console.print("[red]give exactly one of --bundle PATH or --site SITE[/red]")
-        raise typer.Exit(2)
-    settings = _settings()
-    update = {k: v for k, v in {"site_id": site, "serve_host": host, "serve_port": port}.items() if v is not None}
-    settings = settings.model_copy(update=update)
-    from serving.site import run_site
-
-    raise typer.Exit(run_site(settings, bundle, with_agent=site is not None))
+app.command("serve")(edge_cli.serve)  # the edge's own command: `edgewave-site` in the serving image
 
 
 @app.command()
@@ -76,7 +63,7 @@ def rollout(
     """Roll a model version out to the fleet in waves, with canary analysis and rollback."""
     settings = _settings()
     _fleet(settings)  # a bad policy fails here, before anything is deployed
-    from flows.rollout import rollout as rollout_flow
+    from edgewave.flows.rollout import rollout as rollout_flow
 
     try:
         result = rollout_flow(version, settings)
@@ -121,7 +108,7 @@ def drift_check(
     """Check every site's new sample windows for drift; emits the drift event when the policy says so."""
     settings = _settings()
     _fleet(settings)
-    from flows.drift import drift_monitor
+    from edgewave.flows.drift import drift_monitor
 
     summary = drift_monitor(settings)
     _print_drift(summary)
@@ -134,7 +121,7 @@ def drift_retrain() -> None:
     """Retrain with the sites' labelled feedback and roll the new version out (what the drift event starts)."""
     settings = _settings()
     _fleet(settings)
-    from flows.retrain import retrain_on_drift
+    from edgewave.flows.retrain import retrain_on_drift
 
     result = retrain_on_drift(reason="started by hand", settings=settings)
     release = result["release"]
@@ -150,7 +137,7 @@ def up(
 ) -> None:
     """Start a Prefect server, an MLflow server and a process worker on 127.0.0.1; deploy prefect.yaml."""
     settings = _settings()
-    from tasks import servers
+    from edgewave.tasks.platform import servers
 
     try:
         stack = servers.up(settings, prefect_port, mlflow_port, log=console.print)
@@ -168,7 +155,7 @@ def up(
 def down() -> None:
     """Stop what `edgewave up` started, by pid."""
     settings = _settings()
-    from tasks import servers
+    from edgewave.tasks.platform import servers
 
     stopped = servers.down(settings)
     console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
@@ -194,8 +181,8 @@ def demo_loop(
     """Release → fleet up → traffic → rollout in waves → two sites drift → drift check → retrain → rollout."""
     settings = _settings()
     _fleet(settings)
-    from flows.demo import loop
-    from tasks.drift import FleetDrift
+    from edgewave.flows.demo import loop
+    from edgewave.tasks.drift.checks import FleetDrift
 
     result = loop(settings, keep_fleet, rate, drift)
     if result["rollout"]:
@@ -222,7 +209,7 @@ def demo_rollback(
     """Roll out a deliberately bad model; exit 0 only if it was rolled back and no site kept it."""
     settings = _settings()
     _fleet(settings)
-    from flows.demo import bad_rollout
+    from edgewave.flows.demo import bad_rollout
 
     r = bad_rollout(settings, keep_fleet, rate)
     on_bad = [site for site, v in r["served"].items() if v == r["bad_version"]]
@@ -240,7 +227,7 @@ app.add_typer(fleet_app, name="fleet")
 
 
 def _fleet(settings: Settings):
-    from tasks.policy import PolicyError, load_fleet_file
+    from edgewave.tasks.rollout.policy import PolicyError, load_fleet_file
 
     try:
         return load_fleet_file(settings.fleet_path)
@@ -264,7 +251,7 @@ def _print_fleet(rows) -> None:
 def fleet_up(count: Annotated[int | None, typer.Argument(help="How many sites (default: all local sites).")] = None) -> None:
     """Start the fleet's local sites (each `edgewave serve --site`), recording their pids."""
     settings = _settings()
-    from tasks import fleet
+    from edgewave.tasks.platform import fleet
 
     _print_fleet(fleet.up(settings, _fleet(settings).fleet, count))
 
@@ -273,7 +260,7 @@ def fleet_up(count: Annotated[int | None, typer.Argument(help="How many sites (d
 def fleet_down() -> None:
     """Stop the sites `fleet up` started, by pid."""
     settings = _settings()
-    from tasks import fleet
+    from edgewave.tasks.platform import fleet
 
     stopped = fleet.down(settings, _fleet(settings).fleet)
     console.print(f"stopped {len(stopped)} site(s): {', '.join(stopped) or 'none running'}")
@@ -286,7 +273,7 @@ def fleet_prometheus_config(
     """Print a prometheus.yml that scrapes every site of the fleet, labelled by site id."""
     import yaml
 
-    from tasks.prometheus import scrape_config
+    from edgewave.tasks.rollout.prometheus import scrape_config
 
     settings = _settings()
     sys.stdout.write(yaml.safe_dump(scrape_config(_fleet(settings).fleet, interval), sort_keys=False))
@@ -296,7 +283,7 @@ def fleet_prometheus_config(
 def fleet_status() -> None:
     """Each site's process, readiness, served and desired version."""
     settings = _settings()
-    from tasks import fleet
+    from edgewave.tasks.platform import fleet
 
     _print_fleet(fleet.status(settings, _fleet(settings).fleet))
 
@@ -305,9 +292,9 @@ def _fleet_state(settings: Settings) -> dict:
     """Each site's desired and reported version, and the last rollout with its decisions."""
     from dataclasses import asdict
 
-    from tasks import fleet
-    from tasks.gitops import DesiredStateRepo
-    from tasks.policy import PolicyError, load_fleet_file
+    from edgewave.tasks.platform import fleet
+    from edgewave.tasks.rollout.gitops import DesiredStateRepo
+    from edgewave.tasks.rollout.policy import PolicyError, load_fleet_file
 
     try:
         fleet_file = load_fleet_file(settings.fleet_path)
@@ -328,7 +315,7 @@ def status(
 ) -> None:
     """Registry state: versions, tags and aliases."""
     settings = _settings()
-    from tasks.registry import registry_state
+    from edgewave.tasks.release.registry import registry_state
 
     state = {"registry": registry_state(settings), "fleet": _fleet_state(settings)}
     if as_json:
@@ -343,7 +330,7 @@ def status(
                       f"{v['tags'].get('family', '')} {v['tags'].get('metrics', '')} gate={v['tags'].get('gate.passed', '?')}")
     fleet_state = state["fleet"]
     if "sites" in fleet_state:
-        from tasks.fleet import SiteStatus
+        from edgewave.tasks.platform.fleet import SiteStatus
 
         _print_fleet([SiteStatus(**s) for s in fleet_state["sites"]])
         last = fleet_state["last_rollout"]
@@ -351,5 +338,5 @@ def status(
             console.print(f"last rollout {last['id']}: {last['status']} ({last['reason']})")
 
 
-if __name__ == "__main__":  # `python -m flows.cli`: how the serving image starts
+if __name__ == "__main__":  # `python -m edgewave.flows.cli`
     app()

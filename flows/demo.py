@@ -12,18 +12,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from flows.drift import drift_monitor
-from flows.release import release
-from flows.retrain import retrain_on_drift
-from flows.rollout import rollout
-from tasks import fleet
-from tasks.data import scenario
-from tasks.drift import FleetDrift
-from tasks.policy import load_fleet_file
-from tasks.registry import PRODUCTION, alias_version
-from tasks.rollout import scrape_sites
-from tasks.settings import Settings
-from tasks.traffic import Traffic
+from edgewave.flows.drift import drift_monitor
+from edgewave.flows.release import release
+from edgewave.flows.retrain import retrain_on_drift
+from edgewave.flows.rollout import rollout
+from edgewave.tasks.drift.checks import FleetDrift
+from edgewave.tasks.platform import fleet
+from edgewave.tasks.platform.settings import Settings
+from edgewave.tasks.release.data import scenario
+from edgewave.tasks.release.registry import PRODUCTION, alias_version
+from edgewave.tasks.rollout.controller import scrape_sites
+from edgewave.tasks.rollout.policy import load_fleet_file
+from edgewave.tasks.sim.traffic import Traffic
 
 # Sites sync every 2 s and keep every request for drift in 5 s windows, so a demo sees a
 # drift check's worth of rows (500) within half a minute.

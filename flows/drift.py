@@ -9,10 +9,10 @@ from contextlib import AbstractContextManager, nullcontext
 from prefect import flow, get_run_logger, unmapped
 from prefect.task_runners import ProcessPoolTaskRunner
 
-from tasks import drift_steps as step
-from tasks.drift import FleetDrift, SiteCheck
-from tasks.policy import DriftPolicy, load_fleet_file
-from tasks.settings import Settings
+from edgewave.tasks.drift import steps as step
+from edgewave.tasks.drift.checks import FleetDrift, SiteCheck
+from edgewave.tasks.platform.settings import Settings
+from edgewave.tasks.rollout.policy import DriftPolicy, load_fleet_file
 
 
 @flow(name="drift-check-sites")

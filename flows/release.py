@@ -8,9 +8,9 @@ from datetime import datetime, timezone
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
-from tasks import release as step
-from tasks.settings import Settings
-from tasks.train import pick_champion
+from edgewave.tasks.platform.settings import Settings
+from edgewave.tasks.release import steps as step
+from edgewave.tasks.release.train import pick_champion
 
 
 class ReleaseResult(BaseModel):

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.release import release
-from flows.rollout import rollout
-from tasks.settings import Settings
+from edgewave.flows.release import release
+from edgewave.flows.rollout import rollout
+from edgewave.tasks.platform.settings import Settings
 
 
 @flow(name="retrain-on-drift", log_prints=True)

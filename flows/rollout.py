@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from tasks import rollout_steps as step
-from tasks.settings import Settings
+from edgewave.tasks.platform.settings import Settings
+from edgewave.tasks.rollout import steps as step
 
 
 @flow(name="rollout", log_prints=True)

@@ -18,13 +18,13 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from serving.background import Background
-from serving.bundle import BundleError, HashMismatchError, ManifestInvalidError
-from serving.desired import DesiredState, DesiredStateError, GitMirror, read_desired, site_file
-from serving.metrics import SiteMetrics
-from serving.model import BundleCache, ModelSlot
-from serving.sampler import Sampler
-from serving.transport import download_bundle, upload_confirmed
+from edgewave.serving.background import Background
+from edgewave.serving.bundle import BundleError, HashMismatchError, ManifestInvalidError
+from edgewave.serving.desired import DesiredState, DesiredStateError, GitMirror, read_desired, site_file
+from edgewave.serving.metrics import SiteMetrics
+from edgewave.serving.model import BundleCache, ModelSlot
+from edgewave.serving.sampler import Sampler
+from edgewave.serving.transport import download_bundle, upload_confirmed
 
 log = logging.getLogger("edgewave.agent")
 APPLIED = "applied.json"

@@ -14,12 +14,12 @@ from typing import Any, Awaitable, Callable
 import numpy as np
 import orjson
 
-from serving.batching import MicroBatcher
-from serving.metrics import SiteMetrics
-from serving.model import ModelSlot
-from serving.openapi import openapi
-from serving.sampler import Sampler
-from serving.validation import RequestError, out_of_range, parse_predict
+from edgewave.serving.batching import MicroBatcher
+from edgewave.serving.metrics import SiteMetrics
+from edgewave.serving.model import ModelSlot
+from edgewave.serving.openapi import openapi
+from edgewave.serving.sampler import Sampler
+from edgewave.serving.validation import RequestError, out_of_range, parse_predict
 
 log = logging.getLogger("edgewave.serving")
 Scope = dict[str, Any]

@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 
-from serving.metrics import Buckets
-from serving.model import LoadedModel
+from edgewave.serving.metrics import Buckets
+from edgewave.serving.model import LoadedModel
 
 
 class MicroBatcher:

@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edgewave.serving.errors import describe
+
 MANIFEST = "bundle.json"
 SIGNATURE = "bundle.sig"
 MODEL = "model.onnx"
@@ -171,8 +173,7 @@ def verify_bundle(folder: str | Path, trusted: dict[str, Ed25519PublicKey]) -> B
     try:
         manifest = BundleManifest.model_validate_json(manifest_bytes)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors())
-        raise ManifestInvalidError(f"{manifest_path}: {problems}") from None
+        raise ManifestInvalidError(f"{manifest_path}: {describe(exc)}") from None
     for entry in [manifest.model, *manifest.variants.values()]:
         path = folder / entry.path
         if not path.exists():

@@ -14,6 +14,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edgewave.serving.errors import describe
+
 BRANCH = "main"
 
 
@@ -50,8 +52,7 @@ def read_desired(path: Path, site_id: str) -> DesiredState | None:
     try:
         state = DesiredState.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors())
-        raise DesiredStateError(f"{path}: {problems}") from None
+        raise DesiredStateError(f"{path}: {describe(exc)}") from None
     if state.site != site_id:
         raise DesiredStateError(f"{path}: written for site {state.site!r}, this is {site_id!r}")
     return state

@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from serving.bundle import MODEL, BundleError, BundleManifest, verify_bundle
+from edgewave.serving.bundle import MODEL, BundleError, BundleManifest, verify_bundle
 
 log = logging.getLogger("edgewave.serving")
 

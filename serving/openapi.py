@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from serving.model import LoadedModel
+from edgewave.serving.model import LoadedModel
 
 ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
 

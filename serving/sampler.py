@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.background import Background
-from serving.metrics import SiteMetrics
+from edgewave.serving.background import Background
+from edgewave.serving.metrics import SiteMetrics
 
 log = logging.getLogger("edgewave.sampler")
 WINDOW_RE = re.compile(r"^(?P<site>.+)-(?P<start>\d+)-(?P<seq>\d+)-n(?P<rows>\d+)\.parquet$")

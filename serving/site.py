@@ -15,20 +15,20 @@ from pathlib import Path
 
 import uvicorn
 
-from serving.agent import Agent
-from serving.app import SiteApp
-from serving.bundle import BundleError, load_trusted_keys
-from serving.metrics import SiteMetrics
-from serving.model import BundleCache, LoadedModel, ModelSlot
-from serving.sampler import Sampler
-from tasks.settings import Settings
+from edgewave.serving.agent import Agent
+from edgewave.serving.app import SiteApp
+from edgewave.serving.bundle import BundleError, load_trusted_keys
+from edgewave.serving.metrics import SiteMetrics
+from edgewave.serving.model import BundleCache, LoadedModel, ModelSlot
+from edgewave.serving.sampler import Sampler
+from edgewave.serving.settings import EdgeSettings
 
 log = logging.getLogger("edgewave.site")
 
 
 @dataclass
 class Site:
-    settings: Settings
+    settings: EdgeSettings
     slot: ModelSlot
     metrics: SiteMetrics
     sampler: Sampler
@@ -51,7 +51,7 @@ class Site:
                 pass
 
 
-def build_site(settings: Settings, bundle: Path | None = None, with_agent: bool = True) -> Site:
+def build_site(settings: EdgeSettings, bundle: Path | None = None, with_agent: bool = True) -> Site:
     """Wire a site: last-known-good model first, then (optionally) the agent that updates it."""
     site_dir = settings.site_dir()
     site_dir.mkdir(parents=True, exist_ok=True)
@@ -79,7 +79,7 @@ def build_site(settings: Settings, bundle: Path | None = None, with_agent: bool 
     return Site(settings, slot, metrics, sampler, app, agent)
 
 
-def run_site(settings: Settings, bundle: Path | None, with_agent: bool) -> int:
+def run_site(settings: EdgeSettings, bundle: Path | None, with_agent: bool) -> int:
     """Serve until SIGINT/SIGTERM; returns the exit code."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s [%(threadName)s]: %(message)s")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import fsspec
 
-from serving.bundle import MANIFEST
+from edgewave.serving.bundle import MANIFEST
 
 
 def download_bundle(url: str, folder: Path) -> Path:

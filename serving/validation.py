@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import orjson
 
-from serving.model import LoadedModel
+from edgewave.serving.model import LoadedModel
 
 _NUMBER = (int, float)
 F32_MAX = float(np.finfo(np.float32).max)  # JSON has no NaN/inf; this also keeps the float32 cast finite

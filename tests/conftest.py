@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tasks.bundle import build_manifest, load_or_create_signing_key, write_bundle
-from tasks.data import generate
-from tasks.export import Export, export_model
-from tasks.settings import Settings
-from tasks.train import Split, TrainedModel, split_data, train_sklearn, train_torch
+from edgewave.tasks.platform.settings import Settings
+from edgewave.tasks.release.bundle import build_manifest, load_or_create_signing_key, write_bundle
+from edgewave.tasks.release.data import generate
+from edgewave.tasks.release.export import Export, export_model
+from edgewave.tasks.release.train import Split, TrainedModel, split_data, train_sklearn, train_torch
 
 
 @pytest.fixture

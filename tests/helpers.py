@@ -8,9 +8,10 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+
+from edgewave.tasks.platform.processes import http_ok  # noqa: F401  (re-exported for tests)
 
 BIN = Path(sys.executable).parent
 
@@ -29,14 +30,6 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval:
             return
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def stop(process: subprocess.Popen, timeout: float = 15) -> None:

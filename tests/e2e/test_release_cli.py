@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.bundle import load_trusted_keys, verify_bundle
+from edgewave.serving.bundle import load_trusted_keys, verify_bundle
 from tests.helpers import BIN, edgewave_env
 
 pytestmark = pytest.mark.e2e

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks import fleet, registry
-from tasks.bundle import build_manifest, load_or_create_signing_key, write_bundle
-from tasks.gitops import DesiredStateRepo
-from tasks.policy import load_fleet_file
-from tasks.settings import Settings
-from tasks.telemetry import scrape
-from tasks.traffic import Traffic
+from edgewave.tasks.platform import fleet
+from edgewave.tasks.platform.settings import Settings
+from edgewave.tasks.release import registry
+from edgewave.tasks.release.bundle import build_manifest, load_or_create_signing_key, write_bundle
+from edgewave.tasks.rollout.gitops import DesiredStateRepo
+from edgewave.tasks.rollout.policy import load_fleet_file
+from edgewave.tasks.rollout.telemetry import scrape
+from edgewave.tasks.sim.traffic import Traffic
 from tests.helpers import BIN, edgewave_env, free_port
 
 pytestmark = pytest.mark.e2e

@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serving.desired import DesiredState
-from tasks import fleet
-from tasks.gitops import DesiredStateRepo
-from tasks.policy import load_fleet_file
-from tasks.rollout import Controller, Io, run, scrape_sites
-from tasks.settings import Settings
-from tasks.telemetry import scrape
-from tasks.traffic import Traffic
+from edgewave.serving.desired import DesiredState
+from edgewave.tasks.platform import fleet
+from edgewave.tasks.platform.settings import Settings
+from edgewave.tasks.rollout.controller import Controller, Io, run, scrape_sites
+from edgewave.tasks.rollout.gitops import DesiredStateRepo
+from edgewave.tasks.rollout.policy import load_fleet_file
+from edgewave.tasks.rollout.telemetry import scrape
+from edgewave.tasks.sim.traffic import Traffic
 from tests.helpers import free_port, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -122,9 +122,9 @@ def test_a_canary_without_traffic_is_inconclusive_and_never_advanced(fleet_on_v1
 RESUMABLE = """
 import json, sys
 from pathlib import Path
-from tasks.gitops import DesiredStateRepo
-from tasks.policy import load_fleet_file
-from tasks.rollout import Controller, Io, run, scrape_sites
+from edgewave.tasks.rollout.gitops import DesiredStateRepo
+from edgewave.tasks.rollout.policy import load_fleet_file
+from edgewave.tasks.rollout.controller import Controller, Io, run, scrape_sites
 fleet_path, repo_path, bundle, sha = sys.argv[1:5]
 io = Io(repo=DesiredStateRepo(Path(repo_path)), read=scrape_sites, log=lambda line: print(line, flush=True))
 c = Controller(load_fleet_file(fleet_path), "machine-failure", 2, Path(bundle).as_uri(), sha, 1, io)

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.bundle import HashMismatchError, MODEL, load_trusted_keys, verify_bundle
-from tasks import bundle as bundles
-from tasks.export import Export, onnx_proba
-from tasks.settings import Settings
-from tasks.train import Split, TrainedModel
+from edgewave.serving.bundle import MODEL, HashMismatchError, load_trusted_keys, verify_bundle
+from edgewave.tasks.platform.settings import Settings
+from edgewave.tasks.release import bundle as bundles
+from edgewave.tasks.release.export import Export, onnx_proba
+from edgewave.tasks.release.train import Split, TrainedModel
 
 pytestmark = pytest.mark.integration
 

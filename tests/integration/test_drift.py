@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serving.bundle import load_trusted_keys
-from serving.model import load_model
-from tasks.bundle import build_manifest, load_or_create_signing_key, write_bundle
-from tasks.data import FEATURES, generate, scenario
-from tasks.drift_sim import ship_windows, upload_windows, write_windows
-from tasks.drift_steps import check_one_site
-from tasks.drift_store import load_ledger
-from tasks.policy import DriftPolicy, load_fleet_file
-from tasks.settings import Settings
+from edgewave.serving.bundle import load_trusted_keys
+from edgewave.serving.model import load_model
+from edgewave.tasks.drift.steps import check_one_site
+from edgewave.tasks.drift.store import load_ledger
+from edgewave.tasks.platform.settings import Settings
+from edgewave.tasks.release.bundle import build_manifest, load_or_create_signing_key, write_bundle
+from edgewave.tasks.release.data import FEATURES, generate, scenario
+from edgewave.tasks.rollout.policy import DriftPolicy, load_fleet_file
+from edgewave.tasks.sim.windows import ship_windows, upload_windows, write_windows
 
 POLICY = load_fleet_file(Path(__file__).parents[2] / "deployments" / "fleet.yaml").drift
 
@@ -153,7 +153,7 @@ def test_the_drift_flow_fans_out_to_a_dask_cluster_by_setting_only(world, tmp_pa
     """EDGEWAVE_DASK_ADDRESS moves the per-site tasks to Dask workers: same flow, same results."""
     from distributed import LocalCluster
 
-    from flows.drift import drift_monitor
+    from edgewave.flows.drift import drift_monitor
 
     settings, model = world
     fleet_path = tmp_path / "fleet.yaml"

@@ -14,16 +14,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serving.bundle import load_trusted_keys
-from serving.model import load_model
-from tasks import fleet, servers
-from tasks.data import generate, scenario
-from tasks.drift_sim import ship_windows
-from tasks.drift_store import write_feedback
-from tasks.policy import load_fleet_file
-from tasks.rollout import scrape_sites
-from tasks.settings import Settings
-from tasks.traffic import Traffic
+from edgewave.serving.bundle import load_trusted_keys
+from edgewave.serving.model import load_model
+from edgewave.tasks.drift.store import write_feedback
+from edgewave.tasks.platform import fleet, servers
+from edgewave.tasks.platform.settings import Settings
+from edgewave.tasks.release.data import generate, scenario
+from edgewave.tasks.rollout.controller import scrape_sites
+from edgewave.tasks.rollout.policy import load_fleet_file
+from edgewave.tasks.sim.traffic import Traffic
+from edgewave.tasks.sim.windows import ship_windows
 from tests.helpers import BIN, free_port
 
 DRIFTED = {"line-1": scenario("sensor_calibration_offset", offset=5.0), "line-2": scenario("worn_tool_regime")}

@@ -4,8 +4,8 @@ import numpy as np
 import onnx
 import pytest
 
-from tasks.export import INPUT_NAME, OUTPUT_NAME, ParityError, onnx_proba, parity, session
-from tasks.train import Split, TrainedModel
+from edgewave.tasks.release.export import INPUT_NAME, OUTPUT_NAME, ParityError, onnx_proba, parity, session
+from edgewave.tasks.release.train import Split, TrainedModel
 
 
 @pytest.mark.parametrize("family", ["sklearn", "torch"])

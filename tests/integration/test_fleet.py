@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serving.desired import DesiredState
-from tasks.gitops import DesiredStateRepo
+from edgewave.serving.desired import DesiredState
+from edgewave.tasks.rollout.gitops import DesiredStateRepo
 from tests.helpers import BIN, edgewave_env, free_port, wait_for
 
 pytestmark = pytest.mark.integration

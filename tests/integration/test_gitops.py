@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from serving.desired import DesiredState, GitMirror, read_desired, site_file
-from tasks.gitops import DesiredStateRepo
+from edgewave.serving.desired import DesiredState, GitMirror, read_desired, site_file
+from edgewave.tasks.rollout.gitops import DesiredStateRepo
 
 pytestmark = pytest.mark.integration
 SHA = "c" * 64

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.bundle import load_trusted_keys
-from serving.model import load_model
-from tasks import engine as engines
-from tasks import image as images
-from tasks.data import FEATURES
+from edgewave.serving.bundle import load_trusted_keys
+from edgewave.serving.model import load_model
+from edgewave.tasks.platform import engine as engines
+from edgewave.tasks.release import image as images
+from edgewave.tasks.release.data import FEATURES
 from tests.helpers import free_port, http_ok, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

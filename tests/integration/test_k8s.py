@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serving.desired import DesiredState, git
-from tasks.gitops import DesiredStateRepo
-from tasks.k8s import image_fields, overlay_path
-from tasks.policy import load_fleet_file
-from tasks.rollout import Controller, Io, run, scrape_sites
+from edgewave.serving.desired import DesiredState, git
+from edgewave.tasks.rollout.controller import Controller, Io, run, scrape_sites
+from edgewave.tasks.rollout.gitops import DesiredStateRepo
+from edgewave.tasks.rollout.k8s import image_fields, overlay_path
+from edgewave.tasks.rollout.policy import load_fleet_file
 from tests.helpers import BIN, free_port, http_ok, stop, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

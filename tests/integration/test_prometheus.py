@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.policy import Fleet
-from tasks.prometheus import scrape_config
-from tasks.rollout import scrape_sites
-from tasks.telemetry import prometheus_readings
-from tasks.traffic import Traffic
+from edgewave.tasks.rollout.controller import scrape_sites
+from edgewave.tasks.rollout.policy import Fleet
+from edgewave.tasks.rollout.prometheus import scrape_config
+from edgewave.tasks.rollout.telemetry import prometheus_readings
+from edgewave.tasks.sim.traffic import Traffic
 from tests.helpers import free_port, http_ok, start_site, stop, wait_for
 
 pytestmark = [

@@ -6,11 +6,11 @@ import hashlib
 
 import pytest
 
-from tasks import registry
-from tasks import release as step
-from tasks.export import Export
-from tasks.settings import Settings
-from tasks.train import Split, TrainedModel
+from edgewave.tasks.platform.settings import Settings
+from edgewave.tasks.release import registry
+from edgewave.tasks.release import steps as step
+from edgewave.tasks.release.export import Export
+from edgewave.tasks.release.train import Split, TrainedModel
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.data import FEATURES
+from edgewave.tasks.release.data import FEATURES
 from tests.helpers import DesiredRepo, free_port, post_json, start_site, stop, wait_for
 
 pytestmark = pytest.mark.integration

@@ -5,14 +5,15 @@ from __future__ import annotations
 import http.client
 import json
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
-from tasks.data import FEATURES
-from tasks.export import onnx_proba
+from edgewave.tasks.release.data import FEATURES
+from edgewave.tasks.release.export import onnx_proba
 from tests.helpers import free_port, post_json, start_site, stop
 
 pytestmark = pytest.mark.integration
@@ -207,10 +208,10 @@ def asgi_post(app, body: bytes) -> tuple[int, dict]:
 
 
 def test_out_of_range_rows_are_refused_when_configured(bundles, split) -> None:
-    from serving.app import SiteApp
-    from serving.bundle import load_trusted_keys
-    from serving.metrics import SiteMetrics
-    from serving.model import ModelSlot
+    from edgewave.serving.app import SiteApp
+    from edgewave.serving.bundle import load_trusted_keys
+    from edgewave.serving.metrics import SiteMetrics
+    from edgewave.serving.model import ModelSlot
 
     slot = ModelSlot()
     slot.swap(bundles.v2, load_trusted_keys(bundles.home / "keys"))
@@ -226,10 +227,10 @@ def test_out_of_range_rows_are_refused_when_configured(bundles, split) -> None:
 def test_concurrent_requests_share_onnx_calls_and_each_gets_its_own_rows(bundles, split) -> None:
     import asyncio
 
-    from serving.app import SiteApp
-    from serving.bundle import load_trusted_keys
-    from serving.metrics import SiteMetrics
-    from serving.model import ModelSlot
+    from edgewave.serving.app import SiteApp
+    from edgewave.serving.bundle import load_trusted_keys
+    from edgewave.serving.metrics import SiteMetrics
+    from edgewave.serving.model import ModelSlot
 
     slot = ModelSlot()
     slot.swap(bundles.v2, load_trusted_keys(bundles.home / "keys"))

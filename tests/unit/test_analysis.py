@@ -6,10 +6,10 @@ import math
 
 import pytest
 
-from serving.metrics import SiteMetrics
-from tasks.analysis import decide, judge_site, measure
-from tasks.policy import Abort, Analysis
-from tasks.telemetry import Window, combine, parse, quantile, window
+from edgewave.serving.metrics import SiteMetrics
+from edgewave.tasks.rollout.analysis import decide, judge_site, measure
+from edgewave.tasks.rollout.policy import Abort, Analysis
+from edgewave.tasks.rollout.telemetry import Window, combine, parse, quantile, window
 
 RULES = Analysis(min_requests_per_site=50, max_error_rate=0.01, max_p99_latency_ratio=1.5, min_confidence_ratio=0.9,
                  max_failure_rate_shift=0.05, measurements=2, inconclusive_limit=2, on_inconclusive="hold")

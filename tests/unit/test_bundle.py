@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from serving.bundle import (
+from edgewave.serving.bundle import (
     MANIFEST,
     MODEL,
     SIGNATURE,
@@ -22,8 +22,15 @@ from serving.bundle import (
     load_trusted_keys,
     verify_bundle,
 )
-from tasks.bundle import INT8_MODEL, build_manifest, load_or_create_signing_key, public_path, sign, write_bundle
-from tasks.data import FEATURES, TARGET, generate
+from edgewave.tasks.release.bundle import (
+    INT8_MODEL,
+    build_manifest,
+    load_or_create_signing_key,
+    public_path,
+    sign,
+    write_bundle,
+)
+from edgewave.tasks.release.data import FEATURES, TARGET, generate
 
 MODEL_BYTES = b"\x08\x07onnx-model-bytes" * 100  # verification never parses the graph
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import yaml
 
-from serving.agent import backoff
-from serving.desired import DesiredStateError, read_desired
-from serving.metrics import SiteMetrics
-from serving.model import BundleCache
-from serving.sampler import Sampler, window_rows
+from edgewave.serving.agent import backoff
+from edgewave.serving.desired import DesiredStateError, read_desired
+from edgewave.serving.metrics import SiteMetrics
+from edgewave.serving.model import BundleCache
+from edgewave.serving.sampler import Sampler, window_rows
 
 SHA = "a" * 64
 FEATURES = ("a", "b")
@@ -104,9 +104,9 @@ def test_fraction_zero_samples_nothing_and_bounds_count_what_they_drop(tmp_path:
 
 
 def test_an_unreachable_bundle_leaves_nothing_in_the_cache_and_is_retried(tmp_path: Path) -> None:
-    from serving.agent import Agent
-    from serving.desired import DesiredState
-    from serving.model import ModelSlot
+    from edgewave.serving.agent import Agent
+    from edgewave.serving.desired import DesiredState
+    from edgewave.serving.model import ModelSlot
 
     cache = BundleCache(tmp_path / "bundles")
     agent = Agent("s1", tmp_path, str(tmp_path / "remote"), (tmp_path / "store").as_uri(), ModelSlot(), cache, {},

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.gate import judge
+from edgewave.tasks.release.gate import judge
 
 
 @pytest.mark.parametrize(("pr_auc", "passed"), [(0.51, True), (0.5, True), (0.49, False)])

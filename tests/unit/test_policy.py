@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.policy import PolicyError, load_fleet_file, plan_waves, wave_size
+from edgewave.tasks.rollout.policy import PolicyError, load_fleet_file, plan_waves, wave_size
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deployments" / "fleet.yaml"
 
@@ -108,9 +108,9 @@ def test_an_unreadable_or_non_yaml_file_is_a_policy_error(tmp_path: Path) -> Non
 
 def test_unreachable_sites_are_requeued_or_counted_failed_after_the_deadline(tmp_path: Path) -> None:
     """The controller's offline policy, with a telemetry reader where two sites never answer."""
-    from tasks.gitops import DesiredStateRepo
-    from tasks.rollout import Controller, Io
-    from tasks.telemetry import Reading
+    from edgewave.tasks.rollout.controller import Controller, Io
+    from edgewave.tasks.rollout.gitops import DesiredStateRepo
+    from edgewave.tasks.rollout.telemetry import Reading
 
     def controller(then: str) -> tuple[Controller, list[str]]:
         path = fleet_file(tmp_path, n_sites=6, waves=[{"name": "canary", "count": 3}, {"name": "rest", "percent": 100}],

@@ -38,6 +38,6 @@ def test_drift_events_trigger_retraining_with_the_event_in_its_parameters() -> N
     (trigger,) = deployments["retrain-on-drift"]["triggers"]
     parsed = DeploymentEventTrigger.model_validate(trigger)
     assert parsed.expect == {"edgewave.drift.detected"}
-    from flows.retrain import retrain_on_drift
+    from edgewave.flows.retrain import retrain_on_drift
 
     assert set(parsed.parameters) <= set(retrain_on_drift.parameters.properties)

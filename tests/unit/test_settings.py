@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from tasks.settings import Settings
+from edgewave.tasks.platform.settings import Settings
 
 
 def test_embedded_defaults_all_live_under_home(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.data import FEATURES, TARGET, DataValidationError, generate, load_user_data
+from edgewave.tasks.release.data import FEATURES, TARGET, DataValidationError, generate, load_user_data
 
 
 def user_frame(rows: int = 200) -> pd.DataFrame:

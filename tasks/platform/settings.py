@@ -1,7 +1,8 @@
-"""The one settings object of edgewave.
+"""The control plane's settings: the edge's own (serving/settings.py) plus what only the
+control plane reads (tracking, bundle store, signing, data, gate, fleet, images, drift).
 
-Built once at the edge of the program (the CLI, a test) and passed down; nothing reads the
-environment at import time. Only pydantic-settings is needed, so the edge runtime can use it.
+Built once at the edge of the program (the CLI, a flow run, a test) and passed down; nothing
+reads the environment at import time.
 """
 
 from __future__ import annotations
@@ -9,16 +10,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, computed_field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, computed_field
+
+from edgewave.serving.settings import SITE_ID_PATTERN, EdgeSettings
 
 
-class Settings(BaseSettings):
+class Settings(EdgeSettings):
     """edgewave's configuration, read from `EDGEWAVE_*` variables and an optional `.env`."""
 
-    model_config = SettingsConfigDict(env_prefix="EDGEWAVE_", env_file=".env", extra="ignore")
-
-    home: Path = Field(Path(".edgewave"), description="Folder holding all embedded state.")
     tracking_uri: str | None = Field(
         None, description="MLflow tracking URI; default SQLite under home. An http:// URL uses a server."
     )
@@ -28,10 +27,7 @@ class Settings(BaseSettings):
     signing_key_path: Path | None = Field(
         None, description="ed25519 private key (PEM); created with its public key on first use."
     )
-    trusted_keys_dir: Path | None = Field(
-        None, description="Folder of trusted public keys (*.pub) for bundle verification."
-    )
-    model_name: str = Field("machine-failure", min_length=1, pattern=r"^[A-Za-z0-9][\w.-]*$")
+    model_name: str = Field("machine-failure", min_length=1, pattern=SITE_ID_PATTERN)
     experiment_name: str = "edgewave-release"
     telemetry: bool = Field(False, description="Let Prefect and MLflow send usage telemetry.")
 
@@ -51,29 +47,6 @@ class Settings(BaseSettings):
         0.5, ge=0, le=1, description="PR-AUC the first model must reach with no baseline."
     )
     reference_rows: int = Field(5_000, ge=100, le=5_000)
-
-    # --- edge site (serving runtime + agent) ---------------------------------------------
-    site_id: str = Field("local", pattern=r"^[A-Za-z0-9][\w.-]*$", description="This site's id.")
-    serve_host: str = Field("127.0.0.1", description="Address the site's HTTP service binds to.")
-    serve_port: int = Field(8080, ge=0, le=65535)
-    max_batch: int = Field(1_000, ge=1, description="Rows per request above which the answer is 413.")
-    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Request bodies above this get 413.")
-    reject_out_of_range: bool = Field(
-        False, description="Refuse (422) rows outside the training range instead of only counting them."
-    )
-    sample_fraction: float = Field(0.1, ge=0, le=1, description="Share of requests kept for drift checks.")
-    sample_window_seconds: float = Field(60.0, gt=0, description="Length of one sample window file.")
-    sample_buffer_max_bytes: int = Field(
-        256 * 1024 * 1024, ge=1024, description="Disk the site may use for unshipped sample windows."
-    )
-    desired_state_remote: str | None = Field(
-        None, description="Git remote holding sites/<site>.yaml; default the repo under home."
-    )
-    monitoring_store_url: str | None = Field(
-        None, description="fsspec URL sample windows are shipped to; default a folder under home."
-    )
-    sync_interval_seconds: float = Field(10.0, gt=0, description="How often the agent syncs.")
-    bundles_kept: int = Field(3, ge=1, description="Bundles a site keeps on disk for local rollback.")
 
     # --- fleet and rollout ---------------------------------------------------------------
     fleet_path: Path = Field(Path("deployments/fleet.yaml"), description="Fleet and rollout policy file.")
@@ -100,11 +73,6 @@ class Settings(BaseSettings):
         5_000, ge=0, description="Most recent labelled rows per site that retraining adds to the data."
     )
 
-    @model_validator(mode="after")
-    def _absolute_home(self) -> Settings:
-        self.home = self.home.expanduser().resolve()
-        return self
-
     @computed_field  # type: ignore[prop-decorator]
     @property
     def mlflow_tracking_uri(self) -> str:
@@ -124,20 +92,6 @@ class Settings(BaseSettings):
     @property
     def trusted_keys(self) -> Path:
         return self.trusted_keys_dir or self.signing_key.parent
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def desired_state_url(self) -> str:
-        return self.desired_state_remote or str(self.home / "desired-state")
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def monitoring_store(self) -> str:
-        return self.monitoring_store_url or (self.home / "monitoring").as_uri()
-
-    def site_dir(self, site_id: str | None = None) -> Path:
-        """A site's own state: bundle cache, sample windows, desired-state checkout."""
-        return self.home / "sites" / (site_id or self.site_id)
 
     @property
     def artifact_root(self) -> Path:

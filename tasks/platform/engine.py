@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks import processes
+from edgewave.tasks.platform import processes
 
 DOCKERD = ["dockerd", "--iptables=false", "--ip6tables=false", "--bridge=none"]  # the only way it is started
 DOCKERD_MARKERS = (DOCKERD[0], "--bridge=none")

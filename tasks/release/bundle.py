@@ -7,7 +7,8 @@ import hashlib
 import json
 import os
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version as package_version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 from pathlib import Path
 
 import fsspec
@@ -16,7 +17,7 @@ import pandas as pd
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from serving.bundle import (
+from edgewave.serving.bundle import (
     MANIFEST,
     MODEL,
     SIGNATURE,
@@ -28,9 +29,9 @@ from serving.bundle import (
     Reference,
     key_id,
 )
-from serving.transport import download_bundle  # noqa: F401  (one implementation, re-exported)
-from tasks.data import CLASS_LABELS, FEATURES
-from tasks.export import INPUT_NAME, OUTPUT_NAME
+from edgewave.serving.transport import download_bundle  # noqa: F401  (one implementation, re-exported)
+from edgewave.tasks.release.data import CLASS_LABELS, FEATURES
+from edgewave.tasks.release.export import INPUT_NAME, OUTPUT_NAME
 
 INT8_MODEL = "model.int8.onnx"
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from urllib.parse import urlparse
 
-from tasks.policy import Fleet
+from edgewave.tasks.rollout.policy import Fleet
 
 JOB = "edgewave-sites"
 

@@ -12,12 +12,12 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NONE
 
-from tasks import registry
-from tasks.gitops import DesiredStateRepo
-from tasks.policy import Site, load_fleet_file
-from tasks.rollout import Controller, Io, RolloutRecord, WaveRecord, scrape_sites, summary
-from tasks.settings import Settings
-from tasks.telemetry import Reading, prometheus_readings
+from edgewave.tasks.platform.settings import Settings
+from edgewave.tasks.release import registry
+from edgewave.tasks.rollout.controller import Controller, Io, RolloutRecord, WaveRecord, scrape_sites, summary
+from edgewave.tasks.rollout.gitops import DesiredStateRepo
+from edgewave.tasks.rollout.policy import Site, load_fleet_file
+from edgewave.tasks.rollout.telemetry import Reading, prometheus_readings
 
 REMOTE = {"retries": 4, "retry_delay_seconds": [2, 5, 15, 30], "cache_policy": NONE}
 LOCAL = {"cache_policy": NONE}
@@ -121,7 +121,7 @@ def report(settings: Settings, record: RolloutRecord, noop: bool = False) -> dic
     if not noop:
         from prefect.artifacts import create_markdown_artifact
 
-        from tasks.timeline import render
+        from edgewave.tasks.rollout.timeline import render
 
         timeline = render(record, settings.home / "rollouts" / f"{record.id}.png")
         create_markdown_artifact(f"# {record.id}: {record.status}\n\n{record.reason}\n\n"

@@ -18,7 +18,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from edgewave.tasks import CHECKOUT
+
+ROOT = CHECKOUT
 DOCKERFILE = ROOT / "deployments" / "Dockerfile"
 REPOSITORY = "edgewave-serving"
 PIP_FOR_IMAGE = "pip==24.3.1"  # runs from its wheel inside the build; the base needs no pip
@@ -144,7 +146,7 @@ class ImageOutcome:
 def release_image(docker_host: str | None, registry: str, base_image: str, work: Path, keys_dir: Path,
                   bundle: Path, model: str, version: int, sha256: str) -> ImageOutcome:
     """Write the build context; with a reachable engine build and push it, else say why not."""
-    from tasks.engine import reachable
+    from edgewave.tasks.platform.engine import reachable
 
     tag = image_tag(registry, model, version)
     try:

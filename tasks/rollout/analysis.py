@@ -17,8 +17,8 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
-from tasks.policy import Abort, Analysis
-from tasks.telemetry import Window
+from edgewave.tasks.rollout.policy import Abort, Analysis
+from edgewave.tasks.rollout.telemetry import Window
 
 Verdict = Literal["pass", "fail", "inconclusive"]
 Decision = Literal["advance", "rollback", "hold", "measure"]

@@ -10,13 +10,13 @@ the overlay returns to the previous image in the same commit.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import yaml
 
-from serving.desired import DesiredState
+from edgewave.serving.desired import DesiredState
+from edgewave.tasks import CHECKOUT
 
-BASE = Path(__file__).resolve().parents[1] / "k8s" / "base"
+BASE = CHECKOUT / "k8s" / "base"
 IMAGE_NAME = "edgewave-serving"  # the image name k8s/base/deployment.yaml uses
 IMAGE_RE = re.compile(r"^(?P<name>[a-z0-9][a-z0-9._:/-]*?)(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$")
 

@@ -17,14 +17,14 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
-from tasks import bundle as bundles
-from tasks import registry
-from tasks.data import FEATURES, TARGET, generate, load_user_data
-from tasks.drift_store import read_feedback
-from tasks.export import Export, export_model, onnx_proba
-from tasks.gate import GateDecision, judge
-from tasks.settings import Settings
-from tasks.train import Split, TrainedModel, evaluate, split_data, train_sklearn, train_torch
+from edgewave.tasks.drift.store import read_feedback
+from edgewave.tasks.platform.settings import Settings
+from edgewave.tasks.release import bundle as bundles
+from edgewave.tasks.release import registry
+from edgewave.tasks.release.data import FEATURES, TARGET, generate, load_user_data
+from edgewave.tasks.release.export import Export, export_model, onnx_proba
+from edgewave.tasks.release.gate import GateDecision, judge
+from edgewave.tasks.release.train import Split, TrainedModel, evaluate, split_data, train_sklearn, train_torch
 
 REMOTE = {"retries": 4, "retry_delay_seconds": [2, 5, 15, 30], "cache_policy": NONE}
 LOCAL = {"cache_policy": NONE}
@@ -153,7 +153,7 @@ def build_image(settings: Settings, version: registry.RegisteredVersion, folder:
     from prefect.artifacts import create_markdown_artifact
     from prefect.states import Completed
 
-    from tasks import image as images
+    from edgewave.tasks.release import image as images
 
     if not staged:
         return Completed(name="Skipped", message=f"v{version.version} is not @staging: no image")

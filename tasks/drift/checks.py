@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from tasks.drift_store import (NewWindows, ReferenceData, SiteLedger, WindowCheck, new_windows, read_windows)
-from tasks.policy import DriftPolicy
+from edgewave.tasks.drift.store import NewWindows, ReferenceData, SiteLedger, WindowCheck, new_windows, read_windows
+from edgewave.tasks.rollout.policy import DriftPolicy
 
 PREDICTION = "probability"
 

@@ -16,7 +16,7 @@ from sklearn.metrics import average_precision_score, f1_score, precision_score, 
 from sklearn.model_selection import train_test_split
 from sklearn.utils.class_weight import compute_sample_weight
 
-from tasks.data import FEATURES, TARGET, fingerprint
+from edgewave.tasks.release.data import FEATURES, TARGET, fingerprint
 
 Family = Literal["sklearn", "torch"]
 
@@ -132,7 +132,7 @@ def train_torch(split: Split, seed: int = 0, epochs: int = 60, hidden: tuple[int
     """
     import torch
 
-    from tasks.torch_model import FailureMLP
+    from edgewave.tasks.release.torch_model import FailureMLP
 
     torch.manual_seed(seed)
     model = FailureMLP.fit_scaler(split.x_train, hidden)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from serving.desired import BRANCH, DesiredState, git, read_desired, site_file
-from tasks import k8s
+from edgewave.serving.desired import BRANCH, DesiredState, git, read_desired, site_file
+from edgewave.tasks.rollout import k8s
 
 AUTHOR = ["-c", "user.name=edgewave", "-c", "user.email=edgewave@localhost"]
 

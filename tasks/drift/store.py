@@ -24,12 +24,12 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from serving.bundle import load_trusted_keys
-from serving.model import load_model
-from serving.sampler import WINDOW_RE
-from serving.transport import download_bundle
-from tasks.bundle import bundle_url
-from tasks.settings import Settings
+from edgewave.serving.bundle import load_trusted_keys
+from edgewave.serving.model import load_model
+from edgewave.serving.sampler import WINDOW_RE
+from edgewave.serving.transport import download_bundle
+from edgewave.tasks.platform.settings import Settings
+from edgewave.tasks.release.bundle import bundle_url
 
 LEDGER_HORIZON_DAYS = 30
 FEEDBACK_ROOT = "_feedback"  # site ids start with a letter or digit, so this never clashes

@@ -16,11 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks import processes
-from tasks.settings import Settings
+from edgewave.tasks import CHECKOUT
+from edgewave.tasks.platform import processes
+from edgewave.tasks.platform.settings import Settings
 
 WORK_POOL = "edgewave-process"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = CHECKOUT
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,11 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from serving.desired import DesiredState
-from tasks.analysis import Measurement, decide, measure
-from tasks.gitops import DesiredStateRepo
-from tasks.policy import FleetFile, Site, plan_waves
-from tasks.telemetry import Reading, Window, combine, scrape, window
+from edgewave.serving.desired import DesiredState
+from edgewave.tasks.rollout.analysis import Measurement, decide, measure
+from edgewave.tasks.rollout.gitops import DesiredStateRepo
+from edgewave.tasks.rollout.policy import FleetFile, Site, plan_waves
+from edgewave.tasks.rollout.telemetry import Reading, Window, combine, scrape, window
 
 Status = Literal["running", "succeeded", "rolled_back", "held", "noop"]
 

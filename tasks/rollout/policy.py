@@ -8,13 +8,16 @@ site is an error naming the wave rather than a silent no-op.
 from __future__ import annotations
 
 import math
-from datetime import datetime, time as clock
+from datetime import datetime
+from datetime import time as clock
 from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edgewave.serving.errors import describe
 
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 DAYS: tuple[Day, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -265,7 +268,4 @@ def load_fleet_file(path: str | Path) -> FleetFile:
     try:
         return FleetFile.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "") + e["msg"].removeprefix("Value error, ")
-            for e in exc.errors())
-        raise PolicyError(f"{path}: {problems}") from None
+        raise PolicyError(f"{path}: {describe(exc)}") from None

@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from tasks.settings import Settings
+from edgewave.tasks.platform.settings import Settings
 
 CANDIDATE, STAGING, PRODUCTION, PREVIOUS = "candidate", "staging", "production", "previous"
 BASELINE_ALIASES = (PRODUCTION, STAGING)

@@ -17,10 +17,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks import processes
-from tasks.gitops import DesiredStateRepo
-from tasks.policy import Fleet, Site
-from tasks.settings import Settings
+from edgewave.tasks.platform import processes
+from edgewave.tasks.platform.settings import Settings
+from edgewave.tasks.rollout.gitops import DesiredStateRepo
+from edgewave.tasks.rollout.policy import Fleet, Site
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ from urllib.parse import urlparse
 import numpy as np
 import pandas as pd
 
-from tasks.data import FEATURES, TARGET, DriftScenario, generate
-from tasks.drift_store import write_feedback
-from tasks.policy import Site
+from edgewave.tasks.drift.store import write_feedback
+from edgewave.tasks.release.data import FEATURES, TARGET, DriftScenario, generate
+from edgewave.tasks.rollout.policy import Site
 
 
 class Traffic:

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from serving.metrics import SiteMetrics
-from serving.model import LoadedModel
-from serving.sampler import Sampler
-from serving.transport import upload_confirmed
+from edgewave.serving.metrics import SiteMetrics
+from edgewave.serving.model import LoadedModel
+from edgewave.serving.sampler import Sampler
+from edgewave.serving.transport import upload_confirmed
 
 
 def write_windows(folder: Path, site: str, frame: pd.DataFrame, model: LoadedModel, window_rows: int = 1_000,

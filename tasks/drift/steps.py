@@ -18,10 +18,10 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NONE
 
-from tasks import drift
-from tasks.drift_store import load_ledger, reference_for, save_ledger, write_json
-from tasks.policy import DriftPolicy
-from tasks.settings import Settings
+from edgewave.tasks.drift import checks as drift
+from edgewave.tasks.drift.store import load_ledger, reference_for, save_ledger, write_json
+from edgewave.tasks.platform.settings import Settings
+from edgewave.tasks.rollout.policy import DriftPolicy
 
 REMOTE = {"retries": 3, "retry_delay_seconds": [2, 5, 15], "cache_policy": NONE}
 LOCAL = {"cache_policy": NONE}
@@ -83,7 +83,7 @@ def log_to_mlflow(settings: Settings, summary: drift.FleetDrift) -> dict[str, st
     """
     import mlflow
 
-    from tasks import registry
+    from edgewave.tasks.release import registry
 
     mlc = registry.client(settings)
     experiment_id = registry.ensure_experiment(settings, f"{settings.experiment_name}-drift")

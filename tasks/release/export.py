@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from tasks.train import TrainedModel, evaluate
+from edgewave.tasks.release.train import TrainedModel, evaluate
 
 INPUT_NAME = "features"
 OUTPUT_NAME = "probabilities"
