@@ -130,9 +130,11 @@ def main() -> None:
         api_start_s = time.perf_counter() - t
 
         from edgewave.flows.drift import drift_monitor
+        from edgewave.tasks.platform.settings import use
 
         t = time.perf_counter()
-        summary = drift_monitor(settings)
+        with use(settings):
+            summary = drift_monitor()
         flow_s = time.perf_counter() - t
         print(f"edgewave drift-monitor flow: {flow_s:.1f}s, drifted {len(summary.sites_drifted)}")
         per_site = sorted(c.seconds for c in summary.sites if c.status == "checked")

@@ -1,9 +1,10 @@
-"""Benchmark: the rollout controller's own cost at 50, 500 and 2,000 sites.
+"""Benchmark: the rollout flow's own cost at 50, 500 and 2,000 sites.
 
 Sites are simulated (bench/sitesim.py, one HTTP port, a path per site) and follow the Git
 desired state instantly; bake time is zero and the analysis interval minimal, so what is
 measured is control overhead: planning, Git commits, convergence polling and scraping for
-canary analysis. Waves: 1 %, 10 %, 50 %, the rest. Written to bench/results/rollout_scale.json.
+canary analysis, with Prefect's task runs, the registry and the timeline around them.
+Waves: 1 %, 10 %, 50 %, the rest. Written to bench/results/rollout_scale.json.
 
     .venv/bin/python -m bench.rollout_scale [--sizes 50 500 2000]
 """
@@ -27,52 +28,67 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "rollout_scale.json"
 
 from edgewave.serving.desired import DesiredState
-from edgewave.tasks.rollout.controller import Controller, Io, run, scrape_sites
+from edgewave.tasks.platform.settings import Settings, use
 from edgewave.tasks.rollout.gitops import DesiredStateRepo
-from edgewave.tasks.rollout.policy import FleetFile
 from tests.helpers import free_port, http_ok, stop, wait_for
 
 SHA = "d" * 64
 
 
-def fleet_file(n: int, port: int) -> FleetFile:
-    return FleetFile.model_validate({
+def fleet_document(n: int, port: int) -> dict:
+    return {
         "fleet": {"sites": [{"id": f"sim-{i:05d}", "kind": "agent", "labels": {"plant": f"p{i % 20}"},
                              "metrics_url": f"http://127.0.0.1:{port}/sim-{i:05d}/metrics"} for i in range(n)]},
         "rollout": {"waves": [{"name": "canary", "percent": 1}, {"name": "ten", "percent": 10},
                               {"name": "half", "percent": 50}, {"name": "rest", "percent": 100}],
                     "bake_seconds": 0, "concurrency": 32, "convergence_deadline_seconds": 120,
                     "analysis": {"interval_seconds": 0.2, "measurements": 1, "min_requests_per_site": 5}},
-    })
+    }
+
+
+def register_simulated_versions(settings: Settings) -> None:
+    """v1 (@production) and v2 in the MLflow registry, tagged as a release tags them; the sites
+    are simulated, so the versions point at no real bundle."""
+    from edgewave.tasks.release import registry
+
+    client = registry.client(settings)
+    client.create_registered_model(settings.model_name)
+    for version in (1, 2):
+        client.create_model_version(settings.model_name, f"file:///sim/v{version}",
+                                    tags={"bundle_url": f"file:///sim/v{version}", "onnx_sha256": SHA})
+    registry.promote(settings, 1)
 
 
 def one_size(n: int, work: Path) -> dict:
-    repo = DesiredStateRepo(work / f"repo-{n}").ensure()
-    port = free_port()
+    """The rollout flow (the one users run) from v1 to v2 over `n` simulated sites."""
+    from edgewave.flows.rollout import rollout
+    settings = Settings(home=work / f"home-{n}", fleet_path=work / f"fleet-{n}.yaml")
+    settings.fleet_path.write_text(json.dumps(fleet_document(n, port := free_port())))
+    repo = DesiredStateRepo(Path(settings.desired_state_url)).ensure()
+    register_simulated_versions(settings)
     sim = subprocess.Popen([sys.executable, str(ROOT / "bench" / "sitesim.py"), str(repo.path), str(port)],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/sim-00000/metrics"), 30, "the simulator")
-        ff = fleet_file(n, port)
         # everyone on v1 first, as after an earlier rollout
-        repo.commit([DesiredState(site=s.id, model="m", version=1, bundle_url="file:///sim/v1", sha256=SHA,
-                                  rollout_id="ro-initial") for s in ff.fleet.sites], "initial")
-        io = Io(repo=repo, read=lambda sites: scrape_sites(sites, ff.rollout.concurrency), log=lambda line: None)
-        controller = Controller(ff, "m", 2, "file:///sim/v2", SHA, 1, io)
+        repo.commit([DesiredState(site=f"sim-{i:05d}", model=settings.model_name, version=1,
+                                  bundle_url="file:///sim/v1", sha256=SHA, rollout_id="ro-initial")
+                     for i in range(n)], "initial")
         tracemalloc.start()
         started = time.perf_counter()
         begun = datetime.now(timezone.utc)
-        status = run(controller)
+        with use(settings):
+            result = rollout(2)
         total = time.perf_counter() - started
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-        record = repo.record(controller.id)
+        record = repo.record(result["rollout_id"])
         ends = [datetime.fromisoformat(w["decided_at"]) for w in record["waves"] if w["decided_at"]]
         wave_seconds = [(b - a).total_seconds() for a, b in zip([begun, *ends], ends)]
-        return {"sites": n, "status": status, "total_s": round(total, 2),
+        return {"sites": n, "status": result["status"], "total_s": round(total, 2),
                 "per_wave_s": [round(t, 2) for t in wave_seconds],
                 "wave_sizes": [len(w["sites"]) for w in record["waves"]],
-                "commits": len(repo.log(controller.id)),
+                "commits": len(repo.log(result["rollout_id"])),
                 "python_peak_mb": round(peak / 2**20, 1)}
     finally:
         stop(sim)
@@ -83,6 +99,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[50, 500, 2000])
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="edgewave-bench-rollout-"))
+    Settings(home=work).apply_runtime_environment()  # Prefect's and MLflow's state under work/, before they load
+    os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
     rows = []
     for n in args.sizes:
         row = one_size(n, work)

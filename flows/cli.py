@@ -14,7 +14,7 @@ from rich.console import Console
 
 from edgewave.serving import cli as edge_cli
 from edgewave.serving.errors import describe
-from edgewave.tasks.platform.settings import Settings
+from edgewave.tasks.platform.settings import Settings, use
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False, help="edgewave: edge-to-cloud MLOps for factory fleets.")
 console = Console(stderr=True, soft_wrap=True)
@@ -43,7 +43,8 @@ def release(
     from edgewave.flows.release import release as release_flow
 
     try:
-        result = release_flow(settings, shuffle_labels, force)
+        with use(settings):
+            result = release_flow(shuffle_labels, force)
     except Exception as exc:  # the flow's log above has the traceback; say what failed, plainly
         console.print(f"[red]release failed:[/red] {type(exc).__name__}: {exc}")
         raise typer.Exit(1) from None
@@ -66,7 +67,8 @@ def rollout(
     from edgewave.flows.rollout import rollout as rollout_flow
 
     try:
-        result = rollout_flow(version, settings)
+        with use(settings):
+            result = rollout_flow(version)
     except Exception as exc:
         console.print(f"[red]rollout failed:[/red] {type(exc).__name__}: {exc}")
         raise typer.Exit(1) from None
@@ -110,7 +112,8 @@ def drift_check(
     _fleet(settings)
     from edgewave.flows.drift import drift_monitor
 
-    summary = drift_monitor(settings)
+    with use(settings):
+        summary = drift_monitor()
     _print_drift(summary)
     if as_json:
         print(summary.model_dump_json(indent=1))
@@ -123,7 +126,8 @@ def drift_retrain() -> None:
     _fleet(settings)
     from edgewave.flows.retrain import retrain_on_drift
 
-    result = retrain_on_drift(reason="started by hand", settings=settings)
+    with use(settings):
+        result = retrain_on_drift(reason="started by hand")
     release = result["release"]
     console.print(f"v{release['version']}: {'staged' if release['staged'] else 'rejected'} ({release['gate_reason']})")
     if result["rollout"]:
@@ -184,7 +188,8 @@ def demo_loop(
     from edgewave.flows.demo import loop
     from edgewave.tasks.drift.checks import FleetDrift
 
-    result = loop(settings, keep_fleet, rate, drift)
+    with use(settings):
+        result = loop(settings, keep_fleet, rate, drift)
     if result["rollout"]:
         _print_rollout(result["rollout"])
     if result.get("drift"):
@@ -211,7 +216,8 @@ def demo_rollback(
     _fleet(settings)
     from edgewave.flows.demo import bad_rollout
 
-    r = bad_rollout(settings, keep_fleet, rate)
+    with use(settings):
+        r = bad_rollout(settings, keep_fleet, rate)
     on_bad = [site for site, v in r["served"].items() if v == r["bad_version"]]
     _print_rollout(r)
     if r["status"] == "rolled_back" and not on_bad:

@@ -18,7 +18,7 @@ from edgewave.flows.retrain import retrain_on_drift
 from edgewave.flows.rollout import rollout
 from edgewave.tasks.drift.checks import FleetDrift
 from edgewave.tasks.platform import fleet
-from edgewave.tasks.platform.settings import Settings
+from edgewave.tasks.platform.settings import Settings, use
 from edgewave.tasks.release.data import scenario
 from edgewave.tasks.release.registry import PRODUCTION, alias_version
 from edgewave.tasks.rollout.controller import scrape_sites
@@ -52,39 +52,38 @@ def served_versions(settings: Settings) -> dict[str, int | None]:
 
 def _rollout_and_look(settings: Settings, version: int) -> dict:
     """Run the rollout flow, then read which version every site ended up serving."""
-    result = rollout(version, settings)
+    result = rollout(version)
     result["served"] = served_versions(settings)
     return result
 
 
-def watch_for_drift(settings: Settings, max_checks: int = 8, pause: float = 20.0) -> FleetDrift:
+def watch_for_drift(max_checks: int = 8, pause: float = 20.0) -> FleetDrift:
     """Run the drift-monitor flow until the policy fires (or `max_checks` checks passed)."""
-    summary = drift_monitor(settings)
+    summary = drift_monitor()
     for _ in range(max_checks - 1):
         if summary.detected:
             break
         time.sleep(pause)
-        summary = drift_monitor(settings)
+        summary = drift_monitor()
     return summary
 
 
 def _drift_and_retrain(settings: Settings, traffic: Traffic) -> dict:
     """Two sites drift; the drift flow must find them and the retrained model must roll out."""
-    settings = settings.model_copy(update={"drift_workers": 1})  # the sites and the traffic need the other core
-    baseline = drift_monitor(settings)  # counts the pre-drift windows: no site may be flagged by them
+    baseline = drift_monitor()  # counts the pre-drift windows: no site may be flagged by them
     print(f"before the drift: {baseline.reason}")
     sites = traffic.sites
     for index, (name, params) in DEMO_DRIFT.items():
         traffic.set_scenario(sites[index].id, scenario(name, **params))
         print(f"{sites[index].id}: now {scenario(name, **params).description}")
-    summary = watch_for_drift(settings)
+    summary = watch_for_drift()
     print(f"drift check {summary.check_id}: {summary.reason}; top features {summary.top_features}")
     if not summary.detected:
         return {"baseline": baseline.model_dump(), "drift": summary.model_dump(), "retrain": None}
     # Under `make up` the drift event starts retrain-on-drift through the deployment trigger;
     # without a server the demo takes that hop itself, with the parameters the trigger passes.
     retrained = retrain_on_drift(model=summary.model, sites=summary.sites_confirmed, reason=summary.reason,
-                                 drift_event=summary.event_id or "", settings=settings)
+                                 drift_event=summary.event_id or "")
     if retrained["rollout"]:
         retrained["rollout"]["served"] = served_versions(settings)
     return {"baseline": baseline.model_dump(), "drift": summary.model_dump(), "retrain": retrained}
@@ -92,7 +91,7 @@ def _drift_and_retrain(settings: Settings, traffic: Traffic) -> dict:
 
 def loop(settings: Settings, keep_fleet: bool = False, rate: float = 20.0, drift: bool = True) -> dict:
     """Release → rollout; then (with `drift`) two sites drift, are found, and retraining rolls out."""
-    released = release(settings)
+    released = release()
     print(f"released {released.model} v{released.version}: {'staged' if released.staged else 'rejected'} "
           f"({released.gate_reason})")
     if not released.staged:
@@ -102,7 +101,8 @@ def loop(settings: Settings, keep_fleet: bool = False, rate: float = 20.0, drift
         rolled = _rollout_and_look(settings, released.version)
         result = {"release": released.model_dump(), "rollout": rolled}
         if drift and rolled["status"] == "succeeded":
-            result.update(_drift_and_retrain(settings, traffic))
+            with use(settings.model_copy(update={"drift_workers": 1})):  # the sites and the traffic need the other core
+                result.update(_drift_and_retrain(settings, traffic))
         return result
 
     return _with_fleet(settings, keep_fleet, rate, work)
@@ -114,7 +114,7 @@ def bad_rollout(settings: Settings, keep_fleet: bool = False, rate: float = 20.0
     if alias_version(settings, PRODUCTION) is None:
         print("no model in production yet: running the loop first")
         loop(settings, keep_fleet=True, rate=rate, drift=False)
-    bad = release(settings, shuffle_labels=True, force=True)
+    bad = release(shuffle_labels=True, force=True)
     print(f"bad model v{bad.version} forced to @staging ({bad.gate_reason})")
 
     result = _with_fleet(settings, keep_fleet, rate, lambda _traffic: _rollout_and_look(settings, bad.version))

@@ -6,19 +6,21 @@ from __future__ import annotations
 import os
 from contextlib import AbstractContextManager, nullcontext
 
-from prefect import flow, get_run_logger, unmapped
+from prefect import flow, unmapped
 from prefect.task_runners import ProcessPoolTaskRunner
 
+from edgewave.serving.redact import redact
 from edgewave.tasks.drift import steps as step
 from edgewave.tasks.drift.checks import FleetDrift, SiteCheck
-from edgewave.tasks.platform.settings import Settings
+from edgewave.tasks.platform.runs import run_logger
+from edgewave.tasks.platform.settings import Settings, active
 from edgewave.tasks.rollout.policy import DriftPolicy, load_fleet_file
 
 
 @flow(name="drift-check-sites")
-def check_sites(settings: Settings, policy: DriftPolicy, check_id: str, sites: list[str]) -> list[SiteCheck]:
+def check_sites(policy: DriftPolicy, check_id: str, sites: list[str]) -> list[SiteCheck]:
     """The fan-out: one task per site on whatever task runner this flow was given."""
-    futures = step.check_site.map(unmapped(settings), unmapped(policy), unmapped(check_id), sites)
+    futures = step.check_site.map(unmapped(active()), unmapped(policy), unmapped(check_id), sites)
     return [future.result() for future in futures]
 
 
@@ -49,18 +51,18 @@ def same_api_for_workers() -> AbstractContextManager:
 
 
 @flow(name="drift-monitor", log_prints=True)
-def drift_monitor(settings: Settings | None = None) -> FleetDrift:
+def drift_monitor() -> FleetDrift:
     """Check every site's new sample windows against its model's training reference."""
-    settings = settings or Settings()
-    log = get_run_logger()
+    settings = active()
+    log = run_logger()
     fleet_file = load_fleet_file(settings.fleet_path)
     policy = fleet_file.drift
     check_id = step.new_check_id()
     sites = [s.id for s in fleet_file.fleet.sites]
-    log.info("%s: %d sites of %s, store %s", check_id, len(sites), settings.model_name, settings.monitoring_store)
+    log.info("%s: %d sites of %s, store %s", check_id, len(sites), settings.model_name, redact(settings.monitoring_store))
 
     with same_api_for_workers():
-        checks = check_sites.with_options(task_runner=task_runner(settings))(settings, policy, check_id, sites)
+        checks = check_sites.with_options(task_runner=task_runner(settings))(policy, check_id, sites)
     summary = step.summarise(settings, check_id, checks, policy)
     links = step.log_to_mlflow(settings, summary)
     step.publish(summary, links)

@@ -4,28 +4,28 @@ version out when it passes the gate."""
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger
+from prefect import flow
 
 from edgewave.flows.release import release
 from edgewave.flows.rollout import rollout
-from edgewave.tasks.platform.settings import Settings
+from edgewave.tasks.platform.runs import run_logger
+from edgewave.tasks.platform.settings import active
 
 
 @flow(name="retrain-on-drift", log_prints=True)
-def retrain_on_drift(model: str = "", sites: list[str] | None = None, reason: str = "", drift_event: str = "",
-                     settings: Settings | None = None) -> dict:
+def retrain_on_drift(model: str = "", sites: list[str] | None = None, reason: str = "", drift_event: str = "") -> dict:
     """Release with feedback → rollout. The parameters are what the drift event said, for the record."""
-    settings = settings or Settings()
-    log = get_run_logger()
+    settings = active()
+    log = run_logger()
     if model and model != settings.model_name:
         raise ValueError(f"drift event is about model {model!r}, but this deployment serves "
                          f"{settings.model_name!r} (EDGEWAVE_MODEL_NAME)")
     log.info("retraining %s after drift at %s (event %s): %s", settings.model_name, ", ".join(sites or []) or "-",
              drift_event or "-", reason or "-")
-    released = release(settings, with_feedback=True)
+    released = release(with_feedback=True)
     result = {"release": released.model_dump(), "rollout": None, "drift_event": drift_event, "sites": sites}
     if not released.staged:
         log.warning("v%d did not pass the gate (%s): nothing rolled out", released.version, released.gate_reason)
         return result
-    result["rollout"] = rollout(released.version, settings)
+    result["rollout"] = rollout(released.version)
     return result

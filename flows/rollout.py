@@ -3,17 +3,18 @@ canary vs baseline → advance, hold or roll back → on success move @productio
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger
+from prefect import flow
 
-from edgewave.tasks.platform.settings import Settings
+from edgewave.tasks.platform.runs import run_logger
+from edgewave.tasks.platform.settings import active
 from edgewave.tasks.rollout import steps as step
 
 
 @flow(name="rollout", log_prints=True)
-def rollout(version: int, settings: Settings | None = None) -> dict:
+def rollout(version: int) -> dict:
     """Roll `version` of the model out to the fleet in waves; resumable by its rollout id."""
-    settings = settings or Settings()
-    log = get_run_logger()
+    settings = active()
+    log = run_logger()
     controller = step.controller(settings, version)
     record = step.start(controller)
     if record.status != "running":

@@ -87,11 +87,10 @@ class ModelFile(_Strict):
 
 
 class Reference(_Strict):
-    """Training reference for drift checks: a row sample (columnar) and per-feature quantiles."""
+    """Training reference for drift checks: a row sample, by column."""
 
     rows: int = Field(gt=0)
     columns: dict[str, list[float]]
-    quantiles: dict[str, list[float]]
 
 
 class BundleManifest(_Strict):

@@ -16,6 +16,14 @@ from edgewave.tasks.release.export import Export, export_model
 from edgewave.tasks.release.train import Split, TrainedModel, split_data, train_sklearn, train_torch
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test's folder is its kind: tests/integration → `integration`, tests/e2e → `e2e`, so none lacks its marker."""
+    for item in items:
+        kind = item.path.parent.name
+        if kind in ("integration", "e2e"):
+            item.add_marker(getattr(pytest.mark, kind))
+
+
 @pytest.fixture
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """Settings with every piece of state under a fresh temporary home."""

@@ -118,3 +118,16 @@ class DesiredRepo:
                                           "bundle_url": bundle.as_uri(), "sha256": sha256, "rollout_id": rollout_id}))
         self._git("add", "-A")
         self._git("commit", "--quiet", "-m", f"{rollout_id}: {site} -> v{version}")
+
+
+def register_bundle(settings, family: str, bundle: Path, model: bytes, tags: dict | None = None) -> int:
+    """Register a signed bundle's model in MLflow the way a release tags it; returns the version."""
+    import json
+
+    from edgewave.tasks.release import registry
+
+    run_id = registry.log_training_run(settings, f"test-{bundle.name}", family, {}, {}, "f" * 64, 0.0)
+    version = registry.register_candidate(settings, run_id, model, {})
+    sha = json.loads((bundle / "bundle.json").read_text())["model"]["sha256"]
+    registry.tag_version(settings, version.version, {"bundle_url": bundle.as_uri(), "onnx_sha256": sha, **(tags or {})})
+    return version.version

@@ -66,12 +66,6 @@ class SiteCheck(BaseModel):
     seconds: float = 0.0
 
     @property
-    def confidence_drop(self) -> float | None:
-        if self.confidence_reference is None or self.confidence_current is None:
-            return None
-        return self.confidence_reference - self.confidence_current
-
-    @property
     def top_features(self) -> list[str]:
         """Drifted input columns, most severe first."""
         return [c.column for c in sorted(self.columns, key=lambda c: -c.severity) if c.drifted]

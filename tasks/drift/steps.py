@@ -1,4 +1,4 @@
-"""Thin Prefect tasks of the drift-monitor flow over tasks/drift.py.
+"""Thin Prefect tasks of the drift-monitor flow over tasks/drift/checks.py.
 
 The per-site check is the unit the task runner spreads: a process pool on one machine, a Dask
 cluster when one machine is not enough. It reads and writes only its own site's ledger, so
@@ -107,14 +107,8 @@ def log_to_mlflow(settings: Settings, summary: drift.FleetDrift) -> dict[str, st
             mlc.log_artifact(run_id, check.report_path, "reports")
             links[check.site] = f"{artifact_uri}/reports/{Path(check.report_path).name}"
     mlc.set_terminated(run_id)
-    links["run"] = run_link(settings, experiment_id, run_id)
+    links["run"] = registry.run_link(settings, run_id, experiment_id)
     return links
-
-
-def run_link(settings: Settings, experiment_id: str, run_id: str) -> str:
-    if settings.uses_tracking_server:
-        return f"{settings.mlflow_tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-    return f"run {run_id} in {settings.mlflow_tracking_uri}"
 
 
 def summary_markdown(summary: drift.FleetDrift, links: dict[str, str]) -> str:

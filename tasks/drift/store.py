@@ -95,10 +95,6 @@ class NewWindows:
     urls: list[str]
     too_old: int  # windows older than the ledger horizon, ignored
 
-    @property
-    def expected_rows(self) -> int:
-        return sum(int(WINDOW_RE.match(name)["rows"]) for name in self.files)
-
 
 def new_windows(store_url: str, site_id: str, ledger: SiteLedger) -> NewWindows:
     """List the site's window files in the store that the ledger has not seen."""

@@ -2,12 +2,18 @@
 control plane reads (tracking, bundle store, signing, data, gate, fleet, images, drift).
 
 Built once at the edge of the program (the CLI, a flow run, a test) and passed down; nothing
-reads the environment at import time.
+reads the environment at import time. Flows take only what a person chooses as parameters
+(a version, a reason): their settings are `active()`, which is what the caller set with `use()`
+(the CLI, a test) or else this process's environment (a Prefect worker's). So no settings
+object, and no credential in one, is ever stored as a flow-run parameter.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 from pydantic import Field, computed_field
@@ -118,3 +124,25 @@ class Settings(EdgeSettings):
             os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
             os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
             os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+_ACTIVE: ContextVar[Settings | None] = ContextVar("edgewave_settings", default=None)
+
+
+def active() -> Settings:
+    """The settings of the flow being run: the caller's (`use`), else this process's environment."""
+    settings = _ACTIVE.get()
+    if settings is None:
+        settings = Settings()
+        settings.apply_runtime_environment()
+    return settings
+
+
+@contextmanager
+def use(settings: Settings) -> Iterator[Settings]:
+    """Run flows called inside this block with `settings` (the CLI after its overrides, a test)."""
+    token = _ACTIVE.set(settings)
+    try:
+        yield settings
+    finally:
+        _ACTIVE.reset(token)

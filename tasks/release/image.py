@@ -42,7 +42,7 @@ def image_tag(registry: str, model: str, version: int) -> str:
 def wheelhouse(cache: Path) -> Path:
     """Wheels of edgewave[edge] and pip, rebuilt only when pyproject.toml or the code changes
     (third-party wheels come from pip's own cache after the first time)."""
-    sources = sorted(p for package in ("flows", "tasks", "serving") for p in (ROOT / package).glob("*.py"))
+    sources = sorted(p for package in ("flows", "tasks", "serving") for p in (ROOT / package).rglob("*.py"))
     key = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()
                          + b"".join(p.read_bytes() for p in sources)).hexdigest()[:12]
     folder = cache / f"wheelhouse-{key}"

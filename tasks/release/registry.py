@@ -182,6 +182,14 @@ def registry_state(settings: Settings) -> dict[str, Any]:
     }
 
 
+def run_link(settings: Settings, run_id: str, experiment_id: str | None = None) -> str:
+    """Where a person opens an MLflow run: the server UI, or the command to browse SQLite."""
+    if settings.uses_tracking_server:
+        experiment_id = experiment_id or client(settings).get_run(run_id).info.experiment_id
+        return f"{settings.mlflow_tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"run {run_id} (browse: mlflow ui --backend-store-uri {settings.mlflow_tracking_uri})"
+
+
 def alias_version(settings: Settings, alias: str) -> int | None:
     try:
         return int(client(settings).get_model_version_by_alias(settings.model_name, alias).version)

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NONE
 
+from edgewave.serving.redact import redact
 from edgewave.tasks.drift.store import read_feedback
+from edgewave.tasks.platform.runs import run_logger
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.release import bundle as bundles
 from edgewave.tasks.release import registry
@@ -48,8 +50,8 @@ def load_training_data(settings: Settings, seed: int, shuffle_labels: bool = Fal
     frame = load_user_data(settings.data_path) if settings.data_path is not None else generate(settings.train_rows, seed)
     if with_feedback:
         feedback = read_feedback(settings.monitoring_store, settings.feedback_rows_per_site)
-        get_run_logger().info("retraining with %d labelled rows of site feedback (store %s) + %d base rows",
-                              len(feedback), settings.monitoring_store, len(frame))
+        run_logger().info("retraining with %d labelled rows of site feedback (store %s) + %d base rows",
+                          len(feedback), redact(settings.monitoring_store), len(frame))
         frame = add_feedback(frame, feedback)
     if shuffle_labels:
         frame = frame.assign(**{TARGET: np.random.default_rng(seed).permutation(frame[TARGET].to_numpy())})
@@ -167,13 +169,13 @@ def build_image(settings: Settings, version: registry.RegisteredVersion, folder:
         f"- tag: `{outcome.tag}`\n- digest: `{outcome.digest_ref or '-'}`\n- build context: `{outcome.context}`",
         key=f"image-{version.name}".lower().replace("_", "-"), description=f"serving image v{version.version}")
     if outcome.status == "skipped":
-        get_run_logger().warning("serving image of v%d skipped: %s", version.version, outcome.reason)
+        run_logger().warning("serving image of v%d skipped: %s", version.version, outcome.reason)
         if settings.image_required:
             raise RuntimeError(f"serving image of v{version.version} required but skipped: {outcome.reason}")
         return Completed(name="Skipped", message=outcome.reason, data=outcome)
     registry.tag_version(settings, version.version, {"image": outcome.digest_ref, "image_tag": outcome.tag,
                                                      "image_size_bytes": str(outcome.size_bytes)})
-    get_run_logger().info("serving image %s (%s)", outcome.digest_ref, outcome.reason)
+    run_logger().info("serving image %s (%s)", outcome.digest_ref, outcome.reason)
     return outcome
 
 
@@ -202,15 +204,6 @@ def draw_seed(settings: Settings) -> int:
     return settings.data_seed if settings.data_seed is not None else int(np.random.SeedSequence().entropy % 2**31)
 
 
-def run_link(settings: Settings, run_id: str) -> str:
-    """Where a person opens the MLflow run: the server UI, or the command to browse SQLite."""
-    if settings.uses_tracking_server:
-        client = registry.client(settings)
-        experiment_id = client.get_run(run_id).info.experiment_id
-        return f"{settings.mlflow_tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-    return f"run {run_id} (browse: mlflow ui --backend-store-uri {settings.mlflow_tracking_uri})"
-
-
 def summary_markdown(release_id: str, version: registry.RegisteredVersion, candidates: list[Candidate],
                      champion: Candidate, decision: GateDecision, url: str, link: str) -> str:
     rows = "\n".join(
@@ -235,7 +228,7 @@ def publish_summary(settings: Settings, release_id: str, version: registry.Regis
     from prefect.artifacts import create_markdown_artifact
 
     markdown = summary_markdown(release_id, version, candidates, champion, decision, url,
-                                run_link(settings, version.run_id))
+                                registry.run_link(settings, version.run_id))
     create_markdown_artifact(markdown, key=f"release-{version.name}".lower().replace("_", "-"),
                              description=f"release {release_id}")
     return markdown

@@ -1,7 +1,8 @@
 """The rollout controller: waves, convergence, canary analysis, advance or roll back.
 
 Logic only, with its I/O handed in (`Io`): the Git desired-state repo, a telemetry reader
-(site scrape or PromQL), a clock. The Prefect flow in flows/rollout.py composes these steps.
+(site scrape or PromQL), a clock. The Prefect flow in flows/rollout.py is the one sequence of
+these steps; tests and benchmarks run that flow.
 
 State lives where it survives a crash: the desired state and a rollout record in Git (one
 commit per wave, the record riding along), and the registry. The rollout id derives from the
@@ -309,25 +310,3 @@ def summary(record: RolloutRecord) -> list[dict]:
     return [{"wave": f"{w.index + 1}/{len(record.waves)} {w.name}", "sites": len(w.sites), "status": w.status,
              "decision": w.decision or "", "reason": (w.reason or "")[:200], "deferred": ", ".join(w.deferred),
              "failed": ", ".join(w.failed)} for w in record.waves]
-
-
-def run(c: Controller) -> Status:
-    """The rollout flow's composition without Prefect: for benchmarks and fault tests that must
-    stop the controller at an exact step. flows/rollout.py is the same sequence as tasks."""
-    record = c.start()
-    if record.status != "running":
-        return "noop"
-    for wave in record.waves[c.next_wave(record):]:
-        c.defer_unreachable(record, wave)
-        c.observe_before(record, wave)
-        c.commit_wave(record, wave)
-        c.converge(wave)
-        decision = c.analyse(record, wave)
-        if decision == "rollback":
-            c.rollback(record, wave)
-            return "rolled_back"
-        if decision == "hold":
-            c.finish(record, "held", wave.reason or "held")
-            return "held"
-    c.finish(record, "succeeded", f"all {len(record.waves)} waves advanced")
-    return "succeeded"

@@ -1,4 +1,4 @@
-"""Thin Prefect tasks of the rollout flow over tasks/rollout.py.
+"""Thin Prefect tasks of the rollout flow over tasks/rollout/controller.py.
 
 Side effects (commits, alias moves) have `cache_policy=NONE` and are keyed by the rollout id:
 re-running a step after a crash finds its commit already in Git and makes none.

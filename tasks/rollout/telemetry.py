@@ -29,7 +29,6 @@ class Reading:
     confidence_count: float = 0.0
     rows: float = 0.0
     failures_predicted: float = 0.0
-    offline: bool = False
 
 
 @dataclass(frozen=True)
@@ -107,7 +106,6 @@ def parse(text: str) -> Reading:
         confidence_sum=values.get("edgewave_prediction_confidence_sum", 0.0),
         confidence_count=values.get("edgewave_prediction_confidence_count", 0.0),
         rows=values.get("edgewave_predicted_rows_total", 0.0), failures_predicted=failures,
-        offline=values.get("edgewave_agent_offline", 0.0) > 0,
     )
 
 
@@ -162,7 +160,6 @@ PROMQL = {
     "confidence_count": "edgewave_prediction_confidence_count",
     "rows": "edgewave_predicted_rows_total",
     "failures": 'edgewave_predictions_total{label="failure"}',
-    "offline": "edgewave_agent_offline",
     "up": "up",
 }
 
@@ -183,7 +180,7 @@ def _query(base_url: str, promql: str, job: str, timeout: float) -> list[dict]:
 def prometheus_readings(base_url: str, site_ids: list[str], job: str = "edgewave-sites",
                         timeout: float = 10.0) -> dict[str, Reading | None]:
     """The same Readings as `scrape`, from a real Prometheus: one instant query per series for
-    the whole fleet (targets carry a `site` label, see tasks/prometheus.py). A site whose
+    the whole fleet (targets carry a `site` label, see tasks/rollout/prometheus.py). A site whose
     target is down or absent reads as None."""
     results = {key: _query(base_url, q, job, timeout) for key, q in PROMQL.items()}
     by_site: dict[str, dict] = {s: {"buckets": {}, "ok": 0.0, "errors": 0.0} for s in site_ids}
@@ -205,7 +202,7 @@ def prometheus_readings(base_url: str, site_ids: list[str], job: str = "edgewave
             by_site[site]["errors"] += value
     for site, labels, value in each("latency"):
         by_site[site]["buckets"][float(labels["le"])] = value
-    for key in ("confidence_sum", "confidence_count", "rows", "failures", "offline"):
+    for key in ("confidence_sum", "confidence_count", "rows", "failures"):
         for site, _, value in each(key):
             by_site[site][key] = by_site[site].get(key, 0.0) + value
     readings: dict[str, Reading | None] = {}
@@ -216,5 +213,5 @@ def prometheus_readings(base_url: str, site_ids: list[str], job: str = "edgewave
         readings[site] = Reading(
             version=v["version"], ok=v["ok"], errors=v["errors"], latency_buckets=tuple(sorted(v["buckets"].items())),
             confidence_sum=v.get("confidence_sum", 0.0), confidence_count=v.get("confidence_count", 0.0),
-            rows=v.get("rows", 0.0), failures_predicted=v.get("failures", 0.0), offline=v.get("offline", 0.0) > 0)
+            rows=v.get("rows", 0.0), failures_predicted=v.get("failures", 0.0))
     return readings

@@ -1,4 +1,8 @@
-"""A rollout timeline image: sites × time, which version each ran, and the verdicts."""
+"""A rollout timeline image: sites × time, which version each ran, and the verdicts.
+
+A fleet of more than `MAX_SITE_ROWS` sites gets one row per wave instead of one per site, so
+the picture of a 2,000-site rollout stays a picture.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,16 @@ from edgewave.tasks.rollout.controller import RolloutRecord
 
 COLOURS = {"old": "#b0b0b0", "new": "#2e8b57", "rolled_back": "#c0392b"}
 VERDICT = {"pass": ("o", "#2e8b57"), "fail": ("X", "#c0392b"), "inconclusive": ("s", "#e0a800")}
+MAX_SITE_ROWS = 40
+
+
+def rows(record: RolloutRecord) -> tuple[list[str], dict[str, int]]:
+    """Row labels (top to bottom) and each site's row: per site, or per wave for a large fleet."""
+    sites = list(dict.fromkeys(s for w in record.waves for s in w.sites + w.deferred))
+    if len(sites) <= MAX_SITE_ROWS:
+        return sites, {s: i for i, s in enumerate(sites)}
+    labels = [f"{w.name} ({len(w.sites)} sites)" for w in record.waves]
+    return labels, {s: w.index for w in record.waves for s in w.sites + w.deferred}
 
 
 def render(record: RolloutRecord, path: Path) -> Path:
@@ -19,15 +33,19 @@ def render(record: RolloutRecord, path: Path) -> Path:
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
-    sites = [s for w in record.waves for s in w.sites + w.deferred]
-    sites = list(dict.fromkeys(sites))
+    labels, row_of = rows(record)
     end = record.finished_at or max([w.decided_at or w.committed_at or record.started_at for w in record.waves])
     start = record.started_at
-    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.4 * len(sites)))
-    row = {s: i for i, s in enumerate(reversed(sites))}
+    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.4 * len(labels)))
+    y_of = {row: len(labels) - 1 - row for row in range(len(labels))}  # first row on top
+    drawn: set[int] = set()
     for wave in record.waves:
         for site in wave.sites:
-            y = row[site]
+            row = row_of[site]
+            if row in drawn:
+                continue
+            drawn.add(row)
+            y = y_of[row]
             moved = wave.committed_at if wave.status != "pending" else None
             ax.barh(y, mdates.date2num(moved or end) - mdates.date2num(start), left=mdates.date2num(start),
                     color=COLOURS["old"], height=0.6)
@@ -41,16 +59,15 @@ def render(record: RolloutRecord, path: Path) -> Path:
         for m in wave.measurements:
             at = datetime.fromisoformat(m["at"])
             marker, colour = VERDICT[m["verdict"]]
-            for judged in m["sites"]:
-                if judged["site"] in row:
-                    ax.scatter(mdates.date2num(at), row[judged["site"]], marker=marker, color=colour, zorder=3,
-                               edgecolors="black", linewidths=0.5)
+            for y in sorted({y_of[row_of[j["site"]]] for j in m["sites"] if j["site"] in row_of}):
+                ax.scatter(mdates.date2num(at), y, marker=marker, color=colour, zorder=3,
+                           edgecolors="black", linewidths=0.5)
         if wave.committed_at:
             ax.axvline(mdates.date2num(wave.committed_at), color="#555", linestyle=":", linewidth=0.8)
-            ax.text(mdates.date2num(wave.committed_at), len(sites) - 0.4, f" {wave.name}", fontsize=8, va="bottom")
-    ax.set_yticks(list(row.values()), list(row.keys()))
+            ax.text(mdates.date2num(wave.committed_at), len(labels) - 0.4, f" {wave.name}", fontsize=8, va="bottom")
+    ax.set_yticks([y_of[i] for i in range(len(labels))], labels)
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S"))
-    ax.set_ylim(-0.6, len(sites) + 0.2)
+    ax.set_ylim(-0.6, len(labels) + 0.2)
     ax.set_title(f"{record.id}: {f'v{record.from_version}' if record.from_version else 'no model'} → v{record.version}: "
                  f"{record.status}", fontsize=10)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in COLOURS.values()]

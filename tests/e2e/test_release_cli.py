@@ -6,12 +6,8 @@ import json
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from edgewave.serving.bundle import load_trusted_keys, verify_bundle
 from tests.helpers import BIN, edgewave_env
-
-pytestmark = pytest.mark.e2e
 
 
 def edgewave(home: Path, *args: str) -> subprocess.CompletedProcess:

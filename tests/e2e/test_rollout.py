@@ -18,18 +18,7 @@ from edgewave.tasks.rollout.gitops import DesiredStateRepo
 from edgewave.tasks.rollout.policy import load_fleet_file
 from edgewave.tasks.rollout.telemetry import scrape
 from edgewave.tasks.sim.traffic import Traffic
-from tests.helpers import BIN, edgewave_env, free_port
-
-pytestmark = pytest.mark.e2e
-
-
-def register(settings: Settings, family: str, bundle: Path, model: bytes, tags: dict | None = None) -> int:
-    run_id = registry.log_training_run(settings, f"e2e-{bundle.name}", family, {}, {}, "f" * 64, 0.0)
-    version = registry.register_candidate(settings, run_id, model, {})
-    registry.tag_version(settings, version.version, {"bundle_url": bundle.as_uri(),
-                                                     "onnx_sha256": json.loads((bundle / "bundle.json").read_text())["model"]["sha256"],
-                                                     **(tags or {})})
-    return version.version
+from tests.helpers import BIN, edgewave_env, free_port, register_bundle
 
 
 def _world(bundles, split, trained, exported, tmp_path: Path):
@@ -46,9 +35,9 @@ def _world(bundles, split, trained, exported, tmp_path: Path):
         train_frame=split.train_frame, threshold=0.0001, metrics={}, data_fingerprint=split.data_fingerprint,
         parity_max_abs_diff=0.0, reference_rows=200)
     write_bundle(store / "v3", bad, exported["sklearn"].model, None, load_or_create_signing_key(settings.signing_key))
-    assert register(settings, "sklearn", store / "v1", exported["sklearn"].model) == 1
-    assert register(settings, "torch", store / "v2", exported["torch"].model) == 2
-    assert register(settings, "sklearn", store / "v3", exported["sklearn"].model) == 3
+    assert register_bundle(settings, "sklearn", store / "v1", exported["sklearn"].model) == 1
+    assert register_bundle(settings, "torch", store / "v2", exported["torch"].model) == 2
+    assert register_bundle(settings, "sklearn", store / "v3", exported["sklearn"].model) == 3
 
     settings.fleet_path.write_text(yaml.safe_dump({
         "fleet": {"sites": [{"id": f"site-{i}", "port": free_port(), "labels": {"line": str(i)}} for i in range(6)]},

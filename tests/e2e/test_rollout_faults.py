@@ -1,8 +1,6 @@
-"""Rollout faults against real site processes and a real desired-state repo.
-
-The controller runs in-process here (no Prefect) so each fault can be injected at an exact
-step; test_rollout.py covers the same controller through the CLI and the Prefect flow.
-"""
+"""Rollout faults against real site processes, a real desired-state repo and MLflow registry,
+through the rollout flow users run (in-process, or as `edgewave rollout` when the controller
+itself is killed). Faults are injected by watching Git for the wave's commit."""
 
 from __future__ import annotations
 
@@ -11,23 +9,23 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
+import threading
 from pathlib import Path
 
 import pytest
 import yaml
 
+from edgewave.flows.rollout import rollout
 from edgewave.serving.desired import DesiredState
 from edgewave.tasks.platform import fleet
-from edgewave.tasks.platform.settings import Settings
-from edgewave.tasks.rollout.controller import Controller, Io, run, scrape_sites
+from edgewave.tasks.platform.settings import Settings, use
+from edgewave.tasks.release import registry
+from edgewave.tasks.rollout.controller import scrape_sites
 from edgewave.tasks.rollout.gitops import DesiredStateRepo
 from edgewave.tasks.rollout.policy import load_fleet_file
 from edgewave.tasks.rollout.telemetry import scrape
 from edgewave.tasks.sim.traffic import Traffic
-from tests.helpers import free_port, wait_for
-
-pytestmark = pytest.mark.e2e
+from tests.helpers import BIN, edgewave_env, free_port, register_bundle, wait_for
 
 
 def sha(bundle: Path) -> str:
@@ -35,13 +33,14 @@ def sha(bundle: Path) -> str:
 
 
 @pytest.fixture
-def fleet_on_v1(bundles, tmp_path: Path):
-    """Three local sites serving v1, and a policy with a canary and the rest."""
+def fleet_on_v1(bundles, exported, tmp_path: Path):
+    """Three local sites serving v1 (@production), v2 registered, and a policy with a canary and the rest."""
     home = tmp_path / "home"
-    shutil.copytree(bundles.home / "keys", home / "keys", ignore=shutil.ignore_patterns("*.key"))
+    shutil.copytree(bundles.home / "keys", home / "keys")
     settings = Settings(home=home, fleet_path=tmp_path / "fleet.yaml")
+    settings.apply_runtime_environment()
 
-    def write_policy(**rollout) -> None:
+    def write_policy(**rollout_policy) -> None:
         settings.fleet_path.write_text(yaml.safe_dump({
             "fleet": {"sites": [{"id": f"site-{i}", "port": ports[i], "labels": {"line": str(i)}} for i in range(3)]},
             "rollout": {"waves": [{"name": "canary", "count": 1}, {"name": "rest", "percent": 100}],
@@ -49,11 +48,14 @@ def fleet_on_v1(bundles, tmp_path: Path):
                         "analysis": {"interval_seconds": 1.5, "measurements": 2, "min_requests_per_site": 15,
                                      "max_p99_latency_ratio": 5.0, "min_confidence_ratio": 0.7,
                                      "max_failure_rate_shift": 0.3, "inconclusive_limit": 2},
-                        "offline": {"deadline_seconds": 3, "then": "fail"}, **rollout},
+                        "offline": {"deadline_seconds": 3, "then": "fail"}, **rollout_policy},
         }))
 
     ports = [free_port() for _ in range(3)]
     write_policy()
+    assert register_bundle(settings, "sklearn", bundles.v1, exported["sklearn"].model) == 1
+    assert register_bundle(settings, "torch", bundles.v2, exported["torch"].model) == 2
+    registry.promote(settings, 1)
     fleet_file = load_fleet_file(settings.fleet_path)
     repo = DesiredStateRepo(Path(settings.desired_state_url)).ensure()
     repo.commit([DesiredState(site=s.id, model="machine-failure", version=1, bundle_url=bundles.v1.as_uri(),
@@ -65,41 +67,19 @@ def fleet_on_v1(bundles, tmp_path: Path):
     fleet.down(settings, fleet_file.fleet)
 
 
-def controller(settings: Settings, repo: DesiredStateRepo, bundle: Path, version: int, log: list[str],
-               on_log=None) -> Controller:
-    fleet_file = load_fleet_file(settings.fleet_path)
+def when_committed(repo: DesiredStateRepo, subject: str, action) -> threading.Thread:
+    """Run `action` as soon as a commit whose subject contains `subject` lands in the repo."""
+    def watch() -> None:
+        wait_for(lambda: any(subject in s for s in repo.log()), 120, f"a commit with {subject!r}", interval=0.1)
+        action()
 
-    def record(line: str) -> None:
-        log.append(line)
-        if on_log:
-            on_log(line)
-
-    io = Io(repo=repo, read=scrape_sites, log=record)
-    return Controller(fleet_file, "machine-failure", version, bundle.as_uri(), sha(bundle), 1, io)
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
 
 
 def served(settings: Settings) -> dict[str, int]:
     return {s.id: scrape(s.scrape_url).version for s in load_fleet_file(settings.fleet_path).fleet.sites}
-
-
-def test_a_site_killed_mid_wave_is_counted_failed_and_the_wave_rolls_back(fleet_on_v1, bundles) -> None:
-    settings, repo, _ = fleet_on_v1
-    victim = "site-2"
-    pid = json.loads((settings.home / "fleet" / f"{victim}.json").read_text())["pid"]
-
-    def kill_when_rest_is_committed(line: str) -> None:
-        if "wave 2/2 (rest)" in line and "->" in line:
-            os.killpg(pid, signal.SIGKILL)
-
-    log: list[str] = []
-    c = controller(settings, repo, bundles.v2, 2, log, kill_when_rest_is_committed)
-    with Traffic([s for s in c.fleet.sites], rate_per_site=30):
-        assert run(c) == "rolled_back", "\n".join(log)
-    record = repo.record(c.id)
-    assert record["waves"][1]["failed"] == [victim]
-    assert "counted failed" in record["reason"]
-    assert served_alive(settings) == {"site-0": 1, "site-1": 1}, "every reachable touched site is back on v1"
-    assert repo.read(victim).version == 1, "the dead site's desired state is rolled back too"
 
 
 def served_alive(settings: Settings) -> dict[str, int]:
@@ -107,51 +87,59 @@ def served_alive(settings: Settings) -> dict[str, int]:
     return {site: r.version for site, r in readings.items() if r is not None}
 
 
-def test_a_canary_without_traffic_is_inconclusive_and_never_advanced(fleet_on_v1, bundles) -> None:
+def test_a_site_killed_mid_wave_is_counted_failed_and_the_wave_rolls_back(fleet_on_v1) -> None:
     settings, repo, _ = fleet_on_v1
-    log: list[str] = []
-    c = controller(settings, repo, bundles.v2, 2, log)
-    assert run(c) == "held", "\n".join(log)  # no Traffic: nothing to judge
-    record = repo.record(c.id)
+    victim = "site-2"
+    pid = json.loads((settings.home / "fleet" / f"{victim}.json").read_text())["pid"]
+    killer = when_committed(repo, "wave 2/2 (rest)", lambda: os.killpg(pid, signal.SIGKILL))
+    with Traffic(load_fleet_file(settings.fleet_path).fleet.sites, rate_per_site=30), use(settings):
+        result = rollout(2)
+    killer.join(5)
+    assert result["status"] == "rolled_back", result
+    record = repo.record(result["rollout_id"])
+    assert record["waves"][1]["failed"] == [victim]
+    assert "counted failed" in record["reason"]
+    assert served_alive(settings) == {"site-0": 1, "site-1": 1}, "every reachable touched site is back on v1"
+    assert repo.read(victim).version == 1, "the dead site's desired state is rolled back too"
+    assert registry.alias_version(settings, "production") == 1
+
+
+def test_a_canary_without_traffic_is_inconclusive_and_never_advanced(fleet_on_v1) -> None:
+    settings, repo, _ = fleet_on_v1
+    with use(settings):
+        result = rollout(2)  # no Traffic: nothing to judge
+    assert result["status"] == "held", result
+    record = repo.record(result["rollout_id"])
     assert record["waves"][0]["status"] == "held" and record["waves"][1]["status"] == "pending"
     assert all(m["verdict"] == "inconclusive" for m in record["waves"][0]["measurements"])
     assert served(settings) == {"site-0": 2, "site-1": 1, "site-2": 1}, "the rest was never committed"
-    assert len(repo.log(f"{c.id}: wave")) == 1
+    assert len(repo.log(f"{result['rollout_id']}: wave")) == 1
+    assert registry.alias_version(settings, "production") == 1
 
 
-RESUMABLE = """
-import json, sys
-from pathlib import Path
-from edgewave.tasks.rollout.gitops import DesiredStateRepo
-from edgewave.tasks.rollout.policy import load_fleet_file
-from edgewave.tasks.rollout.controller import Controller, Io, run, scrape_sites
-fleet_path, repo_path, bundle, sha = sys.argv[1:5]
-io = Io(repo=DesiredStateRepo(Path(repo_path)), read=scrape_sites, log=lambda line: print(line, flush=True))
-c = Controller(load_fleet_file(fleet_path), "machine-failure", 2, Path(bundle).as_uri(), sha, 1, io)
-print("RESULT", run(c), flush=True)
-"""
-
-
-def test_a_controller_killed_mid_wave_resumes_without_duplicate_commits(fleet_on_v1, bundles, tmp_path) -> None:
+def test_a_controller_killed_mid_wave_resumes_without_duplicate_commits(fleet_on_v1) -> None:
     settings, repo, write_policy = fleet_on_v1
-    write_policy(bake_seconds=6)  # the controller is killed while baking the canary
-    args = [sys.executable, "-c", RESUMABLE, str(settings.fleet_path), str(repo.path),
-            str(bundles.v2), sha(bundles.v2)]
-    cwd = Path(__file__).resolve().parents[2]
-    first = subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    write_policy(bake_seconds=8)  # the controller is killed while baking the canary
+    command = [str(BIN / "edgewave"), "rollout", "2"]
+    env = edgewave_env(settings.home, EDGEWAVE_FLEET_PATH=str(settings.fleet_path))
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True)
-    wait_for(lambda: any("wave 1/2 (canary)" in s for s in repo.log()), 60, "the canary commit")
-    wait_for(lambda: served(settings)["site-0"] == 2, 20, "the canary to converge")
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait(10)
-    assert "RESULT" not in first.stdout.read()
+    try:
+        wait_for(lambda: any("wave 1/2 (canary)" in s for s in repo.log()), 120, "the canary commit")
+        wait_for(lambda: served(settings)["site-0"] == 2, 20, "the canary to converge")
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(10)
+    assert '"status"' not in first.stdout.read(), "the first run was killed before it finished"
 
     with Traffic(load_fleet_file(settings.fleet_path).fleet.sites, rate_per_site=30):
         # resume: the same rollout id, so the record in Git says where it stopped
-        second = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=300)
-    assert "RESULT succeeded" in second.stdout, second.stdout + second.stderr
-    assert "resuming at wave 1/2" in second.stdout
+        second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert json.loads(second.stdout.strip().splitlines()[-1])["status"] == "succeeded"
+    assert "resuming at wave 1/2" in second.stderr
     subjects = repo.log()
     assert sum("wave 1/2 (canary)" in s for s in subjects) == 1, subjects
     assert sum("wave 2/2 (rest)" in s for s in subjects) == 1, subjects
     assert served(settings) == {"site-0": 2, "site-1": 2, "site-2": 2}
+    assert registry.alias_version(settings, "production") == 2

@@ -13,8 +13,6 @@ from edgewave.tasks.release import bundle as bundles
 from edgewave.tasks.release.export import Export, onnx_proba
 from edgewave.tasks.release.train import Split, TrainedModel
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.mark.parametrize("store", ["file", "memory"])
 def test_upload_download_verify_and_predict(store: str, settings: Settings, tmp_path: Path, split: Split,

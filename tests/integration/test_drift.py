@@ -154,6 +154,7 @@ def test_the_drift_flow_fans_out_to_a_dask_cluster_by_setting_only(world, tmp_pa
     from distributed import LocalCluster
 
     from edgewave.flows.drift import drift_monitor
+    from edgewave.tasks.platform.settings import use
 
     settings, model = world
     fleet_path = tmp_path / "fleet.yaml"
@@ -168,7 +169,8 @@ def test_the_drift_flow_fans_out_to_a_dask_cluster_by_setting_only(world, tmp_pa
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster:
         dask_settings = settings.model_copy(update={"dask_address": cluster.scheduler_address, "fleet_path": fleet_path})
-        summary = drift_monitor(dask_settings)
+        with use(dask_settings):
+            summary = drift_monitor()
         ran_on_dask = cluster.scheduler.transition_counter
     assert ran_on_dask > 0, "the per-site tasks went through the Dask scheduler"
     assert summary.sites_drifted == ["worn"] and summary.detected

@@ -7,14 +7,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
 from edgewave.serving.desired import DesiredState
 from edgewave.tasks.rollout.gitops import DesiredStateRepo
 from tests.helpers import BIN, edgewave_env, free_port, wait_for
-
-pytestmark = pytest.mark.integration
 
 
 def test_fleet_up_status_down_by_pid(bundles, tmp_path: Path) -> None:

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from edgewave.serving.desired import DesiredState, GitMirror, read_desired, site_file
 from edgewave.tasks.rollout.gitops import DesiredStateRepo
 
-pytestmark = pytest.mark.integration
 SHA = "c" * 64
 
 

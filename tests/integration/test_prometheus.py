@@ -17,11 +17,8 @@ from edgewave.tasks.rollout.telemetry import prometheus_readings
 from edgewave.tasks.sim.traffic import Traffic
 from tests.helpers import free_port, http_ok, start_site, stop, wait_for
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("prometheus") is None,
-                       reason="Debian's prometheus is not installed here (scripts/setup-system.sh could not install it)"),
-]
+pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None,
+                                reason="Debian's prometheus is not installed here (scripts/setup-system.sh could not install it)")
 
 
 def test_promql_readings_equal_direct_scrapes(bundles, tmp_path: Path) -> None:

@@ -12,8 +12,6 @@ from edgewave.tasks.release import steps as step
 from edgewave.tasks.release.export import Export
 from edgewave.tasks.release.train import Split, TrainedModel
 
-pytestmark = pytest.mark.integration
-
 
 def _log(settings: Settings, release_id: str, family: str, split: Split, trained: TrainedModel, parity: float) -> str:
     return registry.log_training_run(settings, release_id, family, trained.params, trained.metrics.as_dict(),

@@ -6,12 +6,9 @@ import json
 import subprocess
 from pathlib import Path
 
-import pytest
 from mlflow import MlflowClient
 
 from tests.helpers import BIN, edgewave_env, free_port, http_ok, start_mlflow_server, stop, wait_for
-
-pytestmark = pytest.mark.integration
 
 
 def test_task_retries_carry_the_flow_until_the_server_is_up(tmp_path: Path) -> None:

@@ -11,12 +11,10 @@ import urllib.request
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
 
 from edgewave.tasks.release.data import FEATURES
 from tests.helpers import DesiredRepo, free_port, post_json, start_site, stop, wait_for
 
-pytestmark = pytest.mark.integration
 SITE = "plant-a-line-1"
 
 

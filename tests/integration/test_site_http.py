@@ -16,8 +16,6 @@ from edgewave.tasks.release.data import FEATURES
 from edgewave.tasks.release.export import onnx_proba
 from tests.helpers import free_port, post_json, start_site, stop
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="module")
 def site(bundles, tmp_path_factory):

@@ -17,7 +17,7 @@ def test_every_deployment_points_at_a_flow_of_its_name_with_a_valid_schedule() -
     assert "release" in deployments
     for name, deployment in deployments.items():
         module_path, attr = deployment["entrypoint"].split(":")
-        module = importlib.import_module(module_path.removesuffix(".py").replace("/", "."))
+        module = importlib.import_module("edgewave." + module_path.removesuffix(".py").replace("/", "."))
         flow = getattr(module, attr)
         assert isinstance(flow, Flow), f"{name}: {deployment['entrypoint']} is not a Prefect flow"
         for schedule in deployment.get("schedules", []):
@@ -41,3 +41,15 @@ def test_drift_events_trigger_retraining_with_the_event_in_its_parameters() -> N
     from edgewave.flows.retrain import retrain_on_drift
 
     assert set(parsed.parameters) <= set(retrain_on_drift.parameters.properties)
+
+
+def test_flow_parameters_are_what_a_person_chooses_never_settings() -> None:
+    """Settings (paths, URLs, maybe credentials) come from the worker's environment; a flow-run's
+    parameters are stored by Prefect and shown in its UI form."""
+    from edgewave.flows import drift, release, retrain, rollout
+
+    flows = [release.release, rollout.rollout, drift.drift_monitor, drift.check_sites, retrain.retrain_on_drift]
+    for flow in flows:
+        names = set(flow.parameters.properties)
+        assert not names & {"settings", "config"}, f"{flow.name} takes settings as a parameter: {sorted(names)}"
+    assert set(rollout.rollout.parameters.properties) == {"version"}
