@@ -23,6 +23,8 @@ import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bench.common import prefect_api_startup_seconds
+
 RESULTS = Path(__file__).parent / "results" / "drift.json"
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = [("sensor_calibration_offset", {"offset": 5.0}), ("worn_tool_regime", {}), ("product_mix_change", {}),
@@ -119,15 +121,7 @@ def main() -> None:
         plain_s, plain_flagged = plain_loop(settings, sites, Path(tmp) / "plain")
         print(f"plain Evidently loop: {plain_s:.1f}s, flagged {len(plain_flagged)}")
 
-        from prefect import flow
-
-        @flow(name="warm-up")
-        def warm_up() -> None:
-            return None
-
-        t = time.perf_counter()
-        warm_up()
-        api_start_s = time.perf_counter() - t
+        api_start_s = prefect_api_startup_seconds()
 
         from edgewave.flows.drift import drift_monitor
         from edgewave.tasks.platform.settings import use

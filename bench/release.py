@@ -24,6 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
 
+from bench.common import prefect_api_startup_seconds
+
 RESULTS = Path(__file__).parent / "results" / "release.json"
 
 
@@ -94,17 +96,10 @@ def main() -> None:
     os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
     direct_settings = Settings(home=root / "direct-home", train_rows=args.rows)
 
-    from prefect import flow
 
     from edgewave.flows.release import release
 
-    @flow(name="bench-warm-up")
-    def warm_up() -> None:
-        return None
-
-    start = time.perf_counter()
-    warm_up()
-    startup = time.perf_counter() - start
+    startup = prefect_api_startup_seconds()
     print(f"prefect ephemeral API start-up: {startup:.1f}s")
 
     # One uncounted round of each warms imports, MLflow's schema set-up and torch's kernels.

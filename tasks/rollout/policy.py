@@ -24,9 +24,11 @@ DAYS: tuple[Day, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 SiteId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][\w.-]*$")]
 
 
-def _repeated(values: list) -> list:
-    """Values that occur more than once, sorted."""
-    return sorted({v for v in values if values.count(v) > 1})
+def _unique(values: list, what: str) -> None:
+    """Raise naming the values that occur more than once."""
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"{what}: {repeated}")
 
 
 class PolicyError(ValueError):
@@ -151,9 +153,7 @@ class RolloutPolicy(_Model):
     @field_validator("waves")
     @classmethod
     def _unique_names(cls, waves: list[Wave]) -> list[Wave]:
-        duplicates = _repeated([w.name for w in waves])
-        if duplicates:
-            raise ValueError(f"wave names must be unique: {duplicates}")
+        _unique([w.name for w in waves], "wave names must be unique")
         return waves
 
 
@@ -163,12 +163,8 @@ class Fleet(_Model):
     @field_validator("sites")
     @classmethod
     def _unique_ids(cls, sites: list[Site]) -> list[Site]:
-        duplicates = _repeated([s.id for s in sites])
-        if duplicates:
-            raise ValueError(f"site ids must be unique: {duplicates}")
-        clashes = _repeated([s.port for s in sites if s.port is not None])
-        if clashes:
-            raise ValueError(f"ports used by more than one site: {clashes}")
+        _unique([s.id for s in sites], "site ids must be unique")
+        _unique([s.port for s in sites if s.port is not None], "ports used by more than one site")
         return sites
 
     def site(self, site_id: str) -> Site:
