@@ -25,9 +25,9 @@ BASE_IMAGE = "edgewave-base:bookworm-py311"
 STATE = Path(tempfile.gettempdir()) / f"edgewave-bench-docker-{os.getuid()}"
 
 
-def bundles(home: Path) -> tuple[Path, Path, Path]:
-    """Two signed versions of a small model (v1, v2) and the keys folder."""
-    from edgewave.tasks.release.bundle import build_manifest, load_or_create_signing_key, write_bundle
+def bundles(home: Path) -> tuple[Path, Path, str]:
+    """Two signed versions of a small model (v1, v2) and the public key (PEM) that verifies them."""
+    from edgewave.tasks.release.bundle import build_manifest, load_or_create_signing_key, public_pem, write_bundle
     from edgewave.tasks.release.data import generate
     from edgewave.tasks.release.export import export_model
     from edgewave.tasks.release.train import split_data, train_sklearn
@@ -44,7 +44,7 @@ def bundles(home: Path) -> tuple[Path, Path, Path]:
             data_fingerprint=split.data_fingerprint, parity_max_abs_diff=exported.parity_max_abs_diff,
             reference_rows=5000)
         out.append(write_bundle(home / "bundles" / f"v{version}", manifest, exported.model, None, key))
-    return out[0], out[1], home / "keys"
+    return out[0], out[1], public_pem(key)
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ RESULTS = ROOT / "bench" / "results" / "rollout_scale.json"
 from edgewave.serving.desired import DesiredState
 from edgewave.tasks.platform.settings import Settings, use
 from edgewave.tasks.rollout.gitops import DesiredStateRepo
-from tests.helpers import free_port, http_ok, stop, wait_for
+from tests.helpers import free_port, http_ok, register_versions, stop, wait_for
 
 SHA = "d" * 64
 
@@ -46,27 +46,15 @@ def fleet_document(n: int, port: int) -> dict:
     }
 
 
-def register_simulated_versions(settings: Settings) -> None:
-    """v1 (@production) and v2 in the MLflow registry, tagged as a release tags them; the sites
-    are simulated, so the versions point at no real bundle."""
-    from edgewave.tasks.release import registry
-
-    client = registry.client(settings)
-    client.create_registered_model(settings.model_name)
-    for version in (1, 2):
-        client.create_model_version(settings.model_name, f"file:///sim/v{version}",
-                                    tags={"bundle_url": f"file:///sim/v{version}", "onnx_sha256": SHA})
-    registry.promote(settings, 1)
-
-
 def one_size(n: int, work: Path) -> dict:
     """The rollout flow (the one users run) from v1 to v2 over `n` simulated sites."""
     from edgewave.flows.rollout import rollout
     settings = Settings(home=work / f"home-{n}", fleet_path=work / f"fleet-{n}.yaml")
     settings.fleet_path.write_text(json.dumps(fleet_document(n, port := free_port())))
-    repo = DesiredStateRepo(Path(settings.desired_state_url)).ensure()
-    register_simulated_versions(settings)
-    sim = subprocess.Popen([sys.executable, str(ROOT / "bench" / "sitesim.py"), str(repo.path), str(port)],
+    repo = DesiredStateRepo.of(settings).ensure()
+    register_versions(settings, {v: {"bundle_url": f"file:///sim/v{v}", "onnx_sha256": SHA} for v in (1, 2)},
+                      production=1)
+    sim = subprocess.Popen([sys.executable, str(ROOT / "bench" / "sitesim.py"), repo.remote, str(port)],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/sim-00000/metrics"), 30, "the simulator")

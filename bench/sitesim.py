@@ -1,15 +1,19 @@
 """A site simulator for bench/rollout_scale.py: many sites behind one HTTP port.
 
 Each simulated site serves /<site>/metrics in edgewave's exposition format with steady,
-healthy traffic (counters grow with time) and reports the version its desired-state file in
-the Git repo asks for, as a real agent would once it converged. It is a simulator, not a
-site: no model runs. Usage: python bench/sitesim.py REPO_DIR PORT
+healthy traffic (counters grow with time) and reports the version its desired-state file on
+the Git remote asks for, as a real agent would once it converged: the simulator keeps its own
+clone of the remote and fetches it every 0.2 s. It is a simulator, not a site: no model runs.
+Usage: python bench/sitesim.py GIT_REMOTE PORT
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import tempfile
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -48,8 +52,22 @@ def exposition(v: int) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+def follow(remote: str, checkout: Path, interval: float = 0.2) -> None:
+    """Keep `checkout` at the remote's main branch (what every simulated agent fetches)."""
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=checkout, capture_output=True, timeout=60)
+
+    while True:
+        git("fetch", "--quiet", "origin", "main")
+        git("reset", "--quiet", "--hard", "origin/main")
+        time.sleep(interval)
+
+
 def main() -> None:
-    repo, port = Path(sys.argv[1]), int(sys.argv[2])
+    remote, port = sys.argv[1], int(sys.argv[2])
+    repo = Path(tempfile.mkdtemp(prefix="edgewave-sitesim-")) / "desired-state"
+    subprocess.run(["git", "clone", "--quiet", remote, str(repo)], check=True, capture_output=True, timeout=120)
+    threading.Thread(target=follow, args=(remote, repo), daemon=True).start()
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802

@@ -306,13 +306,13 @@ def _fleet_state(settings: Settings) -> dict:
         fleet_file = load_fleet_file(settings.fleet_path)
     except PolicyError as exc:
         return {"error": str(exc)}
-    repo = DesiredStateRepo(Path(settings.desired_state_url))
+    sites = [asdict(s) for s in fleet.status(settings, fleet_file.fleet)]  # syncs the controller's clone
+    repo = DesiredStateRepo.of(settings)
     last = None
     if (repo.path / ".git").exists():
         ids = [s.split(":", 1)[0] for s in repo.log() if s.startswith("ro-")]
         last = repo.record(ids[0]) if ids else None
-    return {"fleet_file": str(settings.fleet_path), "sites": [asdict(s) for s in fleet.status(settings, fleet_file.fleet)],
-            "last_rollout": last}
+    return {"fleet_file": str(settings.fleet_path), "sites": sites, "last_rollout": last}
 
 
 @app.command()

@@ -25,6 +25,8 @@ def rollout(version: int) -> dict:
         step.defer_unreachable(controller, record, wave)
         step.observe_before(controller, record, wave)
         step.commit_wave(controller, record, wave)
+        if record.status == "held":  # the desired-state remote's history was rewritten: nothing guessed
+            break
         step.converge(controller, wave)
         decision = step.analyse(controller, record, wave)
         if decision == "rollback":
@@ -36,5 +38,6 @@ def rollout(version: int) -> dict:
         step.manual_gate(controller, wave)
     else:
         step.finish(controller, record, "succeeded", f"all {len(record.waves)} waves advanced")
-        step.promote(settings, record)
+        if record.status == "succeeded":
+            step.promote(settings, record)
     return step.report(settings, record)

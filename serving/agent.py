@@ -18,11 +18,13 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from edgewave.serving.access import RemoteAccess
 from edgewave.serving.background import Background
 from edgewave.serving.bundle import BundleError, HashMismatchError, ManifestInvalidError
 from edgewave.serving.desired import DesiredState, DesiredStateError, GitMirror, read_desired, site_file
 from edgewave.serving.metrics import SiteMetrics
 from edgewave.serving.model import BundleCache, ModelSlot
+from edgewave.serving.redact import redact
 from edgewave.serving.sampler import Sampler
 from edgewave.serving.transport import download_bundle, upload_confirmed
 
@@ -46,10 +48,11 @@ class Agent(Background):
 
     def __init__(self, site_id: str, site_dir: Path, remote: str, monitoring_store: str, slot: ModelSlot,
                  cache: BundleCache, trusted: dict[str, Ed25519PublicKey], metrics: SiteMetrics,
-                 sampler: Sampler | None, interval: float) -> None:
+                 sampler: Sampler | None, interval: float, access: RemoteAccess | None = None) -> None:
         self.site_id = site_id
         self.site_dir = site_dir
-        self.mirror = GitMirror(remote, site_dir / "desired-state")
+        self.access = access or RemoteAccess()
+        self.mirror = GitMirror(remote, site_dir / "desired-state", self.access)
         self.monitoring_store = monitoring_store
         self.slot = slot
         self.cache = cache
@@ -93,7 +96,8 @@ class Agent(Background):
         folder = self.cache.folder(desired.version)
         cached = folder.exists()
         if not cached:
-            log.info("downloading v%d from %s (rollout %s)", desired.version, desired.bundle_url, desired.rollout_id)
+            log.info("downloading v%d from %s (rollout %s)", desired.version, redact(desired.bundle_url),
+                     desired.rollout_id)
             partial = folder.with_name(f".{folder.name}.partial")  # never mistaken for a cached bundle
             shutil.rmtree(partial, ignore_errors=True)
             try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -118,14 +119,26 @@ def key_id(public_key: Ed25519PublicKey) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
+_PEM_BLOCK = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.S)
+
+
+def parse_public_keys(text: str | bytes, where: str = "trusted public keys") -> dict[str, Ed25519PublicKey]:
+    """Every PEM public key block in `text`, by key id."""
+    data = text.encode() if isinstance(text, str) else text
+    keys: dict[str, Ed25519PublicKey] = {}
+    for block in _PEM_BLOCK.findall(data):
+        key = serialization.load_pem_public_key(block)
+        if not isinstance(key, Ed25519PublicKey):
+            raise BundleError(f"{where}: not an ed25519 public key")
+        keys[key_id(key)] = key
+    return keys
+
+
 def load_trusted_keys(folder: Path) -> dict[str, Ed25519PublicKey]:
     """Every `*.pub` (PEM) in `folder`, by key id."""
     keys: dict[str, Ed25519PublicKey] = {}
     for path in sorted(Path(folder).glob("*.pub")):
-        key = serialization.load_pem_public_key(path.read_bytes())
-        if not isinstance(key, Ed25519PublicKey):
-            raise BundleError(f"{path}: not an ed25519 public key")
-        keys[key_id(key)] = key
+        keys.update(parse_public_keys(path.read_bytes(), str(path)))
     return keys
 
 

@@ -14,7 +14,9 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edgewave.serving.access import RemoteAccess
 from edgewave.serving.errors import describe
+from edgewave.serving.redact import redact
 
 BRANCH = "main"
 
@@ -58,27 +60,38 @@ def read_desired(path: Path, site_id: str) -> DesiredState | None:
     return state
 
 
-def git(*args: str, cwd: Path | None = None, timeout: float = 30) -> str:
-    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                            env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
+def git(*args: str, cwd: Path | None = None, timeout: float = 30, access: RemoteAccess | None = None) -> str:
+    """Run git; a failure raises ConnectionError with git's message, every URL in it redacted."""
+    access = access or RemoteAccess()
+    try:
+        result = subprocess.run(["git", *access.git_config(), *args], cwd=cwd, capture_output=True, text=True,
+                                timeout=timeout, env={**os.environ, **access.git_env()})
+    except subprocess.TimeoutExpired:
+        raise ConnectionError(redact(f"git {' '.join(args)} did not finish in {timeout:g}s")) from None
     if result.returncode != 0:
-        raise ConnectionError(f"git {' '.join(args)} failed: {result.stderr.strip() or result.stdout.strip()}")
+        raise GitError(redact(f"git {' '.join(args)} failed: {result.stderr.strip() or result.stdout.strip()}"))
     return result.stdout
+
+
+class GitError(ConnectionError):
+    """A git command failed; the message (redacted) is git's own."""
 
 
 class GitMirror:
     """A read-only checkout of the desired-state remote, updated by fetch + hard reset."""
 
-    def __init__(self, remote: str, checkout: Path) -> None:
+    def __init__(self, remote: str, checkout: Path, access: RemoteAccess | None = None) -> None:
         self.remote = remote
         self.checkout = checkout
+        self.access = access
 
     def sync(self) -> str:
         """Fetch the remote and move to its head; returns the commit. Raises ConnectionError."""
         if not (self.checkout / ".git").exists():
             self.checkout.parent.mkdir(parents=True, exist_ok=True)
-            git("clone", "--quiet", "--branch", BRANCH, self.remote, str(self.checkout), timeout=60)
+            git("clone", "--quiet", "--branch", BRANCH, self.remote, str(self.checkout), timeout=60,
+                access=self.access)
         else:
-            git("fetch", "--quiet", "origin", BRANCH, cwd=self.checkout)
+            git("fetch", "--quiet", "origin", BRANCH, cwd=self.checkout, access=self.access)
             git("reset", "--quiet", "--hard", f"origin/{BRANCH}", cwd=self.checkout)
         return git("rev-parse", "HEAD", cwd=self.checkout).strip()

@@ -8,6 +8,7 @@ URL's user part, and query parameters that carry secrets, become `***`. An SSH u
 
 from __future__ import annotations
 
+import logging
 import re
 
 _URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][\w+.-]*)://(?P<user>[^/@\s:]*)(?::(?P<password>[^/@\s]*))?@")
@@ -30,3 +31,10 @@ def redact(text: str) -> str:
     """`text` with every URL's password or token (user part, secret query values) replaced by ***."""
     text = _URL_USERINFO.sub(_userinfo, text)
     return _SECRET_QUERY.sub(lambda m: f"{m['key']}=***", text)
+
+
+class RedactingFormatter(logging.Formatter):
+    """A log formatter whose every line (tracebacks included) goes through `redact`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))

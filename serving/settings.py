@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, computed_field, model_validator
+from pydantic import Field, SecretStr, computed_field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from edgewave.serving.access import SECRETS_DIR, RemoteAccess, write_secret
 
 SITE_ID_PATTERN = r"^[A-Za-z0-9][\w.-]*$"
 
@@ -25,6 +27,8 @@ class EdgeSettings(BaseSettings):
     trusted_keys_dir: Path | None = Field(
         None, description="Folder of trusted public keys (*.pub) for bundle verification."
     )
+    trusted_public_keys: str | None = Field(
+        None, description="Trusted public keys as PEM text (one or more), e.g. from a container's environment.")
     site_id: str = Field("local", pattern=SITE_ID_PATTERN, description="This site's id.")
     serve_host: str = Field("127.0.0.1", description="Address the site's HTTP service binds to.")
     serve_port: int = Field(8080, ge=0, le=65535)
@@ -39,7 +43,8 @@ class EdgeSettings(BaseSettings):
         256 * 1024 * 1024, ge=1024, description="Disk the site may use for unshipped sample windows."
     )
     desired_state_remote: str | None = Field(
-        None, description="Git remote holding sites/<site>.yaml; default the repo under home."
+        None, description="Git remote holding sites/<site>.yaml (ssh://, https://, file://, a path); "
+        "default a bare repository under home."
     )
     monitoring_store_url: str | None = Field(
         None, description="fsspec URL sample windows are shipped to; default a folder under home."
@@ -47,26 +52,65 @@ class EdgeSettings(BaseSettings):
     sync_interval_seconds: float = Field(10.0, gt=0, description="How often the agent syncs.")
     bundles_kept: int = Field(3, ge=1, description="Bundles a site keeps on disk for local rollback.")
 
+    # --- credentials for the remotes (environment or files; never in a URL, log or artifact) ---
+    ssh_key_path: Path | None = Field(None, description="SSH private key for ssh:// Git remotes and sftp:// stores.")
+    ssh_key: SecretStr | None = Field(None, description="The same key as text (written to a 0600 file under home).")
+    ssh_known_hosts_path: Path | None = Field(None, description="known_hosts the SSH host key is checked against.")
+    ssh_known_hosts: str | None = Field(None, description="The same as text (for containers).")
+    git_username: str = Field("x-access-token", description="User name sent with EDGEWAVE_GIT_TOKEN over HTTPS.")
+    git_token: SecretStr | None = Field(None, description="Token for https:// Git remotes (GitHub, GitLab, Gitea).")
+    git_token_file: Path | None = Field(None, description="File holding that token.")
+    registry_username: str | None = Field(None, description="OCI registry user (bundles as artifacts).")
+    registry_password: SecretStr | None = Field(None, description="OCI registry password or token.")
+    registry_password_file: Path | None = Field(None, description="File holding that password.")
+    registry_plain_http: bool | None = Field(
+        None, description="Talk plain HTTP to the OCI registry; default: only for 127.0.0.1 / localhost.")
+
     @model_validator(mode="after")
     def _absolute_home(self) -> EdgeSettings:
         self.home = self.home.expanduser().resolve()
         return self
 
-    @computed_field  # type: ignore[prop-decorator]
     @property
     def trusted_keys(self) -> Path:
-        return self.trusted_keys_dir or self.home / "keys"
+        """Public keys this site trusts: given to it, never the signer's own key folder."""
+        if self.trusted_keys_dir is not None:
+            return self.trusted_keys_dir
+        folder = self.site_dir() / "trusted-keys"
+        if self.trusted_public_keys:
+            write_secret(folder, "given.pub", self.trusted_public_keys)
+        return folder
 
     @computed_field  # type: ignore[prop-decorator]
     @property
     def desired_state_url(self) -> str:
-        return self.desired_state_remote or str(self.home / "desired-state")
+        return self.desired_state_remote or str(self.home / "desired-state.git")
 
     @computed_field  # type: ignore[prop-decorator]
     @property
     def monitoring_store(self) -> str:
         return self.monitoring_store_url or (self.home / "monitoring").as_uri()
 
+    def remote_access(self) -> RemoteAccess:
+        """Credentials for Git, SFTP and the registry; key and known_hosts text become 0600 files under home."""
+        secrets = self.home / SECRETS_DIR
+        key = self.ssh_key_path or (write_secret(secrets, "ssh_key", self.ssh_key.get_secret_value())
+                                    if self.ssh_key else None)
+        known = self.ssh_known_hosts_path or (write_secret(secrets, "known_hosts", self.ssh_known_hosts)
+                                              if self.ssh_known_hosts else None)
+        return RemoteAccess(ssh_key=key, known_hosts=known, git_username=self.git_username,
+                            git_token=_secret(self.git_token, self.git_token_file),
+                            registry_username=self.registry_username,
+                            registry_password=_secret(self.registry_password, self.registry_password_file))
+
     def site_dir(self, site_id: str | None = None) -> Path:
         """A site's own state: bundle cache, sample windows, desired-state checkout."""
         return self.home / "sites" / (site_id or self.site_id)
+
+
+def _secret(value: SecretStr | None, path: Path | None) -> str | None:
+    if value is not None:
+        return value.get_secret_value()
+    if path is not None:
+        return path.read_text().strip()
+    return None

@@ -20,6 +20,7 @@ from edgewave.serving.app import SiteApp
 from edgewave.serving.bundle import BundleError, load_trusted_keys
 from edgewave.serving.metrics import SiteMetrics
 from edgewave.serving.model import BundleCache, LoadedModel, ModelSlot
+from edgewave.serving.redact import RedactingFormatter
 from edgewave.serving.sampler import Sampler
 from edgewave.serving.settings import EdgeSettings
 
@@ -72,7 +73,7 @@ def build_site(settings: EdgeSettings, bundle: Path | None = None, with_agent: b
     if with_agent:
         cache = BundleCache(site_dir / "bundles", keep=settings.bundles_kept)
         agent = Agent(settings.site_id, site_dir, settings.desired_state_url, settings.monitoring_store, slot, cache,
-                      trusted, metrics, sampler, settings.sync_interval_seconds)
+                      trusted, metrics, sampler, settings.sync_interval_seconds, settings.remote_access())
         agent.restore()
     if bundle is not None:
         slot.swap(bundle, trusted)
@@ -81,8 +82,9 @@ def build_site(settings: EdgeSettings, bundle: Path | None = None, with_agent: b
 
 def run_site(settings: EdgeSettings, bundle: Path | None, with_agent: bool) -> int:
     """Serve until SIGINT/SIGTERM; returns the exit code."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s [%(threadName)s]: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s [%(threadName)s]: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     try:
         site = build_site(settings, bundle, with_agent)
     except BundleError as exc:

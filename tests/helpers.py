@@ -10,8 +10,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgewave.tasks.platform.processes import http_ok  # noqa: F401  (re-exported for tests)
+
+if TYPE_CHECKING:
+    from edgewave.tasks.rollout.gitops import DesiredStateRepo
 
 BIN = Path(sys.executable).parent
 
@@ -59,6 +63,11 @@ def start_mlflow_server(state: Path, port: int, log: Path) -> subprocess.Popen:
     )
 
 
+def public_keys(folder: Path) -> str:
+    """The PEM text of every public key in `folder`: what a site is given to trust."""
+    return "".join(p.read_text() for p in sorted(folder.glob("*.pub")))
+
+
 def edgewave_env(home: Path, **extra: str) -> dict[str, str]:
     """Environment for an `edgewave` subprocess whose state is all under `home`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGEWAVE_", "PREFECT_", "MLFLOW_"))}
@@ -67,10 +76,10 @@ def edgewave_env(home: Path, **extra: str) -> dict[str, str]:
 
 
 def start_site(home: Path, port: int, log: Path, *args: str, **env: str) -> subprocess.Popen:
-    """A real site process (`edgewave serve ...`) on 127.0.0.1:port; waits until it listens."""
+    """A real site process (`edgewave serve ...`) on 127.0.0.1:port, trusting `home/keys`; waits until it listens."""
     process = subprocess.Popen(
         [str(BIN / "edgewave"), "serve", "--port", str(port), "--host", "127.0.0.1", *args],
-        env=edgewave_env(home, **env), stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        env=edgewave_env(home, **{"EDGEWAVE_TRUSTED_KEYS_DIR": str(home / "keys"), **env}), stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
         wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/healthz") or process.poll() is not None, 30,
@@ -131,3 +140,30 @@ def register_bundle(settings, family: str, bundle: Path, model: bytes, tags: dic
     sha = json.loads((bundle / "bundle.json").read_text())["model"]["sha256"]
     registry.tag_version(settings, version.version, {"bundle_url": bundle.as_uri(), "onnx_sha256": sha, **(tags or {})})
     return version.version
+
+
+def desired_repo(folder: Path, name: str = "desired") -> DesiredStateRepo:
+    """A desired-state remote (bare, `<name>.git`) under `folder` and a controller's clone of it."""
+    from edgewave.tasks.rollout.gitops import DesiredStateRepo
+
+    return DesiredStateRepo(str(folder / f"{name}.git"), folder / f"{name}-clone").ensure()
+
+
+def remote_subjects(remote: str | Path) -> list[str]:
+    """Commit subjects on the remote's main branch, newest first: what Argo CD or an agent would see."""
+    result = subprocess.run(["git", "--git-dir", str(remote), "log", "--format=%s", "main"], capture_output=True,
+                            text=True, check=True)
+    return [line for line in result.stdout.splitlines() if line]
+
+
+def register_versions(settings, tags: dict[int, dict[str, str]], production: int | None = None) -> None:
+    """Model versions in the MLflow registry carrying the tags a release writes (for simulated sites,
+    whose versions point at no real model), and @production on one of them."""
+    from edgewave.tasks.release import registry
+
+    client = registry.client(settings)
+    client.create_registered_model(settings.model_name)
+    for version in sorted(tags):
+        client.create_model_version(settings.model_name, f"file:///sim/v{version}", tags=tags[version])
+    if production is not None:
+        registry.promote(settings, production)

@@ -24,12 +24,12 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from edgewave.serving.bundle import load_trusted_keys
+from edgewave.serving.bundle import parse_public_keys
 from edgewave.serving.model import load_model
 from edgewave.serving.sampler import WINDOW_RE
 from edgewave.serving.transport import download_bundle
 from edgewave.tasks.platform.settings import Settings
-from edgewave.tasks.release.bundle import bundle_url
+from edgewave.tasks.release.bundle import bundle_url, trusted_public_keys
 
 LEDGER_HORIZON_DAYS = 30
 FEEDBACK_ROOT = "_feedback"  # site ids start with a letter or digit, so this never clashes
@@ -150,7 +150,7 @@ class ReferenceData:
 
 def reference_for(settings: Settings, model_name: str, version: int) -> ReferenceData:
     """Download (once per state dir), verify and score the bundle's training reference."""
-    return _reference(str(settings.home), settings.bundle_store, str(settings.trusted_keys), model_name, version)
+    return _reference(str(settings.home), settings.bundle_store, trusted_public_keys(settings), model_name, version)
 
 
 @lru_cache(maxsize=8)
@@ -166,7 +166,7 @@ def _reference(home: str, store: str, keys: str, model_name: str, version: int) 
                 pass
         finally:
             shutil.rmtree(partial, ignore_errors=True)
-    model = load_model(folder, load_trusted_keys(Path(keys)))  # verifies signature and hashes
+    model = load_model(folder, parse_public_keys(keys))  # verifies signature and hashes
     columns = model.manifest.reference.columns
     frame = pd.DataFrame({name: np.asarray(columns[name], dtype=np.float32) for name in model.feature_names})
     frame["probability"] = model.failure_probability(frame.to_numpy(dtype=np.float32)).astype(np.float32)

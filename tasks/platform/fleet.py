@@ -19,7 +19,8 @@ from pathlib import Path
 
 from edgewave.tasks.platform import processes
 from edgewave.tasks.platform.settings import Settings
-from edgewave.tasks.rollout.gitops import DesiredStateRepo
+from edgewave.tasks.release.bundle import trusted_public_keys
+from edgewave.tasks.rollout.gitops import DesiredStateRepo, HistoryRewritten
 from edgewave.tasks.rollout.policy import Fleet, Site
 
 
@@ -58,16 +59,18 @@ def up(settings: Settings, fleet: Fleet, count: int | None = None, extra_env: di
        timeout: float = 30.0) -> list[SiteStatus]:
     """Start the first `count` local sites (all by default); already running ones are left alone."""
     sites = [s for s in fleet.sites if s.kind == "local"][: count or None]
-    DesiredStateRepo(Path(settings.desired_state_url)).ensure()
+    DesiredStateRepo.of(settings).ensure()  # agents clone it: it must have a first commit
     if settings.monitoring_store.startswith("file://"):  # the local store is ours to make; a bucket is not
         Path(settings.monitoring_store.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
     executable = shutil.which("edgewave", path=str(Path(sys.executable).parent)) or "edgewave"
+    keys = trusted_public_keys(settings)  # given to each site: it never reads the signer's key folder
     started: list[tuple[Site, subprocess.Popen]] = []
     for site in sites:
         record = _pid_file(settings, site.id)
         if processes.running_pid(record, _markers(site.id)) is not None:
             continue
-        env = {**os.environ, "EDGEWAVE_HOME": str(settings.home), **(extra_env or {})}
+        env = {**os.environ, "EDGEWAVE_HOME": str(settings.home), "EDGEWAVE_TRUSTED_PUBLIC_KEYS": keys,
+               **(extra_env or {})}
         process = processes.start([executable, "serve", "--site", site.id, "--port", str(site.port)], record,
                                   settings.home / "fleet" / f"{site.id}.log", env, port=site.port)
         started.append((site, process))
@@ -89,14 +92,26 @@ def down(settings: Settings, fleet: Fleet, timeout: float = 15.0) -> list[str]:
             if processes.stop(_pid_file(settings, site.id), _markers(site.id), timeout)]
 
 
+def desired_versions(settings: Settings, site_ids: list[str]) -> dict[str, int]:
+    """Each site's desired version as the remote says now (or as last seen, when it cannot be reached)."""
+    repo = DesiredStateRepo.of(settings)
+    if not (repo.path / ".git").exists():
+        return {}
+    try:
+        repo.sync()
+    except (ConnectionError, HistoryRewritten):
+        pass  # show what the controller's clone last saw
+    states = {site: repo.read(site) for site in site_ids}
+    return {site: state.version for site, state in states.items() if state is not None}
+
+
 def status(settings: Settings, fleet: Fleet) -> list[SiteStatus]:
-    repo = DesiredStateRepo(Path(settings.desired_state_url))
+    desired = desired_versions(settings, [s.id for s in fleet.sites])
     result = []
     for site in fleet.sites:
         record = _pid_file(settings, site.id)
         pid = json.loads(record.read_text())["pid"] if record.exists() else None
         running = processes.running_pid(record, _markers(site.id)) is not None
         ready, version = _ready(site)
-        desired = repo.read(site.id) if (repo.path / ".git").exists() else None
-        result.append(SiteStatus(site.id, site.port, pid, running, ready, version, desired.version if desired else None))
+        result.append(SiteStatus(site.id, site.port, pid, running, ready, version, desired.get(site.id)))
     return result

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 
-from pydantic import Field, computed_field
+from pydantic import Field, SecretStr, computed_field
 
 from edgewave.serving.settings import SITE_ID_PATTERN, EdgeSettings
 
@@ -31,8 +31,10 @@ class Settings(EdgeSettings):
         None, description="fsspec URL where signed bundles are stored; default a folder under home."
     )
     signing_key_path: Path | None = Field(
-        None, description="ed25519 private key (PEM); created with its public key on first use."
+        None, description="ed25519 private key (PEM). Unset: one under home, created on first use; set but "
+        "missing: an error (a new key would sign bundles no site trusts)."
     )
+    signing_key_pem: SecretStr | None = Field(None, description="The signing key itself (PEM), e.g. from a secret.")
     model_name: str = Field("machine-failure", min_length=1, pattern=SITE_ID_PATTERN)
     experiment_name: str = "edgewave-release"
     telemetry: bool = Field(False, description="Let Prefect and MLflow send usage telemetry.")
@@ -94,9 +96,9 @@ class Settings(EdgeSettings):
     def signing_key(self) -> Path:
         return self.signing_key_path or self.home / "keys" / "signing.key"
 
-    @computed_field  # type: ignore[prop-decorator]
     @property
     def trusted_keys(self) -> Path:
+        """The control plane verifies bundles with the public keys beside its signing key (or those given)."""
         return self.trusted_keys_dir or self.signing_key.parent
 
     @property

@@ -15,7 +15,7 @@ import fsspec
 import numpy as np
 import pandas as pd
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edgewave.serving.bundle import (
     MANIFEST,
@@ -28,6 +28,7 @@ from edgewave.serving.bundle import (
     OutputSchema,
     Reference,
     key_id,
+    parse_public_keys,
 )
 from edgewave.serving.transport import download_bundle  # noqa: F401  (one implementation, re-exported)
 from edgewave.tasks.release.data import CLASS_LABELS, FEATURES
@@ -43,6 +44,10 @@ def edgewave_version() -> str:
         return "0+unknown"
 
 
+class SigningKeyError(ValueError):
+    """The configured signing key is missing or unusable; never replaced by a new one."""
+
+
 def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
     """The release signing key; created with its `.pub` beside it on first use (mode 0600)."""
     if path.exists():
@@ -53,6 +58,9 @@ def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
         if not isinstance(key, Ed25519PrivateKey):
             raise ValueError(f"{path}: not an ed25519 private key")
         return key
+    if public_path(path).exists():
+        raise SigningKeyError(f"{public_path(path)} exists but its private key {path} does not: refusing to replace "
+                              "a key sites may already trust")
     path.parent.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
@@ -67,6 +75,52 @@ def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
 
 def public_path(private_key_path: Path) -> Path:
     return private_key_path.with_suffix(".pub")
+
+
+def signing_key(settings) -> Ed25519PrivateKey:
+    """The release signing key: EDGEWAVE_SIGNING_KEY_PEM, else the file at EDGEWAVE_SIGNING_KEY_PATH.
+
+    Only the embedded default (no key configured) is created on first use: a configured key
+    that is missing is an error, because a new key would sign bundles no site trusts.
+    """
+    if settings.signing_key_pem is not None:
+        try:
+            key = serialization.load_pem_private_key(settings.signing_key_pem.get_secret_value().encode(), password=None)
+        except (ValueError, TypeError) as exc:
+            raise SigningKeyError(f"EDGEWAVE_SIGNING_KEY_PEM is not a PEM private key: {type(exc).__name__}") from None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise SigningKeyError("EDGEWAVE_SIGNING_KEY_PEM is not an ed25519 private key")
+        return key
+    if settings.signing_key_path is not None and not settings.signing_key_path.exists():
+        raise SigningKeyError(f"EDGEWAVE_SIGNING_KEY_PATH: {settings.signing_key_path} does not exist; refusing to "
+                              "create a new key that no site trusts (mount the key, or unset the variable for the "
+                              "embedded default)")
+    return load_or_create_signing_key(settings.signing_key)
+
+
+def public_pem(key: Ed25519PrivateKey) -> str:
+    return key.public_key().public_bytes(serialization.Encoding.PEM,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def trusted_public_keys(settings) -> str:
+    """The public keys (PEM text) the control plane gives its sites: EDGEWAVE_TRUSTED_KEYS_DIR's, else the signer's."""
+    if settings.trusted_keys_dir is not None:
+        return _public_keys_in(settings.trusted_keys_dir)
+    if settings.trusted_public_keys:
+        return settings.trusted_public_keys
+    if settings.signing_key_pem is None and (beside := _public_keys_in(settings.signing_key.parent)):
+        return beside
+    return public_pem(signing_key(settings))
+
+
+def _public_keys_in(folder: Path) -> str:
+    return "".join(p.read_text() for p in sorted(folder.glob("*.pub")))
+
+
+def trusted_keys(settings) -> dict[str, Ed25519PublicKey]:
+    """`trusted_public_keys` parsed, by key id: what the control plane verifies bundles with."""
+    return parse_public_keys(trusted_public_keys(settings))
 
 
 def reference_from(train_frame: pd.DataFrame, max_rows: int, seed: int = 0) -> Reference:

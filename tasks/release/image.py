@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgewave.serving.bundle import parse_public_keys
 from edgewave.tasks import CHECKOUT
 
 ROOT = CHECKOUT
@@ -75,18 +76,17 @@ def _link_or_copy(source: str, target: str) -> None:
         shutil.copy2(source, target)
 
 
-def build_context(out: Path, wheels: Path, keys_dir: Path, bundle: Path | None) -> Path:
-    """A self-contained build context: Dockerfile, wheelhouse, public keys, bundle."""
+def build_context(out: Path, wheels: Path, public_keys: str, bundle: Path | None) -> Path:
+    """A self-contained build context: Dockerfile, wheelhouse, the public keys (PEM text) sites trust, bundle."""
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     shutil.copy(DOCKERFILE, out / "Dockerfile")
     shutil.copytree(wheels, out / "wheelhouse", copy_function=_link_or_copy)  # ~100 MB: share, don't copy
+    if not parse_public_keys(public_keys):
+        raise ValueError("no public key given for the image: its sites could not verify any bundle")
     (out / "keys").mkdir()
-    for key in sorted(keys_dir.glob("*.pub")):
-        shutil.copy(key, out / "keys" / key.name)
-    if not any((out / "keys").iterdir()):
-        raise FileNotFoundError(f"no public key (*.pub) in {keys_dir}: the site could not verify any bundle")
+    (out / "keys" / "trusted.pub").write_text(public_keys)
     (out / "bundle").mkdir()
     if bundle is not None:
         for item in bundle.iterdir():
@@ -143,7 +143,7 @@ class ImageOutcome:
     build_seconds: float | None = None
 
 
-def release_image(docker_host: str | None, registry: str, base_image: str, work: Path, keys_dir: Path,
+def release_image(docker_host: str | None, registry: str, base_image: str, work: Path, public_keys: str,
                   bundle: Path, model: str, version: int, sha256: str) -> ImageOutcome:
     """Write the build context; with a reachable engine build and push it, else say why not."""
     from edgewave.tasks.platform.engine import reachable
@@ -153,7 +153,7 @@ def release_image(docker_host: str | None, registry: str, base_image: str, work:
         wheels = wheelhouse(wheel_cache())
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
         return ImageOutcome("skipped", f"the wheelhouse could not be prepared: {exc}", "", tag)
-    context = build_context(work / f"{model}-v{version}" / "context", wheels, keys_dir, bundle)
+    context = build_context(work / f"{model}-v{version}" / "context", wheels, public_keys, bundle)
     if not docker_host or not reachable(docker_host):
         why = "no Docker engine configured (EDGEWAVE_DOCKER_HOST / DOCKER_HOST)" if not docker_host else \
             f"the Docker engine at {docker_host} does not answer"

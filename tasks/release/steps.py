@@ -123,7 +123,7 @@ def register(settings: Settings, run_id: str, champion: Candidate, data: Split) 
 def build_bundle(settings: Settings, version: registry.RegisteredVersion, champion: Candidate, data: Split,
                  release_id: str) -> Path:
     """model.onnx + bundle.json + ed25519 signature, written under EDGEWAVE_HOME/work."""
-    key = bundles.load_or_create_signing_key(settings.signing_key)
+    key = bundles.signing_key(settings)
     manifest = bundles.build_manifest(
         name=version.name, version=version.version, family=champion.trained.family,
         model=champion.exported.model, int8_model=champion.exported.quantized.model,
@@ -162,7 +162,7 @@ def build_image(settings: Settings, version: registry.RegisteredVersion, folder:
     docker_host = settings.docker_host or os.environ.get("DOCKER_HOST")
     manifest = json.loads((folder / "bundle.json").read_text())
     outcome = images.release_image(docker_host, settings.image_registry, settings.image_base, settings.home / "images",
-                                   settings.trusted_keys, folder, version.name, version.version,
+                                   bundles.trusted_public_keys(settings), folder, version.name, version.version,
                                    manifest["model"]["sha256"])
     create_markdown_artifact(
         f"# Serving image of {version.name} v{version.version}: {outcome.status}\n\n{outcome.reason}\n\n"

@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 
 from edgewave.serving.desired import DesiredState
 from edgewave.tasks.rollout.analysis import Measurement, decide, measure
-from edgewave.tasks.rollout.gitops import DesiredStateRepo
+from edgewave.tasks.rollout.gitops import DesiredStateRepo, HistoryRewritten
 from edgewave.tasks.rollout.policy import FleetFile, Site, plan_waves
 from edgewave.tasks.rollout.telemetry import Reading, Window, combine, scrape, window
 
@@ -108,6 +108,7 @@ class Controller:
     # -- record ---------------------------------------------------------------------------
     def start(self) -> RolloutRecord:
         """The record to work on: the one in Git when resuming, else a new plan."""
+        self.io.repo.sync()  # plan on what the remote says now, not on an old clone
         existing = self.io.repo.record(self.id)
         if existing is not None:
             record = RolloutRecord.model_validate(existing)
@@ -181,10 +182,21 @@ class Controller:
             self.io.log(f"{message} (already committed)")
             return None
         wave.status, wave.committed_at = "committed", self.io.now()
-        commit = self.io.repo.commit([self.desired(s, reason) for s in wave.sites], message,
-                                     (self.id, record.model_dump(mode="json")))
-        self.io.log(message)
+        commit = self._commit(record, [self.desired(s, reason) for s in wave.sites], message)
+        if record.status == "held":
+            wave.status, wave.committed_at, wave.reason = "held", None, record.reason
+            return None
+        self.io.log(message + f" (pushed {commit[:12]})" if commit else message)
         return commit
+
+    def _commit(self, record: RolloutRecord, states: list[DesiredState], message: str) -> str | None:
+        """Commit and push states with the record; a rewritten remote holds the rollout, saying why."""
+        try:
+            return self.io.repo.commit(states, message[:500], (self.id, record.model_dump(mode="json")))
+        except HistoryRewritten as exc:
+            record.status, record.reason, record.finished_at = "held", str(exc), self.io.now()
+            self.io.log(f"{self.id}: held: {exc}")
+            return None
 
     def observe_before(self, record: RolloutRecord, wave: WaveRecord) -> None:
         """Before a wave changes its sites, know how they behave on the old model.
@@ -293,7 +305,9 @@ class Controller:
         wave.status = "rolled_back"
         record.status, record.reason, record.finished_at = "rolled_back", wave.reason, self.io.now()
         message = f"{self.id}: rollback after wave {wave.index + 1}/{len(record.waves)} ({wave.name}): {wave.reason}"
-        commit = self.io.repo.commit(states, message[:500], (self.id, record.model_dump(mode="json")))
+        commit = self._commit(record, states, message)
+        if record.status == "held":
+            return None
         self.io.log(message)
         pending = self._wait_for_versions({s.site: s.version for s in states})
         if pending:
@@ -302,7 +316,7 @@ class Controller:
 
     def finish(self, record: RolloutRecord, status: Status, reason: str) -> str | None:
         record.status, record.reason, record.finished_at = status, reason, self.io.now()
-        return self.io.repo.commit([], f"{self.id}: {status}: {reason}"[:500], (self.id, record.model_dump(mode="json")))
+        return self._commit(record, [], f"{self.id}: {status}: {reason}")
 
 
 def summary(record: RolloutRecord) -> list[dict]:

@@ -1,81 +1,150 @@
-"""The desired-state Git repository, as the rollout controller writes it.
+"""The desired-state Git repository, as the rollout controller writes it: through a real remote.
 
 One YAML file per site (`sites/<site>.yaml`, schema in serving/desired.py) and one rollout
-record per rollout (`rollouts/<id>.json`). Every wave and every rollback is one commit whose
-message names the rollout, the wave and the reason, so Git is the audit trail. Writing the
-same content again makes no commit: a resumed rollout never commits a finished wave twice.
+record per rollout (`rollouts/<id>.json`). The controller works in its own clone (under
+EDGEWAVE_HOME) of EDGEWAVE_DESIRED_STATE_REMOTE, any URL git accepts; every wave and every
+rollback is one commit, and it counts only once the remote accepted the push.
+
+Someone else pushed first (a person's hotfix, another tool): fetch, re-apply this commit's
+files on the new head, push again, a bounded number of times with backoff; never a force
+push. A remote whose history was rewritten under the controller (its head no longer descends
+from the last head the controller saw) raises `HistoryRewritten`: the rollout holds and says
+so rather than guess. Writing the same content again makes no commit, so a resumed rollout
+never commits a finished wave twice.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlparse
 
 import yaml
 
-from edgewave.serving.desired import BRANCH, DesiredState, git, read_desired, site_file
+from edgewave.serving.access import RemoteAccess
+from edgewave.serving.desired import BRANCH, DesiredState, GitError, git, read_desired, site_file
+from edgewave.serving.redact import redact
 from edgewave.tasks.rollout import k8s
 
 AUTHOR = ["-c", "user.name=edgewave", "-c", "user.email=edgewave@localhost"]
+PUSH_ATTEMPTS = 5
+KNOWN_HEAD = "edgewave-known-head"  # in the clone's .git: the last remote head this controller saw
+README = ("# edgewave desired state\n\n`sites/<site>.yaml`: what each site should run (written by the rollout "
+          "flow, applied by agents, Argo CD or Flux).\n`rollouts/<id>.json`: each rollout's waves and decisions.\n")
+
+
+class HistoryRewritten(RuntimeError):
+    """The remote's history no longer contains what the controller pushed or saw (a force push)."""
+
+
+class PushRejected(RuntimeError):
+    """The remote kept refusing the push after every re-apply."""
+
+
+def is_local(remote: str) -> bool:
+    """A path or file:// URL (the embedded default), as opposed to ssh://, https://, user@host:path."""
+    scheme = urlparse(remote).scheme
+    return scheme in ("", "file") and not (":" in remote.split("/", 1)[0] and "@" in remote.split(":", 1)[0])
 
 
 class DesiredStateRepo:
-    """A local desired-state repository (the embedded default; agents fetch from it)."""
+    """The controller's clone of the desired-state remote."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, remote: str, path: Path, access: RemoteAccess | None = None,
+                 notify: Callable[[str], None] = lambda line: None, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.remote = remote
         self.path = Path(path)
+        self.access = access or RemoteAccess()
+        self.notify = notify
+        self.sleep = sleep
 
+    @classmethod
+    def of(cls, settings, notify: Callable[[str], None] = lambda line: None) -> DesiredStateRepo:
+        """The repository a control plane with these settings works with (its clone under home)."""
+        return cls(settings.desired_state_url, settings.home / "controller" / "desired-state",
+                   settings.remote_access(), notify)
+
+    def _git(self, *args: str, timeout: float = 60) -> str:
+        return git(*args, cwd=self.path, timeout=timeout, access=self.access)
+
+    # -- set-up ----------------------------------------------------------------------------
     def ensure(self) -> DesiredStateRepo:
-        """Create the repository with a first commit if it does not exist yet."""
-        if (self.path / ".git").exists():
-            return self
-        self.path.mkdir(parents=True, exist_ok=True)
-        git("init", "--quiet", "--initial-branch", BRANCH, cwd=self.path)
-        (self.path / "README.md").write_text(
-            "# edgewave desired state\n\n`sites/<site>.yaml`: what each site should run (written by the rollout "
-            "flow, applied by agents, Argo CD or Flux).\n`rollouts/<id>.json`: each rollout's waves and decisions.\n")
-        git("add", "README.md", cwd=self.path)
-        git(*AUTHOR, "commit", "--quiet", "-m", "desired state: initial commit", cwd=self.path)
+        """Clone the remote (creating the embedded bare repository and a first commit when needed)."""
+        if is_local(self.remote):
+            bare = Path(self.remote.removeprefix("file://"))
+            if not bare.exists():
+                bare.mkdir(parents=True)
+                git("init", "--quiet", "--bare", "--initial-branch", BRANCH, cwd=bare)
+        if (self.path / ".git").exists() and self._origin() != self.remote:
+            shutil.rmtree(self.path)  # the remote was changed in the settings: start from the new one
+        if not (self.path / ".git").exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            git("clone", "--quiet", self.remote, str(self.path), timeout=120, access=self.access)
+        lock = self.path / ".git" / "index.lock"
+        if lock.exists():  # left by a controller killed mid-commit; only one controller works in this clone
+            lock.unlink()
+            self.notify(f"desired state: removed a stale {lock}")
+        if not self._git("ls-remote", "--heads", "origin", BRANCH).strip():
+            self._first_commit()
+        self.sync()
         return self
 
+    def _origin(self) -> str:
+        try:
+            return git("remote", "get-url", "origin", cwd=self.path).strip()
+        except GitError:
+            return ""
+
+    def _first_commit(self) -> None:
+        self._git("checkout", "--quiet", "-B", BRANCH)
+        (self.path / "README.md").write_text(README)
+        self._git("add", "README.md")
+        self._git(*AUTHOR, "commit", "--quiet", "-m", "desired state: initial commit")
+        self._git("push", "--quiet", "origin", f"HEAD:refs/heads/{BRANCH}")
+        self.notify(f"desired state: created {BRANCH} on {redact(self.remote)}")
+
+    # -- staying in step with the remote -------------------------------------------------------
+    def _known(self) -> str | None:
+        path = self.path / ".git" / KNOWN_HEAD
+        return path.read_text().strip() if path.exists() else None
+
+    def _remember(self, commit: str) -> None:
+        (self.path / ".git" / KNOWN_HEAD).write_text(commit + "\n")
+
+    def _descends(self, ancestor: str, commit: str) -> bool:
+        result = subprocess.run(["git", "merge-base", "--is-ancestor", ancestor, commit], cwd=self.path,
+                                capture_output=True, timeout=30)
+        return result.returncode == 0
+
+    def sync(self) -> str:
+        """Fetch the remote and move the clone to its head; returns it.
+
+        Raises HistoryRewritten when the remote head does not descend from the last head this
+        controller saw, and ConnectionError (redacted) when the remote cannot be reached.
+        """
+        self._git("fetch", "--quiet", "origin", BRANCH)
+        head = self._git("rev-parse", f"origin/{BRANCH}").strip()
+        known = self._known()
+        if known and known != head and not self._descends(known, head):
+            raise HistoryRewritten(
+                f"the history of {redact(self.remote)} ({BRANCH}) was rewritten: its head {head[:12]} does not "
+                f"contain {known[:12]}, the last commit this controller saw. Nothing was pushed. Check what "
+                f"happened to the remote; to accept its new history, remove {self.path} (the controller's clone).")
+        self._git("checkout", "--quiet", "-B", BRANCH, f"origin/{BRANCH}")
+        self._git("reset", "--quiet", "--hard", f"origin/{BRANCH}")
+        self._remember(head)
+        return head
+
+    # -- reading (the clone as of the last sync) ----------------------------------------------------
     def read(self, site: str) -> DesiredState | None:
         return read_desired(self.path / site_file(site), site)
 
     def head(self) -> str:
-        return git("rev-parse", "HEAD", cwd=self.path).strip()
-
-    def commit(self, states: list[DesiredState], message: str, record: tuple[str, dict] | None = None) -> str | None:
-        """Write the site files (and the rollout record) and commit; None when nothing changed.
-
-        A state with an image is a Kubernetes site: its kustomize overlay (and the base it
-        builds on) goes into the same commit, so Argo CD / Flux see the wave at once.
-        """
-        files: dict[str, str] = {}
-        for state in states:
-            files[site_file(state.site)] = yaml.safe_dump(state.model_dump(mode="json", exclude_none=True),
-                                                          sort_keys=False)
-            if state.image:
-                files.update(k8s.base_files())
-                files[k8s.overlay_path(state.site)] = k8s.overlay(state)
-        paths = []
-        for name, text in files.items():
-            target = self.path / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text)
-            paths.append(name)
-        if record is not None:
-            rollout_id, content = record
-            target = self.path / "rollouts" / f"{rollout_id}.json"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(json.dumps(content, indent=1, sort_keys=True, default=str) + "\n")
-            paths.append(str(target.relative_to(self.path)))
-        if not paths:
-            return None
-        git("add", "--", *paths, cwd=self.path)
-        if not git("status", "--porcelain", "--", *paths, cwd=self.path).strip():
-            return None
-        git(*AUTHOR, "commit", "--quiet", "-m", message, cwd=self.path)
-        return self.head()
+        return self._git("rev-parse", "HEAD").strip()
 
     def record(self, rollout_id: str) -> dict | None:
         path = self.path / "rollouts" / f"{rollout_id}.json"
@@ -84,4 +153,61 @@ class DesiredStateRepo:
     def log(self, grep: str | None = None) -> list[str]:
         """Commit subjects, newest first (optionally only those mentioning `grep`)."""
         args = ["log", "--format=%s"] + ([f"--grep={grep}", "--fixed-strings"] if grep else [])
-        return [line for line in git(*args, cwd=self.path).splitlines() if line]
+        return [line for line in self._git(*args).splitlines() if line]
+
+    # -- writing -------------------------------------------------------------------------------------
+    @staticmethod
+    def files(states: list[DesiredState], record: tuple[str, dict] | None = None) -> dict[str, str]:
+        """What a commit writes: the site files (+ a Kubernetes site's overlay and base) and the record."""
+        files: dict[str, str] = {}
+        for state in states:
+            files[site_file(state.site)] = yaml.safe_dump(state.model_dump(mode="json", exclude_none=True),
+                                                          sort_keys=False)
+            if state.image:
+                files.update(k8s.base_files())
+                files[k8s.overlay_path(state.site)] = k8s.overlay(state)
+        if record is not None:
+            rollout_id, content = record
+            files[f"rollouts/{rollout_id}.json"] = json.dumps(content, indent=1, sort_keys=True, default=str) + "\n"
+        return files
+
+    def commit(self, states: list[DesiredState], message: str, record: tuple[str, dict] | None = None) -> str | None:
+        """Write, commit and push; the commit once the remote accepted it, None when nothing changed.
+
+        A push refused because the remote moved on is retried on the new head (fetch, re-apply
+        these files, commit, push) up to PUSH_ATTEMPTS times with backoff. A Kubernetes site's
+        overlay goes into the same commit, so Argo CD / Flux see the wave at once.
+        """
+        files = self.files(states, record)
+        if not files:
+            return None
+        for attempt in range(1, PUSH_ATTEMPTS + 1):
+            self.sync()
+            for name, text in files.items():
+                target = self.path / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(text)
+            self._git("add", "--", *files)
+            if not self._git("status", "--porcelain", "--", *files).strip():
+                return None
+            self._git(*AUTHOR, "commit", "--quiet", "-m", message)
+            try:
+                self._git("push", "--quiet", "origin", f"HEAD:refs/heads/{BRANCH}")
+            except GitError as exc:
+                if not _rejected(str(exc)):
+                    raise
+                wait = min(8.0, 0.5 * 2 ** (attempt - 1))
+                self.notify(f"desired state: push {attempt}/{PUSH_ATTEMPTS} refused (someone pushed first); "
+                         f"re-applying on the new head in {wait:g}s")
+                self.sleep(wait)
+                continue
+            head = self.head()
+            self._remember(head)
+            return head
+        raise PushRejected(f"{redact(self.remote)} refused the push {PUSH_ATTEMPTS} times: {message[:120]}")
+
+
+def _rejected(message: str) -> bool:
+    """git's wording for "the remote has commits you do not have"."""
+    return any(word in message for word in ("[rejected]", "non-fast-forward", "fetch first", "cannot lock ref",
+                                            "failed to update ref"))

@@ -7,7 +7,6 @@ re-running a step after a crash finds its commit already in Git and makes none.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NONE
@@ -32,7 +31,7 @@ def controller(settings: Settings, version: int, io: Io | None = None) -> Contro
     production = registry.alias_version(settings, registry.PRODUCTION)
     if io is None:
         logger = get_run_logger()
-        io = Io(repo=DesiredStateRepo(Path(settings.desired_state_url)).ensure(), read=reader(settings, fleet_file),
+        io = Io(repo=DesiredStateRepo.of(settings, logger.info).ensure(), read=reader(settings, fleet_file),
                 log=logger.info)
     k8s_sites = [s.id for s in fleet_file.fleet.sites if s.kind == "k8s"]
     image = registry.serving_image(settings, version) if k8s_sites else None

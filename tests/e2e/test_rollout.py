@@ -78,7 +78,7 @@ def world(bundles, split, trained, exported, tmp_path_factory):
 
 def test_good_models_reach_every_site_wave_by_wave(world) -> None:
     settings, fleet_file = world
-    repo = DesiredStateRepo(Path(settings.desired_state_url))
+    repo = DesiredStateRepo.of(settings)
 
     code, result, log = rollout(settings, 1)
     assert (code, result.get("status")) == (0, "succeeded"), log
@@ -102,7 +102,7 @@ def test_good_models_reach_every_site_wave_by_wave(world) -> None:
 
 def test_a_bad_model_is_caught_at_the_canary_and_every_touched_site_returns(world) -> None:
     settings, fleet_file = world
-    repo = DesiredStateRepo(Path(settings.desired_state_url))
+    repo = DesiredStateRepo.of(settings)
     if registry.alias_version(settings, "production") != 2:  # when run on its own
         for version in (1, 2):
             assert rollout(settings, version)[0] == 0

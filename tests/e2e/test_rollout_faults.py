@@ -25,7 +25,7 @@ from edgewave.tasks.rollout.gitops import DesiredStateRepo
 from edgewave.tasks.rollout.policy import load_fleet_file
 from edgewave.tasks.rollout.telemetry import scrape
 from edgewave.tasks.sim.traffic import Traffic
-from tests.helpers import BIN, edgewave_env, free_port, register_bundle, wait_for
+from tests.helpers import BIN, edgewave_env, free_port, register_bundle, remote_subjects, wait_for
 
 
 def sha(bundle: Path) -> str:
@@ -57,7 +57,7 @@ def fleet_on_v1(bundles, exported, tmp_path: Path):
     assert register_bundle(settings, "torch", bundles.v2, exported["torch"].model) == 2
     registry.promote(settings, 1)
     fleet_file = load_fleet_file(settings.fleet_path)
-    repo = DesiredStateRepo(Path(settings.desired_state_url)).ensure()
+    repo = DesiredStateRepo.of(settings).ensure()
     repo.commit([DesiredState(site=s.id, model="machine-failure", version=1, bundle_url=bundles.v1.as_uri(),
                               sha256=sha(bundles.v1), rollout_id="ro-initial") for s in fleet_file.fleet.sites], "initial")
     fleet.up(settings, fleet_file.fleet, extra_env={"EDGEWAVE_SYNC_INTERVAL_SECONDS": "0.5", "EDGEWAVE_SAMPLE_FRACTION": "0"})
@@ -67,10 +67,11 @@ def fleet_on_v1(bundles, exported, tmp_path: Path):
     fleet.down(settings, fleet_file.fleet)
 
 
-def when_committed(repo: DesiredStateRepo, subject: str, action) -> threading.Thread:
-    """Run `action` as soon as a commit whose subject contains `subject` lands in the repo."""
+def when_pushed(repo: DesiredStateRepo, subject: str, action) -> threading.Thread:
+    """Run `action` as soon as a commit whose subject contains `subject` reaches the remote."""
     def watch() -> None:
-        wait_for(lambda: any(subject in s for s in repo.log()), 120, f"a commit with {subject!r}", interval=0.1)
+        wait_for(lambda: any(subject in s for s in remote_subjects(repo.remote)), 120, f"a commit with {subject!r}",
+                 interval=0.1)
         action()
 
     thread = threading.Thread(target=watch, daemon=True)
@@ -91,7 +92,7 @@ def test_a_site_killed_mid_wave_is_counted_failed_and_the_wave_rolls_back(fleet_
     settings, repo, _ = fleet_on_v1
     victim = "site-2"
     pid = json.loads((settings.home / "fleet" / f"{victim}.json").read_text())["pid"]
-    killer = when_committed(repo, "wave 2/2 (rest)", lambda: os.killpg(pid, signal.SIGKILL))
+    killer = when_pushed(repo, "wave 2/2 (rest)", lambda: os.killpg(pid, signal.SIGKILL))
     with Traffic(load_fleet_file(settings.fleet_path).fleet.sites, rate_per_site=30), use(settings):
         result = rollout(2)
     killer.join(5)
@@ -125,7 +126,7 @@ def test_a_controller_killed_mid_wave_resumes_without_duplicate_commits(fleet_on
     first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True)
     try:
-        wait_for(lambda: any("wave 1/2 (canary)" in s for s in repo.log()), 120, "the canary commit")
+        wait_for(lambda: any("wave 1/2 (canary)" in s for s in remote_subjects(repo.remote)), 120, "the canary commit")
         wait_for(lambda: served(settings)["site-0"] == 2, 20, "the canary to converge")
     finally:
         os.killpg(first.pid, signal.SIGKILL)
@@ -138,8 +139,40 @@ def test_a_controller_killed_mid_wave_resumes_without_duplicate_commits(fleet_on
     assert second.returncode == 0, second.stdout + second.stderr
     assert json.loads(second.stdout.strip().splitlines()[-1])["status"] == "succeeded"
     assert "resuming at wave 1/2" in second.stderr
-    subjects = repo.log()
+    subjects = remote_subjects(repo.remote)
     assert sum("wave 1/2 (canary)" in s for s in subjects) == 1, subjects
     assert sum("wave 2/2 (rest)" in s for s in subjects) == 1, subjects
     assert served(settings) == {"site-0": 2, "site-1": 2, "site-2": 2}
     assert registry.alias_version(settings, "production") == 2
+
+
+def test_another_writer_pushing_between_waves_keeps_a_linear_history_with_their_change(fleet_on_v1,
+                                                                                       tmp_path: Path) -> None:
+    settings, repo, _ = fleet_on_v1
+    person = tmp_path / "person"
+    subprocess.run(["git", "clone", "--quiet", repo.remote, str(person)], check=True, capture_output=True)
+
+    def hotfix() -> None:  # a person's commit lands on the remote after the canary wave
+        def run(*args: str) -> None:
+            subprocess.run(["git", "-c", "user.name=person", "-c", "user.email=p@example.invalid", *args], cwd=person,
+                           check=True, capture_output=True)
+        run("pull", "--quiet", "--ff-only", "origin", "main")
+        (person / "NOTES.md").write_text("line 3 is in maintenance until Friday\n")
+        run("add", "NOTES.md")
+        run("commit", "--quiet", "-m", "person: maintenance note")
+        run("push", "--quiet", "origin", "HEAD:main")
+
+    writer = when_pushed(repo, "wave 1/2 (canary)", hotfix)
+    with Traffic(load_fleet_file(settings.fleet_path).fleet.sites, rate_per_site=30), use(settings):
+        result = rollout(2)
+    writer.join(5)
+    assert result["status"] == "succeeded", result
+    subjects = remote_subjects(repo.remote)
+    assert subjects.index("person: maintenance note") > subjects.index(next(s for s in subjects if "wave 2/2" in s))
+    merges = subprocess.run(["git", "--git-dir", repo.remote, "rev-list", "--merges", "main"], capture_output=True,
+                            text=True, check=True).stdout
+    assert merges == "", "linear history: the controller rebuilt its commits on the new head, never merged or forced"
+    note = subprocess.run(["git", "--git-dir", repo.remote, "show", "main:NOTES.md"], capture_output=True, text=True,
+                          check=True).stdout
+    assert note == "line 3 is in maintenance until Friday\n", "the other writer's change is intact"
+    assert served(settings) == {"site-0": 2, "site-1": 2, "site-2": 2}

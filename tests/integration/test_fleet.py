@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from edgewave.serving.desired import DesiredState
+from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.rollout.gitops import DesiredStateRepo
 from tests.helpers import BIN, edgewave_env, free_port, wait_for
 
@@ -34,7 +35,7 @@ def test_fleet_up_status_down_by_pid(bundles, tmp_path: Path) -> None:
     pids = {f.stem: json.loads(f.read_text())["pid"] for f in (home / "fleet").glob("*.json")}
     try:
         assert set(pids) == {"site-0", "site-1"}
-        repo = DesiredStateRepo(home / "desired-state")
+        repo = DesiredStateRepo.of(Settings(home=home)).ensure()
         repo.commit([DesiredState(site=f"site-{i}", model="machine-failure", version=1,
                                   bundle_url=bundles.v1.as_uri(), sha256=bundles.sha(bundles.v1), rollout_id="ro-t")
                      for i in range(2)], "ro-t: wave 1/1")

@@ -22,7 +22,7 @@ from edgewave.serving.model import load_model
 from edgewave.tasks.platform import engine as engines
 from edgewave.tasks.release import image as images
 from edgewave.tasks.release.data import FEATURES
-from tests.helpers import free_port, http_ok, wait_for
+from tests.helpers import free_port, http_ok, public_keys, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "edgewave-base:bookworm-py311"
@@ -50,7 +50,8 @@ def test_the_image_serves_what_onnxruntime_computes_and_round_trips_the_registry
 
     # what the release flow's image step does: context, build, push
     outcome = images.release_image(engine.docker_host, engine.registry, BASE_IMAGE, tmp_path / "images",
-                                   bundles.home / "keys", bundles.v1, "machine-failure", 1, bundles.sha(bundles.v1))
+                                   public_keys(bundles.home / "keys"), bundles.v1, "machine-failure", 1,
+                                   bundles.sha(bundles.v1))
     assert outcome.status == "pushed", outcome.reason
     tag = outcome.tag
     assert tag == f"{engine.registry}/edgewave-serving:machine-failure-v1"

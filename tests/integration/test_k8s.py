@@ -13,12 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from edgewave.flows.rollout import rollout
 from edgewave.serving.desired import DesiredState, git
-from edgewave.tasks.rollout.controller import Controller, Io, run, scrape_sites
-from edgewave.tasks.rollout.gitops import DesiredStateRepo
+from edgewave.tasks.platform.settings import Settings, use
 from edgewave.tasks.rollout.k8s import image_fields, overlay_path
-from edgewave.tasks.rollout.policy import load_fleet_file
-from tests.helpers import BIN, free_port, http_ok, stop, wait_for
+from tests.helpers import BIN, desired_repo, free_port, http_ok, register_versions, stop, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES_VERSION = "1.32.0"  # what the manifests are validated against (K3s v1.32 line)
@@ -52,7 +51,7 @@ def test_the_base_renders_and_validates(tmp_path: Path) -> None:
 
 
 def test_every_overlay_the_rollout_writes_renders_and_validates(tmp_path: Path) -> None:
-    repo = DesiredStateRepo(tmp_path / "repo").ensure()
+    repo = desired_repo(tmp_path)
     repo.commit([state("press-1", 4, "127.0.0.1:5000/edgewave-serving:machine-failure-v4"),
                  state("press-2", 4, f"127.0.0.1:5000/edgewave-serving@{DIGEST}"),
                  state("bare-1", 4, None)], "wave 1")
@@ -75,7 +74,7 @@ def test_every_overlay_the_rollout_writes_renders_and_validates(tmp_path: Path) 
 
 
 def test_a_broken_overlay_fails_validation_naming_the_field(tmp_path: Path) -> None:
-    repo = DesiredStateRepo(tmp_path / "repo").ensure()
+    repo = desired_repo(tmp_path)
     repo.commit([state("press-1", 4, "127.0.0.1:5000/edgewave-serving:machine-failure-v4")], "wave 1")
     path = repo.path / overlay_path("press-1")
     doc = yaml.safe_load(path.read_text())
@@ -107,9 +106,9 @@ def test_image_references_are_checked() -> None:
 @pytest.fixture
 def sitesim(tmp_path: Path):
     """Simulated sites that report what the Git desired state asks for (as Argo CD and agents would)."""
-    repo = DesiredStateRepo(tmp_path / "repo").ensure()
+    repo = desired_repo(tmp_path)
     port = free_port()
-    process = subprocess.Popen([sys.executable, str(ROOT / "bench" / "sitesim.py"), str(repo.path), str(port)],
+    process = subprocess.Popen([sys.executable, str(ROOT / "bench" / "sitesim.py"), repo.remote, str(port)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/x/metrics"), 15, "site simulator")
@@ -130,13 +129,17 @@ def test_a_mixed_fleet_rollout_commits_k8s_overlays_wave_by_wave(sitesim, tmp_pa
                     "bake_seconds": 0, "convergence_deadline_seconds": 20,
                     "analysis": {"interval_seconds": 0.3, "measurements": 1, "min_requests_per_site": 5}},
     }))
-    fleet_file = load_fleet_file(fleet_path)
     v1 = "127.0.0.1:5000/edgewave-serving:machine-failure-v1"
     repo.commit([state(s, 1, v1 if kind == "k8s" else None, "ro-v1") for s, kind in sites], "v1 everywhere")
-    io = Io(repo=repo, read=lambda wanted: scrape_sites(wanted), log=lambda line: None)
     image = f"127.0.0.1:5000/edgewave-serving@{DIGEST}"
-    controller = Controller(fleet_file, "machine-failure", 2, "file:///b/v2", SHA, 1, io, image=image)
-    assert run(controller) == "succeeded"
+    settings = Settings(home=tmp_path / "home", fleet_path=fleet_path, desired_state_remote=repo.remote)
+    settings.apply_runtime_environment()
+    register_versions(settings, {1: {"bundle_url": "file:///b/v1", "onnx_sha256": SHA, "image": v1},
+                                 2: {"bundle_url": "file:///b/v2", "onnx_sha256": SHA, "image": image}}, production=1)
+    with use(settings):
+        result = rollout(2)  # the rollout flow users run
+    assert result["status"] == "succeeded", result
+    repo.sync()
 
     waves = [c for c in git("log", "--reverse", "--format=%H %s", cwd=repo.path).splitlines() if ": wave " in c]
     changed = [git("show", "--name-only", "--format=", c.split()[0], cwd=repo.path).split() for c in waves]

@@ -20,6 +20,7 @@ from edgewave.serving.bundle import (
     UnknownKeyError,
     key_id,
     load_trusted_keys,
+    parse_public_keys,
     verify_bundle,
 )
 from edgewave.tasks.release.bundle import (
@@ -142,3 +143,44 @@ def test_a_signing_key_readable_by_others_is_refused(key_path: Path) -> None:
     os.chmod(key_path, 0o644)
     with pytest.raises(PermissionError, match="chmod 600"):
         load_or_create_signing_key(key_path)
+
+
+def test_a_configured_signing_key_that_is_missing_is_an_error_never_a_new_key(tmp_path: Path) -> None:
+    from edgewave.tasks.platform.settings import Settings
+    from edgewave.tasks.release.bundle import SigningKeyError, signing_key
+
+    configured = tmp_path / "mounted" / "signing.key"
+    with pytest.raises(SigningKeyError, match="EDGEWAVE_SIGNING_KEY_PATH.*does not exist"):
+        signing_key(Settings(home=tmp_path / "home", signing_key_path=configured))
+    assert not configured.exists() and not configured.parent.exists()
+
+
+def test_the_embedded_key_is_created_once_and_never_over_a_public_key_left_alone(tmp_path: Path) -> None:
+    from edgewave.tasks.platform.settings import Settings
+    from edgewave.tasks.release.bundle import SigningKeyError, signing_key, trusted_public_keys
+
+    settings = Settings(home=tmp_path / "home")
+    key = signing_key(settings)
+    assert key_id(signing_key(settings).public_key()) == key_id(key.public_key()), "created once, then loaded"
+    assert list(parse_public_keys(trusted_public_keys(settings))) == [key_id(key.public_key())]
+    settings.signing_key.unlink()  # only the public key is left: sites may trust it
+    with pytest.raises(SigningKeyError, match="refusing to replace"):
+        signing_key(settings)
+
+
+def test_a_signing_key_given_as_a_secret_signs_and_is_what_sites_are_given(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    from edgewave.tasks.platform.settings import Settings
+    from edgewave.tasks.release.bundle import SigningKeyError, signing_key, trusted_public_keys
+
+    secret = Ed25519PrivateKey.generate()
+    pem = secret.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                               serialization.NoEncryption()).decode()
+    settings = Settings(home=tmp_path / "home", signing_key_pem=pem)
+    assert key_id(signing_key(settings).public_key()) == key_id(secret.public_key())
+    assert list(parse_public_keys(trusted_public_keys(settings))) == [key_id(secret.public_key())]
+    assert not (tmp_path / "home" / "keys").exists(), "nothing written, nothing minted"
+    with pytest.raises(SigningKeyError, match="not a PEM private key") as caught:
+        signing_key(Settings(home=tmp_path / "home", signing_key_pem="-----BEGIN PRIVATE KEY-----\nnope\n"))
+    assert "nope" not in str(caught.value), "the secret's content is not repeated in the error"

@@ -116,7 +116,7 @@ def test_unreachable_sites_are_requeued_or_counted_failed_after_the_deadline(tmp
         path = fleet_file(tmp_path, n_sites=6, waves=[{"name": "canary", "count": 3}, {"name": "rest", "percent": 100}],
                           offline={"deadline_seconds": 0.2, "then": then})
         log: list[str] = []
-        io = Io(repo=DesiredStateRepo(tmp_path / f"repo-{then}"),
+        io = Io(repo=DesiredStateRepo(str(tmp_path / f"remote-{then}.git"), tmp_path / f"clone-{then}").ensure(),
                 read=lambda sites: {s.id: None if s.id in ("s1", "s4") else Reading(version=1) for s in sites},
                 sleep=lambda seconds: None, log=log.append)
         return Controller(load_fleet_file(path), "m", 2, "file:///b", "e" * 64, 1, io), log
