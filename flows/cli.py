@@ -54,7 +54,15 @@ def release(
     print(json.dumps({"model": result.model, "version": result.version, "staged": result.staged}))
 
 
-app.command("serve")(edge_cli.serve)  # the edge's own command: `edgewave-site` in the serving image
+@app.command()
+def serve(
+    bundle: Annotated[Path | None, typer.Option(help="Serve this bundle folder (verified first); no agent.")] = None,
+    site: Annotated[str | None, typer.Option(help="Run as this site: serve its last-known-good model and run its agent.")] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default EDGEWAVE_SERVE_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default EDGEWAVE_SERVE_PORT).")] = None,
+) -> None:
+    """Run an edge site: the inference service, and with --site its agent (what `edgewave-site` does)."""
+    raise typer.Exit(edge_cli.serve(bundle, site, host, port))
 
 
 @app.command()

@@ -1,5 +1,7 @@
 """`python -m edgewave.serving --site ID`: how the serving image starts a site."""
 
-from edgewave.serving.cli import app
+import sys
 
-app(prog_name="edgewave-site")
+from edgewave.serving.cli import main
+
+sys.exit(main())

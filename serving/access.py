@@ -46,6 +46,7 @@ class RemoteAccess:
     git_token: str | None = field(default=None, repr=False)
     registry_username: str | None = None
     registry_password: str | None = field(default=None, repr=False)
+    registry_plain_http: bool | None = None  # None: plain HTTP only for a loopback registry
 
     def __post_init__(self) -> None:
         if self.ssh_key is not None and not self.ssh_key.exists():

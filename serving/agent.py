@@ -101,10 +101,14 @@ class Agent(Background):
             partial = folder.with_name(f".{folder.name}.partial")  # never mistaken for a cached bundle
             shutil.rmtree(partial, ignore_errors=True)
             try:
-                download_bundle(desired.bundle_url, partial)
+                download_bundle(desired.bundle_url, partial, self.access)
             except OSError as exc:  # store unreachable or bundle not there (yet): retry later
                 shutil.rmtree(partial, ignore_errors=True)
-                raise ConnectionError(f"bundle v{desired.version} not fetched from {desired.bundle_url}: {exc}") from exc
+                raise ConnectionError(redact(f"bundle v{desired.version} not fetched from {desired.bundle_url}: "
+                                             f"{exc}")) from exc
+            except ValueError as exc:  # a bundle URL the site cannot use (a tag instead of a digest, say)
+                shutil.rmtree(partial, ignore_errors=True)
+                raise DesiredStateError(redact(f"{site_file(self.site_id)}: bundle_url: {exc}")) from None
             partial.rename(folder)
         try:
             self._check_desired_hash(folder, desired)
@@ -146,7 +150,7 @@ class Agent(Background):
         shipped = 0
         windows = self.sampler.windows()
         for window in windows:
-            upload_confirmed(window, self.monitoring_store, f"{self.site_id}/{window.name}")
+            upload_confirmed(window, self.monitoring_store, f"{self.site_id}/{window.name}", self.access)
             window.unlink()
             shipped += 1
             self.metrics.windows_shipped.inc()

@@ -101,7 +101,8 @@ class EdgeSettings(BaseSettings):
         return RemoteAccess(ssh_key=key, known_hosts=known, git_username=self.git_username,
                             git_token=_secret(self.git_token, self.git_token_file),
                             registry_username=self.registry_username,
-                            registry_password=_secret(self.registry_password, self.registry_password_file))
+                            registry_password=_secret(self.registry_password, self.registry_password_file),
+                            registry_plain_http=self.registry_plain_http)
 
     def site_dir(self, site_id: str | None = None) -> Path:
         """A site's own state: bundle cache, sample windows, desired-state checkout."""

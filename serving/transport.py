@@ -1,17 +1,22 @@
-"""Moving files between an edge site and fsspec stores (bundle store, monitoring store)."""
+"""Moving files between an edge site and its stores: bundles in (fsspec URL or OCI artifact),
+sample windows out (monitoring store), with this site's credentials."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import fsspec
-
+from edgewave.serving.access import RemoteAccess
 from edgewave.serving.bundle import MANIFEST
+from edgewave.serving.oci import SCHEME as OCI
+from edgewave.serving.oci import pull_bundle
+from edgewave.serving.stores import open_store, put_atomic
 
 
-def download_bundle(url: str, folder: Path) -> Path:
-    """Fetch a bundle folder from the store (verification is the caller's next step)."""
-    fs, root = fsspec.core.url_to_fs(url)
+def download_bundle(url: str, folder: Path, access: RemoteAccess | None = None) -> Path:
+    """Fetch a bundle folder (verification is the caller's next step): `oci://…@sha256:` or any fsspec URL."""
+    if url.startswith(OCI):
+        return pull_bundle(url, folder, access or RemoteAccess())
+    fs, root = open_store(url, access)
     if not fs.exists(f"{root}/{MANIFEST}"):
         raise FileNotFoundError(f"{url}: no {MANIFEST} there")
     folder.mkdir(parents=True, exist_ok=True)
@@ -21,19 +26,15 @@ def download_bundle(url: str, folder: Path) -> Path:
     return folder
 
 
-def upload_confirmed(local: Path, store_url: str, key: str) -> str:
-    """Upload `local` to `<store>/<key>` and confirm it is there with the same size.
+def upload_confirmed(local: Path, store_url: str, key: str, access: RemoteAccess | None = None) -> str:
+    """Upload `local` to `<store>/<key>`, whole or not at all, and confirm it arrived with the same size.
 
     The store root must exist already: a missing root means the store (a mount, a bucket) is
     unreachable, and creating it would hide that.
     """
-    fs, root = fsspec.core.url_to_fs(store_url)
+    fs, root = open_store(store_url, access)
     if not fs.exists(root):
         raise ConnectionError(f"monitoring store {store_url} is not reachable (its root does not exist)")
     target = f"{root.rstrip('/')}/{key}"
     fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-    fs.put_file(str(local), target)
-    size = fs.size(target)
-    if size != local.stat().st_size:
-        raise IOError(f"upload of {local.name} to {store_url} not confirmed: {size} bytes there, {local.stat().st_size} here")
-    return target
+    return put_atomic(fs, local, target)

@@ -118,13 +118,14 @@ class DesiredRepo:
     def _git(self, *args: str) -> None:
         subprocess.run(["git", *args], cwd=self.path, check=True, capture_output=True)
 
-    def set(self, site: str, version: int, bundle: Path, sha256: str, rollout_id: str = "ro-test") -> None:
+    def set(self, site: str, version: int, bundle: Path, sha256: str, rollout_id: str = "ro-test",
+            bundle_url: str | None = None) -> None:
         import yaml
 
         target = self.path / "sites" / f"{site}.yaml"
         target.parent.mkdir(exist_ok=True)
         target.write_text(yaml.safe_dump({"site": site, "model": "machine-failure", "version": version,
-                                          "bundle_url": bundle.as_uri(), "sha256": sha256, "rollout_id": rollout_id}))
+                                          "bundle_url": bundle_url or bundle.as_uri(), "sha256": sha256, "rollout_id": rollout_id}))
         self._git("add", "-A")
         self._git("commit", "--quiet", "-m", f"{rollout_id}: {site} -> v{version}")
 

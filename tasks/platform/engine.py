@@ -8,6 +8,7 @@ registry is Debian's `docker-registry` (distribution) on 127.0.0.1. Both are sto
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -52,10 +53,8 @@ def _ping(docker_host: str) -> bool:
 
 def start(state: Path, registry_port: int = 5000, timeout: float = 60.0) -> Engine:
     """Start (or find) the Docker engine and the registry under `state`; EngineUnavailable if impossible."""
-    for tool in (DOCKERD[0], "docker-registry"):
-        if shutil.which(tool) is None:
-            raise EngineUnavailable(f"{tool} is not installed (scripts/setup-system.sh installs docker.io and "
-                                    "docker-registry)")
+    if shutil.which(DOCKERD[0]) is None:
+        raise EngineUnavailable(f"{DOCKERD[0]} is not installed (scripts/setup-system.sh installs docker.io)")
     if os.geteuid() != 0:
         raise EngineUnavailable("the Docker engine needs root here (no rootless setup)")
     state.mkdir(parents=True, exist_ok=True)
@@ -75,26 +74,42 @@ def start(state: Path, registry_port: int = 5000, timeout: float = 60.0) -> Engi
                 log = (state / "engine.log").read_text(errors="replace").splitlines()[-8:]
                 raise EngineUnavailable("the Docker engine did not start: " + " | ".join(log))
             time.sleep(0.5)
-    registry = f"127.0.0.1:{registry_port}"
-    reg_record = state / "registry.json"
-    if processes.running_pid(reg_record, REGISTRY_MARKERS) is None:
+    return Engine(docker_host, start_registry(state, registry_port, timeout))
+
+
+def start_registry(state: Path, port: int = 5000, timeout: float = 60.0) -> str:
+    """Start (or find) Debian's docker-registry on 127.0.0.1:`port`, data under `state`; returns host:port."""
+    if shutil.which("docker-registry") is None:
+        raise EngineUnavailable("docker-registry is not installed (scripts/setup-system.sh installs it)")
+    state.mkdir(parents=True, exist_ok=True)
+    registry = f"127.0.0.1:{port}"
+    record = state / "registry.json"
+    running = processes.running_pid(record, REGISTRY_MARKERS)
+    if running is not None and json.loads(record.read_text()).get("port") != port:
+        processes.stop(record, REGISTRY_MARKERS)  # the same state asked for on another port
+        running = None
+    if running is None:
         config = state / "registry.yml"
         config.write_text(f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: "
                           f"{state / 'registry'}\nhttp:\n  addr: {registry}\n")
-        process = processes.start(["docker-registry", "serve", str(config)], reg_record, state / "registry.log",
-                                  dict(os.environ))
+        process = processes.start(["docker-registry", "serve", str(config)], record, state / "registry.log",
+                                  dict(os.environ), port=port)
         deadline = time.monotonic() + timeout
         while not processes.http_ok(f"http://{registry}/v2/"):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise EngineUnavailable(f"registry did not start on {registry}; see {state / 'registry.log'}")
             time.sleep(0.3)
-    return Engine(docker_host, registry)
+    return registry
+
+
+def stop_registry(state: Path) -> bool:
+    return processes.stop(state / "registry.json", REGISTRY_MARKERS)
 
 
 def stop(state: Path) -> list[str]:
     """Stop the registry and the Docker engine started under `state`, by pid."""
     stopped = []
-    if processes.stop(state / "registry.json", REGISTRY_MARKERS):
+    if stop_registry(state):
         stopped.append("registry")
     if processes.stop(state / "engine.json", DOCKERD_MARKERS, timeout=30):
         stopped.append("engine")

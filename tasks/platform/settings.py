@@ -69,6 +69,9 @@ class Settings(EdgeSettings):
     image_registry: str = Field("127.0.0.1:5000", description="OCI registry the serving image is pushed to.")
     image_base: str = Field("edgewave-base:bookworm-py311", description="BASE_IMAGE of deployments/Dockerfile.")
     image_required: bool = Field(False, description="Fail the release (instead of skipping) when no engine is reachable.")
+    bundle_registry: str | None = Field(
+        None, description="OCI registry (host:port[/namespace]) the release pushes each signed bundle to as an "
+        "artifact; sites then pull it by digest. Unset: sites fetch bundles from the bundle store.")
 
     # --- drift and retraining -------------------------------------------------------------
     drift_workers: int = Field(

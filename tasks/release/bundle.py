@@ -196,3 +196,13 @@ def upload_bundle(folder: Path, url: str) -> str:
     for name in ordered:
         fs.put_file(str(folder / name), f"{root}/{name}")
     return url
+
+
+def push_artifact(settings, folder: Path, name: str, version: int) -> str:
+    """The signed bundle as an OCI artifact in EDGEWAVE_BUNDLE_REGISTRY; returns `oci://…@sha256:…`."""
+    from edgewave.serving.oci import push_bundle
+
+    manifest = json.loads((folder / MANIFEST).read_text())
+    return push_bundle(folder, f"oci://{settings.bundle_registry.rstrip('/')}/edgewave-bundles/{name}", f"v{version}",
+                       settings.remote_access(),
+                       {"name": name, "version": version, "sha256": manifest["model"]["sha256"]})

@@ -198,7 +198,8 @@ def alias_version(settings: Settings, alias: str) -> int | None:
 
 
 def rollout_target(settings: Settings, version: int) -> tuple[str, str]:
-    """(bundle URL, model.onnx sha256) of a registered version, as the release tagged them."""
+    """(where sites get the bundle, model.onnx sha256) of a registered version, as the release tagged them:
+    the OCI artifact by digest when one was pushed, else the bundle store URL."""
     try:
         tags = client(settings).get_model_version(settings.model_name, str(version)).tags
     except MlflowException as exc:
@@ -206,7 +207,7 @@ def rollout_target(settings: Settings, version: int) -> tuple[str, str]:
     missing = [t for t in ("bundle_url", "onnx_sha256") if t not in tags]
     if missing:
         raise LookupError(f"{settings.model_name} v{version} lacks the tag(s) {missing}; was it released by edgewave?")
-    return tags["bundle_url"], tags["onnx_sha256"]
+    return tags.get("bundle_ref") or tags["bundle_url"], tags["onnx_sha256"]
 
 
 def serving_image(settings: Settings, version: int) -> str | None:

@@ -137,9 +137,15 @@ def build_bundle(settings: Settings, version: registry.RegisteredVersion, champi
 
 @task(name="store-bundle", **REMOTE)
 def store_bundle(settings: Settings, version: registry.RegisteredVersion, folder: Path) -> str:
-    """Upload to the bundle store and record it on the version (same URL on every retry)."""
+    """Upload to the bundle store and record it on the version (same URL on every retry); with
+    EDGEWAVE_BUNDLE_REGISTRY also push it as an OCI artifact, which is then what sites pull (by digest)."""
     url = bundles.upload_bundle(folder, bundles.bundle_url(settings.bundle_store, version.name, version.version))
     registry.attach_bundle(settings, version, folder, url)
+    if settings.bundle_registry:
+        ref = bundles.push_artifact(settings, folder, version.name, version.version)
+        registry.tag_version(settings, version.version, {"bundle_ref": ref})
+        run_logger().info("bundle v%d pushed as %s", version.version, ref)
+        return ref
     return url
 
 

@@ -61,6 +61,13 @@ def test_the_image_serves_what_onnxruntime_computes_and_round_trips_the_registry
     assert attrs["User"] == "10001:10001" and attrs["Healthcheck"]["Test"][0] == "CMD"
     assert attrs["Labels"]["io.edgewave.model.version"] == "1"
     assert attrs["Labels"]["org.opencontainers.image.title"] == "edgewave-serving"
+    size = client.images.get(tag).attrs["Size"]
+    print(f"serving image: {size / 1e6:.1f} MB")
+    assert size < 350e6, f"the serving image is {size / 1e6:.1f} MB, over its 350 MB budget"
+    edge_only = client.containers.run(tag, entrypoint=["python3", "-c", "import importlib.util as u; print("
+                                      "[m for m in ('edgewave.tasks', 'edgewave.flows', 'typer', 'rich') if u.find_spec(m)])"],
+                                      network_mode="none", remove=True).decode().strip()
+    assert edge_only == "[]", f"the image carries more than the edge: {edge_only}"
 
     port = free_port()
     container = client.containers.run(

@@ -1,0 +1,132 @@
+"""Bundles as OCI artifacts: pushed to the image registry by the release, pulled by digest at the edge.
+
+A bundle is one artifact with one layer per file (`model.onnx`, `bundle.json`, `bundle.sig`,
+…), each with a media type of our own, so `oras` and registries show what it is. Desired
+state names it as `oci://<registry>/<repository>@sha256:<manifest digest>`: immutable, so a
+site runs exactly what was rolled out. Pulling checks every layer against its digest; the
+caller then verifies the bundle's signature and file hashes as for any other transport.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgewave.serving.access import RemoteAccess
+from edgewave.serving.bundle import MANIFEST, SIGNATURE
+
+SCHEME = "oci://"
+ARTIFACT_TYPE = "application/vnd.edgewave.bundle.v1+json"  # the manifest config's media type
+MEDIA_TYPES = {
+    MANIFEST: "application/vnd.edgewave.bundle.manifest.v1+json",
+    SIGNATURE: "application/vnd.edgewave.bundle.signature.v1+json",
+}
+MODEL_MEDIA_TYPE = "application/vnd.edgewave.bundle.model.v1+onnx"
+MANIFEST_ACCEPT = ["application/vnd.oci.image.manifest.v1+json"]
+
+
+class OciError(ConnectionError):
+    """The registry could not be reached, refused us, or served something that is not the bundle asked for."""
+
+
+@dataclass(frozen=True)
+class Reference:
+    registry: str  # host:port
+    repository: str
+    digest: str | None = None
+    tag: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> Reference:
+        """`oci://host:port/repo/path@sha256:…` or `…:tag`."""
+        if not url.startswith(SCHEME):
+            raise ValueError(f"{url}: not an {SCHEME} reference")
+        rest = url.removeprefix(SCHEME)
+        registry, _, path = rest.partition("/")
+        digest = tag = None
+        if "@" in path:
+            path, digest = path.split("@", 1)
+        elif ":" in path.rsplit("/", 1)[-1]:
+            path, tag = path.rsplit(":", 1)
+        if not registry or not path:
+            raise ValueError(f"{url}: expected {SCHEME}<registry>/<repository>@sha256:<digest>")
+        return cls(registry, path, digest, tag)
+
+    @property
+    def target(self) -> str:
+        return f"{self.registry}/{self.repository}" + (f"@{self.digest}" if self.digest else f":{self.tag or 'latest'}")
+
+    def url(self) -> str:
+        return SCHEME + self.target
+
+
+def plain_http(registry: str, access: RemoteAccess) -> bool:
+    """HTTP only when asked to, or for a registry on this machine's loopback."""
+    if access.registry_plain_http is not None:
+        return access.registry_plain_http
+    host = registry.rsplit(":", 1)[0]
+    return host in ("127.0.0.1", "localhost", "[::1]")
+
+
+def client(registry: str, access: RemoteAccess):
+    """An oras client for `registry` with the configured credentials (basic auth), quiet."""
+    import oras.client
+
+    logging.getLogger("oras").setLevel(logging.WARNING)
+    oras_client = oras.client.OrasClient(hostname=registry, insecure=plain_http(registry, access), auth_backend="basic")
+    if access.registry_username and access.registry_password:
+        oras_client.auth.set_basic_auth(access.registry_username, access.registry_password)
+    return oras_client
+
+
+def media_type(name: str) -> str:
+    return MEDIA_TYPES.get(name) or (MODEL_MEDIA_TYPE if name.endswith(".onnx") else "application/octet-stream")
+
+
+def push_bundle(folder: Path, repository_ref: str, tag: str, access: RemoteAccess, config: dict) -> str:
+    """Push `folder`'s files as one artifact tagged `tag`; returns its `oci://…@sha256:` reference."""
+    ref = Reference.parse(f"{repository_ref.rstrip('/')}:{tag}")
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    with tempfile.TemporaryDirectory(prefix="edgewave-oci-") as tmp:
+        config_path = Path(tmp) / "config.json"
+        config_path.write_text(json.dumps(config, sort_keys=True))
+        try:
+            response = client(ref.registry, access).push(
+                target=ref.target, files=[f"{p}:{media_type(p.name)}" for p in files], disable_path_validation=True,
+                manifest_config=f"{config_path}:{ARTIFACT_TYPE}", quiet=True,
+                manifest_annotations={"org.opencontainers.image.title": f"{config.get('name')} v{config.get('version')}"})
+        except Exception as exc:  # requests and oras raise many types; say which registry and what
+            raise OciError(f"push of {folder.name} to {ref.target} failed: {type(exc).__name__}: {exc}") from None
+    digest = response.headers.get("Docker-Content-Digest")
+    if not digest:
+        raise OciError(f"{ref.registry} accepted {ref.target} but reported no digest")
+    return Reference(ref.registry, ref.repository, digest=digest).url()
+
+
+def pull_bundle(url: str, folder: Path, access: RemoteAccess) -> Path:
+    """Pull the artifact at `url` (by digest) into `folder`, every layer checked against its digest."""
+    ref = Reference.parse(url)
+    if not ref.digest:
+        raise ValueError(f"{url}: a site pulls bundles by digest only (…@sha256:…), never by a movable tag")
+    oras_client = client(ref.registry, access)
+    try:
+        manifest = oras_client.get_manifest(ref.target, allowed_media_type=MANIFEST_ACCEPT)
+        folder.mkdir(parents=True, exist_ok=True)
+        for layer in manifest.get("layers", []):
+            name = (layer.get("annotations") or {}).get("org.opencontainers.image.title", "")
+            if not name or "/" in name or name.startswith("."):
+                raise OciError(f"{url}: layer {layer.get('digest')} has no usable file name ({name!r})")
+            target = folder / name
+            oras_client.download_blob(ref.target, layer["digest"], str(target))
+            actual = "sha256:" + hashlib.sha256(target.read_bytes()).hexdigest()
+            if actual != layer["digest"]:
+                raise OciError(f"{url}: {name} has digest {actual}, the manifest says {layer['digest']}")
+    except OciError:
+        raise
+    except Exception as exc:
+        raise OciError(f"pull of {url} failed: {type(exc).__name__}: {exc}") from None
+    return folder
