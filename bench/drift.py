@@ -76,14 +76,16 @@ def build_world(home: Path, sites: int, rows: int, drifted_every: int) -> tuple[
 def plain_loop(settings, sites: list[str], out: Path) -> tuple[float, list[str]]:
     """What a team writes first: for each site, read its windows, run Evidently, save the HTML."""
     from edgewave.tasks.drift.checks import column_results, run_evidently, thresholds
-    from edgewave.tasks.drift.store import SiteLedger, new_windows, read_windows, reference_for
+    from edgewave.tasks.drift.reference import reference_for
+    from edgewave.tasks.drift.store import MonitoringStore, SiteLedger
     from edgewave.tasks.rollout.policy import load_fleet_file
 
     policy = load_fleet_file(settings.fleet_path).drift
     started = time.perf_counter()
     flagged = []
     for site in sites:
-        frame, _ = read_windows(settings.monitoring_store, new_windows(settings.monitoring_store, site, SiteLedger()))
+        store = MonitoringStore.of(settings)
+        frame, _ = store.read_windows(store.new_windows(site, SiteLedger()))
         reference = reference_for(settings, settings.model_name, int(frame["model_version"].iloc[0]))
         per_column = thresholds(policy, reference.features)
         snapshot = run_evidently(frame.tail(policy.max_rows), reference.frame, per_column, policy.drift_share,

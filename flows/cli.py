@@ -107,7 +107,7 @@ def _print_drift(summary) -> None:
                       str(c.model_version or "-"), f"{c.drifted_share:.0%}" if c.status == "checked" else "-",
                       top or "-", str(c.consecutive))
     console.print(table)
-    reports = {str(Path(c.report_path).parent) for c in summary.sites if c.report_path}
+    reports = {c.report.rsplit("/", 1)[0] for c in summary.sites if c.report}
     console.print(summary.reason + (f"\nEvidently reports: {', '.join(sorted(reports))}" if reports else ""))
 
 

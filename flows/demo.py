@@ -17,6 +17,7 @@ from edgewave.flows.release import release
 from edgewave.flows.retrain import retrain_on_drift
 from edgewave.flows.rollout import rollout
 from edgewave.tasks.drift.checks import FleetDrift
+from edgewave.tasks.drift.store import MonitoringStore
 from edgewave.tasks.platform import fleet
 from edgewave.tasks.platform.settings import Settings, use
 from edgewave.tasks.release.data import scenario
@@ -38,7 +39,7 @@ def _with_fleet(settings: Settings, keep_fleet: bool, rate: float, work: Callabl
     fleet_file = load_fleet_file(settings.fleet_path)
     fleet.up(settings, fleet_file.fleet, extra_env=DEMO_SITE_ENV)
     try:
-        with Traffic(fleet_file.fleet.sites, rate_per_site=rate, feedback_store=settings.monitoring_store) as traffic:
+        with Traffic(fleet_file.fleet.sites, rate_per_site=rate, feedback_store=MonitoringStore.of(settings)) as traffic:
             return work(traffic)
     finally:
         if not keep_fleet:

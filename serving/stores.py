@@ -12,6 +12,7 @@ only ever appears whole).
 
 from __future__ import annotations
 
+import functools
 import uuid
 from pathlib import Path
 
@@ -22,7 +23,9 @@ from edgewave.serving.access import RemoteAccess
 PARTIAL_PREFIX = "."  # a file being written; readers skip names that start with it
 
 
+@functools.cache
 def _checked_sftp():
+    """The SFTP file system class (built once: fsspec reuses a connection per class and arguments)."""
     import paramiko
     from fsspec.implementations.sftp import SFTPFileSystem
 

@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from edgewave.tasks.drift.store import NewWindows, ReferenceData, SiteLedger, WindowCheck, new_windows, read_windows
+from edgewave.tasks.drift.reference import ReferenceData
+from edgewave.tasks.drift.store import MonitoringStore, NewWindows, SiteLedger, WindowCheck
 from edgewave.tasks.rollout.policy import DriftPolicy
 
 PREDICTION = "probability"
@@ -62,7 +63,7 @@ class SiteCheck(BaseModel):
     confidence_current: float | None = None
     consecutive: int = 0
     confirmed: bool = False
-    report_path: str | None = None
+    report: str | None = Field(None, description="The HTML report, in the monitoring store.")
     seconds: float = 0.0
 
     @property
@@ -126,7 +127,7 @@ def pick_version(frame: pd.DataFrame) -> tuple[int, pd.DataFrame]:
 
 def compare(site: str, check_id: str, rows: pd.DataFrame, reference: ReferenceData, policy: DriftPolicy,
             report_path: Path | None) -> SiteCheck:
-    """Run Evidently on the newest `max_rows` rows against the reference; keep the HTML."""
+    """Run Evidently on the newest `max_rows` rows against the reference; the HTML goes to `report_path`."""
     started = time.perf_counter()
     recent = rows.sort_values("timestamp").tail(policy.max_rows)
     per_column = thresholds(policy, reference.features)
@@ -142,22 +143,22 @@ def compare(site: str, check_id: str, rows: pd.DataFrame, reference: ReferenceDa
         drifted=share >= policy.drift_share, drifted_share=share, columns=inputs, prediction=results.get(PREDICTION),
         confidence_reference=mean_confidence(reference.frame[PREDICTION]),
         confidence_current=mean_confidence(recent[PREDICTION]),
-        report_path=str(report_path) if report_path else None, seconds=time.perf_counter() - started,
+        seconds=time.perf_counter() - started,
     )
 
 
-def check_site(site: str, check_id: str, store_url: str, ledger: SiteLedger, policy: DriftPolicy,
-               reference_of, report_dir: Path | None) -> tuple[SiteCheck, SiteLedger]:
+def check_site(site: str, check_id: str, store: MonitoringStore, ledger: SiteLedger, policy: DriftPolicy,
+               reference_of, report_path: Path | None) -> tuple[SiteCheck, SiteLedger]:
     """The whole per-site step, given how to get a version's reference; returns the new ledger.
 
     New windows are consumed only by a check that ran: with fewer than `min_samples` new
     rows the site waits, and those rows count in the next check together with what arrives.
     """
-    windows: NewWindows = new_windows(store_url, site, ledger)
+    windows: NewWindows = store.new_windows(site, ledger)
     if not windows.files:
         detail = f"{windows.too_old} windows older than the ledger horizon ignored" if windows.too_old else ""
         return SiteCheck(site=site, check_id=check_id, status="no-data", detail=detail), ledger
-    frame, unreadable = read_windows(store_url, windows)
+    frame, unreadable = store.read_windows(windows)
     note = (f"{len(unreadable)} unreadable window(s) skipped and left in the store: "
             + "; ".join(f"{name}: {why}" for name, why in unreadable.items())) if unreadable else ""
     if len(frame) < policy.min_samples:
@@ -166,11 +167,10 @@ def check_site(site: str, check_id: str, store_url: str, ledger: SiteLedger, pol
                          detail="; ".join(filter(None, [f"{len(frame)} new rows < min_samples {policy.min_samples}",
                                                         note]))), ledger
     version, rows = pick_version(frame)
-    report = report_dir / f"{site}.html" if report_dir is not None else None
-    result = compare(site, check_id, rows, reference_of(version), policy, report)
+    result = compare(site, check_id, rows, reference_of(version), policy, report_path)
     history = [*ledger.history, WindowCheck(check_id=check_id, model_version=version, rows=len(frame),
                                             drifted=result.drifted)]
-    updated = SiteLedger(seen={**ledger.seen, **windows.files}, history=history)
+    updated = SiteLedger(seen={**ledger.seen, **windows.files}, history=history, generation=ledger.generation)
     consecutive = updated.consecutive_drifted(version)
     return result.model_copy(update={
         "rows_new": len(frame), "rows_other_version": len(frame) - len(rows), "detail": note,

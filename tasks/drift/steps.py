@@ -1,16 +1,18 @@
 """Thin Prefect tasks of the drift-monitor flow over tasks/drift/checks.py.
 
 The per-site check is the unit the task runner spreads: a process pool on one machine, a Dask
-cluster when one machine is not enough. It reads and writes only its own site's ledger, so
-checks of different sites never contend; a retry of a site re-reads the same new windows,
-because the ledger is written only after the check succeeded.
+cluster when one machine is not enough. Everything it shares lives in the monitoring store:
+it reads and writes only its own site's ledger there (refused if another check saved it
+meanwhile), and puts its HTML report there, so a worker on another machine, with an
+EDGEWAVE_HOME of its own, counts every window once and the flow finds every report. A retry
+of a site re-reads the same new windows, because the ledger is written only after the check.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,8 +20,10 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NONE
 
+from edgewave.serving.redact import redact
 from edgewave.tasks.drift import checks as drift
-from edgewave.tasks.drift.store import load_ledger, reference_for, save_ledger, write_json
+from edgewave.tasks.drift.reference import reference_for
+from edgewave.tasks.drift.store import DRIFT_ROOT, MonitoringStore, load_ledger, save_ledger
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.rollout.policy import DriftPolicy
 
@@ -32,22 +36,30 @@ def new_check_id() -> str:
     return f"drift-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}"[:-3]
 
 
-def reports_dir(settings: Settings, check_id: str) -> Path:
-    return settings.home / "drift" / "reports" / check_id
+REPORTS = (DRIFT_ROOT, "reports")
+EVENTS = (DRIFT_ROOT, "events.json")
 
 
 def check_one_site(settings: Settings, policy: DriftPolicy, check_id: str, site: str) -> drift.SiteCheck:
-    """Check one site and commit its ledger; an error is a result, not a crash of the fleet check."""
-    ledger = load_ledger(settings, site)
+    """Check one site, put its report in the store and save its ledger there; an error is a
+    result, not a crash of the fleet check."""
+    store = MonitoringStore.of(settings)
     try:
-        result, updated = drift.check_site(
-            site, check_id, settings.monitoring_store, ledger, policy,
-            lambda version: reference_for(settings, settings.model_name, version), reports_dir(settings, check_id))
+        ledger = load_ledger(store, site)
+        with tempfile.TemporaryDirectory(prefix=f"edgewave-drift-{site}-") as tmp:
+            html = Path(tmp) / f"{site}.html"
+            result, updated = drift.check_site(
+                site, check_id, store, ledger, policy,
+                lambda version: reference_for(settings, settings.model_name, version), html)
+            if html.exists():
+                store.put(html, *REPORTS, check_id, html.name)
+                result = result.model_copy(update={"report": store.link(*REPORTS, check_id, html.name)})
+        if updated is not ledger:
+            save_ledger(store, site, updated)
     except Exception as exc:  # one broken site (corrupt window, missing bundle) must not hide the others
         logging.getLogger("edgewave.drift").exception("drift check of %s failed", site)
-        return drift.SiteCheck(site=site, check_id=check_id, status="error", detail=f"{type(exc).__name__}: {exc}")
-    if updated is not ledger:
-        save_ledger(settings, site, updated)
+        return drift.SiteCheck(site=site, check_id=check_id, status="error",
+                               detail=redact(f"{type(exc).__name__}: {exc}"))
     return result
 
 
@@ -59,19 +71,19 @@ def check_site(settings: Settings, policy: DriftPolicy, check_id: str, site: str
 @task(name="summarise-fleet-drift", **LOCAL)
 def summarise(settings: Settings, check_id: str, checks: list[drift.SiteCheck], policy: DriftPolicy) -> drift.FleetDrift:
     summary = drift.summarise(check_id, settings.model_name, checks, policy)
-    write_json(reports_dir(settings, check_id) / "summary.json", summary.model_dump())
-    prune_reports(settings, policy.reports_kept)
+    store = MonitoringStore.of(settings)
+    store.write_json(summary.model_dump(), *REPORTS, check_id, "summary.json")
+    prune_reports(store, policy.reports_kept)
     return summary
 
 
-def prune_reports(settings: Settings, keep: int) -> list[str]:
-    """Keep the HTML of the last `keep` checks: an Evidently page is ~4 MB."""
-    root = settings.home / "drift" / "reports"
-    checks = sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []
+def prune_reports(store: MonitoringStore, keep: int) -> list[str]:
+    """Keep the reports of the last `keep` checks in the store: an Evidently page is ~4 MB."""
+    checks = store.folders(*REPORTS)
     gone = checks[:-keep] if len(checks) > keep else []
-    for folder in gone:
-        shutil.rmtree(folder, ignore_errors=True)
-    return [p.name for p in gone]
+    for check_id in gone:
+        store.remove(*REPORTS, check_id)
+    return gone
 
 
 @task(name="log-drift-to-mlflow", **REMOTE)
@@ -79,7 +91,7 @@ def log_to_mlflow(settings: Settings, summary: drift.FleetDrift) -> dict[str, st
     """One MLflow run per check: per-site metrics, the summary, the drifted sites' HTML reports.
 
     Returns where each logged report can be opened. The HTML of undrifted sites stays in the
-    state dir only (an Evidently page is ~4 MB; 100 sites a check would fill a store fast).
+    monitoring store only, for the last `reports_kept` checks (an Evidently page is ~4 MB).
     """
     import mlflow
 
@@ -102,10 +114,13 @@ def log_to_mlflow(settings: Settings, summary: drift.FleetDrift) -> dict[str, st
     mlc.log_text(run_id, json.dumps(summary.model_dump(), indent=1, default=str), "summary.json")
     links: dict[str, str] = {}
     artifact_uri = mlc.get_run(run_id).info.artifact_uri
-    for check in summary.sites:
-        if check.drifted and check.report_path and Path(check.report_path).exists():
-            mlc.log_artifact(run_id, check.report_path, "reports")
-            links[check.site] = f"{artifact_uri}/reports/{Path(check.report_path).name}"
+    store = MonitoringStore.of(settings)
+    with tempfile.TemporaryDirectory(prefix="edgewave-drift-reports-") as tmp:
+        for check in summary.sites:
+            if check.drifted and check.report:
+                local = store.get(Path(tmp) / f"{check.site}.html", *REPORTS, summary.check_id, f"{check.site}.html")
+                mlc.log_artifact(run_id, str(local), "reports")
+                links[check.site] = f"{artifact_uri}/reports/{local.name}"
     mlc.set_terminated(run_id)
     links["run"] = registry.run_link(settings, run_id, experiment_id)
     return links
@@ -124,7 +139,7 @@ def summary_markdown(summary: drift.FleetDrift, links: dict[str, str]) -> str:
         prediction = f"{c.prediction.score:.3f}{' DRIFT' if c.prediction.drifted else ''}" if c.prediction else "-"
         confidence = (f"{c.confidence_reference:.3f}→{c.confidence_current:.3f}"
                       if c.confidence_current is not None else "-")
-        report = links.get(c.site) or (f"file://{c.report_path}" if c.report_path else "-")
+        report = links.get(c.site) or c.report or "-"
         share = f"{c.drifted_share:.0%}" if c.status == "checked" else "-"
         status = c.status if not c.detail else f"{c.status}: {c.detail}"
         lines.append(f"| {c.site} | {status} | {c.rows_new} | {c.model_version or '-'} | {share} | {top} | "
@@ -155,15 +170,14 @@ def event_payload(summary: drift.FleetDrift, links: dict[str, str]) -> dict:
         "features": {c.site: c.top_features for c in confirmed},
         "top_features": [f for f, _ in summary.top_features],
         "model_versions": {c.site: c.model_version for c in confirmed},
-        "reports": {c.site: links.get(c.site) or f"file://{c.report_path}" for c in confirmed},
+        "reports": {c.site: links.get(c.site) or c.report for c in confirmed},
         "mlflow_run": links.get("run"),
     }
 
 
-def in_cooldown(settings: Settings, model: str, cooldown_minutes: float, now: float | None = None) -> float | None:
+def in_cooldown(store: MonitoringStore, model: str, cooldown_minutes: float, now: float | None = None) -> float | None:
     """Seconds since the last drift event of this model, if that is within the cooldown."""
-    path = settings.home / "drift" / "events.json"
-    last = json.loads(path.read_text()).get(model) if path.exists() else None
+    last = (store.read_json(*EVENTS) or {}).get(model)
     elapsed = (now or time.time()) - last["at"] if last else None
     return elapsed if elapsed is not None and elapsed < cooldown_minutes * 60 else None
 
@@ -175,7 +189,8 @@ def emit(settings: Settings, summary: drift.FleetDrift, links: dict[str, str], c
     from prefect.events import emit_event
 
     log = get_run_logger()
-    elapsed = in_cooldown(settings, summary.model, cooldown_minutes)
+    store = MonitoringStore.of(settings)
+    elapsed = in_cooldown(store, summary.model, cooldown_minutes)
     if elapsed is not None:
         log.info("drift detected, but the last event for %s was %.0f s ago (cooldown %g min): no new event",
                  summary.model, elapsed, cooldown_minutes)
@@ -186,9 +201,8 @@ def emit(settings: Settings, summary: drift.FleetDrift, links: dict[str, str], c
                   "edgewave.model.name": summary.model},
         payload=event_payload(summary, links),
     )
-    path = settings.home / "drift" / "events.json"
-    events = json.loads(path.read_text()) if path.exists() else {}
+    events = store.read_json(*EVENTS) or {}
     events[summary.model] = {"at": time.time(), "check_id": summary.check_id, "event_id": str(event.id) if event else None}
-    write_json(path, events)
+    store.write_json(events, *EVENTS)
     log.info("emitted %s for %s (event %s): %s", EVENT, summary.model, event.id if event else "-", summary.reason)
     return str(event.id) if event else None

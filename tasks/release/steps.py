@@ -18,7 +18,7 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from edgewave.serving.redact import redact
-from edgewave.tasks.drift.store import read_feedback
+from edgewave.tasks.drift.store import MonitoringStore
 from edgewave.tasks.platform.runs import run_logger
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.release import bundle as bundles
@@ -49,7 +49,7 @@ def load_training_data(settings: Settings, seed: int, shuffle_labels: bool = Fal
     """
     frame = load_user_data(settings.data_path) if settings.data_path is not None else generate(settings.train_rows, seed)
     if with_feedback:
-        feedback = read_feedback(settings.monitoring_store, settings.feedback_rows_per_site)
+        feedback = MonitoringStore.of(settings).read_feedback(settings.feedback_rows_per_site)
         run_logger().info("retraining with %d labelled rows of site feedback (store %s) + %d base rows",
                           len(feedback), redact(settings.monitoring_store), len(frame))
         frame = add_feedback(frame, feedback)

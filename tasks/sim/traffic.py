@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 import numpy as np
 import pandas as pd
 
-from edgewave.tasks.drift.store import write_feedback
+from edgewave.tasks.drift.store import MonitoringStore
 from edgewave.tasks.release.data import FEATURES, TARGET, DriftScenario, generate
 from edgewave.tasks.rollout.policy import Site
 
@@ -29,7 +29,7 @@ from edgewave.tasks.rollout.policy import Site
 class Traffic:
     def __init__(self, sites: list[Site], rate_per_site: float = 20.0, rows_per_request: int = 1,
                  scenarios: dict[str, DriftScenario] | None = None, seed: int = 0,
-                 feedback_store: str | None = None, feedback_seconds: float = 10.0) -> None:
+                 feedback_store: MonitoringStore | None = None, feedback_seconds: float = 10.0) -> None:
         self.sites = sites
         self.interval = 1.0 / rate_per_site
         self.rows_per_request = rows_per_request
@@ -96,7 +96,7 @@ class Traffic:
     def _report(self, site: Site, frame: pd.DataFrame, rows: list[int]) -> None:
         """The maintenance log of the scored machines: inputs and what really happened."""
         try:
-            write_feedback(self.feedback_store, site.id, frame.loc[rows, [*FEATURES, TARGET]])
+            self.feedback_store.write_feedback(site.id, frame.loc[rows, [*FEATURES, TARGET]])
             self.feedback_rows[site.id] += len(rows)
         except OSError as exc:  # a full disk or an unmounted store must not stop the traffic
             self.statuses[site.id][f"feedback failed: {exc}"] += 1

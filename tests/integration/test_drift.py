@@ -10,8 +10,9 @@ import yaml
 
 from edgewave.serving.bundle import load_trusted_keys
 from edgewave.serving.model import load_model
-from edgewave.tasks.drift.steps import check_one_site
-from edgewave.tasks.drift.store import load_ledger
+from edgewave.serving.stores import open_store
+from edgewave.tasks.drift.steps import EVENTS, REPORTS, check_one_site
+from edgewave.tasks.drift.store import LedgerConflict, MonitoringStore, load_ledger, save_ledger
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.release.bundle import build_manifest, load_or_create_signing_key, write_bundle
 from edgewave.tasks.release.data import FEATURES, generate, scenario
@@ -66,8 +67,10 @@ def test_each_drift_scenario_is_detected_with_its_top_feature(world, name: str, 
     scores = [(c.column, round(c.score, 3)) for c in result.columns]
     assert result.drifted and set(result.top_features[:len(expected)]) == expected, scores
     assert result.drifted_share >= POLICY.drift_share
-    report = Path(result.report_path)
-    assert report.exists() and all(feature in report.read_text() for feature in expected)
+    store = MonitoringStore.of(settings)
+    assert result.report == store.link(*REPORTS, "drift-test", "drifting.html")
+    report = store.get(settings.home / "report.html", *REPORTS, "drift-test", "drifting.html")
+    assert all(feature in report.read_text() for feature in expected)
 
 
 def test_late_windows_of_an_offline_site_count_in_the_next_check_and_none_twice(world, tmp_path: Path) -> None:
@@ -83,7 +86,7 @@ def test_late_windows_of_an_offline_site_count_in_the_next_check_and_none_twice(
 
     third = check(settings, "plant-x", check_id="drift-3")
     assert third.status == "no-data" and third.rows_new == 0
-    ledger = load_ledger(settings, "plant-x")
+    ledger = load_ledger(MonitoringStore.of(settings), "plant-x")
     assert sum(w.rows for w in ledger.history) == 1300 and len(ledger.seen) == 4
 
 
@@ -149,8 +152,42 @@ def test_features_constant_matches_the_bundle_inputs(world) -> None:
     assert model.feature_names == FEATURES
 
 
-def test_the_drift_flow_fans_out_to_a_dask_cluster_by_setting_only(world, tmp_path: Path) -> None:
-    """EDGEWAVE_DASK_ADDRESS moves the per-site tasks to Dask workers: same flow, same results."""
+def test_a_window_read_while_it_is_being_uploaded_is_neither_lost_nor_counted_twice(world, tmp_path: Path) -> None:
+    settings, model = world
+    store = MonitoringStore.of(settings)
+    ship_windows(settings.monitoring_store, "uploading", generate(600, 12), model, window_rows=600)
+    (arriving,) = write_windows(tmp_path / "buffer", "uploading", generate(600, 13), model, window_rows=600)
+    fs, root = open_store(settings.monitoring_store)
+    final = f"{root}/uploading/{arriving.name}"
+    partial = f"{root}/uploading/.{arriving.name}.1234abcd.partial"
+    data = arriving.read_bytes()
+    fs.pipe_file(partial, data[: len(data) // 2])  # the upload is half way
+    first = check(settings, "uploading", check_id="drift-1")
+    assert (first.status, first.rows_new, first.windows) == ("checked", 600, 1), "the window in flight is not read"
+    assert first.detail == "", "and not reported as a broken window either"
+    fs.pipe_file(partial, data)  # the upload completes, then the name appears
+    fs.mv(partial, final)
+    second = check(settings, "uploading", check_id="drift-2")
+    assert (second.status, second.rows_new, second.windows) == ("checked", 600, 1), "it counts in the next check"
+    assert check(settings, "uploading", check_id="drift-3").status == "no-data", "and never again"
+    assert arriving.name in load_ledger(store, "uploading").seen
+
+
+def test_a_ledger_saved_by_another_check_meanwhile_is_not_overwritten(world) -> None:
+    settings, model = world
+    store = MonitoringStore.of(settings)
+    ship_windows(settings.monitoring_store, "busy", generate(600, 14), model, window_rows=600)
+    stale = load_ledger(store, "busy")
+    assert check(settings, "busy", check_id="drift-1").status == "checked"
+    with pytest.raises(LedgerConflict, match="another drift check"):
+        save_ledger(store, "busy", stale)
+    assert load_ledger(store, "busy").generation == 1
+
+
+def test_the_drift_flow_fans_out_to_dask_workers_with_homes_of_their_own(world, tmp_path: Path) -> None:
+    """EDGEWAVE_DASK_ADDRESS moves the per-site tasks to Dask workers. Each worker has its own
+    EDGEWAVE_HOME, as a worker on another machine would: it counts every window once and the
+    flow links every report, because ledgers and reports live in the monitoring store."""
     from distributed import LocalCluster
 
     from edgewave.flows.drift import drift_monitor
@@ -166,13 +203,23 @@ def test_the_drift_flow_fans_out_to_a_dask_cluster_by_setting_only(world, tmp_pa
     ship_windows(settings.monitoring_store, "calm", generate(800, 11), model, window_rows=400)
     ship_windows(settings.monitoring_store, "worn", generate(800, 12, scenario("worn_tool_regime")), model,
                  window_rows=400)
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster:
+    worker_home = tmp_path / "worker-home"
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1", dashboard_address=None,
+                      env={"EDGEWAVE_HOME": str(worker_home)}) as cluster:
         dask_settings = settings.model_copy(update={"dask_address": cluster.scheduler_address, "fleet_path": fleet_path})
         with use(dask_settings):
-            summary = drift_monitor()
+            first = drift_monitor()
+            again = drift_monitor()
         ran_on_dask = cluster.scheduler.transition_counter
     assert ran_on_dask > 0, "the per-site tasks went through the Dask scheduler"
-    assert summary.sites_drifted == ["worn"] and summary.detected
-    assert {c.site: c.status for c in summary.sites} == {"calm": "checked", "worn": "checked"}
-    assert (settings.home / "drift" / "events.json").exists(), "the drift event was emitted"
+    assert first.sites_drifted == ["worn"] and first.detected
+    assert {c.site: (c.status, c.rows_new) for c in first.sites} == {"calm": ("checked", 800), "worn": ("checked", 800)}
+    assert {c.site: c.status for c in again.sites} == {"calm": "no-data", "worn": "no-data"}, "every window once"
+    store = MonitoringStore.of(settings)
+    reports = {c.site: c.report for c in first.sites}
+    for site in ("calm", "worn"):
+        assert reports[site] == store.link(*REPORTS, first.check_id, f"{site}.html")
+        assert store.read_json(*REPORTS, first.check_id, "summary.json")["check_id"] == first.check_id
+    assert list((worker_home / "cache" / "bundles").rglob("bundle.json")), "the worker cached in its own home"
+    assert not (settings.home / "cache").exists(), "the worker wrote nothing into the flow's home"
+    assert store.read_json(*EVENTS)[settings.model_name]["check_id"] == first.check_id, "the drift event was emitted"

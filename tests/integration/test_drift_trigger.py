@@ -16,7 +16,8 @@ import yaml
 
 from edgewave.serving.bundle import load_trusted_keys
 from edgewave.serving.model import load_model
-from edgewave.tasks.drift.store import write_feedback
+from edgewave.tasks.drift.steps import EVENTS
+from edgewave.tasks.drift.store import MonitoringStore
 from edgewave.tasks.platform import fleet, servers
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.release.data import generate, scenario
@@ -91,7 +92,7 @@ def test_a_drift_event_starts_retraining_through_the_deployment_trigger(stack) -
     (settings.home / "monitoring").mkdir()
     for index, site in enumerate(SITES):
         ship_windows(settings.monitoring_store, site, generate(600, 40 + index, DRIFTED.get(site)), model, 300)
-        write_feedback(settings.monitoring_store, site, generate(800, 60 + index, DRIFTED.get(site)))
+        MonitoringStore.of(settings).write_feedback(site, generate(800, 60 + index, DRIFTED.get(site)))
 
     fleet_file = load_fleet_file(settings.fleet_path)
     fleet.up(settings, fleet_file.fleet, extra_env={"EDGEWAVE_SYNC_INTERVAL_SECONDS": "0.5"})
@@ -111,6 +112,6 @@ def test_a_drift_event_starts_retraining_through_the_deployment_trigger(stack) -
     assert retrain["parameters"]["model"] == settings.model_name
     assert retrain["parameters"]["drift_event"], "the run says which event started it"
     assert retrain["created"] > drift_run["start_time"]
-    events = json.loads((settings.home / "drift" / "events.json").read_text())
+    events = MonitoringStore.of(settings).read_json(*EVENTS)
     assert events[settings.model_name]["event_id"] == retrain["parameters"]["drift_event"]
     assert served == {site: 2 for site in SITES}, "the retrained v2 was rolled out to every site"

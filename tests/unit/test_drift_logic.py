@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from edgewave.tasks.drift.checks import ColumnDrift, SiteCheck, column_results, summarise, thresholds
-from edgewave.tasks.drift.steps import event_payload, in_cooldown
-from edgewave.tasks.drift.store import SiteLedger, WindowCheck
+from edgewave.tasks.drift.steps import EVENTS, event_payload, in_cooldown
+from edgewave.tasks.drift.store import MonitoringStore, SiteLedger, WindowCheck
 from edgewave.tasks.release.data import FEATURES, TARGET, generate
 from edgewave.tasks.release.steps import add_feedback
 from edgewave.tasks.rollout.policy import DriftPolicy
@@ -22,7 +22,7 @@ def checked(site: str, drifted: list[str], confirmed: bool) -> SiteCheck:
                            drifted=c in drifted) for c in FEATURES]
     return SiteCheck(site=site, check_id="c1", status="checked", drifted=bool(drifted), columns=columns,
                      drifted_share=len(drifted) / len(FEATURES), confirmed=confirmed, model_version=3,
-                     report_path=f"/r/{site}.html")
+                     report=f"file:///store/_drift/reports/c1/{site}.html")
 
 
 def test_p_value_and_distance_methods_are_read_the_right_way_round() -> None:
@@ -49,7 +49,7 @@ def test_the_fleet_needs_min_sites_confirmed_and_ranks_features_by_sites() -> No
     assert two.detected and two.sites_confirmed == ["s1", "s2"]
     payload = event_payload(two, {"s1": "mlflow://run/reports/s1.html"})
     assert payload["sites"] == ["s1", "s2"] and sorted(payload["features"]["s2"]) == ["tool_wear_min", "torque_nm"]
-    assert payload["reports"] == {"s1": "mlflow://run/reports/s1.html", "s2": "file:///r/s2.html"}
+    assert payload["reports"] == {"s1": "mlflow://run/reports/s1.html", "s2": "file:///store/_drift/reports/c1/s2.html"}
     json.dumps(payload)  # it travels as a Prefect event payload
 
 
@@ -66,13 +66,12 @@ def test_thresholds_refuse_a_column_the_model_does_not_have() -> None:
         thresholds(DriftPolicy(column_thresholds={"spindle": 0.5}), FEATURES)
 
 
-def test_cooldown_counts_from_the_last_event_of_the_model(settings) -> None:
-    path = settings.home / "drift" / "events.json"
-    path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"m": {"at": 1000.0}}))
-    assert in_cooldown(settings, "m", 30, now=1000.0 + 29 * 60) == pytest.approx(29 * 60)
-    assert in_cooldown(settings, "m", 30, now=1000.0 + 31 * 60) is None
-    assert in_cooldown(settings, "other", 30, now=1001.0) is None
+def test_cooldown_counts_from_the_last_event_of_the_model(tmp_path) -> None:
+    store = MonitoringStore(tmp_path.as_uri())
+    store.write_json({"m": {"at": 1000.0}}, *EVENTS)
+    assert in_cooldown(store, "m", 30, now=1000.0 + 29 * 60) == pytest.approx(29 * 60)
+    assert in_cooldown(store, "m", 30, now=1000.0 + 31 * 60) is None
+    assert in_cooldown(store, "other", 30, now=1001.0) is None
 
 
 def test_feedback_rows_join_the_training_data_or_are_refused_by_column() -> None:
