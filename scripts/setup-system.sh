@@ -2,6 +2,9 @@
 # System packages the tests use, from Debian's archive; idempotent, safe to run again.
 #   prometheus  the PromQL path of the rollout is tested against a real Prometheus
 #   kubectl     `kubectl kustomize` renders the k8s/ base and the overlays the rollout writes
+#   openssh-server
+#               sites on the far side of a network: Git over SSH and the SFTP monitoring store,
+#               an sshd the tests start on a high loopback port with its own config (never port 22)
 #   docker.io, docker-registry, debootstrap
 #               the serving image is built, run, pushed and pulled on a real local engine and
 #               registry, from a base image made with debootstrap (tasks/engine.py starts them)
@@ -19,6 +22,7 @@ missing_packages() {
     dpkg -s docker.io >/dev/null 2>&1 || missing+=(docker.io)
     command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
     command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+    test -x /usr/sbin/sshd || missing+=(openssh-server)
     echo "${missing[@]}"
 }
 

@@ -1,0 +1,87 @@
+"""Git over SSH and the monitoring store over SFTP through a real OpenSSH server on 127.0.0.1:
+the controller pushes, a site only fetches, each site writes only its own prefix, host keys are
+checked, and nothing secret appears in an error."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from edgewave.serving.access import RemoteAccess
+from edgewave.serving.desired import DesiredState, GitError, GitMirror, read_desired, site_file
+from edgewave.serving.transport import upload_confirmed
+from edgewave.tasks.drift.store import MonitoringStore, SiteLedger
+from edgewave.tasks.rollout.gitops import DesiredStateRepo
+from tests import sshd
+
+SITES = ["site-a", "site-b"]
+
+
+@pytest.fixture(scope="module")
+def server():
+    try:
+        running = sshd.start(SITES)
+    except sshd.SshUnavailable as exc:
+        pytest.skip(f"no SSH server can run here: {exc}")
+    yield running
+    running.stop()
+
+
+def access(server, identity: sshd.Identity) -> RemoteAccess:
+    return RemoteAccess(ssh_key=identity.key, known_hosts=server.known_hosts)
+
+
+def state(site: str) -> DesiredState:
+    return DesiredState(site=site, model="m", version=2, bundle_url="oci://127.0.0.1:5000/b@sha256:" + "a" * 64,
+                        sha256="c" * 64, rollout_id="ro-1")
+
+
+def test_the_controller_pushes_over_ssh_and_a_site_may_only_fetch(server, tmp_path: Path) -> None:
+    repo = DesiredStateRepo(server.git_url(), tmp_path / "clone", access(server, server.controller)).ensure()
+    assert repo.commit([state("site-a")], "ro-1: wave 1/1 (all) m v2 -> site-a")
+    site = access(server, server.sites["site-a"])
+    mirror = GitMirror(server.git_url(), tmp_path / "site-a", site)
+    assert mirror.sync() == repo.head()
+    assert read_desired(mirror.checkout / site_file("site-a"), "site-a").version == 2
+    (mirror.checkout / "sites" / "site-a.yaml").write_text("site: site-a\nversion: 99\n")
+    with pytest.raises(GitError, match="not allowed for this key"):
+        DesiredStateRepo(server.git_url(), tmp_path / "site-clone", site).ensure().commit(
+            [state("site-b")], "a site tries to write desired state")
+
+
+def test_an_unknown_host_key_is_refused(server, tmp_path: Path) -> None:
+    other = tmp_path / "known_hosts"
+    other.write_text(f"[127.0.0.1]:{server.port} ssh-ed25519 "
+                     "AAAAC3NzaC1lZDI1NTE5AAAAIHRhdCBpcyBub3QgdGhlIHNlcnZlcidzIGtleSBhdCBhbGwh\n")
+    with pytest.raises(GitError, match="Host key verification failed|REMOTE HOST IDENTIFICATION"):
+        GitMirror(server.git_url(), tmp_path / "m", RemoteAccess(ssh_key=server.controller.key, known_hosts=other)).sync()
+    with pytest.raises(ConnectionError, match="SFTP connection failed"):
+        MonitoringStore(server.store_url(server.controller),
+                        RemoteAccess(ssh_key=server.controller.key, known_hosts=other)).new_windows("site-a", SiteLedger())
+
+
+def test_each_site_writes_only_its_own_prefix_and_the_control_plane_reads_all(server, tmp_path: Path) -> None:
+    window = tmp_path / f"site-a-{int(time.time() * 1000)}-000001-n3.parquet"
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"sample_id": ["a-1", "a-2", "a-3"], "timestamp": [1.0, 2.0, 3.0],
+                             "probability": [0.1, 0.2, 0.3], "model_version": [2, 2, 2]}), window)
+    site_a = access(server, server.sites["site-a"])
+    store_a = server.store_url(server.sites["site-a"])
+    upload_confirmed(window, store_a, f"site-a/{window.name}", site_a)
+    with pytest.raises(OSError):
+        upload_confirmed(window, store_a, f"site-b/{window.name}", site_a)
+    with pytest.raises(OSError):
+        upload_confirmed(window, store_a, f"_drift/{window.name}", site_a)
+    assert (server.store_root / "site-a" / window.name).stat().st_size == window.stat().st_size
+    assert not list((server.store_root / "site-a").glob(".*")), "no partial upload left behind"
+
+    control = MonitoringStore(server.store_url(server.controller), access(server, server.controller))
+    windows = control.new_windows("site-a", SiteLedger())
+    frame, unreadable = control.read_windows(windows)
+    assert list(windows.files) == [window.name] and len(frame) == 3 and not unreadable
+    control.write_json({"ok": True}, "_drift", "ledgers", "site-a.json")
+    assert control.read_json("_drift", "ledgers", "site-a.json") == {"ok": True}
