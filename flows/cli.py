@@ -253,21 +253,52 @@ def _fleet(settings: Settings):
 def _print_fleet(rows) -> None:
     from rich.table import Table
 
-    table = Table("site", "port", "pid", "process", "ready", "serving", "desired")
+    table = Table("site", "port", "pid / container", "process", "ready", "serving", "desired")
     for r in rows:
-        table.add_row(r.site, str(r.port or ""), str(r.pid or ""), "up" if r.running else "down",
+        table.add_row(r.site, str(r.port or ""), r.container or str(r.pid or ""), "up" if r.running else "down",
                       "yes" if r.ready else "no", f"v{r.version}" if r.version else "-",
                       f"v{r.desired}" if r.desired else "-")
     console.print(table)
 
 
 @fleet_app.command("up")
-def fleet_up(count: Annotated[int | None, typer.Argument(help="How many sites (default: all local sites).")] = None) -> None:
-    """Start the fleet's local sites (each `edgewave serve --site`), recording their pids."""
+def fleet_up(
+    count: Annotated[int | None, typer.Argument(help="How many sites (default: all local sites).")] = None,
+    containers: Annotated[bool, typer.Option("--containers", help="Run each site as a container of the serving "
+                                             "image, sharing only the network with this machine.")] = False,
+    image: Annotated[str | None, typer.Option(help="Serving image for --containers (default: the newest "
+                                              "release's).")] = None,
+) -> None:
+    """Start the fleet's local sites (each `edgewave serve --site`, or a container), recording what started."""
+    settings = _settings()
+    from edgewave.tasks.platform import fleet
+    from edgewave.tasks.platform.containers import ContainerSiteError
+
+    if containers and image is None:
+        from edgewave.tasks.release.registry import newest_image
+
+        image = newest_image(settings)
+    try:
+        _print_fleet(fleet.up(settings, _fleet(settings).fleet, count, in_containers=containers, image=image))
+    except (ContainerSiteError, RuntimeError, TimeoutError) as exc:
+        console.print(f"[red]fleet up failed:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@fleet_app.command("logs")
+def fleet_logs(
+    site: Annotated[str, typer.Argument(help="Site id.")],
+    lines: Annotated[int, typer.Option(help="How many of the last lines.")] = 200,
+) -> None:
+    """What a local site (process or container) logged, credentials redacted."""
     settings = _settings()
     from edgewave.tasks.platform import fleet
 
-    _print_fleet(fleet.up(settings, _fleet(settings).fleet, count))
+    try:
+        sys.stdout.write(fleet.logs(settings, site, lines) + "\n")
+    except FileNotFoundError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
 
 
 @fleet_app.command("down")

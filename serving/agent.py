@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edgewave.serving.access import RemoteAccess
 from edgewave.serving.background import Background
 from edgewave.serving.bundle import BundleError, HashMismatchError, ManifestInvalidError
-from edgewave.serving.desired import DesiredState, DesiredStateError, GitMirror, read_desired, site_file
+from edgewave.serving.desired import DesiredState, DesiredStateError, parse_desired, site_file
+from edgewave.serving.gitmirror import GitMirror
 from edgewave.serving.metrics import SiteMetrics
 from edgewave.serving.model import BundleCache, ModelSlot
 from edgewave.serving.redact import redact
@@ -52,7 +53,7 @@ class Agent(Background):
         self.site_id = site_id
         self.site_dir = site_dir
         self.access = access or RemoteAccess()
-        self.mirror = GitMirror(remote, site_dir / "desired-state", self.access)
+        self.mirror = GitMirror(remote, site_dir / "desired-state.git", self.access)
         self.monitoring_store = monitoring_store
         self.slot = slot
         self.cache = cache
@@ -139,7 +140,8 @@ class Agent(Background):
 
     def sync_desired_state(self) -> DesiredState | None:
         commit = self.mirror.sync()
-        desired = read_desired(self.mirror.checkout / site_file(self.site_id), self.site_id)
+        text = self.mirror.read(site_file(self.site_id))
+        desired = parse_desired(text, f"{site_file(self.site_id)} at {commit[:8]}", self.site_id) if text else None
         log.debug("desired state at %s: %s", commit[:8], desired)
         return desired
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import Field, SecretStr, computed_field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -73,13 +74,18 @@ class EdgeSettings(BaseSettings):
 
     @property
     def trusted_keys(self) -> Path:
-        """Public keys this site trusts: given to it, never the signer's own key folder."""
-        if self.trusted_keys_dir is not None:
-            return self.trusted_keys_dir
-        folder = self.site_dir() / "trusted-keys"
+        """The folder of public keys (*.pub) this site trusts: EDGEWAVE_TRUSTED_KEYS_DIR, else its own."""
+        return self.trusted_keys_dir or self.site_dir() / "trusted-keys"
+
+    def trusted(self) -> dict[str, Ed25519PublicKey]:
+        """Every public key given to this site, by id: the folder's and EDGEWAVE_TRUSTED_PUBLIC_KEYS'.
+        Never the signer's own key folder, unless that is what it was given."""
+        from edgewave.serving.bundle import load_trusted_keys, parse_public_keys
+
+        keys = load_trusted_keys(self.trusted_keys) if self.trusted_keys.exists() else {}
         if self.trusted_public_keys:
-            write_secret(folder, "given.pub", self.trusted_public_keys)
-        return folder
+            keys.update(parse_public_keys(self.trusted_public_keys, "EDGEWAVE_TRUSTED_PUBLIC_KEYS"))
+        return keys
 
     @computed_field  # type: ignore[prop-decorator]
     @property

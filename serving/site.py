@@ -17,7 +17,7 @@ import uvicorn
 
 from edgewave.serving.agent import Agent
 from edgewave.serving.app import SiteApp
-from edgewave.serving.bundle import BundleError, load_trusted_keys
+from edgewave.serving.bundle import BundleError
 from edgewave.serving.metrics import SiteMetrics
 from edgewave.serving.model import BundleCache, LoadedModel, ModelSlot
 from edgewave.serving.redact import RedactingFormatter
@@ -62,9 +62,10 @@ def build_site(settings: EdgeSettings, bundle: Path | None = None, with_agent: b
         metrics.serving(model.manifest.name, model.version, model.sha256)
 
     slot = ModelSlot(on_swap=served, on_failure=lambda reason: metrics.load_failures.labels(reason).inc())
-    trusted = load_trusted_keys(settings.trusted_keys)
+    trusted = settings.trusted()
     if not trusted:
-        log.warning("no trusted keys in %s: every bundle will be refused", settings.trusted_keys)
+        log.warning("no trusted keys (folder %s, EDGEWAVE_TRUSTED_PUBLIC_KEYS unset): every bundle will be refused",
+                    settings.trusted_keys)
     sampler = Sampler(site_dir / "samples", settings.site_id, settings.sample_fraction,
                       settings.sample_window_seconds, settings.sample_buffer_max_bytes, metrics)
     app = SiteApp(slot, metrics, sampler, max_batch=settings.max_batch, max_body_bytes=settings.max_body_bytes,

@@ -1,8 +1,11 @@
-"""A local fleet: site processes of the serving runtime on loopback ports, by pid.
+"""A local fleet: the fleet file's local sites on loopback ports, as processes or as containers.
 
-`up` starts one `edgewave serve --site` per site of the fleet file (own state dir under
-EDGEWAVE_HOME/sites/<id>, own port) and records its pid; `down` stops exactly those pids;
-`status` reads each site's /readyz and the desired state it was given.
+`up` starts one site per local site of the fleet file: an `edgewave serve --site` process
+(state under EDGEWAVE_HOME/sites/<id>; the embedded default), or with `containers=True` a
+container of the serving image that shares only the network with the control plane (see
+tasks/platform/containers.py). Either way it records what it started in
+EDGEWAVE_HOME/fleet/<site>.json; `down` stops exactly those (pid or container id); `status`
+reads each site's /readyz and the desired state it was given; `logs` shows what a site said.
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgewave.tasks.platform import processes
+from edgewave.serving.redact import redact
+from edgewave.tasks.platform import containers, processes
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.release.bundle import trusted_public_keys
 from edgewave.tasks.rollout.gitops import DesiredStateRepo, HistoryRewritten
@@ -33,10 +38,16 @@ class SiteStatus:
     ready: bool
     version: int | None
     desired: int | None
+    container: str | None = None  # short id, for a container site
 
 
-def _pid_file(settings: Settings, site: str) -> Path:
+def _record(settings: Settings, site: str) -> Path:
     return settings.home / "fleet" / f"{site}.json"
+
+
+def _started(settings: Settings, site: str) -> dict | None:
+    record = _record(settings, site)
+    return json.loads(record.read_text()) if record.exists() else None
 
 
 def _markers(site: str) -> tuple[str, ...]:
@@ -55,41 +66,104 @@ def _healthy(site: Site) -> bool:
     return processes.http_ok(f"{site.base_url}/healthz")
 
 
+def _running(settings: Settings, site: str) -> bool:
+    started = _started(settings, site)
+    if started is None:
+        return False
+    if started.get("kind") == "container":
+        try:
+            found = containers.state(settings, started["container"])
+        except containers.ContainerSiteError:  # the engine is gone: so is the container
+            return False
+        return bool(found and found.running)
+    return processes.running_pid(_record(settings, site), _markers(site)) is not None
+
+
 def up(settings: Settings, fleet: Fleet, count: int | None = None, extra_env: dict[str, str] | None = None,
-       timeout: float = 30.0) -> list[SiteStatus]:
+       timeout: float = 60.0, in_containers: bool = False, image: str | None = None) -> list[SiteStatus]:
     """Start the first `count` local sites (all by default); already running ones are left alone."""
     sites = [s for s in fleet.sites if s.kind == "local"][: count or None]
+    if in_containers:
+        containers.check_network_only(settings)
+        if image is None:
+            raise containers.ContainerSiteError("container sites need the serving image (no release has one yet: "
+                                                "release with a Docker engine reachable, or pass --image)")
     DesiredStateRepo.of(settings).ensure()  # agents clone it: it must have a first commit
     if settings.monitoring_store.startswith("file://"):  # the local store is ours to make; a bucket is not
         Path(settings.monitoring_store.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
-    executable = shutil.which("edgewave", path=str(Path(sys.executable).parent)) or "edgewave"
-    keys = trusted_public_keys(settings)  # given to each site: it never reads the signer's key folder
-    started: list[tuple[Site, subprocess.Popen]] = []
+    starting: list[tuple[Site, Callable[[], str | None]]] = []
     for site in sites:
-        record = _pid_file(settings, site.id)
-        if processes.running_pid(record, _markers(site.id)) is not None:
+        if _running(settings, site.id):
             continue
-        env = {**os.environ, "EDGEWAVE_HOME": str(settings.home), "EDGEWAVE_TRUSTED_PUBLIC_KEYS": keys,
-               **(extra_env or {})}
-        process = processes.start([executable, "serve", "--site", site.id, "--port", str(site.port)], record,
-                                  settings.home / "fleet" / f"{site.id}.log", env, port=site.port)
-        started.append((site, process))
+        if in_containers:
+            starting.append((site, _start_container(settings, site, image, extra_env)))
+        else:
+            starting.append((site, _start_process(settings, site, extra_env)))
     deadline = time.monotonic() + timeout
-    for site, process in started:
+    for site, exited in starting:
         while not _healthy(site):
-            if process.poll() is not None:
-                raise RuntimeError(f"site {site.id} exited with {process.returncode}; see "
-                                   f"{settings.home / 'fleet' / (site.id + '.log')}")
+            why = exited()
+            if why:
+                raise RuntimeError(f"site {site.id} {why}; see `edgewave fleet logs {site.id}`")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"site {site.id} not listening on port {site.port} after {timeout:.0f}s")
-            time.sleep(0.1)
+                raise TimeoutError(f"site {site.id} not listening on port {site.port} after {timeout:.0f}s; "
+                                   f"see `edgewave fleet logs {site.id}`")
+            time.sleep(0.2)
     return status(settings, fleet)
 
 
+def _start_process(settings: Settings, site: Site, extra_env: dict[str, str] | None) -> Callable[[], str | None]:
+    executable = shutil.which("edgewave", path=str(Path(sys.executable).parent)) or "edgewave"
+    env = {**os.environ, "EDGEWAVE_HOME": str(settings.home),
+           "EDGEWAVE_TRUSTED_PUBLIC_KEYS": trusted_public_keys(settings),  # given: never the signer's folder
+           **(extra_env or {})}
+    process: subprocess.Popen = processes.start(
+        [executable, "serve", "--site", site.id, "--port", str(site.port)], _record(settings, site.id),
+        _log(settings, site.id), env, port=site.port, kind="process")
+    return lambda: f"exited with {process.returncode}" if process.poll() is not None else None
+
+
+def _start_container(settings: Settings, site: Site, image: str,
+                     extra_env: dict[str, str] | None) -> Callable[[], str | None]:
+    container = containers.run(settings, site, image, extra_env)
+    record = _record(settings, site.id)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"kind": "container", "container": container, "image": image, "port": site.port,
+                                  "started": time.time()}))
+
+    def exited() -> str | None:
+        found = containers.state(settings, container)
+        return None if found and found.running else f"container stopped ({found.status if found else 'gone'})"
+    return exited
+
+
+def _log(settings: Settings, site: str) -> Path:
+    return settings.home / "fleet" / f"{site}.log"
+
+
 def down(settings: Settings, fleet: Fleet, timeout: float = 15.0) -> list[str]:
-    """Stop every site this home started, by its recorded pid; returns the stopped site ids."""
-    return [site.id for site in fleet.sites
-            if processes.stop(_pid_file(settings, site.id), _markers(site.id), timeout)]
+    """Stop every site this home started, by its recorded pid or container id; returns the stopped ids."""
+    stopped = []
+    for site in fleet.sites:
+        started = _started(settings, site.id)
+        if started and started.get("kind") == "container":
+            if containers.stop(settings, started["container"], int(timeout)):
+                stopped.append(site.id)
+            _record(settings, site.id).unlink(missing_ok=True)
+        elif processes.stop(_record(settings, site.id), _markers(site.id), timeout):
+            stopped.append(site.id)
+    return stopped
+
+
+def logs(settings: Settings, site: str, lines: int = 200) -> str:
+    """The last `lines` of what the site wrote (its process log, or its container's output), redacted."""
+    started = _started(settings, site)
+    if started and started.get("kind") == "container":
+        return containers.logs(settings, started["container"], lines)
+    log = _log(settings, site)
+    if not log.exists():
+        raise FileNotFoundError(f"no log of site {site} under {log.parent} (was it started by `edgewave fleet up`?)")
+    return redact("\n".join(log.read_text(errors="replace").splitlines()[-lines:]))
 
 
 def desired_versions(settings: Settings, site_ids: list[str]) -> dict[str, int]:
@@ -109,9 +183,9 @@ def status(settings: Settings, fleet: Fleet) -> list[SiteStatus]:
     desired = desired_versions(settings, [s.id for s in fleet.sites])
     result = []
     for site in fleet.sites:
-        record = _pid_file(settings, site.id)
-        pid = json.loads(record.read_text())["pid"] if record.exists() else None
-        running = processes.running_pid(record, _markers(site.id)) is not None
+        started = _started(settings, site.id) or {}
+        container = started.get("container") if started.get("kind") == "container" else None
         ready, version = _ready(site)
-        result.append(SiteStatus(site.id, site.port, pid, running, ready, version, desired.get(site.id)))
+        result.append(SiteStatus(site.id, site.port, started.get("pid"), _running(settings, site.id), ready, version,
+                                 desired.get(site.id), container[:12] if container else None))
     return result

@@ -58,6 +58,9 @@ class Settings(EdgeSettings):
 
     # --- fleet and rollout ---------------------------------------------------------------
     fleet_path: Path = Field(Path("deployments/fleet.yaml"), description="Fleet and rollout policy file.")
+    site_env_dir: Path | None = Field(
+        None, description="Folder of <site>.env files: each container site's own environment (its SSH key, its "
+        "store account), like a Kubernetes Secret per site.")
     prometheus_url: str | None = Field(
         None, description="Read rollout telemetry with PromQL from this Prometheus instead of scraping sites."
     )

@@ -210,6 +210,18 @@ def rollout_target(settings: Settings, version: int) -> tuple[str, str]:
     return tags.get("bundle_ref") or tags["bundle_url"], tags["onnx_sha256"]
 
 
+def newest_image(settings: Settings) -> str | None:
+    """The serving image of the newest version that has one (what container sites run)."""
+    try:
+        versions = client(settings).search_model_versions(f"name='{settings.model_name}'")
+    except MlflowException:
+        return None
+    for version in sorted(versions, key=lambda v: -int(v.version)):
+        if version.tags.get("image"):
+            return version.tags["image"]
+    return None
+
+
 def serving_image(settings: Settings, version: int) -> str | None:
     """The serving image with this version baked in (`image` tag, by digest), if one was built."""
     return client(settings).get_model_version(settings.model_name, str(version)).tags.get("image")

@@ -16,6 +16,7 @@ never commits a finished wave twice.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -26,7 +27,7 @@ from urllib.parse import urlparse
 import yaml
 
 from edgewave.serving.access import RemoteAccess
-from edgewave.serving.desired import BRANCH, DesiredState, GitError, git, read_desired, site_file
+from edgewave.serving.desired import BRANCH, DesiredState, read_desired, site_file
 from edgewave.serving.redact import redact
 from edgewave.tasks.rollout import k8s
 
@@ -35,6 +36,23 @@ PUSH_ATTEMPTS = 5
 KNOWN_HEAD = "edgewave-known-head"  # in the clone's .git: the last remote head this controller saw
 README = ("# edgewave desired state\n\n`sites/<site>.yaml`: what each site should run (written by the rollout "
           "flow, applied by agents, Argo CD or Flux).\n`rollouts/<id>.json`: each rollout's waves and decisions.\n")
+
+
+def git(*args: str, cwd: Path | None = None, timeout: float = 30, access: RemoteAccess | None = None) -> str:
+    """Run git; a failure raises GitError (a ConnectionError) with git's message, every URL in it redacted."""
+    access = access or RemoteAccess()
+    try:
+        result = subprocess.run(["git", *access.git_config(), *args], cwd=cwd, capture_output=True, text=True,
+                                timeout=timeout, env={**os.environ, **access.git_env()})
+    except subprocess.TimeoutExpired:
+        raise ConnectionError(redact(f"git {' '.join(args)} did not finish in {timeout:g}s")) from None
+    if result.returncode != 0:
+        raise GitError(redact(f"git {' '.join(args)} failed: {result.stderr.strip() or result.stdout.strip()}"))
+    return result.stdout
+
+
+class GitError(ConnectionError):
+    """A git command failed; the message (redacted) is git's own."""
 
 
 class HistoryRewritten(RuntimeError):

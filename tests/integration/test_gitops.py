@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edgewave.serving.desired import DesiredState, GitMirror, read_desired, site_file
+from edgewave.serving.desired import DesiredState, parse_desired, site_file
+from edgewave.serving.gitmirror import GitMirror
 from edgewave.tasks.rollout.controller import Controller, Io
 from edgewave.tasks.rollout.gitops import HistoryRewritten
 from edgewave.tasks.rollout.policy import load_fleet_file
@@ -61,10 +62,10 @@ def test_an_agent_mirror_sees_what_the_controller_pushed(tmp_path: Path) -> None
     mirror = GitMirror(repo.remote, tmp_path / "site" / "checkout")
     repo.commit([state("s1", 2)], "ro-1: wave 1/1")
     assert mirror.sync() == repo.head()
-    assert read_desired(mirror.checkout / site_file("s1"), "s1").version == 2
+    assert parse_desired(mirror.read(site_file("s1")), "s1.yaml", "s1").version == 2
     repo.commit([state("s1", 1, rollout="ro-1-rollback")], "ro-1: rollback")
     mirror.sync()
-    assert read_desired(mirror.checkout / site_file("s1"), "s1").rollout_id == "ro-1-rollback"
+    assert parse_desired(mirror.read(site_file("s1")), "s1.yaml", "s1").rollout_id == "ro-1-rollback"
 
 
 def test_a_push_race_is_reapplied_on_the_new_head_and_keeps_the_other_change(tmp_path: Path) -> None:

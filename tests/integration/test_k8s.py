@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from edgewave.flows.rollout import rollout
-from edgewave.serving.desired import DesiredState, git
+from edgewave.serving.desired import DesiredState
 from edgewave.tasks.platform.settings import Settings, use
+from edgewave.tasks.rollout.gitops import git
 from edgewave.tasks.rollout.k8s import image_fields, overlay_path
 from tests.helpers import BIN, desired_repo, free_port, http_ok, register_versions, stop, wait_for
 

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from edgewave.serving.access import RemoteAccess
-from edgewave.serving.desired import DesiredState, GitError, GitMirror, read_desired, site_file
+from edgewave.serving.desired import DesiredState, parse_desired, site_file
+from edgewave.serving.gitmirror import GitMirror
 from edgewave.serving.transport import upload_confirmed
 from edgewave.tasks.drift.store import MonitoringStore, SiteLedger
-from edgewave.tasks.rollout.gitops import DesiredStateRepo
+from edgewave.tasks.rollout.gitops import DesiredStateRepo, GitError
 from tests import sshd
 
 SITES = ["site-a", "site-b"]
@@ -44,8 +45,8 @@ def test_the_controller_pushes_over_ssh_and_a_site_may_only_fetch(server, tmp_pa
     site = access(server, server.sites["site-a"])
     mirror = GitMirror(server.git_url(), tmp_path / "site-a", site)
     assert mirror.sync() == repo.head()
-    assert read_desired(mirror.checkout / site_file("site-a"), "site-a").version == 2
-    (mirror.checkout / "sites" / "site-a.yaml").write_text("site: site-a\nversion: 99\n")
+    assert parse_desired(mirror.read(site_file("site-a")), "site-a.yaml", "site-a").version == 2, \
+        "the agent fetched over SSH with dulwich and paramiko (no git binary)"
     with pytest.raises(GitError, match="not allowed for this key"):
         DesiredStateRepo(server.git_url(), tmp_path / "site-clone", site).ensure().commit(
             [state("site-b")], "a site tries to write desired state")
@@ -55,8 +56,11 @@ def test_an_unknown_host_key_is_refused(server, tmp_path: Path) -> None:
     other = tmp_path / "known_hosts"
     other.write_text(f"[127.0.0.1]:{server.port} ssh-ed25519 "
                      "AAAAC3NzaC1lZDI1NTE5AAAAIHRhdCBpcyBub3QgdGhlIHNlcnZlcidzIGtleSBhdCBhbGwh\n")
+    wrong = RemoteAccess(ssh_key=server.controller.key, known_hosts=other)
+    with pytest.raises(ConnectionError, match="fetch of .* failed: BadHostKeyException"):
+        GitMirror(server.git_url(), tmp_path / "m", wrong).sync()
     with pytest.raises(GitError, match="Host key verification failed|REMOTE HOST IDENTIFICATION"):
-        GitMirror(server.git_url(), tmp_path / "m", RemoteAccess(ssh_key=server.controller.key, known_hosts=other)).sync()
+        DesiredStateRepo(server.git_url(), tmp_path / "c", wrong).ensure()
     with pytest.raises(ConnectionError, match="SFTP connection failed"):
         MonitoringStore(server.store_url(server.controller),
                         RemoteAccess(ssh_key=server.controller.key, known_hosts=other)).new_windows("site-a", SiteLedger())

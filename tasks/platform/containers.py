@@ -1,0 +1,180 @@
+"""Local sites as containers of the release's serving image: they share only the network.
+
+Each site runs `edgewave-site --site <id>` in its own container: read-only root file system,
+a named volume of its own for state (`edgewave-site-<id>` at /var/lib/edgewave), `/tmp` in
+memory, `--network host` (the engine runs with `--bridge=none`). Nothing of EDGEWAVE_HOME or
+the checkout is mounted: a site is configured only through its environment, which says where
+the desired-state Git remote, the monitoring store and the registry are, which public keys to
+trust, and, from its own `<site>.env` in EDGEWAVE_SITE_ENV_DIR, its credentials (its SSH key,
+its store account), as a per-site Secret would on Kubernetes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgewave.serving.redact import redact
+from edgewave.tasks.platform.settings import Settings
+from edgewave.tasks.release.bundle import trusted_public_keys
+from edgewave.tasks.rollout.gitops import is_local
+from edgewave.tasks.rollout.policy import Site
+
+STATE = "/var/lib/edgewave"
+LABEL = "io.edgewave.site"
+
+
+class ContainerSiteError(RuntimeError):
+    """A container site cannot be started as configured; says which setting."""
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    id: str
+    running: bool
+    status: str
+
+
+def docker_client(settings: Settings):
+    import os
+
+    import docker
+
+    host = settings.docker_host or os.environ.get("DOCKER_HOST")
+    if not host:
+        raise ContainerSiteError("no Docker engine configured: set EDGEWAVE_DOCKER_HOST (or DOCKER_HOST)")
+    try:
+        client = docker.DockerClient(base_url=host, timeout=120)
+        client.ping()
+    except Exception as exc:  # docker raises several types for a missing or dead engine
+        raise ContainerSiteError(f"the Docker engine at {host} does not answer: {type(exc).__name__}") from None
+    return client
+
+
+def check_network_only(settings: Settings) -> None:
+    """Refuse a configuration a container could only satisfy by reading the control plane's disk."""
+    problems = []
+    if is_local(settings.desired_state_url):
+        problems.append(f"EDGEWAVE_DESIRED_STATE_REMOTE is a local path ({settings.desired_state_url}); "
+                        "give a network URL (ssh://, https://)")
+    if settings.monitoring_store.startswith("file:"):
+        problems.append("EDGEWAVE_MONITORING_STORE_URL is a local folder; give a network store (sftp://, s3://)")
+    if not settings.bundle_registry and settings.bundle_store.startswith("file:"):
+        problems.append("bundles would travel through a local folder: set EDGEWAVE_BUNDLE_REGISTRY (OCI) or a "
+                        "network EDGEWAVE_BUNDLE_STORE_URL")
+    if problems:
+        raise ContainerSiteError("container sites share only the network with the control plane: "
+                                 + "; ".join(redact(p) for p in problems))
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """`KEY=value` lines (values may be quoted and span lines inside double quotes), # comments."""
+    env: dict[str, str] = {}
+    lines = path.read_text().splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i].strip()
+        i += 1
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise ContainerSiteError(f"{path}: line {i} is not KEY=value")
+        if value.startswith('"'):
+            while not (value.endswith('"') and len(value) > 1) and i < len(lines):
+                value += "\n" + lines[i]
+                i += 1
+            value = value[1:-1]
+        env[key.strip()] = value
+    return env
+
+
+def environment(settings: Settings, site: Site, extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    """Everything the site's container is told: where its remotes are, what to trust, its own secrets."""
+    env = {
+        "EDGEWAVE_HOME": STATE,
+        "EDGEWAVE_SERVE_HOST": "127.0.0.1",
+        "EDGEWAVE_SERVE_PORT": str(site.port),
+        "EDGEWAVE_DESIRED_STATE_REMOTE": settings.desired_state_url,
+        "EDGEWAVE_MONITORING_STORE_URL": settings.monitoring_store,
+        "EDGEWAVE_TRUSTED_PUBLIC_KEYS": trusted_public_keys(settings),
+        **(extra_env or {}),
+    }
+    if settings.site_env_dir is not None:
+        own = settings.site_env_dir / f"{site.id}.env"
+        if own.exists():
+            env.update(read_env_file(own))
+    return env
+
+
+def container_name(site_id: str) -> str:
+    return f"edgewave-site-{site_id}"
+
+
+def run(settings: Settings, site: Site, image: str, extra_env: dict[str, str] | None = None) -> str:
+    """Start the site's container (replacing a stopped one of the same name); returns its id."""
+    import docker.errors
+
+    client = docker_client(settings)
+    try:
+        try:
+            client.containers.get(container_name(site.id)).remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        container = client.containers.run(
+            image, command=["--site", site.id], name=container_name(site.id), detach=True,
+            network_mode="host", read_only=True, tmpfs={"/tmp": "rw,size=64m"},
+            volumes={container_name(site.id): {"bind": STATE, "mode": "rw"}},
+            environment=environment(settings, site, extra_env),
+            labels={LABEL: site.id, "io.edgewave.home": str(settings.home)})
+        return container.id
+    except docker.errors.DockerException as exc:
+        raise ContainerSiteError(redact(f"site {site.id}: the container did not start: {exc}")) from None
+    finally:
+        client.close()
+
+
+def state(settings: Settings, container_id: str) -> ContainerState | None:
+    import docker.errors
+
+    client = docker_client(settings)
+    try:
+        container = client.containers.get(container_id)
+        return ContainerState(container.id, container.status == "running", container.status)
+    except docker.errors.NotFound:
+        return None
+    finally:
+        client.close()
+
+
+def stop(settings: Settings, container_id: str, timeout: int = 15) -> bool:
+    """Stop and remove the container (its state volume stays, like the disk of an edge box)."""
+    import docker.errors
+
+    client = docker_client(settings)
+    try:
+        container = client.containers.get(container_id)
+        container.stop(timeout=timeout)
+        container.remove()
+        return True
+    except docker.errors.NotFound:
+        return False
+    finally:
+        client.close()
+
+
+def logs(settings: Settings, container_id: str, tail: int = 200) -> str:
+    client = docker_client(settings)
+    try:
+        return redact(client.containers.get(container_id).logs(tail=tail).decode(errors="replace"))
+    finally:
+        client.close()
+
+
+def mounts(settings: Settings, container_id: str) -> list[dict]:
+    """What the container has mounted (for a person, and for the test that nothing is shared)."""
+    client = docker_client(settings)
+    try:
+        return client.api.inspect_container(container_id)["Mounts"]
+    finally:
+        client.close()
