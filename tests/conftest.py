@@ -85,3 +85,38 @@ def bundles(tmp_path_factory: pytest.TempPathFactory, split: Split, trained: dic
     data[len(data) // 3] ^= 0xFF
     (corrupt / "model.onnx").write_bytes(bytes(data))
     return Bundles(home, v1, v2, foreign, corrupt)
+
+
+@dataclass(frozen=True)
+class DockerEngine:
+    docker_host: str
+    registry: str
+    base_image: str
+
+
+@pytest.fixture(scope="session")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> DockerEngine:
+    """A real Docker engine (dockerd --iptables=false --ip6tables=false --bridge=none) and OCI
+    registry for the session, with the debootstrap base image; stopped by pid at the end. Its
+    state is kept between runs so the base image is built once per machine."""
+    import os
+    import subprocess
+    import tempfile
+
+    from edgewave.tasks.platform import engine as engines
+    from tests.helpers import free_port
+
+    state = Path(tempfile.gettempdir()) / f"edgewave-test-docker-{os.getuid()}"
+    try:
+        running = engines.start(state, registry_port=free_port())
+    except engines.EngineUnavailable as exc:
+        pytest.skip(f"no Docker engine can run here: {exc}")
+    base = "edgewave-base:bookworm-py311"
+    try:
+        root = Path(__file__).resolve().parents[1]
+        result = subprocess.run([str(root / "scripts" / "build-base-image.sh"), base], capture_output=True, text=True,
+                                timeout=900, env={**os.environ, "DOCKER_HOST": running.docker_host})
+        assert result.returncode == 0, f"base image: {result.stdout}{result.stderr}"
+        yield DockerEngine(running.docker_host, running.registry, base)
+    finally:
+        engines.stop(state)

@@ -105,7 +105,8 @@ def build(docker_host: str, context: Path, tag: str, base_image: str, model: str
         started = time.perf_counter()
         image, _ = client.images.build(
             path=str(context), tag=tag, target=target, network_mode="none", rm=True, forcerm=True, nocache=nocache,
-            buildargs={"BASE_IMAGE": base_image, "MODEL_NAME": model or "", "MODEL_VERSION": str(version or ""),
+            buildargs={"BASE_IMAGE": base_image, "BUILD_IMAGE": f"{base_image}-build", "MODEL_NAME": model or "",
+                       "MODEL_VERSION": str(version or ""),
                        "MODEL_SHA256": sha256 or ""})
         seconds = time.perf_counter() - started
         return BuiltImage(tag, image.id, int(image.attrs["Size"]), seconds)
