@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, computed_field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgewave.serving.access import SECRETS_DIR, RemoteAccess, write_secret
+from edgewave.serving.redact import redact
 
 SITE_ID_PATTERN = r"^[A-Za-z0-9][\w.-]*$"
 
@@ -70,6 +71,16 @@ class EdgeSettings(BaseSettings):
     @model_validator(mode="after")
     def _absolute_home(self) -> EdgeSettings:
         self.home = self.home.expanduser().resolve()
+        return self
+
+    @model_validator(mode="after")
+    def _no_credentials_in_urls(self) -> EdgeSettings:
+        """A URL is logged, shown and recorded (MLflow tags, desired state): credentials go elsewhere."""
+        for name, value in self:
+            if isinstance(value, str) and "://" in value and redact(value) != value:
+                raise ValueError(f"{name}: the URL carries a credential, which would end up in logs, MLflow and "
+                                 "Git; give it as EDGEWAVE_GIT_TOKEN(_FILE), EDGEWAVE_REGISTRY_PASSWORD(_FILE), "
+                                 "EDGEWAVE_SSH_KEY(_PATH), the AWS_* environment or MLFLOW_TRACKING_PASSWORD instead")
         return self
 
     @property

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from edgewave.serving.errors import describe
 from edgewave.tasks.platform.settings import Settings
 
 
@@ -48,3 +49,36 @@ def test_runtime_environment_keeps_state_home_and_telemetry_off(monkeypatch: pyt
     assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
     assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true"
     assert (tmp_path / "h").is_dir()
+
+
+def test_every_setting_is_in_the_readme_table() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = "\n".join(line for line in readme.splitlines() if line.startswith("| `EDGEWAVE_"))
+    missing = [f"EDGEWAVE_{name.upper()}" for name in Settings.model_fields
+               if f"`EDGEWAVE_{name.upper()}`" not in table]
+    assert missing == [], f"settings missing from the README's table: {missing}"
+
+
+def test_secrets_never_show_in_settings_dumps(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, git_token="ghp_secret_value", registry_password="pw-secret-value",
+                        ssh_key="-----BEGIN OPENSSH PRIVATE KEY-----\nsecret-key-body\n")
+    shown = repr(settings) + settings.model_dump_json() + str(settings.remote_access())
+    assert not any(s in shown for s in ("ghp_secret_value", "pw-secret-value", "secret-key-body"))
+    assert settings.remote_access().git_token == "ghp_secret_value", "the value is still there to use"
+
+
+@pytest.mark.parametrize(("variable", "url"), [
+    ("EDGEWAVE_DESIRED_STATE_REMOTE", "https://ghp_token123@github.com/plant/desired.git"),
+    ("EDGEWAVE_MONITORING_STORE_URL", "sftp://site:password@127.0.0.1:2222/store"),
+    ("EDGEWAVE_TRACKING_URI", "http://admin:admin@127.0.0.1:5050"),
+    ("EDGEWAVE_BUNDLE_STORE_URL", "s3://bundles/x?X-Amz-Signature=abc"),
+])
+def test_a_credential_in_a_url_setting_is_refused_naming_the_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                                      variable: str, url: str) -> None:
+    monkeypatch.setenv(variable, url)
+    with pytest.raises(ValidationError, match="carries a credential") as caught:
+        Settings(home=tmp_path)
+    shown = describe(caught.value)  # what the command line prints
+    assert variable.removeprefix("EDGEWAVE_").lower() in shown and url not in shown
+    monkeypatch.setenv(variable, "ssh://git@127.0.0.1:2222/srv/desired.git")
+    Settings(home=tmp_path)  # a user name alone is not a secret
