@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -43,6 +45,36 @@ def backoff(failures: int, interval: float) -> float:
     return step * random.uniform(0.5, 1.0)
 
 
+REFUSAL_BACKOFF_MAX = 3600.0
+
+
+@dataclass
+class Refusal:
+    """A bundle this site refused: tried again after a backoff, or at once if its digest changes."""
+
+    reason: str
+    at: float
+    attempts: int
+
+    def retry_at(self, interval: float) -> float:
+        return self.at + min(REFUSAL_BACKOFF_MAX, interval * 2 ** self.attempts)
+
+
+def write_durably(path: Path, text: str) -> None:
+    """Write `path` whole or not at all, and on disk before returning (a power cut keeps one or the other)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
 class Agent(Background):
     thread_name = "agent"
     join_timeout = 30.0
@@ -62,28 +94,57 @@ class Agent(Background):
         self.sampler = sampler
         self.interval = interval
         self.failures = 0
-        self.refused: set[tuple[int, str]] = set()
+        self.refused: dict[tuple, Refusal] = {}  # (version, sha256, bundle URL, rollback mark) → why
         super().__init__()
 
     # -- last-known-good ------------------------------------------------------------------
     def restore(self) -> None:
-        """At start, serve the last applied bundle from the local cache, before any network."""
+        """At start, serve the last applied bundle from the local cache, before any network.
+
+        A state file that cannot be read is set aside (renamed, counted), not a crash: the site
+        then serves the newest cached bundle that still verifies.
+        """
+        applied = self._applied_version()
+        candidates = [applied] if applied is not None else []
+        candidates += [v for v in reversed(self.cache.versions()) if v != applied]  # newest first
+        for version in candidates:
+            try:
+                self.slot.swap(self.cache.folder(version), self.trusted)
+            except (BundleError, OSError) as exc:
+                log.error("cached bundle v%s did not load: %s", version, exc)
+                continue
+            self.metrics.agent_applied_version.set(version)
+            if version != applied:
+                log.warning("serving v%s, the newest cached bundle that verifies (last applied: %s)", version,
+                            f"v{applied}" if applied is not None else "unknown")
+            return
+
+    def _applied_version(self) -> int | None:
         record = self.site_dir / APPLIED
         if not record.exists():
-            return
-        version = json.loads(record.read_text())["version"]
+            return None
         try:
-            self.slot.swap(self.cache.folder(version), self.trusted)
-            self.metrics.agent_applied_version.set(version)
-        except (BundleError, OSError) as exc:
-            log.error("last applied bundle v%s did not load from cache: %s", version, exc)
+            return int(json.loads(record.read_text())["version"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            aside = record.with_name(f"{APPLIED}.corrupt-{int(time.time())}")
+            record.rename(aside)
+            self.metrics.agent_errors.labels("state_corrupt").inc()
+            log.error("%s was unreadable (%s): set aside as %s", record, type(exc).__name__, aside.name)
+            return None
 
     def _record_applied(self, desired: DesiredState) -> None:
-        tmp = self.site_dir / f".{APPLIED}.tmp"
-        tmp.write_text(json.dumps({"version": desired.version, "sha256": desired.sha256,
-                                   "rollout_id": desired.rollout_id, "applied_at": time.time()}))
-        tmp.replace(self.site_dir / APPLIED)
+        write_durably(self.site_dir / APPLIED, json.dumps({
+            "version": desired.version, "sha256": desired.sha256, "rollout_id": desired.rollout_id,
+            "applied_at": time.time()}))
         self.metrics.agent_applied_version.set(desired.version)
+
+    def _refuse(self, key: tuple, kind: str, reason: str) -> None:
+        previous = self.refused.get(key)
+        refusal = Refusal(reason, time.time(), (previous.attempts if previous else 0) + 1)
+        self.refused[key] = refusal
+        self.metrics.agent_errors.labels(kind).inc()
+        log.error("not applying v%d, still serving %s: %s (tried again in %.0fs, or when its digest changes)",
+                  key[0], self._serving(), reason, refusal.retry_at(self.interval) - refusal.at)
 
     # -- one cycle -------------------------------------------------------------------------
     def apply(self, desired: DesiredState) -> bool:
@@ -91,8 +152,13 @@ class Agent(Background):
         current = self.slot.current
         if current is not None and current.version == desired.version and current.sha256 == desired.sha256:
             return True
-        key = (desired.version, desired.sha256)
-        if key in self.refused:
+        key = (desired.version, desired.sha256, desired.bundle_url, desired.rollback)
+        refusal = self.refused.get(key)
+        if refusal is not None and time.time() < refusal.retry_at(self.interval):
+            return False
+        if current is not None and desired.version < current.version and not desired.rollback:
+            self._refuse(key, "downgrade_refused", f"v{desired.version} is older than the served v{current.version} "
+                         "and the desired state does not mark it as a rollback")
             return False
         folder = self.cache.folder(desired.version)
         cached = folder.exists()
@@ -115,11 +181,10 @@ class Agent(Background):
             self._check_desired_hash(folder, desired)
             self.slot.swap(folder, self.trusted)  # verifies, loads, warms up; counts its own refusals
         except BundleError as exc:
-            self.refused.add(key)
-            self.metrics.agent_errors.labels("bundle_refused").inc()
-            log.error("not applying v%d, still serving %s: %s", desired.version, self._serving(), exc)
-            self.cache.discard(desired.version)  # a bad bundle is no rollback target
+            self.cache.discard(desired.version)  # a bad bundle is no rollback target; a retry fetches it again
+            self._refuse(key, "bundle_refused", f"{type(exc).__name__}: {exc}")
             return False
+        self.refused.pop(key, None)
         self.cache.touch(desired.version)
         self.cache.prune(protect=desired.version)
         self._record_applied(desired)

@@ -105,8 +105,9 @@ class SiteMetrics:
                                      registry=r)
         self.swaps = Counter("edgewave_model_swaps", "Models switched in.", registry=r)
         self.samples_written = Counter("edgewave_samples_written", "Sampled rows written to window files.", registry=r)
-        self.samples_dropped = Counter("edgewave_samples_dropped", "Sampled rows dropped (buffer or disk bound).",
-                                       registry=r)
+        self.samples_dropped = Counter("edgewave_samples_dropped", "Sampled rows lost, by reason: memory (too "
+                                       "many pending), buffer_full (EDGEWAVE_SAMPLE_BUFFER_MAX_BYTES), disk_space "
+                                       "(the volume's free space), write_failed.", ["reason"], registry=r)
         self.agent_offline = Gauge("edgewave_agent_offline", "1 while the desired-state remote or the monitoring "
                                    "store is unreachable.", registry=r)
         self.agent_last_sync = Gauge("edgewave_agent_last_sync_timestamp_seconds", "Last successful sync.", registry=r)

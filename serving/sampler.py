@@ -1,9 +1,11 @@
 """Drift sampling: a share of requests goes to rolling Parquet window files.
 
 The request path only appends to an in-memory list under a lock (microseconds); a writer
-thread turns it into one Parquet file per window (written to a temp name, then renamed, so
-the agent never ships half a file). Memory and disk are bounded; what a bound turns away is
-counted in `edgewave_samples_dropped_total`, never silently lost.
+thread turns it into one Parquet file per window (written to a temp name, fsynced, then
+renamed, so the agent never ships half a file). Memory and disk are bounded: the buffer stays
+under EDGEWAVE_SAMPLE_BUFFER_MAX_BYTES and within the free space of its volume (the oldest
+windows go first), and a window that still cannot be written (disk full, permissions) is
+dropped. Every lost row is counted in `edgewave_samples_dropped_total{reason}`, never silently.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import os
 import random
 import re
+import shutil
 import threading
 import time
 import uuid
@@ -49,6 +52,7 @@ class Sampler(Background):
         self._pending_rows = 0
         self._seq = 0
         self._row_seq = 0
+        self._bytes_per_row = 64.0  # measured after the first window
         self._lock = threading.Lock()
         super().__init__()
         folder.mkdir(parents=True, exist_ok=True)
@@ -62,7 +66,7 @@ class Sampler(Background):
             self.features = features
         with self._lock:
             if self._pending_rows + len(x) > self.max_pending_rows:
-                self.metrics.samples_dropped.inc(len(x))
+                self.metrics.samples_dropped.labels("memory").inc(len(x))
                 return
             self._pending.append((time.time(), x, proba, version))
             self._pending_rows += len(x)
@@ -92,11 +96,35 @@ class Sampler(Background):
         start = int(batch[0][0] * 1000)
         path = self.folder / f"{self.site_id}-{start}-{seq:06d}-n{n}.parquet"
         tmp = self.folder / f".{path.name}.tmp"
-        pq.write_table(pa.table(columns), tmp)
-        os.replace(tmp, path)
+        try:
+            self._make_room(n)
+            pq.write_table(pa.table(columns), tmp)
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:  # disk full, read-only, permissions: the window is lost, and counted
+            tmp.unlink(missing_ok=True)
+            self.metrics.samples_dropped.labels("write_failed").inc(n)
+            log.error("a sample window of %d rows could not be written (%s): dropped", n,
+                      exc.strerror or type(exc).__name__)
+            return None
+        self._bytes_per_row = max(1.0, path.stat().st_size / n)
         self.metrics.samples_written.inc(n)
         self._enforce_disk_bound()
         return path
+
+    def _make_room(self, rows: int) -> None:
+        """Drop the oldest windows (counted) until the volume has room for a window of `rows` rows."""
+        needed = rows * self._bytes_per_row * 1.5 + 65536
+        free = shutil.disk_usage(self.folder).free
+        windows = self.windows()
+        while windows and free < needed:
+            oldest = windows.pop(0)
+            size = oldest.stat().st_size
+            self.metrics.samples_dropped.labels("disk_space").inc(window_rows(oldest))
+            log.warning("the state volume has %d bytes free: dropped the oldest window %s", free, oldest.name)
+            oldest.unlink(missing_ok=True)
+            free += size
 
     def windows(self) -> list[Path]:
         """Finished window files, oldest first."""
@@ -109,7 +137,7 @@ class Sampler(Background):
         while windows and total > self.max_bytes:
             oldest = windows.pop(0)
             total -= oldest.stat().st_size
-            self.metrics.samples_dropped.inc(window_rows(oldest))
+            self.metrics.samples_dropped.labels("buffer_full").inc(window_rows(oldest))
             log.warning("sample buffer over %d bytes: dropped window %s", self.max_bytes, oldest.name)
             oldest.unlink(missing_ok=True)
         self.metrics.buffered_windows.set(len(windows))

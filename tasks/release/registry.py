@@ -20,11 +20,27 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from edgewave.serving.redact import redact
 from edgewave.tasks.platform.settings import Settings
 
 CANDIDATE, STAGING, PRODUCTION, PREVIOUS = "candidate", "staging", "production", "previous"
 BASELINE_ALIASES = (PRODUCTION, STAGING)
 RELEASE_TAG = "edgewave.release_id"
+
+
+class RegistryUnavailable(RuntimeError):
+    """The registry failed for another reason than "no such model, version or alias": fail, never guess."""
+
+
+def _absent(exc: MlflowException) -> bool:
+    """Only this means absent; a 5xx, an auth error or a timeout does not."""
+    return exc.error_code == "RESOURCE_DOES_NOT_EXIST" or (
+        exc.error_code == "INVALID_PARAMETER_VALUE" and "not found" in exc.message)
+
+
+def _unavailable(settings: Settings, what: str, exc: MlflowException) -> RegistryUnavailable:
+    return RegistryUnavailable(f"MLflow at {redact(settings.mlflow_tracking_uri)}: {what} failed "
+                               f"({exc.error_code}): {redact(exc.message)[:300]}")
 
 
 @dataclass(frozen=True)
@@ -76,10 +92,8 @@ def log_training_run(settings: Settings, release_id: str, family: str, params: d
 
 
 def _version_for_run(mlc: MlflowClient, name: str, run_id: str) -> ModelVersion | None:
-    try:
-        versions = mlc.search_model_versions(f"name='{name}' and run_id='{run_id}'")
-    except MlflowException:
-        return None
+    """The version a retry registered already; an error here must not register a second one."""
+    versions = mlc.search_model_versions(f"name='{name}' and run_id='{run_id}'")
     return versions[0] if versions else None
 
 
@@ -126,8 +140,10 @@ def baseline_version(settings: Settings, exclude: int) -> tuple[str, ModelVersio
     for alias in BASELINE_ALIASES:
         try:
             version = mlc.get_model_version_by_alias(settings.model_name, alias)
-        except MlflowException:
-            continue
+        except MlflowException as exc:
+            if _absent(exc):
+                continue
+            raise _unavailable(settings, f"reading @{alias} of {settings.model_name}", exc) from None
         if int(version.version) != exclude:
             return alias, version
     return None
@@ -159,15 +175,17 @@ def registry_state(settings: Settings) -> dict[str, Any]:
     name = settings.model_name
     try:
         model = mlc.get_registered_model(name)
-    except MlflowException:
-        return {"model": name, "tracking_uri": settings.mlflow_tracking_uri, "aliases": {}, "versions": []}
+    except MlflowException as exc:
+        if not _absent(exc):
+            raise _unavailable(settings, f"reading {name}", exc) from None
+        return {"model": name, "tracking_uri": redact(settings.mlflow_tracking_uri), "aliases": {}, "versions": []}
     versions = sorted(mlc.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
     by_version: dict[int, list[str]] = {}
     for alias, number in model.aliases.items():  # search results do not carry aliases
         by_version.setdefault(int(number), []).append(alias)
     return {
         "model": name,
-        "tracking_uri": settings.mlflow_tracking_uri,
+        "tracking_uri": redact(settings.mlflow_tracking_uri),
         "aliases": {alias: int(v) for alias, v in sorted(model.aliases.items())},
         "versions": [
             {
@@ -191,10 +209,13 @@ def run_link(settings: Settings, run_id: str, experiment_id: str | None = None) 
 
 
 def alias_version(settings: Settings, alias: str) -> int | None:
+    """The version @alias points at; None only when the model or the alias does not exist."""
     try:
         return int(client(settings).get_model_version_by_alias(settings.model_name, alias).version)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if _absent(exc):
+            return None
+        raise _unavailable(settings, f"reading @{alias} of {settings.model_name}", exc) from None
 
 
 def rollout_target(settings: Settings, version: int) -> tuple[str, str]:
@@ -203,7 +224,10 @@ def rollout_target(settings: Settings, version: int) -> tuple[str, str]:
     try:
         tags = client(settings).get_model_version(settings.model_name, str(version)).tags
     except MlflowException as exc:
-        raise LookupError(f"{settings.model_name} v{version} is not registered ({settings.mlflow_tracking_uri})") from exc
+        if not _absent(exc):
+            raise _unavailable(settings, f"reading {settings.model_name} v{version}", exc) from None
+        raise LookupError(f"{settings.model_name} v{version} is not registered "
+                          f"({redact(settings.mlflow_tracking_uri)})") from None
     missing = [t for t in ("bundle_url", "onnx_sha256") if t not in tags]
     if missing:
         raise LookupError(f"{settings.model_name} v{version} lacks the tag(s) {missing}; was it released by edgewave?")
@@ -212,10 +236,7 @@ def rollout_target(settings: Settings, version: int) -> tuple[str, str]:
 
 def newest_image(settings: Settings) -> str | None:
     """The serving image of the newest version that has one (what container sites run)."""
-    try:
-        versions = client(settings).search_model_versions(f"name='{settings.model_name}'")
-    except MlflowException:
-        return None
+    versions = client(settings).search_model_versions(f"name='{settings.model_name}'")
     for version in sorted(versions, key=lambda v: -int(v.version)):
         if version.tags.get("image"):
             return version.tags["image"]

@@ -298,7 +298,7 @@ class Controller:
             if previous is not None:
                 states.append(DesiredState.model_validate({**previous, "rollout_id": f"{self.id}-rollback",
                                                             "reason": f"rollback of {self.id}: {wave.reason}",
-                                                            "updated_at": self.io.now()}))
+                                                            "rollback": True, "updated_at": self.io.now()}))
         orphans = [s for s in touched if record.previous.get(s) is None]
         if orphans:  # a first deployment has nothing to return to
             self.io.log(f"{self.id}: {orphans} had no model before this rollout; they keep v{self.version}")

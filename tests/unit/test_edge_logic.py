@@ -94,13 +94,13 @@ def test_fraction_zero_samples_nothing_and_bounds_count_what_they_drop(tmp_path:
     small = sampler(tmp_path / "mem", max_pending_rows=4)
     small.offer(np.ones((3, 2), np.float32), np.ones(3, np.float32), 1, FEATURES)
     small.offer(np.ones((3, 2), np.float32), np.ones(3, np.float32), 1, FEATURES)  # over the memory bound
-    assert small.metrics.samples_dropped._value.get() == 3
+    assert small.metrics.samples_dropped.labels("memory")._value.get() == 3
     assert window_rows(small.flush()) == 3
 
     disk = sampler(tmp_path / "disk", max_bytes=1)
     disk.offer(np.ones((3, 2), np.float32), np.ones(3, np.float32), 1, FEATURES)
     disk.flush()
-    assert disk.windows() == [] and disk.metrics.samples_dropped._value.get() == 3
+    assert disk.windows() == [] and disk.metrics.samples_dropped.labels("buffer_full")._value.get() == 3
 
 
 def test_an_unreachable_bundle_leaves_nothing_in_the_cache_and_is_retried(tmp_path: Path) -> None:
@@ -116,4 +116,4 @@ def test_an_unreachable_bundle_leaves_nothing_in_the_cache_and_is_retried(tmp_pa
     with pytest.raises(ConnectionError, match="bundle v5 not fetched"):
         agent.apply(desired)
     assert cache.versions() == [] and not any(cache.root.iterdir())
-    assert (5, SHA) not in agent.refused, "an unreachable store is retried, not refused for good"
+    assert agent.refused == {}, "an unreachable store is retried, not refused for good"

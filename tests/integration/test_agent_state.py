@@ -1,0 +1,127 @@
+"""An agent's own state with real signed bundles: refusals are retried, downgrades need a
+rollback mark, a corrupt record is set aside, and a full state volume loses samples only
+with a count and a reason while the site keeps serving."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from edgewave.serving.agent import APPLIED, Agent
+from edgewave.serving.bundle import load_trusted_keys
+from edgewave.serving.desired import DesiredState
+from edgewave.serving.metrics import SiteMetrics
+from edgewave.serving.model import BundleCache, ModelSlot
+from edgewave.serving.sampler import window_rows
+from edgewave.tasks.release.data import FEATURES
+from tests.helpers import free_port, post_json, start_site, stop
+
+
+def agent(bundles, folder: Path, interval: float = 10.0) -> Agent:
+    metrics = SiteMetrics("s1")
+    slot = ModelSlot(on_swap=lambda m: metrics.serving(m.manifest.name, m.version, m.sha256))
+    return Agent("s1", folder, str(folder / "remote"), (folder / "store").as_uri(), slot,
+                 BundleCache(folder / "bundles"), load_trusted_keys(bundles.home / "keys"), metrics, None, interval)
+
+
+def desired(bundles, bundle: Path, version: int, **extra) -> DesiredState:
+    return DesiredState(site="s1", model="machine-failure", version=version, bundle_url=bundle.as_uri(),
+                        sha256=bundles.sha(bundle), rollout_id="ro-t", **extra)
+
+
+def errors(a: Agent, kind: str) -> float:
+    return a.metrics.agent_errors.labels(kind)._value.get()
+
+
+def test_a_refused_bundle_is_retried_after_a_backoff_or_at_once_under_a_new_digest(bundles, tmp_path: Path) -> None:
+    a = agent(bundles, tmp_path, interval=0.05)
+    untrusted = desired(bundles, bundles.foreign, 3)
+    assert not a.apply(untrusted) and errors(a, "bundle_refused") == 1
+    assert not a.apply(untrusted) and errors(a, "bundle_refused") == 1, "within the backoff it is not tried again"
+    time.sleep(0.2)  # backoff: 0.05 s x 2
+    assert not a.apply(untrusted) and errors(a, "bundle_refused") == 2, "after the backoff it is tried again"
+    moved = untrusted.model_copy(update={"bundle_url": bundles.v1.as_uri(), "version": 1, "sha256": bundles.sha(bundles.v1)})
+    assert a.apply(moved), "a new digest is tried at once"
+    assert "UnknownKeyError" in next(iter(a.refused.values())).reason
+
+
+def test_a_lower_version_is_applied_only_when_the_desired_state_marks_a_rollback(bundles, tmp_path: Path) -> None:
+    a = agent(bundles, tmp_path)
+    assert a.apply(desired(bundles, bundles.v2, 2))
+    assert not a.apply(desired(bundles, bundles.v1, 1)), "a downgrade nobody marked"
+    assert errors(a, "downgrade_refused") == 1 and a.slot.current.version == 2
+    assert a.apply(desired(bundles, bundles.v1, 1, rollback=True)) and a.slot.current.version == 1
+
+
+def test_a_corrupt_applied_record_is_set_aside_and_the_newest_cached_bundle_serves(bundles, tmp_path: Path) -> None:
+    first = agent(bundles, tmp_path)
+    assert first.apply(desired(bundles, bundles.v1, 1)) and first.apply(desired(bundles, bundles.v2, 2))
+    (tmp_path / APPLIED).write_text('{"version": ')  # a power cut mid-write, say
+    restarted = agent(bundles, tmp_path)
+    restarted.restore()
+    assert restarted.slot.current is not None and restarted.slot.current.version == 2
+    assert errors(restarted, "state_corrupt") == 1
+    assert not (tmp_path / APPLIED).exists() and list(tmp_path.glob(f"{APPLIED}.corrupt-*"))
+
+
+@pytest.fixture
+def small_volume(tmp_path: Path):
+    """A 3 MB tmpfs as a site's whole state volume (needs root to mount)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs as the site's state volume needs root")
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m,mode=0755", "tmpfs", str(volume)], check=True)
+    yield volume
+    subprocess.run(["umount", "-l", str(volume)], check=False)
+
+
+def metric(port: int, name: str) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {line.split(" ")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line.startswith(name) and not line.startswith("#")}
+
+
+def test_a_site_on_a_full_volume_keeps_serving_and_counts_every_lost_sample(bundles, small_volume: Path,
+                                                                           tmp_path: Path) -> None:
+    home = small_volume / "home"
+    home.mkdir()
+    (home / "keys").mkdir()
+    for key in (bundles.home / "keys").glob("*.pub"):
+        (home / "keys" / key.name).write_bytes(key.read_bytes())
+    port = free_port()
+    site = start_site(home, port, tmp_path / "site.log", "--bundle", str(bundles.v1),
+                      EDGEWAVE_SAMPLE_FRACTION="1", EDGEWAVE_SAMPLE_WINDOW_SECONDS="0.3")
+    try:
+        row = {name: 1.0 for name in FEATURES}
+        body = json.dumps({"instances": [row] * 50}).encode()
+        statuses = []
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        deadline = time.monotonic() + 25
+        while time.monotonic() < deadline:
+            statuses.append(post_json(conn, "/v1/predict", body)[0])
+            dropped = metric(port, "edgewave_samples_dropped_total")
+            if sum(dropped.values()) > 5000 and len(statuses) > 200:
+                break
+        conn.close()
+        time.sleep(1.5)  # the writer closes the last window
+        rows = metric(port, "edgewave_predicted_rows_total")["edgewave_predicted_rows_total"]
+        written = metric(port, "edgewave_samples_written_total")["edgewave_samples_written_total"]
+        dropped = metric(port, "edgewave_samples_dropped_total")
+    finally:
+        stop(site)
+    assert set(statuses) == {200}, "serving is unaffected by the full volume"
+    reasons = {key.split('reason="')[1].rstrip('"}'): value for key, value in dropped.items() if value}
+    assert set(reasons) <= {"disk_space", "write_failed"} and sum(reasons.values()) > 0, reasons
+    before_writing = reasons.get("write_failed", 0)  # never written
+    after_writing = reasons.get("disk_space", 0)  # written, then removed to make room
+    on_disk = sum(window_rows(p) for p in (home / "sites" / "local" / "samples").glob("*.parquet"))
+    assert written + before_writing == rows, "every sampled row was written or counted as dropped"
+    assert written - after_writing == on_disk, "every written row is still on disk or counted as dropped"
