@@ -48,7 +48,7 @@ def fleet_document(n: int, port: int) -> dict:
 
 def one_size(n: int, work: Path) -> dict:
     """The rollout flow (the one users run) from v1 to v2 over `n` simulated sites."""
-    from edgewave.flows.rollout import rollout
+    from edgewave.flows.rollout import result_of, rollout
     settings = Settings(home=work / f"home-{n}", fleet_path=work / f"fleet-{n}.yaml")
     settings.fleet_path.write_text(json.dumps(fleet_document(n, port := free_port())))
     repo = DesiredStateRepo.of(settings).ensure()
@@ -66,7 +66,7 @@ def one_size(n: int, work: Path) -> dict:
         started = time.perf_counter()
         begun = datetime.now(timezone.utc)
         with use(settings):
-            result = rollout(2)
+            result = result_of(rollout(2, return_state=True))
         total = time.perf_counter() - started
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()

@@ -65,20 +65,24 @@ def serve(
     raise typer.Exit(edge_cli.serve(bundle, site, host, port))
 
 
-@app.command()
-def rollout(
-    version: Annotated[int, typer.Argument(help="Registered model version to roll out.")],
-) -> None:
-    """Roll a model version out to the fleet in waves, with canary analysis and rollback."""
-    settings = _settings()
+def _run_rollout(settings: Settings, kind: str, **parameters) -> None:
+    """Run the rollout or rollback flow and print how it ended; exit 0 (succeeded, noop), 1 (rolled back,
+    held) or 2 (refused: another rollout runs, a version or alias missing)."""
     _fleet(settings)  # a bad policy fails here, before anything is deployed
+    from edgewave.flows.rollout import result_of
+    from edgewave.flows.rollout import rollback as rollback_flow
     from edgewave.flows.rollout import rollout as rollout_flow
+    from edgewave.tasks.rollout.lease import RolloutBusy
 
+    with use(settings):
+        state = (rollback_flow if kind == "rollback" else rollout_flow)(**parameters, return_state=True)
     try:
-        with use(settings):
-            result = rollout_flow(version)
-    except Exception as exc:
-        console.print(f"[red]rollout failed:[/red] {type(exc).__name__}: {exc}")
+        result = result_of(state)
+    except (RolloutBusy, LookupError) as exc:
+        console.print(f"[red]{kind} refused:[/red] {exc}")
+        raise typer.Exit(2) from None
+    except Exception as exc:  # the flow's log above has the traceback; say what failed, plainly
+        console.print(f"[red]{kind} failed:[/red] {type(exc).__name__}: {exc}")
         raise typer.Exit(1) from None
     from rich.table import Table
 
@@ -86,9 +90,30 @@ def rollout(
     for row in result["waves"]:
         table.add_row(*(str(row[k]) for k in ("wave", "sites", "status", "decision", "reason", "deferred", "failed")))
     console.print(table)
-    console.print(f"rollout {result['status']}: {result['reason']}")
-    print(json.dumps({"rollout_id": result["rollout_id"], "status": result["status"]}))
-    raise typer.Exit(0 if result["status"] in ("succeeded", "noop") else 3)
+    console.print(f"{result['kind']} of v{result['version']} {result['status']}: {result['reason']}")
+    print(json.dumps({"rollout_id": result["rollout_id"], "kind": result["kind"], "version": result["version"],
+                      "status": result["status"]}))
+    raise typer.Exit(0 if result["status"] in ("succeeded", "noop") else 1)
+
+
+@app.command()
+def rollout(
+    version: Annotated[int, typer.Argument(help="Registered model version to roll out.")],
+    reason: Annotated[str, typer.Option(help="Why, for the record (Git, MLflow, the Prefect run).")] = "",
+    wait: Annotated[bool, typer.Option(help="If another rollout of the model runs, wait for it to end.")] = False,
+) -> None:
+    """Roll a model version out to the fleet in waves, with canary analysis and rollback."""
+    _run_rollout(_settings(), "rollout", version=version, reason=reason, wait=wait)
+
+
+@app.command()
+def rollback(
+    to: Annotated[int | None, typer.Option(help="Version to return to (default: the one @previous points at).")] = None,
+    reason: Annotated[str, typer.Option(help="Why, for the record (Git, MLflow, the Prefect run).")] = "",
+    wait: Annotated[bool, typer.Option(help="If another rollout of the model runs, wait for it to end.")] = False,
+) -> None:
+    """Return the fleet to an older version through the same waves and analysis, marked as a rollback."""
+    _run_rollout(_settings(), "rollback", to=to, reason=reason, wait=wait)
 
 
 drift_app = typer.Typer(no_args_is_help=True, help="Drift checks and retraining.")
@@ -349,7 +374,7 @@ def _fleet_state(settings: Settings) -> dict:
     repo = DesiredStateRepo.of(settings)
     last = None
     if (repo.path / ".git").exists():
-        ids = [s.split(":", 1)[0] for s in repo.log() if s.startswith("ro-")]
+        ids = [s.split(":", 1)[0] for s in repo.log() if s.startswith(("ro-", "rb-"))]
         last = repo.record(ids[0]) if ids else None
     return {"fleet_file": str(settings.fleet_path), "sites": sites, "last_rollout": last}
 
@@ -380,7 +405,7 @@ def status(
         _print_fleet([SiteStatus(**s) for s in fleet_state["sites"]])
         last = fleet_state["last_rollout"]
         if last:
-            console.print(f"last rollout {last['id']}: {last['status']} ({last['reason']})")
+            console.print(f"last {last.get('kind', 'rollout')} {last['id']}: {last['status']} ({last['reason']})")
 
 
 if __name__ == "__main__":  # `python -m edgewave.flows.cli`

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from edgewave.flows.drift import drift_monitor
 from edgewave.flows.release import release
 from edgewave.flows.retrain import retrain_on_drift
-from edgewave.flows.rollout import rollout
+from edgewave.flows.rollout import result_of, rollout
 from edgewave.tasks.drift.checks import FleetDrift
 from edgewave.tasks.drift.store import MonitoringStore
 from edgewave.tasks.platform import fleet
@@ -53,7 +53,7 @@ def served_versions(settings: Settings) -> dict[str, int | None]:
 
 def _rollout_and_look(settings: Settings, version: int) -> dict:
     """Run the rollout flow, then read which version every site ended up serving."""
-    result = rollout(version)
+    result = result_of(rollout(version, return_state=True))
     result["served"] = served_versions(settings)
     return result
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from prefect import flow
 
 from edgewave.flows.release import release
-from edgewave.flows.rollout import rollout
+from edgewave.flows.rollout import result_of, rollout
 from edgewave.tasks.platform.runs import run_logger
 from edgewave.tasks.platform.settings import active
 
@@ -27,5 +27,6 @@ def retrain_on_drift(model: str = "", sites: list[str] | None = None, reason: st
     if not released.staged:
         log.warning("v%d did not pass the gate (%s): nothing rolled out", released.version, released.gate_reason)
         return result
-    result["rollout"] = rollout(released.version)
+    result["rollout"] = result_of(rollout(released.version, reason=f"retrained after drift: {reason}",
+                                          return_state=True))
     return result

@@ -1,21 +1,41 @@
-"""The rollout flow: plan waves → per wave: commit desired state, converge, bake, analyse
-canary vs baseline → advance, hold or roll back → on success move @production."""
+"""The rollout and rollback flows: take the model's lease → per wave: commit desired state,
+converge, bake, analyse canary vs baseline → advance, hold or roll back → on success move
+@production, then release the lease. A rollback is the same sequence for an older version,
+marked as a rollback in Git and MLflow."""
 
 from __future__ import annotations
 
 from prefect import flow
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed, State
 
 from edgewave.tasks.platform.runs import run_logger
-from edgewave.tasks.platform.settings import active
+from edgewave.tasks.platform.settings import Settings, active
 from edgewave.tasks.rollout import steps as step
 
 
-@flow(name="rollout", log_prints=True)
-def rollout(version: int) -> dict:
-    """Roll `version` of the model out to the fleet in waves; resumable by its rollout id."""
+def _rollback_name() -> str:
+    to = flow_run.parameters.get("to")
+    return f"rollback to v{to}" if to else "rollback to @previous"
+
+
+@flow(name="rollout", log_prints=True, flow_run_name="rollout v{version}")
+def rollout(version: int, reason: str = "", wait: bool = False) -> State:
+    """Roll `version` of the model out to the fleet in waves; resumable while its attempt runs."""
+    return outcome(run(active(), version, "rollout", reason, wait))
+
+
+@flow(name="rollback", log_prints=True, flow_run_name=_rollback_name)
+def rollback(to: int | None = None, reason: str = "", wait: bool = False) -> State:
+    """Return the fleet to version `to` (default: the one @previous points at) through the same waves and analysis."""
     settings = active()
+    return outcome(run(settings, step.rollback_target(settings, to), "rollback", reason, wait))
+
+
+def run(settings: Settings, version: int, kind: str, reason: str, wait: bool) -> dict:
+    """The one rollout sequence, for both flows."""
     log = run_logger()
-    controller = step.controller(settings, version)
+    controller = step.controller(settings, version, kind, reason, wait)
     record = step.start(controller)
     if record.status != "running":
         log.info("%s: %s (%s); nothing to do", record.id, record.status, record.reason)
@@ -40,4 +60,21 @@ def rollout(version: int) -> dict:
         step.finish(controller, record, "succeeded", f"all {len(record.waves)} waves advanced")
         if record.status == "succeeded":
             step.promote(settings, record)
+            step.release(controller, record)
     return step.report(settings, record)
+
+
+def outcome(result: dict) -> State:
+    """The flow run's final state says how the rollout ended: the runs list shows which went wrong."""
+    if result["status"] in ("succeeded", "noop"):
+        return Completed(message=f"{result['rollout_id']}: {result['status']}", data=result)
+    name = {"rolled_back": "RolledBack", "held": "Held"}.get(result["status"], "Failed")
+    return Failed(name=name, message=f"{result['rollout_id']}: {result['status']}: {result['reason']}", data=result)
+
+
+def result_of(state: State) -> dict:
+    """A finished rollout's result dict, whatever its final state (raises the error of a crashed run)."""
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        raise result
+    return result

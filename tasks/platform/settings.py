@@ -58,6 +58,11 @@ class Settings(EdgeSettings):
 
     # --- fleet and rollout ---------------------------------------------------------------
     fleet_path: Path = Field(Path("deployments/fleet.yaml"), description="Fleet and rollout policy file.")
+    rollout_lease_seconds: float = Field(
+        600.0, ge=30, description="How long a rollout's lease on its model lasts unless renewed (it renews while "
+        "running); after that, or once its owner is gone, another run may take it over.")
+    rollout_wait_seconds: float = Field(
+        3600.0, ge=0, description="How long `--wait` waits for the model's running rollout to end.")
     site_env_dir: Path | None = Field(
         None, description="Folder of <site>.env files: each container site's own environment (its SSH key, its "
         "store account), like a Kubernetes Secret per site.")

@@ -12,60 +12,20 @@ already committed is not committed again (Git sees no change) and a finished rol
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Literal
-
-from pydantic import BaseModel, Field
+from datetime import datetime, timedelta, timezone
 
 from edgewave.serving.desired import DesiredState
 from edgewave.tasks.rollout.analysis import Measurement, decide, measure
-from edgewave.tasks.rollout.gitops import DesiredStateRepo, HistoryRewritten
-from edgewave.tasks.rollout.policy import FleetFile, Site, plan_waves
+from edgewave.tasks.rollout.gitops import DesiredStateRepo, HistoryRewritten, record_file
+from edgewave.tasks.rollout.lease import Lease, RolloutBusy, busy_message, new_lease
+from edgewave.tasks.rollout.lease import path as lease_path
+from edgewave.tasks.rollout.policy import Fleet, FleetFile, RolloutPolicy, Site, plan_waves
+from edgewave.tasks.rollout.record import Kind, RolloutRecord, Status, WaveRecord, attempt_id
 from edgewave.tasks.rollout.telemetry import Reading, Window, combine, scrape, window
-
-Status = Literal["running", "succeeded", "rolled_back", "held", "noop"]
-
-
-def policy_hash(fleet_file: FleetFile) -> str:
-    return hashlib.sha256(fleet_file.model_dump_json().encode()).hexdigest()
-
-
-def rollout_id(model: str, version: int, fleet_file: FleetFile) -> str:
-    return f"ro-{model}-v{version}-{policy_hash(fleet_file)[:8]}"
-
-
-class WaveRecord(BaseModel):
-    index: int
-    name: str
-    sites: list[str]
-    status: Literal["pending", "committed", "advanced", "rolled_back", "held"] = "pending"
-    deferred: list[str] = Field(default_factory=list, description="Unreachable before the commit, re-queued.")
-    failed: list[str] = Field(default_factory=list, description="Sites counted failed (offline policy).")
-    converged: list[str] = Field(default_factory=list)
-    decision: str | None = None
-    reason: str | None = None
-    measurements: list[dict] = Field(default_factory=list)
-    committed_at: datetime | None = None
-    decided_at: datetime | None = None
-
-
-class RolloutRecord(BaseModel):
-    id: str
-    model: str
-    version: int
-    from_version: int | None
-    policy_hash: str
-    previous: dict[str, dict | None] = Field(default_factory=dict, description="Desired state before this rollout.")
-    waves: list[WaveRecord]
-    status: Status = "running"
-    reason: str | None = None
-    started_at: datetime
-    finished_at: datetime | None = None
 
 
 @dataclass
@@ -93,39 +53,146 @@ def scrape_sites(sites: list[Site], concurrency: int = 32) -> dict[str, Reading 
 
 class Controller:
     def __init__(self, fleet_file: FleetFile, model: str, version: int, bundle_url: str, sha256: str,
-                 from_version: int | None, io: Io, image: str | None = None) -> None:
+                 from_version: int | None, io: Io, image: str | None = None, kind: Kind = "rollout",
+                 reason: str = "", lease_seconds: float = 600.0, wait_seconds: float = 0.0) -> None:
         self.fleet = fleet_file.fleet
         self.policy = fleet_file.rollout
         self.model, self.version, self.bundle_url, self.sha256 = model, version, bundle_url, sha256
         self.image = image  # the serving image with this version baked in, for Kubernetes sites
         self.from_version = from_version
         self.io = io
-        self.id = rollout_id(model, version, fleet_file)
-        self.hash = policy_hash(fleet_file)
+        self.kind, self.reason = kind, reason
+        self.lease_seconds, self.wait_seconds = lease_seconds, wait_seconds
+        self.id = attempt_id(model, version, kind, io.now())
+        self.lease: Lease | None = None  # ours, once taken
         self.baseline: Window | None = None
         self.own_before: dict[str, Window] = {}  # each untouched site on the old model, summed over time
 
-    # -- record ---------------------------------------------------------------------------
+    # -- start: one rollout per model, resumed or planned ----------------------------------------
     def start(self) -> RolloutRecord:
-        """The record to work on: the one in Git when resuming, else a new plan."""
-        self.io.repo.sync()  # plan on what the remote says now, not on an old clone
-        existing = self.io.repo.record(self.id)
-        if existing is not None:
-            record = RolloutRecord.model_validate(existing)
-            if record.status == "running" or record.status == "held":
-                self.io.log(f"{self.id}: resuming at wave {self.next_wave(record) + 1}/{len(record.waves)}")
-                record.status = "running"
+        """Take the model's lease and return the attempt to work on.
+
+        A running attempt of another owner refuses this one (or, with `wait_seconds`, is waited
+        for). An attempt whose owner is gone is resumed when it is the same version and kind,
+        otherwise superseded. (One whose promotion was interrupted was finished before this, by
+        steps.finish_interrupted_promotion.) A new plan returns sites that an unfinished earlier
+        attempt left half-way to where that attempt found them, not to its half-way state.
+        """
+        repo = self.io.repo
+        repo.sync()  # plan on what the remote says now, not on an old clone
+        held_by = self._wait_for_lease()
+        inherited: dict[str, dict | None] = {}
+        superseded = None
+        if held_by is not None:  # a lease whose owner is gone
+            why = held_by.stale(self.io.now())
+            old = self._record(held_by.rollout_id)
+            if old is not None and old.status == "running" and old.version == self.version and old.kind == self.kind:
+                return self._resume(old, held_by, why)
+            if old is not None and old.status == "running":
+                old.status, old.reason, old.finished_at = "superseded", f"superseded by {self.id}: {why}", self.io.now()
+                superseded = old
+        last = superseded or self._last_attempt()
+        if last is not None and last.status in ("held", "superseded"):
+            inherited = {s: last.previous.get(s) for w in last.waves if w.status != "pending" for s in w.sites}
+        record = self._plan(inherited)
+        if record.status == "noop":
+            if held_by is not None:
+                self._commit_lease(None, f"{held_by.rollout_id}: lease released (owner gone)", held_by)
             return record
+        self.lease = new_lease(self.id, self.version, self.kind, self.io.now(), self.lease_seconds)
+        extra = dict([record_file(superseded.id, superseded.model_dump(mode="json"))]) if superseded else {}
+        sites = sum(len(w.sites) for w in record.waves)
+        self._commit_lease(self.lease, f"{self.id}: started ({self.kind} of {self.model} v{self.version}, {sites} "
+                           f"sites in {len(record.waves)} waves){f'; {self.reason}' if self.reason else ''}",
+                           held_by, record, extra)
+        return record
+
+    def _wait_for_lease(self) -> Lease | None:
+        """The lease of another attempt whose owner is gone, after waiting for a live one if asked."""
+        waited = 0.0
+        while True:
+            lease = self._read_lease()
+            if lease is None or lease.rollout_id == self.id:
+                return None
+            if lease.stale(self.io.now()):
+                return lease
+            if waited >= self.wait_seconds:
+                raise RolloutBusy(busy_message(self.model, lease))
+            self.io.log(f"{self.id}: waiting for {lease.rollout_id} (owner {lease.owner()}) to finish")
+            self.io.sleep(5.0)
+            waited += 5.0
+            self.io.repo.sync()
+
+    def _plan(self, inherited: dict[str, dict | None]) -> RolloutRecord:
         waves = [WaveRecord(index=i, name=name, sites=sites)
                  for i, (name, sites) in enumerate(plan_waves(self.fleet, self.policy))]
-        previous = {}
-        for site in self.fleet.sites:
-            state = self.io.repo.read(site.id)
-            previous[site.id] = state.model_dump(mode="json") if state else None
-        status: Status = "noop" if self.from_version == self.version else "running"
-        return RolloutRecord(id=self.id, model=self.model, version=self.version, from_version=self.from_version,
-                             policy_hash=self.hash, previous=previous, waves=waves, status=status,
-                             reason="already in production" if status == "noop" else None, started_at=self.io.now())
+        current = {site.id: self.io.repo.read(site.id) for site in self.fleet.sites}
+        previous = {site: (inherited[site] if site in inherited else state.model_dump(mode="json") if state else None)
+                    for site, state in current.items()}
+        everywhere = all(s is not None and s.version == self.version and s.sha256 == self.sha256
+                         for s in current.values())
+        noop = everywhere and self.from_version == self.version
+        return RolloutRecord(
+            id=self.id, kind=self.kind, model=self.model, version=self.version, from_version=self.from_version,
+            requested_reason=self.reason, policy=self.policy.model_dump(mode="json"),
+            fleet=self.fleet.model_dump(mode="json"), previous=previous, waves=waves,
+            status="noop" if noop else "running", reason="already in production on every site" if noop else None,
+            started_at=self.io.now())
+
+    def _resume(self, record: RolloutRecord, stale: Lease, why: str | None) -> RolloutRecord:
+        """Continue an interrupted attempt on its recorded plan, under a lease of our own."""
+        self.id = record.id
+        self.policy, self.fleet = RolloutPolicy.model_validate(record.policy), Fleet.model_validate(record.fleet)
+        self.lease = new_lease(self.id, self.version, self.kind, self.io.now(), self.lease_seconds)
+        self._commit_lease(self.lease, f"{self.id}: resumed by {self.lease.owner()} ({why})", stale)
+        self.io.log(f"{self.id}: resuming at wave {self.next_wave(record) + 1}/{len(record.waves)} ({why})")
+        return record
+
+    def _record(self, rollout_id: str) -> RolloutRecord | None:
+        data = self.io.repo.record(rollout_id)
+        return RolloutRecord.model_validate(data) if data else None
+
+    def _last_attempt(self) -> RolloutRecord | None:
+        """The model's most recent attempt in the repository, whatever became of it."""
+        found = [r for r in (self._record(p.stem) for p in (self.io.repo.path / "rollouts").glob("*.json"))
+                 if r is not None and r.model == self.model]
+        return max(found, key=lambda r: r.started_at) if found else None
+
+    # -- the lease ---------------------------------------------------------------------------------
+    def _read_lease(self) -> Lease | None:
+        text = self.io.repo.read_file(lease_path(self.model))
+        return Lease.model_validate_json(text) if text else None
+
+    def _commit_lease(self, lease: Lease | None, message: str, expected: Lease | None = None,
+                      record: RolloutRecord | None = None, extra: dict[str, str | None] | None = None) -> str | None:
+        """Write (or with None remove) the lease, and the record, in one commit; refused if the lease
+        is no longer ours or what we found (someone took it meanwhile)."""
+        def still_ours(repo) -> None:
+            current = self._read_lease()
+            if current is None or current.rollout_id == self.id:
+                return
+            if expected is not None and current.rollout_id == expected.rollout_id and current.owner() == expected.owner():
+                return
+            raise RolloutBusy(busy_message(self.model, current))
+
+        files = {lease_path(self.model): lease.model_dump_json(indent=1) + "\n" if lease else None, **(extra or {})}
+        return self.io.repo.commit([], message[:500], (record.id, record.model_dump(mode="json")) if record else None,
+                                   extra=files, precondition=still_ours)
+
+    def keep_lease(self) -> None:
+        """Renew our lease once half its time is gone (called between steps and measurements)."""
+        if self.lease is None:
+            return
+        now = self.io.now()
+        if (self.lease.expires_at - now).total_seconds() > self.lease_seconds / 2:
+            return
+        self.lease = self.lease.model_copy(update={"expires_at": now + timedelta(seconds=self.lease_seconds)})
+        self._commit_lease(self.lease, f"{self.id}: lease renewed until {self.lease.expires_at:%H:%M:%S} UTC")
+
+    def release(self, record: RolloutRecord) -> str | None:
+        """Give up the lease after the attempt's last step (for a success: after @production moved)."""
+        self.lease = None
+        return self._commit_lease(None, f"{record.id}: {record.status}; lease released")
 
     @staticmethod
     def next_wave(record: RolloutRecord) -> int:
@@ -140,7 +207,14 @@ class Controller:
             raise ValueError(f"site {site} runs on Kubernetes, but {self.model} v{self.version} has no serving image")
         return DesiredState(site=site, model=self.model, version=self.version, bundle_url=self.bundle_url,
                             sha256=self.sha256, rollout_id=self.id, image=image, reason=reason,
-                            updated_at=self.io.now())
+                            rollback=self.kind == "rollback", updated_at=self.io.now())
+
+    def _still_ours(self, repo) -> None:
+        if self.lease is None:
+            return
+        current = self._read_lease()
+        if current is None or current.rollout_id != self.id:
+            raise RolloutBusy(f"{self.id} lost its lease" + (f": {busy_message(self.model, current)}" if current else ""))
 
     # -- one wave ---------------------------------------------------------------------------
     def defer_unreachable(self, record: RolloutRecord, wave: WaveRecord) -> None:
@@ -149,6 +223,7 @@ class Controller:
         resumed rollout) keeps its sites: they have been told to update."""
         if wave.status != "pending":
             return
+        self.keep_lease()
         sites = {s.id: s for s in self.fleet.sites}
         deadline = time.monotonic() + self.policy.offline.deadline_seconds
         while True:
@@ -175,8 +250,9 @@ class Controller:
 
     def commit_wave(self, record: RolloutRecord, wave: WaveRecord) -> str | None:
         n = len(record.waves)
-        reason = f"wave {wave.index + 1}/{n} ({wave.name})"
-        message = (f"{self.id}: wave {wave.index + 1}/{n} ({wave.name}) {self.model} v{self.version} -> "
+        what = "rollback wave" if self.kind == "rollback" else "wave"
+        reason = f"{what} {wave.index + 1}/{n} ({wave.name})" + (f": {self.reason}" if self.reason else "")
+        message = (f"{self.id}: {what} {wave.index + 1}/{n} ({wave.name}) {self.model} v{self.version} -> "
                    f"{', '.join(wave.sites) or 'no sites'}")
         if wave.status != "pending":  # resumed: the states and the record went to Git in one commit
             self.io.log(f"{message} (already committed)")
@@ -189,10 +265,19 @@ class Controller:
         self.io.log(message + f" (pushed {commit[:12]})" if commit else message)
         return commit
 
-    def _commit(self, record: RolloutRecord, states: list[DesiredState], message: str) -> str | None:
-        """Commit and push states with the record; a rewritten remote holds the rollout, saying why."""
+    def _commit(self, record: RolloutRecord, states: list[DesiredState], message: str,
+                lease: str = "keep") -> str | None:
+        """Commit and push states with the record (and our lease kept, marked `promoting`, or
+        released); a rewritten remote holds the rollout, saying why."""
+        extra: dict[str, str | None] = {}
+        if self.lease is not None and lease == "release":
+            extra[lease_path(self.model)], self.lease = None, None
+        elif self.lease is not None and lease == "promoting":
+            self.lease = self.lease.model_copy(update={"phase": "promoting"})
+            extra[lease_path(self.model)] = self.lease.model_dump_json(indent=1) + "\n"
         try:
-            return self.io.repo.commit(states, message[:500], (self.id, record.model_dump(mode="json")))
+            return self.io.repo.commit(states, message[:500], (self.id, record.model_dump(mode="json")), extra=extra,
+                                       precondition=self._still_ours)
         except HistoryRewritten as exc:
             record.status, record.reason, record.finished_at = "held", str(exc), self.io.now()
             self.io.log(f"{self.id}: held: {exc}")
@@ -206,6 +291,7 @@ class Controller:
         """
         if self.from_version is None or wave.status != "pending":
             return
+        self.keep_lease()
         missing = [s for s in wave.sites if s not in self.own_before]
         if not missing:
             return
@@ -225,6 +311,7 @@ class Controller:
 
     def converge(self, wave: WaveRecord) -> None:
         """Wait until the wave's sites report the new version, up to the convergence deadline."""
+        self.keep_lease()
         pending = self._wait_for_versions({s: self.version for s in wave.sites})
         wave.converged = [s for s in wave.sites if s not in pending]
         if pending:
@@ -255,6 +342,7 @@ class Controller:
         canary_ids = [s for w in record.waves[: wave.index + 1] for s in w.converged]  # on the new version
         measurements: list[Measurement] = []
         while True:
+            self.keep_lease()
             population = [sites[s] for s in sites]
             before = self.io.read(population)
             self.io.sleep(rules.interval_seconds)
@@ -305,7 +393,7 @@ class Controller:
         wave.status = "rolled_back"
         record.status, record.reason, record.finished_at = "rolled_back", wave.reason, self.io.now()
         message = f"{self.id}: rollback after wave {wave.index + 1}/{len(record.waves)} ({wave.name}): {wave.reason}"
-        commit = self._commit(record, states, message)
+        commit = self._commit(record, states, message, lease="release")
         if record.status == "held":
             return None
         self.io.log(message)
@@ -315,12 +403,8 @@ class Controller:
         return commit
 
     def finish(self, record: RolloutRecord, status: Status, reason: str) -> str | None:
+        """The record's final state, in one commit with the lease: kept as `promoting` after a success
+        (released once @production moved, so a crash in between is repaired by the next run), else released."""
         record.status, record.reason, record.finished_at = status, reason, self.io.now()
-        return self._commit(record, [], f"{self.id}: {status}: {reason}")
-
-
-def summary(record: RolloutRecord) -> list[dict]:
-    """One row per wave for tables and artifacts."""
-    return [{"wave": f"{w.index + 1}/{len(record.waves)} {w.name}", "sites": len(w.sites), "status": w.status,
-             "decision": w.decision or "", "reason": (w.reason or "")[:200], "deferred": ", ".join(w.deferred),
-             "failed": ", ".join(w.failed)} for w in record.waves]
+        return self._commit(record, [], f"{self.id}: {status}: {reason}",
+                            lease="promoting" if status == "succeeded" else "release")

@@ -168,6 +168,10 @@ class DesiredStateRepo:
         path = self.path / "rollouts" / f"{rollout_id}.json"
         return json.loads(path.read_text()) if path.exists() else None
 
+    def read_file(self, name: str) -> str | None:
+        path = self.path / name
+        return path.read_text() if path.exists() else None
+
     def log(self, grep: str | None = None) -> list[str]:
         """Commit subjects, newest first (optionally only those mentioning `grep`)."""
         args = ["log", "--format=%s"] + ([f"--grep={grep}", "--fixed-strings"] if grep else [])
@@ -185,27 +189,38 @@ class DesiredStateRepo:
                 files.update(k8s.base_files())
                 files[k8s.overlay_path(state.site)] = k8s.overlay(state)
         if record is not None:
-            rollout_id, content = record
-            files[f"rollouts/{rollout_id}.json"] = json.dumps(content, indent=1, sort_keys=True, default=str) + "\n"
+            files.update([record_file(*record)])
         return files
 
-    def commit(self, states: list[DesiredState], message: str, record: tuple[str, dict] | None = None) -> str | None:
+    def commit(self, states: list[DesiredState], message: str, record: tuple[str, dict] | None = None,
+               extra: dict[str, str | None] | None = None,
+               precondition: Callable[[DesiredStateRepo], None] | None = None) -> str | None:
         """Write, commit and push; the commit once the remote accepted it, None when nothing changed.
 
-        A push refused because the remote moved on is retried on the new head (fetch, re-apply
-        these files, commit, push) up to PUSH_ATTEMPTS times with backoff. A Kubernetes site's
-        overlay goes into the same commit, so Argo CD / Flux see the wave at once.
+        `extra` writes (or, with None, deletes) more files in the same commit (a lease);
+        `precondition` is checked on every fresh head before writing and may raise to stop (a
+        lease someone else took meanwhile). A push refused because the remote moved on is
+        retried on the new head (fetch, re-check, re-apply these files, commit, push) up to
+        PUSH_ATTEMPTS times with backoff. A Kubernetes site's overlay goes into the same commit,
+        so Argo CD / Flux see the wave at once.
         """
-        files = self.files(states, record)
+        files: dict[str, str | None] = {**self.files(states, record), **(extra or {})}
         if not files:
             return None
         for attempt in range(1, PUSH_ATTEMPTS + 1):
             self.sync()
-            for name, text in files.items():
+            if precondition is not None:
+                precondition(self)
+            written = {name: text for name, text in files.items() if text is not None}
+            for name, text in written.items():
                 target = self.path / name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_text(text)
-            self._git("add", "--", *files)
+            if written:
+                self._git("add", "--", *written)
+            deleted = [name for name, text in files.items() if text is None]
+            if deleted:
+                self._git("rm", "--quiet", "--ignore-unmatch", "-f", "--", *deleted)
             if not self._git("status", "--porcelain", "--", *files).strip():
                 return None
             self._git(*AUTHOR, "commit", "--quiet", "-m", message)
@@ -223,6 +238,11 @@ class DesiredStateRepo:
             self._remember(head)
             return head
         raise PushRejected(f"{redact(self.remote)} refused the push {PUSH_ATTEMPTS} times: {message[:120]}")
+
+
+def record_file(rollout_id: str, content: dict) -> tuple[str, str]:
+    """(path, text) of a rollout record in the repository."""
+    return f"rollouts/{rollout_id}.json", json.dumps(content, indent=1, sort_keys=True, default=str) + "\n"
 
 
 def _rejected(message: str) -> bool:

@@ -6,6 +6,7 @@ re-running a step after a crash finds its commit already in Git and makes none.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 
 from prefect import task
@@ -13,32 +14,70 @@ from prefect.cache_policies import NONE
 
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.release import registry
-from edgewave.tasks.rollout.controller import Controller, Io, RolloutRecord, WaveRecord, scrape_sites, summary
+from edgewave.tasks.rollout.controller import Controller, Io, scrape_sites
 from edgewave.tasks.rollout.gitops import DesiredStateRepo
+from edgewave.tasks.rollout.lease import Lease, RolloutBusy
+from edgewave.tasks.rollout.lease import path as lease_path
 from edgewave.tasks.rollout.policy import Site, load_fleet_file
+from edgewave.tasks.rollout.record import RolloutRecord, WaveRecord, summary
 from edgewave.tasks.rollout.telemetry import Reading, prometheus_readings
 
 REMOTE = {"retries": 4, "retry_delay_seconds": [2, 5, 15, 30], "cache_policy": NONE}
 LOCAL = {"cache_policy": NONE}
 
 
-def controller(settings: Settings, version: int, io: Io | None = None) -> Controller:
+def controller(settings: Settings, version: int, kind: str = "rollout", reason: str = "", wait: bool = False,
+               io: Io | None = None) -> Controller:
     """Everything the rollout needs to know before its first step (fails fast on bad input)."""
     from prefect import get_run_logger
 
     fleet_file = load_fleet_file(settings.fleet_path)
     bundle_url, sha256 = registry.rollout_target(settings, version)
-    production = registry.alias_version(settings, registry.PRODUCTION)
     if io is None:
         logger = get_run_logger()
         io = Io(repo=DesiredStateRepo.of(settings, logger.info).ensure(), read=reader(settings, fleet_file),
                 log=logger.info)
+    finish_interrupted_promotion(settings, io)
+    production = registry.alias_version(settings, registry.PRODUCTION)
     k8s_sites = [s.id for s in fleet_file.fleet.sites if s.kind == "k8s"]
     image = registry.serving_image(settings, version) if k8s_sites else None
     if k8s_sites and not image:  # fail before anything is committed, not at the first K8s wave
         raise LookupError(f"{settings.model_name} v{version} has no serving image, but {k8s_sites} run on Kubernetes: "
                           "release it with a Docker engine reachable (EDGEWAVE_DOCKER_HOST)")
-    return Controller(fleet_file, settings.model_name, version, bundle_url, sha256, production, io, image)
+    return Controller(fleet_file, settings.model_name, version, bundle_url, sha256, production, io, image, kind,
+                      reason, settings.rollout_lease_seconds, settings.rollout_wait_seconds if wait else 0.0)
+
+
+def finish_interrupted_promotion(settings: Settings, io: Io) -> None:
+    """An attempt whose waves all advanced and whose record says so, but whose controller died
+    before @production moved (its lease is still `promoting`): move it now, then free the lease."""
+    io.repo.sync()
+    text = io.repo.read_file(lease_path(settings.model_name))
+    lease = Lease.model_validate_json(text) if text else None
+    if lease is None or lease.phase != "promoting" or not lease.stale(io.now()):
+        return
+    record = io.repo.record(lease.rollout_id)
+    if record is None or record["status"] != "succeeded":
+        return
+    promote.fn(settings, RolloutRecord.model_validate(record))
+
+    def unchanged(repo) -> None:
+        if repo.read_file(lease_path(settings.model_name)) != text:
+            raise RolloutBusy(f"the lease of {lease.rollout_id} changed while its promotion was repaired")
+    io.repo.commit([], f"{lease.rollout_id}: succeeded; @production moved by {socket.gethostname()} after its "
+                   "controller stopped; lease released", extra={lease_path(settings.model_name): None},
+                   precondition=unchanged)
+    io.log(f"{lease.rollout_id}: its controller stopped before moving @production; moved it to v{record['version']}")
+
+
+def rollback_target(settings: Settings, to: int | None) -> int:
+    """The version a rollback returns the fleet to: `to`, else the one @previous points at."""
+    if to is not None:
+        return to
+    previous = registry.alias_version(settings, registry.PREVIOUS)
+    if previous is None:
+        raise LookupError(f"{settings.model_name} has no @previous version to roll back to; name one with --to")
+    return previous
 
 
 def reader(settings: Settings, fleet_file) -> Callable[[list[Site]], dict[str, Reading | None]]:
@@ -93,7 +132,14 @@ def finish(c: Controller, record: RolloutRecord, status: str, reason: str) -> st
 def promote(settings: Settings, record: RolloutRecord) -> None:
     """@production → the new version, @previous → the old one; the result tagged on the version."""
     registry.promote(settings, record.version)
-    registry.tag_version(settings, record.version, {"rollout_id": record.id, "rollout_result": record.status})
+    registry.tag_version(settings, record.version, {"rollout_id": record.id, "rollout_result": record.status,
+                                                    "rollout_kind": record.kind})
+
+
+@task(name="release-lease", **LOCAL)
+def release(c: Controller, record: RolloutRecord) -> str | None:
+    """The attempt is over (for a success: @production has moved): the next rollout may start."""
+    return c.release(record)
 
 
 def manual_gate(c: Controller, wave: WaveRecord) -> None:
@@ -110,8 +156,7 @@ def manual_gate(c: Controller, wave: WaveRecord) -> None:
 def report(settings: Settings, record: RolloutRecord, noop: bool = False) -> dict:
     """A table artifact of the waves and decisions, the result tagged on the version.
 
-    `noop`: the rollout had already finished (or the version is already in production);
-    nothing was deployed by this run.
+    `noop`: the version already runs everywhere and is in production: nothing was deployed.
     """
     from prefect.artifacts import create_table_artifact
 
@@ -127,11 +172,12 @@ def report(settings: Settings, record: RolloutRecord, noop: bool = False) -> dic
                                  f"Timeline image: `{timeline}`\n", key=f"rollout-timeline-{record.model}".lower(),
                                  description="rollout timeline")
     if noop:
-        return {"rollout_id": record.id, "status": "noop", "reason": f"already {record.status}: {record.reason}",
-                "waves": rows}
+        return {"rollout_id": record.id, "kind": record.kind, "version": record.version, "status": "noop",
+                "reason": record.reason, "waves": rows}
     create_table_artifact(rows, key=f"rollout-{record.model}".lower().replace("_", "-"),
                           description=f"{record.id}: {record.status} ({record.reason})")
     if record.status in ("rolled_back", "held"):
-        registry.tag_version(settings, record.version, {"rollout_id": record.id, "rollout_result": record.status})
-    return {"rollout_id": record.id, "status": record.status, "reason": record.reason, "waves": rows,
-            "timeline": str(timeline) if timeline else None}
+        registry.tag_version(settings, record.version, {"rollout_id": record.id, "rollout_result": record.status,
+                                                        "rollout_kind": record.kind})
+    return {"rollout_id": record.id, "kind": record.kind, "version": record.version, "status": record.status,
+            "reason": record.reason, "waves": rows, "timeline": str(timeline) if timeline else None}

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from edgewave.tasks.rollout.controller import RolloutRecord
+from edgewave.tasks.rollout.record import RolloutRecord
 
 COLOURS = {"old": "#b0b0b0", "new": "#2e8b57", "rolled_back": "#c0392b"}
 VERDICT = {"pass": ("o", "#2e8b57"), "fail": ("X", "#c0392b"), "inconclusive": ("s", "#e0a800")}

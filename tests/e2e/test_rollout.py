@@ -60,8 +60,10 @@ def _world(bundles, split, trained, exported, tmp_path: Path):
     fleet.down(settings, fleet_file.fleet)
 
 
-def rollout(settings: Settings, version: int) -> tuple[int, dict, str]:
-    result = subprocess.run([str(BIN / "edgewave"), "rollout", str(version)], capture_output=True, text=True,
+def rollout(settings: Settings, version: int | None, *extra: str) -> tuple[int, dict, str]:
+    """`edgewave rollout VERSION`, or with VERSION None `edgewave rollback EXTRA…`."""
+    command = ["rollout", str(version)] if version is not None else ["rollback"]
+    result = subprocess.run([str(BIN / "edgewave"), *command, *extra], capture_output=True, text=True,
                             timeout=600, env=edgewave_env(settings.home, EDGEWAVE_FLEET_PATH=str(settings.fleet_path)))
     lines = [line for line in result.stdout.splitlines() if line.startswith('{"rollout_id"')]
     return result.returncode, json.loads(lines[-1]) if lines else {}, result.stdout + result.stderr
@@ -109,15 +111,15 @@ def test_a_bad_model_is_caught_at_the_canary_and_every_touched_site_returns(worl
 
     commits_before = len(repo.log())
     code, result, log = rollout(settings, 3)
-    assert (code, result.get("status")) == (3, "rolled_back"), log
+    assert (code, result.get("status")) == (1, "rolled_back"), log
     assert "failure-rate shift" in log
     assert set(versions(fleet_file).values()) == {2}, "every touched site back on v2"
     assert registry.alias_version(settings, "production") == 2
     subjects = repo.log(result["rollout_id"])
-    assert sum("wave" in s and "rollback" not in s for s in subjects) == 1, "stopped at the canary"
+    assert sum(": wave " in s for s in subjects) == 1, "stopped at the canary"
     assert any("rollback after wave 1/3" in s for s in subjects)
     assert (settings.home / "rollouts" / f"{result['rollout_id']}.png").stat().st_size > 10_000, "timeline image"
-    assert len(repo.log()) - commits_before == 2, "canary commit + one rollback commit"
+    assert len(repo.log()) - commits_before == 3, "start (lease) + canary commit + one rollback commit"
 
     commits_before = len(repo.log())
     code, result, log = rollout(settings, 2)  # finished rollout, and v2 is in production: nothing to do
@@ -132,6 +134,32 @@ def test_a_bad_model_is_caught_at_the_canary_and_every_touched_site_returns(worl
         {f"site-{i}": (2, 2) for i in range(6)}
     assert state["fleet"]["last_rollout"]["status"] == "rolled_back"
     assert state["fleet"]["last_rollout"]["version"] == 3
+
+
+def test_rollback_returns_every_site_in_waves_and_the_version_can_be_rolled_out_again(world) -> None:
+    settings, fleet_file = world
+    repo = DesiredStateRepo.of(settings)
+    if registry.alias_version(settings, "production") != 2:  # when run on its own
+        for version in (1, 2):
+            assert rollout(settings, version)[0] == 0
+    assert registry.alias_version(settings, "previous") == 1
+
+    code, result, log = rollout(settings, None, "--reason", "line 3 operators report false alarms")
+    assert (code, result.get("kind"), result.get("version"), result.get("status")) == (0, "rollback", 1, "succeeded"), log
+    assert set(versions(fleet_file).values()) == {1}, "every site back on v1"
+    assert (registry.alias_version(settings, "production"), registry.alias_version(settings, "previous")) == (1, 2)
+    repo.sync()
+    record = repo.record(result["rollout_id"])
+    assert record["kind"] == "rollback" and record["requested_reason"] == "line 3 operators report false alarms"
+    assert [w["decision"] for w in record["waves"]] == ["advance", "advance", "advance"], "the same waves and analysis"
+    assert sum(f"{result['rollout_id']}: rollback wave" in s for s in repo.log()) == 3, "marked as a rollback in Git"
+    assert repo.read("site-0").rollback, "agents see a marked rollback (they refuse unmarked downgrades)"
+    assert registry.client(settings).get_model_version(settings.model_name, "1").tags["rollout_kind"] == "rollback"
+
+    code, result, log = rollout(settings, 2)
+    assert (code, result.get("status")) == (0, "succeeded"), log
+    assert set(versions(fleet_file).values()) == {2}, "a version that was rolled back can be rolled out again"
+    assert registry.alias_version(settings, "production") == 2
 
 
 def test_a_bad_policy_fails_before_anything_is_deployed(tmp_path: Path) -> None:

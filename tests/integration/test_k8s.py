@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgewave.flows.rollout import rollout
+from edgewave.flows.rollout import result_of, rollout
 from edgewave.serving.desired import DesiredState
 from edgewave.tasks.platform.settings import Settings, use
 from edgewave.tasks.rollout.gitops import git
@@ -138,7 +138,7 @@ def test_a_mixed_fleet_rollout_commits_k8s_overlays_wave_by_wave(sitesim, tmp_pa
     register_versions(settings, {1: {"bundle_url": "file:///b/v1", "onnx_sha256": SHA, "image": v1},
                                  2: {"bundle_url": "file:///b/v2", "onnx_sha256": SHA, "image": image}}, production=1)
     with use(settings):
-        result = rollout(2)  # the rollout flow users run
+        result = result_of(rollout(2, return_state=True))  # the rollout flow users run
     assert result["status"] == "succeeded", result
     repo.sync()
 

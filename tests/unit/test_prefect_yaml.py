@@ -48,8 +48,10 @@ def test_flow_parameters_are_what_a_person_chooses_never_settings() -> None:
     parameters are stored by Prefect and shown in its UI form."""
     from edgewave.flows import drift, release, retrain, rollout
 
-    flows = [release.release, rollout.rollout, drift.drift_monitor, drift.check_sites, retrain.retrain_on_drift]
+    flows = [release.release, rollout.rollout, rollout.rollback, drift.drift_monitor, drift.check_sites,
+             retrain.retrain_on_drift]
     for flow in flows:
         names = set(flow.parameters.properties)
         assert not names & {"settings", "config"}, f"{flow.name} takes settings as a parameter: {sorted(names)}"
-    assert set(rollout.rollout.parameters.properties) == {"version"}
+    assert set(rollout.rollout.parameters.properties) == {"version", "reason", "wait"}
+    assert set(rollout.rollback.parameters.properties) == {"to", "reason", "wait"}

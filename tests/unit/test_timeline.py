@@ -7,7 +7,7 @@ from pathlib import Path
 
 import matplotlib.image
 
-from edgewave.tasks.rollout.controller import RolloutRecord, WaveRecord
+from edgewave.tasks.rollout.record import RolloutRecord, WaveRecord
 from edgewave.tasks.rollout.timeline import MAX_SITE_ROWS, render, rows
 
 

@@ -1,0 +1,64 @@
+"""The record of one rollout attempt, as it lives in the desired-state repository
+(`rollouts/<id>.json`): the plan frozen at its start (sites, waves, the policy and thresholds),
+every wave's commit, measurements and decision, and the outcome.
+
+An attempt has its own id (model, version and start time); resuming continues the recorded
+plan, so a fleet file edited meanwhile affects the next rollout, not this one.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+Status = Literal["running", "succeeded", "rolled_back", "held", "noop", "superseded"]
+
+
+Kind = Literal["rollout", "rollback"]
+
+
+def attempt_id(model: str, version: int, kind: Kind, at: datetime) -> str:
+    """`ro-<model>-v<version>-<UTC start>` (`rb-` for a rollback): one id per attempt."""
+    return f"{'rb' if kind == 'rollback' else 'ro'}-{model}-v{version}-{at:%Y%m%dT%H%M%S%f}"[:-3] + "Z"
+
+
+class WaveRecord(BaseModel):
+    index: int
+    name: str
+    sites: list[str]
+    status: Literal["pending", "committed", "advanced", "rolled_back", "held"] = "pending"
+    deferred: list[str] = Field(default_factory=list, description="Unreachable before the commit, re-queued.")
+    failed: list[str] = Field(default_factory=list, description="Sites counted failed (offline policy).")
+    converged: list[str] = Field(default_factory=list)
+    decision: str | None = None
+    reason: str | None = None
+    measurements: list[dict] = Field(default_factory=list)
+    committed_at: datetime | None = None
+    decided_at: datetime | None = None
+
+
+class RolloutRecord(BaseModel):
+    id: str
+    kind: Kind = "rollout"
+    model: str
+    version: int
+    from_version: int | None
+    requested_reason: str = Field("", description="Why a person (or the drift event) started it.")
+    policy: dict = Field(default_factory=dict, description="The rollout policy as it was at the start.")
+    fleet: dict = Field(default_factory=dict, description="The fleet's sites as they were at the start.")
+    previous: dict[str, dict | None] = Field(default_factory=dict, description="Desired state to return to.")
+    waves: list[WaveRecord]
+    status: Status = "running"
+    reason: str | None = None
+    started_at: datetime
+    finished_at: datetime | None = None
+
+
+
+def summary(record: RolloutRecord) -> list[dict]:
+    """One row per wave for tables and artifacts."""
+    return [{"wave": f"{w.index + 1}/{len(record.waves)} {w.name}", "sites": len(w.sites), "status": w.status,
+             "decision": w.decision or "", "reason": (w.reason or "")[:200], "deferred": ", ".join(w.deferred),
+             "failed": ", ".join(w.failed)} for w in record.waves]
