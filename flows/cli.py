@@ -310,6 +310,30 @@ def fleet_up(
         raise typer.Exit(2) from None
 
 
+@fleet_app.command("traffic")
+def fleet_traffic(
+    rate: Annotated[float, typer.Option(help="Requests per second to each site.")] = 20.0,
+    seconds: Annotated[float | None, typer.Option(help="Stop after this long (default: until Ctrl-C).")] = None,
+) -> None:
+    """Send generated sensor traffic to the local sites (what a plant would), so rollouts have something to judge."""
+    import time
+
+    from edgewave.tasks.drift.store import MonitoringStore
+    from edgewave.tasks.sim.traffic import Traffic
+
+    settings = _settings()
+    sites = [s for s in _fleet(settings).fleet.sites if s.kind == "local"]
+    console.print(f"sending {rate:g} requests/s to {len(sites)} sites; Ctrl-C stops")
+    traffic = Traffic(sites, rate_per_site=rate, feedback_store=MonitoringStore.of(settings)).start()
+    try:
+        time.sleep(seconds) if seconds else time.sleep(10**9)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        statuses = traffic.stop()
+    console.print("answers: " + ", ".join(f"{site} {dict(counts)}" for site, counts in statuses.items()))
+
+
 @fleet_app.command("logs")
 def fleet_logs(
     site: Annotated[str, typer.Argument(help="Site id.")],
