@@ -22,6 +22,8 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -208,3 +210,18 @@ Match User {CP_USER},{",".join(i.user for i in identities.values())}
     known_hosts.write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
     os.chmod(known_hosts, 0o644)
     return SshServer(base, port, process, known_hosts, identities, controller)
+
+
+@contextmanager
+def running(sites: list[str]) -> Iterator[SshServer]:
+    """The server for a test module; the module is skipped, saying why, where it cannot run."""
+    import pytest
+
+    try:
+        server = start(sites)
+    except SshUnavailable as exc:
+        pytest.skip(f"no SSH server can run here: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()

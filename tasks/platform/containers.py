@@ -11,6 +11,8 @@ its store account), as a per-site Secret would on Kubernetes.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,47 +136,39 @@ def run(settings: Settings, site: Site, image: str, extra_env: dict[str, str] | 
         client.close()
 
 
-def state(settings: Settings, container_id: str) -> ContainerState | None:
+@contextmanager
+def _container(settings: Settings, container_id: str) -> Iterator:
+    """The container by id (None when it is gone), with a client closed afterwards."""
     import docker.errors
 
     client = docker_client(settings)
     try:
-        container = client.containers.get(container_id)
-        return ContainerState(container.id, container.status == "running", container.status)
-    except docker.errors.NotFound:
-        return None
+        try:
+            container = client.containers.get(container_id)
+        except docker.errors.NotFound:
+            container = None
+        yield container
     finally:
         client.close()
+
+
+def state(settings: Settings, container_id: str) -> ContainerState | None:
+    with _container(settings, container_id) as container:
+        return ContainerState(container.id, container.status == "running", container.status) if container else None
 
 
 def stop(settings: Settings, container_id: str, timeout: int = 15) -> bool:
     """Stop and remove the container (its state volume stays, like the disk of an edge box)."""
-    import docker.errors
-
-    client = docker_client(settings)
-    try:
-        container = client.containers.get(container_id)
+    with _container(settings, container_id) as container:
+        if container is None:
+            return False
         container.stop(timeout=timeout)
         container.remove()
         return True
-    except docker.errors.NotFound:
-        return False
-    finally:
-        client.close()
 
 
 def logs(settings: Settings, container_id: str, tail: int = 200) -> str:
-    client = docker_client(settings)
-    try:
-        return redact(client.containers.get(container_id).logs(tail=tail).decode(errors="replace"))
-    finally:
-        client.close()
-
-
-def mounts(settings: Settings, container_id: str) -> list[dict]:
-    """What the container has mounted (for a person, and for the test that nothing is shared)."""
-    client = docker_client(settings)
-    try:
-        return client.api.inspect_container(container_id)["Mounts"]
-    finally:
-        client.close()
+    with _container(settings, container_id) as container:
+        if container is None:
+            raise FileNotFoundError(f"container {container_id[:12]} is gone (see `edgewave fleet status`)")
+        return redact(container.logs(tail=tail).decode(errors="replace"))

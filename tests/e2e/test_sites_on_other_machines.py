@@ -33,12 +33,8 @@ GIT_TOKEN = "ghp_e2eToken0123456789abcdef"  # set but unused (SSH remote): must 
 
 @pytest.fixture(scope="module")
 def server():
-    try:
-        running = sshd.start(SITES)
-    except sshd.SshUnavailable as exc:
-        pytest.skip(f"no SSH server can run here: {exc}")
-    yield running
-    running.stop()
+    with sshd.running(SITES) as running:
+        yield running
 
 
 def private_key_lines(identity: sshd.Identity) -> list[str]:

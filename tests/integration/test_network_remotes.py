@@ -22,12 +22,8 @@ SITES = ["site-a", "site-b"]
 
 @pytest.fixture(scope="module")
 def server():
-    try:
-        running = sshd.start(SITES)
-    except sshd.SshUnavailable as exc:
-        pytest.skip(f"no SSH server can run here: {exc}")
-    yield running
-    running.stop()
+    with sshd.running(SITES) as running:
+        yield running
 
 
 def access(server, identity: sshd.Identity) -> RemoteAccess:
