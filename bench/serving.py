@@ -155,6 +155,7 @@ def main() -> None:
 
     env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
            "EDGEWAVE_HOME": str(settings.home), "EDGEWAVE_SAMPLE_FRACTION": "0.1",
+           "EDGEWAVE_TRUSTED_KEYS_DIR": str(settings.signing_key.parent),  # a site trusts only keys given to it
            "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
     results: dict = {"servers": {}}
     ports = {name: free_port() for name in bodies}
