@@ -1,0 +1,139 @@
+"""A dataset spec: a plant's sensors declared once, and followed by every step.
+
+`deployments/dataset.yaml` (EDGEWAVE_DATASET) names each column (and the header it has in the
+source file), its kind (float, int, or category with its categories), unit and physical range;
+the binary target and which of its two values means failure; derived features as arithmetic
+over columns (tasks/release/expressions.py), which the ONNX graph computes in front of the
+model so that a site receives only raw sensor values; and per-column drift thresholds. Loading,
+training, the bundle's input schema, the site's validation, drift checks and the traffic
+simulator all follow it. A bad spec fails at load with the field path, like the fleet file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edgewave.serving.errors import describe
+from edgewave.tasks.release.expressions import Expression, ExpressionError
+
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+class SpecError(ValueError):
+    """The dataset spec is invalid; the message names the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Column(_Strict):
+    name: Identifier
+    header: str | None = Field(None, description="The column's header in the source file (default: name).")
+    kind: Literal["float", "int", "category"] = "float"
+    categories: list[str] = Field(default_factory=list, description="For kind category: its values, coded 0, 1, …")
+    unit: str = ""
+    range: tuple[float, float] | None = Field(None, description="Physical range [min, max]: values outside are "
+                                             "implausible readings, refused when loading.")
+    max_missing_share: float = Field(0.05, ge=0, le=1)
+    drift_threshold: float | None = Field(None, gt=0, description="This column's drift threshold (method units).")
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Column:
+        if self.range is not None and self.range[0] > self.range[1]:
+            raise ValueError(f"range: min {self.range[0]:g} > max {self.range[1]:g}")
+        if self.kind == "category" and len(self.categories) < 2:
+            raise ValueError("categories: a category column needs at least two categories")
+        if self.kind != "category" and self.categories:
+            raise ValueError(f"categories: only for kind category, not {self.kind}")
+        return self
+
+    @property
+    def source(self) -> str:
+        return self.header or self.name
+
+
+class Target(_Strict):
+    name: Identifier
+    header: str | None = None
+    values: tuple[str, str] = Field(("0", "1"), description="[negative, positive] as written in the file.")
+    max_missing_share: float = Field(0.0, ge=0, le=1)
+
+    @field_validator("values")
+    @classmethod
+    def _binary(cls, values: tuple[str, str]) -> tuple[str, str]:
+        if values[0] == values[1]:
+            raise ValueError(f"a binary target needs two different values, got {list(values)}")
+        return values
+
+    @property
+    def source(self) -> str:
+        return self.header or self.name
+
+
+class Derived(_Strict):
+    name: Identifier
+    expression: str
+    unit: str = ""
+    description: str = ""
+
+
+class DatasetSpec(_Strict):
+    name: str = Field(min_length=1)
+    description: str = ""
+    generator: Literal["ai4i", "pump"] | None = Field(
+        None, description="Which built-in simulator makes data of this shape when no EDGEWAVE_DATA_PATH is set.")
+    columns: list[Column] = Field(min_length=1)
+    target: Target
+    derived: list[Derived] = Field(default_factory=list)
+    class_labels: tuple[str, str] = ("ok", "failure")
+
+    @model_validator(mode="after")
+    def _names_and_expressions(self) -> DatasetSpec:
+        names = [c.name for c in self.columns] + [d.name for d in self.derived]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"columns/derived: names must be unique: {repeated}")
+        if self.target.name in names:
+            raise ValueError(f"target.name: {self.target.name!r} is also a feature column")
+        known = {c.name for c in self.columns}
+        for index, derived in enumerate(self.derived):
+            try:
+                Expression.parse(derived.expression, known)
+            except ExpressionError as exc:
+                raise ValueError(f"derived.{index}.expression: {exc}") from None
+        return self
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """The raw inputs, in the order the ONNX graph takes them (what a site is sent)."""
+        return tuple(c.name for c in self.columns)
+
+    def column(self, name: str) -> Column:
+        return next(c for c in self.columns if c.name == name)
+
+    def expressions(self) -> list[tuple[str, Expression]]:
+        return [(d.name, Expression.parse(d.expression, set(self.features))) for d in self.derived]
+
+    def drift_thresholds(self) -> dict[str, float]:
+        return {c.name: c.drift_threshold for c in self.columns if c.drift_threshold is not None}
+
+
+def load_spec(path: str | Path) -> DatasetSpec:
+    """Load and validate a dataset spec; SpecError names the file and the field."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        return DatasetSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(f"{path}: {describe(exc)}") from None
