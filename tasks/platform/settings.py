@@ -39,8 +39,10 @@ class Settings(EdgeSettings):
     experiment_name: str = "edgewave-release"
     telemetry: bool = Field(False, description="Let Prefect and MLflow send usage telemetry.")
 
+    dataset: Path = Field(Path("deployments/dataset.yaml"), description="The dataset spec: columns, target, "
+                          "derived features (EDGEWAVE_DATASET).")
     data_path: Path | None = Field(
-        None, description="Your own training data (CSV/Parquet, AI4I columns); default: generated data."
+        None, description="Your own training data (CSV/Parquet, laid out as the dataset spec says); default: generated."
     )
     train_rows: int = Field(10_000, ge=500, le=5_000_000)
     data_seed: int | None = Field(None, description="Seed of the generated data; None draws one per run.")

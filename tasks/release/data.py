@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -237,104 +236,3 @@ def fingerprint(frame: pd.DataFrame) -> str:
     digest.update(",".join(map(str, frame.columns)).encode())
     digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
     return digest.hexdigest()
-
-
-# ----------------------------------------------------------------------------- user data
-
-
-ColumnKind = Literal["float", "int", "category"]
-
-
-@dataclass(frozen=True)
-class ColumnSpec:
-    """A declared column of a user's data set."""
-
-    name: str
-    kind: ColumnKind = "float"
-    categories: tuple[str, ...] = ()
-    max_missing_share: float = 0.05
-
-
-DEFAULT_SCHEMA: tuple[ColumnSpec, ...] = (
-    *(ColumnSpec(f) for f in FEATURES if f != "product_quality"),
-    ColumnSpec("product_quality", "category", tuple(QUALITY_CODES)),
-    ColumnSpec(TARGET, "int", max_missing_share=0.0),
-)
-
-
-class DataValidationError(ValueError):
-    """A user's data set does not match its declared schema."""
-
-
-def _read_table(path: Path) -> pd.DataFrame:
-    suffix = path.suffix.lower()
-    if not path.exists():
-        raise DataValidationError(f"{path}: no such file")
-    if suffix == ".csv":
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
-    if suffix in {".parquet", ".pq"}:
-        return pd.read_parquet(path).astype("string").fillna("")
-    raise DataValidationError(f"{path}: unsupported file type {suffix!r}; use .csv or .parquet")
-
-
-def _coerce_column(raw: pd.Series, spec: ColumnSpec, source: Path) -> pd.Series:
-    text = raw.astype("string").str.strip()
-    missing = text.isna() | text.eq("") | text.str.lower().isin(["nan", "na", "null", "none"])
-    if spec.kind == "category":
-        bad = ~missing & ~text.isin(spec.categories)
-        if bad.any():
-            examples = sorted(set(text[bad].head(3)))
-            raise DataValidationError(
-                f"{source}: column {spec.name!r} has {int(bad.sum())} rows outside the categories "
-                f"{list(spec.categories)} (e.g. {examples})"
-            )
-        values = text.map({c: float(QUALITY_CODES.get(c, i)) for i, c in enumerate(spec.categories)})
-    else:
-        values = pd.to_numeric(text.where(~missing), errors="coerce")
-        bad = ~missing & values.isna()
-        if bad.any():
-            examples = sorted(set(text[bad].head(3)))
-            raise DataValidationError(
-                f"{source}: column {spec.name!r} should be {spec.kind} but {int(bad.sum())} rows are "
-                f"not numbers (e.g. {examples})"
-            )
-        if spec.kind == "int":
-            fractional = values.notna() & (values != values.round())
-            if fractional.any():
-                raise DataValidationError(
-                    f"{source}: column {spec.name!r} should be int but {int(fractional.sum())} rows "
-                    "have fractions"
-                )
-    values = values.astype("float64")
-    n_missing = int(values.isna().sum())
-    if n_missing > spec.max_missing_share * len(values):
-        raise DataValidationError(
-            f"{source}: column {spec.name!r} is missing or NaN in {n_missing} of {len(values)} rows "
-            f"(at most {spec.max_missing_share:.0%} allowed)"
-        )
-    return values
-
-
-def load_user_data(path: str | Path, schema: tuple[ColumnSpec, ...] = DEFAULT_SCHEMA) -> pd.DataFrame:
-    """Load a user's CSV or Parquet file and check it against `schema`.
-
-    Refuses missing columns, values of the wrong type and mostly-empty columns, naming the
-    column and the count of bad rows, so a bad export is caught before anything trains on it.
-    Rows with a few missing values (within each column's allowance) are dropped.
-    """
-    source = Path(path)
-    raw = _read_table(source)
-    missing = [spec.name for spec in schema if spec.name not in raw.columns]
-    if missing:
-        raise DataValidationError(f"{source}: missing column(s) {missing}; found {list(raw.columns)}")
-    if raw.empty:
-        raise DataValidationError(f"{source}: no rows")
-    frame = pd.DataFrame({spec.name: _coerce_column(raw[spec.name], spec, source) for spec in schema})
-    frame = frame.dropna().reset_index(drop=True)
-    if TARGET in frame:
-        frame[TARGET] = frame[TARGET].astype(np.int64)
-        bad = ~frame[TARGET].isin([0, 1])
-        if bad.any():
-            others = sorted(int(v) for v in frame.loc[bad, TARGET].unique())
-            raise DataValidationError(f"{source}: column {TARGET!r} must be 0 or 1 but {int(bad.sum())} rows hold {others}")
-    return frame

@@ -23,10 +23,12 @@ from edgewave.tasks.platform.runs import run_logger
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.release import bundle as bundles
 from edgewave.tasks.release import registry
-from edgewave.tasks.release.data import FEATURES, TARGET, generate, load_user_data
+from edgewave.tasks.release.data import FEATURES, TARGET, generate
 from edgewave.tasks.release.export import Export, export_model, onnx_proba
 from edgewave.tasks.release.gate import GateDecision, judge
+from edgewave.tasks.release.spec import load_spec
 from edgewave.tasks.release.train import Split, TrainedModel, evaluate, split_data, train_sklearn, train_torch
+from edgewave.tasks.release.userdata import load_user_data
 
 REMOTE = {"retries": 4, "retry_delay_seconds": [2, 5, 15, 30], "cache_policy": NONE}
 LOCAL = {"cache_policy": NONE}
@@ -47,7 +49,8 @@ def load_training_data(settings: Settings, seed: int, shuffle_labels: bool = Fal
     `shuffle_labels` breaks the link between inputs and target on purpose: the model learns
     nothing, which is how the rollback demo makes a model the canary must catch.
     """
-    frame = load_user_data(settings.data_path) if settings.data_path is not None else generate(settings.train_rows, seed)
+    spec = load_spec(settings.dataset)
+    frame = load_user_data(settings.data_path, spec) if settings.data_path is not None else generate(settings.train_rows, seed)
     if with_feedback:
         feedback = MonitoringStore.of(settings).read_feedback(settings.feedback_rows_per_site)
         run_logger().info("retraining with %d labelled rows of site feedback (store %s) + %d base rows",
