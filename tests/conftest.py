@@ -13,6 +13,8 @@ from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.release.bundle import build_manifest, load_or_create_signing_key, write_bundle
 from edgewave.tasks.release.data import generate
 from edgewave.tasks.release.export import Export, export_model
+from edgewave.tasks.release.features import Features
+from edgewave.tasks.release.spec import load_spec
 from edgewave.tasks.release.train import Split, TrainedModel, split_data, train_sklearn, train_torch
 
 
@@ -32,9 +34,13 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     return Settings(home=tmp_path / "home", train_rows=4000)
 
 
+AI4I = Features.of(load_spec(Path(__file__).resolve().parents[1] / "deployments" / "dataset.yaml"))
+
+
 @pytest.fixture(scope="session")
 def split() -> Split:
-    return split_data(generate(6000, 21), seed=0)
+    """AI4I rows with the shipped spec's derived features (power, temperature gap, strain)."""
+    return split_data(generate(6000, 21), seed=0, features=AI4I)
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +50,8 @@ def trained(split: Split) -> dict[str, TrainedModel]:
 
 @pytest.fixture(scope="session")
 def exported(trained: dict[str, TrainedModel], split: Split) -> dict[str, Export]:
-    return {family: export_model(model, split.x_test, split.y_test) for family, model in trained.items()}
+    return {family: export_model(model, split.x_test, split.y_test, features=split.features)
+            for family, model in trained.items()}
 
 
 @dataclass(frozen=True)

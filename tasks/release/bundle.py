@@ -123,11 +123,11 @@ def trusted_keys(settings) -> dict[str, Ed25519PublicKey]:
     return parse_public_keys(trusted_public_keys(settings))
 
 
-def reference_from(train_frame: pd.DataFrame, max_rows: int, seed: int = 0) -> Reference:
-    """A row sample of the training data: what drift checks compare a site's inputs with."""
+def reference_from(train_frame: pd.DataFrame, features: tuple[str, ...], max_rows: int, seed: int = 0) -> Reference:
+    """A row sample of the training data's raw columns: what drift checks compare a site's inputs with."""
     sample = train_frame.sample(n=min(max_rows, len(train_frame)), random_state=seed)
     return Reference(rows=len(sample),
-                     columns={f: np.round(sample[f].to_numpy(dtype=float), 4).tolist() for f in FEATURES})
+                     columns={f: np.round(sample[f].to_numpy(dtype=float), 4).tolist() for f in features})
 
 
 def model_file(name: str, content: bytes) -> ModelFile:
@@ -136,10 +136,13 @@ def model_file(name: str, content: bytes) -> ModelFile:
 
 def build_manifest(*, name: str, version: int, family: str, model: bytes, int8_model: bytes | None,
                    train_frame: pd.DataFrame, threshold: float, metrics: dict[str, float],
-                   data_fingerprint: str, parity_max_abs_diff: float, reference_rows: int) -> BundleManifest:
-    """The manifest of a bundle; valid ranges are those seen in training."""
+                   data_fingerprint: str, parity_max_abs_diff: float, reference_rows: int,
+                   features: tuple[str, ...] = FEATURES, class_labels: tuple[str, str] = CLASS_LABELS
+                   ) -> BundleManifest:
+    """The manifest of a bundle: the raw columns a site is sent, with the ranges seen in training."""
+    raw = features
     features = [
-        FeatureSpec(name=f, min=float(train_frame[f].min()), max=float(train_frame[f].max())) for f in FEATURES
+        FeatureSpec(name=f, min=float(train_frame[f].min()), max=float(train_frame[f].max())) for f in raw
     ]
     return BundleManifest(
         name=name,
@@ -151,12 +154,12 @@ def build_manifest(*, name: str, version: int, family: str, model: bytes, int8_m
         variants={"int8": model_file(INT8_MODEL, int8_model)} if int8_model else {},
         input=InputSchema(name=INPUT_NAME, features=features),
         output=OutputSchema(name=OUTPUT_NAME, positive_index=1),
-        class_labels=list(CLASS_LABELS),
+        class_labels=list(class_labels),
         threshold=threshold,
         metrics=metrics,
         data_fingerprint=data_fingerprint,
         parity_max_abs_diff=parity_max_abs_diff,
-        reference=reference_from(train_frame, reference_rows),
+        reference=reference_from(train_frame, raw, reference_rows),
     )
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from edgewave.tasks.release.features import Features
 from edgewave.tasks.release.train import TrainedModel, evaluate
 
 INPUT_NAME = "features"
@@ -146,9 +147,12 @@ def quantize(model: bytes, x: np.ndarray, y: np.ndarray, threshold: float, max_d
 
 
 def export_model(trained: TrainedModel, x_test: np.ndarray, y_test: np.ndarray,
-                 tolerance: float = 1e-4, quantization_max_delta: float = 0.01) -> Export:
-    """Export, check, prove parity on held-out rows, and try the int8 variant."""
-    proto = to_onnx(trained, x_test.shape[1])
+                 tolerance: float = 1e-4, quantization_max_delta: float = 0.01,
+                 features: Features | None = None) -> Export:
+    """Export (derived features computed in the graph, in front of the model), check, prove parity
+    on held-out raw rows, and try the int8 variant."""
+    features = features or Features(tuple(f"x{j}" for j in range(x_test.shape[1])))
+    proto = features.in_front_of(to_onnx(trained, len(features.names)))
     buffer = io.BytesIO()
     onnx.save_model(proto, buffer)
     model = buffer.getvalue()

@@ -25,11 +25,13 @@ from edgewave.tasks.release import bundle as bundles
 from edgewave.tasks.release import registry
 from edgewave.tasks.release.data import FEATURES, TARGET, generate
 from edgewave.tasks.release.export import Export, export_model, onnx_proba
+from edgewave.tasks.release.features import Features
 from edgewave.tasks.release.gate import GateDecision, judge
 from edgewave.tasks.release.spec import load_spec
 from edgewave.tasks.release.train import Split, TrainedModel, evaluate, split_data, train_sklearn, train_torch
 from edgewave.tasks.release.userdata import load_user_data
 
+GENERATORS = {"ai4i": generate}  # simulated machines, by the name a dataset spec gives
 REMOTE = {"retries": 4, "retry_delay_seconds": [2, 5, 15, 30], "cache_policy": NONE}
 LOCAL = {"cache_policy": NONE}
 
@@ -50,22 +52,29 @@ def load_training_data(settings: Settings, seed: int, shuffle_labels: bool = Fal
     nothing, which is how the rollback demo makes a model the canary must catch.
     """
     spec = load_spec(settings.dataset)
-    frame = load_user_data(settings.data_path, spec) if settings.data_path is not None else generate(settings.train_rows, seed)
+    if settings.data_path is not None:
+        frame = load_user_data(settings.data_path, spec)
+    elif spec.generator in GENERATORS:
+        frame = GENERATORS[spec.generator](settings.train_rows, seed)
+    else:
+        raise ValueError(f"{settings.dataset}: the dataset {spec.name!r} has no generator; set EDGEWAVE_DATA_PATH to "
+                         "your data file")
     if with_feedback:
         feedback = MonitoringStore.of(settings).read_feedback(settings.feedback_rows_per_site)
         run_logger().info("retraining with %d labelled rows of site feedback (store %s) + %d base rows",
                           len(feedback), redact(settings.monitoring_store), len(frame))
-        frame = add_feedback(frame, feedback)
+        frame = add_feedback(frame, feedback, [*spec.features, spec.target.name])
     if shuffle_labels:
-        frame = frame.assign(**{TARGET: np.random.default_rng(seed).permutation(frame[TARGET].to_numpy())})
+        target = spec.target.name
+        frame = frame.assign(**{target: np.random.default_rng(seed).permutation(frame[target].to_numpy())})
     return frame
 
 
-def add_feedback(frame: pd.DataFrame, feedback: pd.DataFrame) -> pd.DataFrame:
+def add_feedback(frame: pd.DataFrame, feedback: pd.DataFrame, columns: list[str] | None = None) -> pd.DataFrame:
     """Training rows plus labelled site rows; feedback missing a column is refused by name."""
     if feedback.empty:
         return frame
-    columns = [*FEATURES, TARGET]
+    columns = columns or [*FEATURES, TARGET]
     missing = [c for c in columns if c not in feedback.columns]
     if missing:
         raise ValueError(f"feedback rows lack columns {missing} (have {list(feedback.columns)})")
@@ -73,8 +82,10 @@ def add_feedback(frame: pd.DataFrame, feedback: pd.DataFrame) -> pd.DataFrame:
 
 
 @task(name="split-data", **LOCAL)
-def split(frame: pd.DataFrame, seed: int) -> Split:
-    return split_data(frame, seed)
+def split(settings: Settings, frame: pd.DataFrame, seed: int) -> Split:
+    """Train / validation / test of the spec's raw columns; the models see its derived features too."""
+    spec = load_spec(settings.dataset)
+    return split_data(frame, seed, Features.of(spec), spec.target.name)
 
 
 @task(name="train-sklearn", **LOCAL)
@@ -91,7 +102,7 @@ def fit_torch(data: Split, seed: int) -> TrainedModel:
 def export(trained: TrainedModel, data: Split, settings: Settings) -> Candidate:
     """ONNX export with parity on the held-out split; fails with the difference if above tolerance."""
     return Candidate(trained, export_model(trained, data.x_test, data.y_test, settings.parity_tolerance,
-                                           settings.quantization_max_delta))
+                                           settings.quantization_max_delta, data.features))
 
 
 @task(name="log-training-run", **REMOTE)
@@ -133,6 +144,7 @@ def build_bundle(settings: Settings, version: registry.RegisteredVersion, champi
         train_frame=data.train_frame, threshold=champion.trained.metrics.threshold,
         metrics=champion.trained.metrics.as_dict(), data_fingerprint=data.data_fingerprint,
         parity_max_abs_diff=champion.exported.parity_max_abs_diff, reference_rows=settings.reference_rows,
+        features=data.features.raw, class_labels=load_spec(settings.dataset).class_labels,
     )
     folder = settings.home / "work" / release_id / f"bundle-v{version.version}"
     return bundles.write_bundle(folder, manifest, champion.exported.model, champion.exported.quantized.model, key)

@@ -17,13 +17,15 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils.class_weight import compute_sample_weight
 
 from edgewave.tasks.release.data import FEATURES, TARGET, fingerprint
+from edgewave.tasks.release.features import Features
 
 Family = Literal["sklearn", "torch"]
 
 
 @dataclass(frozen=True)
 class Split:
-    """Train / validation (threshold choice) / held-out test, plus the training fingerprint."""
+    """Train / validation (threshold choice) / held-out test of the raw columns, the features a
+    model sees (raw + derived), and the training fingerprint."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -33,6 +35,7 @@ class Split:
     y_test: np.ndarray
     data_fingerprint: str
     train_frame: pd.DataFrame = field(repr=False)
+    features: Features = field(default=None, repr=False)  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -60,19 +63,24 @@ class TrainedModel:
     metrics: Metrics
 
 
-def split_data(frame: pd.DataFrame, seed: int = 0) -> Split:
-    """70/15/15 stratified split; the fingerprint covers exactly the rows trained on."""
-    x = frame[list(FEATURES)].to_numpy(dtype=np.float32)
-    y = frame[TARGET].to_numpy(dtype=np.int64)
+def split_data(frame: pd.DataFrame, seed: int = 0, features: Features | None = None, target: str = TARGET) -> Split:
+    """70/15/15 stratified split of the raw columns; the fingerprint covers exactly the rows trained on.
+
+    `features` (raw columns and derived expressions, from the dataset spec) defaults to the raw
+    AI4I columns with no derived features.
+    """
+    features = features or Features(FEATURES)
+    x = frame[list(features.raw)].to_numpy(dtype=np.float32)
+    y = frame[target].to_numpy(dtype=np.int64)
     if len(np.unique(y)) < 2 or y.sum() < 10:
         raise ValueError(f"training data needs both classes with at least 10 failures; got {int(y.sum())} failures")
     idx = np.arange(len(frame))
     train_idx, rest = train_test_split(idx, test_size=0.3, stratify=y, random_state=seed)
     val_idx, test_idx = train_test_split(rest, test_size=0.5, stratify=y[rest], random_state=seed)
-    train_frame = frame.iloc[train_idx][list(FEATURES) + [TARGET]].reset_index(drop=True)
+    train_frame = frame.iloc[train_idx][[*features.raw, target]].reset_index(drop=True)
     return Split(
         x[train_idx], y[train_idx], x[val_idx], y[val_idx], x[test_idx], y[test_idx],
-        data_fingerprint=fingerprint(train_frame), train_frame=train_frame,
+        data_fingerprint=fingerprint(train_frame), train_frame=train_frame, features=features,
     )
 
 
@@ -120,13 +128,14 @@ def train_sklearn(split: Split, seed: int = 0, n_estimators: int = 200, learning
     model = GradientBoostingClassifier(
         n_estimators=n_estimators, learning_rate=learning_rate, max_depth=max_depth, random_state=seed,
     )
-    model.fit(split.x_train, split.y_train, sample_weight=compute_sample_weight("balanced", split.y_train))
-    return _finish("sklearn", model, lambda x: model.predict_proba(x)[:, 1], params, split)
+    augment = split.features.augment
+    model.fit(augment(split.x_train), split.y_train, sample_weight=compute_sample_weight("balanced", split.y_train))
+    return _finish("sklearn", model, lambda x: model.predict_proba(augment(x))[:, 1], params, split)
 
 
 def train_torch(split: Split, seed: int = 0, epochs: int = 60, hidden: tuple[int, ...] = (64, 32),
                 lr: float = 3e-3, batch_size: int = 256) -> TrainedModel:
-    """An MLP that takes raw features; scaling and physics features live inside the module.
+    """An MLP over raw + derived features; the scaling lives inside the module.
 
     Class imbalance is handled by the positive-class weight of the loss.
     """
@@ -135,8 +144,9 @@ def train_torch(split: Split, seed: int = 0, epochs: int = 60, hidden: tuple[int
     from edgewave.tasks.release.torch_model import FailureMLP
 
     torch.manual_seed(seed)
-    model = FailureMLP.fit_scaler(split.x_train, hidden)
-    x = torch.from_numpy(split.x_train)
+    augment = split.features.augment
+    model = FailureMLP.fit_scaler(augment(split.x_train), hidden)
+    x = torch.from_numpy(augment(split.x_train))
     y = torch.from_numpy(split.y_train.astype(np.float32))
     positives = float(split.y_train.sum())
     pos_weight = torch.tensor((len(split.y_train) - positives) / max(positives, 1.0))
@@ -154,9 +164,9 @@ def train_torch(split: Split, seed: int = 0, epochs: int = 60, hidden: tuple[int
             optimiser.step()
     model.eval()
 
-    def proba(features: np.ndarray) -> np.ndarray:
+    def proba(rows: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return model(torch.from_numpy(np.asarray(features, dtype=np.float32)))[:, 1].double().numpy()
+            return model(torch.from_numpy(augment(rows)))[:, 1].double().numpy()
 
     params = {"family": "torch", "estimator": "FailureMLP", "hidden": list(hidden), "epochs": epochs, "lr": lr,
               "batch_size": batch_size, "pos_weight": float(pos_weight), "seed": seed}
