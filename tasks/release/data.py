@@ -82,10 +82,11 @@ class DriftScenario:
         return self.sensor(frame.copy())
 
 
-def sensor_calibration_offset(feature: str = "process_temperature_k", offset: float = 3.0) -> DriftScenario:
+def sensor_calibration_offset(feature: str = "process_temperature_k", offset: float = 3.0,
+                              features: tuple[str, ...] = FEATURES) -> DriftScenario:
     """A sensor that lost calibration reads `offset` too high; the machine itself is unchanged."""
-    if feature not in FEATURES:
-        raise ValueError(f"sensor_calibration_offset: unknown feature {feature!r}; one of {FEATURES}")
+    if feature not in features:
+        raise ValueError(f"sensor_calibration_offset: unknown feature {feature!r}; one of {features}")
 
     def shift(frame: pd.DataFrame) -> pd.DataFrame:
         frame[feature] = frame[feature] + offset

@@ -27,11 +27,12 @@ from edgewave.tasks.release.data import FEATURES, TARGET, generate
 from edgewave.tasks.release.export import Export, export_model, onnx_proba
 from edgewave.tasks.release.features import Features
 from edgewave.tasks.release.gate import GateDecision, judge
+from edgewave.tasks.release.pump import generate_pump
 from edgewave.tasks.release.spec import load_spec
 from edgewave.tasks.release.train import Split, TrainedModel, evaluate, split_data, train_sklearn, train_torch
 from edgewave.tasks.release.userdata import load_user_data
 
-GENERATORS = {"ai4i": generate}  # simulated machines, by the name a dataset spec gives
+GENERATORS = {"ai4i": generate, "pump": generate_pump}  # simulated machines, by the name a dataset spec gives
 REMOTE = {"retries": 4, "retry_delay_seconds": [2, 5, 15, 30], "cache_policy": NONE}
 LOCAL = {"cache_policy": NONE}
 
