@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.rollout_scale
 	$(BIN)/python -m bench.drift
 	$(BIN)/python -m bench.image
+	$(BIN)/python -m bench.quality
 
 clean:
 	rm -rf .edgewave

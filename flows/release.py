@@ -50,7 +50,7 @@ def run_release(settings: Settings, steps, shuffle_labels: bool = False, force: 
              redact(settings.mlflow_tracking_uri))
 
     data = steps.split(settings, steps.load_training_data(settings, seed, shuffle_labels, with_feedback), seed)
-    trained = [steps.fit_sklearn(data, seed), steps.fit_torch(data, seed)]
+    trained = [steps.fit_sklearn(data, seed, settings.search_budget), steps.fit_torch(data, seed)]
     candidates = [steps.export(model, data, settings) for model in trained]
     champion = next(c for c in candidates if c.trained is pick_champion([c.trained for c in candidates]))
     run_ids = {c.trained.family: steps.log_run(settings, release_id, c, data) for c in candidates}

@@ -29,7 +29,7 @@ from edgewave.tasks.release.features import Features
 from edgewave.tasks.release.gate import GateDecision, judge
 from edgewave.tasks.release.pump import generate_pump
 from edgewave.tasks.release.spec import load_spec
-from edgewave.tasks.release.train import Split, TrainedModel, evaluate, split_data, train_sklearn, train_torch
+from edgewave.tasks.release.train import Split, TrainedModel, evaluate, split_data, train_torch, train_trees
 from edgewave.tasks.release.userdata import load_user_data
 
 GENERATORS = {"ai4i": generate, "pump": generate_pump}  # simulated machines, by the name a dataset spec gives
@@ -90,8 +90,9 @@ def split(settings: Settings, frame: pd.DataFrame, seed: int) -> Split:
 
 
 @task(name="train-sklearn", **LOCAL)
-def fit_sklearn(data: Split, seed: int) -> TrainedModel:
-    return train_sklearn(data, seed)
+def fit_sklearn(data: Split, seed: int, budget: int = 4) -> TrainedModel:
+    """The best tree ensemble of a bounded search (EDGEWAVE_SEARCH_BUDGET trials), by validation PR-AUC."""
+    return train_trees(data, seed, budget)
 
 
 @task(name="train-torch", **LOCAL)
