@@ -77,10 +77,11 @@ def plain_loop(settings, sites: list[str], out: Path) -> tuple[float, list[str]]
     """What a team writes first: for each site, read its windows, run Evidently, save the HTML."""
     from edgewave.tasks.drift.checks import column_results, run_evidently, thresholds
     from edgewave.tasks.drift.reference import reference_for
+    from edgewave.tasks.drift.steps import policy_for
     from edgewave.tasks.drift.store import MonitoringStore, SiteLedger
     from edgewave.tasks.rollout.policy import load_fleet_file
 
-    policy = load_fleet_file(settings.fleet_path).drift
+    policy = policy_for(settings, load_fleet_file(settings.fleet_path).drift)
     started = time.perf_counter()
     flagged = []
     for site in sites:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "quality.json"
-MACHINES = {"ai4i": ROOT / "deployments" / "dataset.yaml", "pump": ROOT / "deployments" / "pump-dataset.yaml"}
+SPECS = {"ai4i": ROOT / "deployments" / "dataset.yaml", "pump": ROOT / "deployments" / "pump-dataset.yaml"}
 
 
 def one(machine: str, seed: int, rows: int, budget: int) -> dict:
@@ -30,12 +30,12 @@ def one(machine: str, seed: int, rows: int, budget: int) -> dict:
 
     from edgewave.tasks.release.export import export_model, onnx_proba
     from edgewave.tasks.release.features import Features
+    from edgewave.tasks.release.machines import simulate
     from edgewave.tasks.release.spec import load_spec
-    from edgewave.tasks.release.steps import GENERATORS
     from edgewave.tasks.release.train import pick_champion, split_data, train_torch, train_trees
 
-    spec = load_spec(MACHINES[machine])
-    frame = GENERATORS[spec.generator](rows, seed)
+    spec = load_spec(SPECS[machine])
+    frame = simulate(spec, rows, seed)
     split = split_data(frame, seed, Features.of(spec), spec.target.name)
     started = time.perf_counter()
     champion = pick_champion([train_trees(split, seed, budget), train_torch(split, seed)])
@@ -61,14 +61,14 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=4)
     args = parser.parse_args()
     rows = []
-    for machine in MACHINES:
+    for machine in SPECS:
         for seed in args.seeds:
             row = one(machine, seed, args.rows, args.budget)
             rows.append(row)
             print(f"{machine:>5} seed {seed}: edgewave {row['edgewave_pr_auc']:.4f} ({row['champion']}) vs "
                   f"HistGradientBoosting {row['baseline_pr_auc']:.4f}", flush=True)
     summary = {}
-    for machine in MACHINES:
+    for machine in SPECS:
         mine = [r for r in rows if r["machine"] == machine]
         summary[machine] = {
             "edgewave_mean": round(statistics.mean(r["edgewave_pr_auc"] for r in mine), 4),

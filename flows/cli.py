@@ -315,16 +315,26 @@ def fleet_traffic(
     rate: Annotated[float, typer.Option(help="Requests per second to each site.")] = 20.0,
     seconds: Annotated[float | None, typer.Option(help="Stop after this long (default: until Ctrl-C).")] = None,
 ) -> None:
-    """Send generated sensor traffic to the local sites (what a plant would), so rollouts have something to judge."""
+    """Send sensor traffic to the local sites (what a plant would), so rollouts have something to judge.
+
+    Rows come from the dataset spec's simulated machine, with their true outcomes as feedback;
+    for a spec without one, from the production bundle's training reference, without feedback."""
     import time
 
     from edgewave.tasks.drift.store import MonitoringStore
-    from edgewave.tasks.sim.traffic import Traffic
+    from edgewave.tasks.sim.traffic import Traffic, source_for
 
     settings = _settings()
     sites = [s for s in _fleet(settings).fleet.sites if s.kind == "local"]
-    console.print(f"sending {rate:g} requests/s to {len(sites)} sites; Ctrl-C stops")
-    traffic = Traffic(sites, rate_per_site=rate, feedback_store=MonitoringStore.of(settings)).start()
+    try:
+        source = source_for(settings)
+    except (ValueError, OSError) as exc:
+        console.print(f"[red]no traffic:[/red] {exc}")
+        raise typer.Exit(2) from None
+    feedback = MonitoringStore.of(settings) if source.target else None
+    console.print(f"sending {rate:g} requests/s of {type(source).__name__.lower()} rows to {len(sites)} sites; "
+                  "Ctrl-C stops")
+    traffic = Traffic(sites, source, rate_per_site=rate, feedback_store=feedback).start()
     try:
         time.sleep(seconds) if seconds else time.sleep(10**9)
     except KeyboardInterrupt:

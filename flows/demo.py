@@ -20,26 +20,32 @@ from edgewave.tasks.drift.checks import FleetDrift
 from edgewave.tasks.drift.store import MonitoringStore
 from edgewave.tasks.platform import fleet
 from edgewave.tasks.platform.settings import Settings, use
-from edgewave.tasks.release.data import scenario
+from edgewave.tasks.release.machines import machine_of
 from edgewave.tasks.release.registry import PRODUCTION, alias_version
+from edgewave.tasks.release.spec import load_spec
 from edgewave.tasks.rollout.controller import scrape_sites
 from edgewave.tasks.rollout.policy import load_fleet_file
-from edgewave.tasks.sim.traffic import Traffic
+from edgewave.tasks.sim.traffic import Traffic, source_for
 
 # Sites sync every 2 s and keep every request for drift in 5 s windows, so a demo sees a
 # drift check's worth of rows (500) within half a minute.
 DEMO_SITE_ENV = {"EDGEWAVE_SYNC_INTERVAL_SECONDS": "2", "EDGEWAVE_SAMPLE_FRACTION": "1.0",
                  "EDGEWAVE_SAMPLE_WINDOW_SECONDS": "5"}
-# What happens to two of the six sites after the first rollout (fleet order: 3rd and 5th site).
-DEMO_DRIFT = {2: ("sensor_calibration_offset", {"feature": "process_temperature_k", "offset": 5.0}),
-              4: ("worn_tool_regime", {"life_factor": 1.6})}
+# The two sites (fleet order: 3rd and 5th) that drift after the first rollout, through the
+# two scenarios the dataset's simulated machine names for demos.
+DRIFTING_SITES = (2, 4)
 
 
-def _with_fleet(settings: Settings, keep_fleet: bool, rate: float, work: Callable[[Traffic], dict]) -> dict:
+def _with_fleet(settings: Settings, keep_fleet: bool, rate: float, work: Callable[[Traffic], dict],
+                version: int | None = None) -> dict:
+    """Run `work` with the fleet up and traffic flowing: the dataset's simulated machine with its
+    outcomes as feedback, or (a plant's own data) the reference rows of `version`'s bundle."""
     fleet_file = load_fleet_file(settings.fleet_path)
+    source = source_for(settings, version)
+    feedback = MonitoringStore.of(settings) if source.target else None
     fleet.up(settings, fleet_file.fleet, extra_env=DEMO_SITE_ENV)
     try:
-        with Traffic(fleet_file.fleet.sites, rate_per_site=rate, feedback_store=MonitoringStore.of(settings)) as traffic:
+        with Traffic(fleet_file.fleet.sites, source, rate_per_site=rate, feedback_store=feedback) as traffic:
             return work(traffic)
     finally:
         if not keep_fleet:
@@ -73,10 +79,11 @@ def _drift_and_retrain(settings: Settings, traffic: Traffic) -> dict:
     """Two sites drift; the drift flow must find them and the retrained model must roll out."""
     baseline = drift_monitor()  # counts the pre-drift windows: no site may be flagged by them
     print(f"before the drift: {baseline.reason}")
-    sites = traffic.sites
-    for index, (name, params) in DEMO_DRIFT.items():
-        traffic.set_scenario(sites[index].id, scenario(name, **params))
-        print(f"{sites[index].id}: now {scenario(name, **params).description}")
+    machine = machine_of(load_spec(settings.dataset))
+    for index, (name, params) in zip(DRIFTING_SITES, machine.demo_drift):
+        change = machine.scenario(name, **params)
+        traffic.set_scenario(traffic.sites[index].id, change)
+        print(f"{traffic.sites[index].id}: now {change.description}")
     summary = watch_for_drift()
     print(f"drift check {summary.check_id}: {summary.reason}; top features {summary.top_features}")
     if not summary.detected:
@@ -101,12 +108,14 @@ def loop(settings: Settings, keep_fleet: bool = False, rate: float = 20.0, drift
     def work(traffic: Traffic) -> dict:
         rolled = _rollout_and_look(settings, released.version)
         result = {"release": released.model_dump(), "rollout": rolled}
-        if drift and rolled["status"] == "succeeded":
+        if drift and not traffic.source.can_drift:
+            print("this dataset names no simulated machine (generator:), so there is no drift to show")
+        elif drift and rolled["status"] == "succeeded":
             with use(settings.model_copy(update={"drift_workers": 1})):  # the sites and the traffic need the other core
                 result.update(_drift_and_retrain(settings, traffic))
         return result
 
-    return _with_fleet(settings, keep_fleet, rate, work)
+    return _with_fleet(settings, keep_fleet, rate, work, released.version)
 
 
 def bad_rollout(settings: Settings, keep_fleet: bool = False, rate: float = 20.0) -> dict:

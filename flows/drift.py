@@ -56,7 +56,7 @@ def drift_monitor() -> FleetDrift:
     settings = active()
     log = run_logger()
     fleet_file = load_fleet_file(settings.fleet_path)
-    policy = fleet_file.drift
+    policy = step.policy_for(settings, fleet_file.drift)
     check_id = step.new_check_id()
     sites = [s.id for s in fleet_file.fleet.sites]
     log.info("%s: %d sites of %s, store %s", check_id, len(sites), settings.model_name, redact(settings.monitoring_store))

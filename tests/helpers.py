@@ -18,6 +18,15 @@ if TYPE_CHECKING:
     from edgewave.tasks.rollout.gitops import DesiredStateRepo
 
 BIN = Path(sys.executable).parent
+DEPLOYMENTS = Path(__file__).resolve().parents[1] / "deployments"
+
+
+def ai4i_traffic():
+    """The traffic source of the shipped AI4I spec: its simulated milling machine."""
+    from edgewave.tasks.release.spec import load_spec
+    from edgewave.tasks.sim.traffic import Simulated
+
+    return Simulated(load_spec(DEPLOYMENTS / "dataset.yaml"))
 
 
 def free_port() -> int:

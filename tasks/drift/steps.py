@@ -40,6 +40,15 @@ REPORTS = (DRIFT_ROOT, "reports")
 EVENTS = (DRIFT_ROOT, "events.json")
 
 
+def policy_for(settings: Settings, fleet_policy: DriftPolicy) -> DriftPolicy:
+    """The fleet file's drift policy with the dataset spec's per-column thresholds under it: a
+    column's threshold comes from the fleet file if it names one, else from the spec."""
+    from edgewave.tasks.release.spec import load_spec
+
+    spec = load_spec(settings.dataset).drift_thresholds()
+    return fleet_policy.model_copy(update={"column_thresholds": {**spec, **fleet_policy.column_thresholds}})
+
+
 def check_one_site(settings: Settings, policy: DriftPolicy, check_id: str, site: str) -> drift.SiteCheck:
     """Check one site, put its report in the store and save its ledger there; an error is a
     result, not a crash of the fleet check."""

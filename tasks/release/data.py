@@ -9,8 +9,8 @@ label the way it would move on a real machine.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -146,13 +146,22 @@ SCENARIOS: dict[str, Callable[..., DriftScenario]] = {
 }
 
 
-def scenario(name: str, **params: float | str) -> DriftScenario:
-    """Look up a named drift scenario and build it with `params`."""
+def build_scenario(catalogue: Mapping[str, Callable[..., DriftScenario]], name: str, params: Mapping[str, float | str],
+                   machine: str = "ai4i") -> DriftScenario:
+    """Look up a named drift scenario of one machine and build it with `params`."""
     try:
-        factory = SCENARIOS[name]
+        factory = catalogue[name]
     except KeyError:
-        raise ValueError(f"unknown drift scenario {name!r}; known: {sorted(SCENARIOS)}") from None
-    return factory(**params)
+        raise ValueError(f"{machine}: unknown drift scenario {name!r}; known: {sorted(catalogue)}") from None
+    try:
+        return factory(**params)
+    except TypeError as exc:
+        raise ValueError(f"{machine}: drift scenario {name!r}: {exc}") from None
+
+
+def scenario(name: str, **params: float | str) -> DriftScenario:
+    """An AI4I drift scenario by name (tests and benches of the milling machine)."""
+    return build_scenario(SCENARIOS, name, params)
 
 
 def _tool_wear(quality: np.ndarray, cfg: GeneratorConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -86,12 +86,22 @@ class Derived(_Strict):
 class DatasetSpec(_Strict):
     name: str = Field(min_length=1)
     description: str = ""
-    generator: Literal["ai4i", "pump"] | None = Field(
-        None, description="Which built-in simulator makes data of this shape when no EDGEWAVE_DATA_PATH is set.")
+    generator: str | None = Field(
+        None, description="Which built-in simulated machine (tasks/release/machines.py) makes data of this shape "
+                          "when no EDGEWAVE_DATA_PATH is set.")
     columns: list[Column] = Field(min_length=1)
     target: Target
     derived: list[Derived] = Field(default_factory=list)
     class_labels: tuple[str, str] = ("ok", "failure")
+
+    @field_validator("generator")
+    @classmethod
+    def _known_machine(cls, name: str | None) -> str | None:
+        from edgewave.tasks.release.machines import MACHINES
+
+        if name is not None and name not in MACHINES:
+            raise ValueError(f"no simulated machine {name!r}; known: {sorted(MACHINES)}")
+        return name
 
     @model_validator(mode="after")
     def _names_and_expressions(self) -> DatasetSpec:

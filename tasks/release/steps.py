@@ -23,16 +23,15 @@ from edgewave.tasks.platform.runs import run_logger
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.release import bundle as bundles
 from edgewave.tasks.release import registry
-from edgewave.tasks.release.data import FEATURES, TARGET, generate
+from edgewave.tasks.release.data import FEATURES, TARGET
 from edgewave.tasks.release.export import Export, export_model, onnx_proba
 from edgewave.tasks.release.features import Features
 from edgewave.tasks.release.gate import GateDecision, judge
-from edgewave.tasks.release.pump import generate_pump
+from edgewave.tasks.release.machines import simulate
 from edgewave.tasks.release.spec import load_spec
 from edgewave.tasks.release.train import Split, TrainedModel, evaluate, split_data, train_torch, train_trees
 from edgewave.tasks.release.userdata import load_user_data
 
-GENERATORS = {"ai4i": generate, "pump": generate_pump}  # simulated machines, by the name a dataset spec gives
 REMOTE = {"retries": 4, "retry_delay_seconds": [2, 5, 15, 30], "cache_policy": NONE}
 LOCAL = {"cache_policy": NONE}
 
@@ -55,11 +54,11 @@ def load_training_data(settings: Settings, seed: int, shuffle_labels: bool = Fal
     spec = load_spec(settings.dataset)
     if settings.data_path is not None:
         frame = load_user_data(settings.data_path, spec)
-    elif spec.generator in GENERATORS:
-        frame = GENERATORS[spec.generator](settings.train_rows, seed)
     else:
-        raise ValueError(f"{settings.dataset}: the dataset {spec.name!r} has no generator; set EDGEWAVE_DATA_PATH to "
-                         "your data file")
+        try:
+            frame = simulate(spec, settings.train_rows, seed)
+        except ValueError as exc:
+            raise ValueError(f"{settings.dataset}: {exc}") from None
     if with_feedback:
         feedback = MonitoringStore.of(settings).read_feedback(settings.feedback_rows_per_site)
         run_logger().info("retraining with %d labelled rows of site feedback (store %s) + %d base rows",

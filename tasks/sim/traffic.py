@@ -1,9 +1,12 @@
-"""A traffic replayer: generated sensor rows sent to each site at a set rate.
+"""A traffic replayer: sensor rows sent to each site at a set rate.
 
-Each site gets its own thread and its own seeded stream, optionally through a drift scenario
-(which can change while it runs), so canary and baseline sites see comparable (or
-deliberately different) traffic. Rows are drawn at random from the site's generated day of
-production, so any short window is a fair sample of that site's distribution.
+Rows come from a source that follows the dataset spec. With a simulated machine (the spec's
+`generator:`) each site gets its own seeded stream, optionally through one of that machine's
+drift scenarios (which can change while it runs), so canary and baseline sites see comparable
+(or deliberately different) traffic, and every row has the outcome its physics gave it. A
+plant's own data set has no simulator: the replayer then samples the model bundle's training
+reference, the rows the model was trained on, and has no outcomes to report. Rows are drawn at
+random from the stream, so any short window is a fair sample of that site's distribution.
 
 With a feedback store, each site also reports what happened to the machines it scored: the
 rows it sent with their true outcome, as a maintenance log would, which retraining uses.
@@ -16,21 +19,84 @@ import json
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
 
 from edgewave.tasks.drift.store import MonitoringStore
-from edgewave.tasks.release.data import FEATURES, TARGET, DriftScenario, generate
+from edgewave.tasks.release.data import DriftScenario
+from edgewave.tasks.release.machines import simulate
+from edgewave.tasks.release.spec import DatasetSpec, load_spec
 from edgewave.tasks.rollout.policy import Site
+
+STREAM_ROWS = 5000
+
+
+@dataclass(frozen=True)
+class Simulated:
+    """Rows of the spec's simulated machine, through a drift scenario: outcomes follow its physics."""
+
+    spec: DatasetSpec
+    can_drift = True
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return self.spec.features
+
+    @property
+    def target(self) -> str | None:
+        return self.spec.target.name
+
+    def rows(self, seed: int, scenario: DriftScenario | None) -> pd.DataFrame:
+        return simulate(self.spec, STREAM_ROWS, seed, scenario)
+
+
+@dataclass(frozen=True)
+class ReferenceRows:
+    """A bundle's training reference: the raw rows a model version was trained on, without outcomes."""
+
+    frame: pd.DataFrame
+    features: tuple[str, ...]
+    target = None
+    can_drift = False
+
+    def rows(self, seed: int, scenario: DriftScenario | None) -> pd.DataFrame:
+        return self.frame
+
+
+RowSource = Simulated | ReferenceRows
+
+
+def source_for(settings, version: int | None = None) -> RowSource:
+    """The spec's simulated machine if it names one, else the reference rows of model `version`
+    (default: the version in production) fetched from the bundle store and verified."""
+    spec = load_spec(settings.dataset)
+    if spec.generator is not None:
+        return Simulated(spec)
+    from edgewave.tasks.drift.reference import reference_for
+    from edgewave.tasks.release.registry import PRODUCTION, alias_version
+
+    version = version or alias_version(settings, PRODUCTION)
+    if version is None:
+        raise ValueError(f"{settings.dataset}: the dataset {spec.name!r} has no simulated machine, so traffic samples "
+                         f"a bundle's reference rows, and {settings.model_name} has no version in production yet")
+    reference = reference_for(settings, settings.model_name, version)
+    return ReferenceRows(reference.frame[list(reference.features)], reference.features)
 
 
 class Traffic:
-    def __init__(self, sites: list[Site], rate_per_site: float = 20.0, rows_per_request: int = 1,
+    def __init__(self, sites: list[Site], source: RowSource, rate_per_site: float = 20.0, rows_per_request: int = 1,
                  scenarios: dict[str, DriftScenario] | None = None, seed: int = 0,
                  feedback_store: MonitoringStore | None = None, feedback_seconds: float = 10.0) -> None:
+        if feedback_store is not None and source.target is None:
+            raise ValueError("feedback needs the true outcome of every row sent, and these rows "
+                             f"({type(source).__name__}) have none; run without a feedback store")
         self.sites = sites
+        self.source = source
+        for scenario in (scenarios or {}).values():
+            self._check(scenario)
         self.interval = 1.0 / rate_per_site
         self.rows_per_request = rows_per_request
         self.scenarios = dict(scenarios or {})
@@ -48,11 +114,18 @@ class Traffic:
         if scenario is None:
             self.scenarios.pop(site_id, None)
         else:
-            self.scenarios[site_id] = scenario
+            self.scenarios[site_id] = self._check(scenario)
         self._generation += 1
 
+    def _check(self, scenario: DriftScenario) -> DriftScenario:
+        """A source that cannot drift says so here, in the caller, not in a traffic thread."""
+        if not self.source.can_drift:
+            raise ValueError(f"drift scenario {scenario.name!r}: {type(self.source).__name__} rows cannot drift; "
+                             "scenarios need a dataset spec with a simulated machine (generator:)")
+        return scenario
+
     def _stream(self, index: int, site: Site) -> pd.DataFrame:
-        return generate(5000, self.seed + index + 1000 * self._generation, self.scenarios.get(site.id))
+        return self.source.rows(self.seed + index + 1000 * self._generation, self.scenarios.get(site.id))
 
     def _run(self, index: int, site: Site) -> None:
         generation, frame = self._generation, self._stream(index, site)
@@ -69,7 +142,7 @@ class Traffic:
                     answered = []
                 generation, frame = self._generation, self._stream(index, site)
             picks = rng.integers(0, len(frame), self.rows_per_request)
-            batch = frame[list(FEATURES)].iloc[picks].to_dict("records")
+            batch = frame[list(self.source.features)].iloc[picks].to_dict("records")
             try:
                 conn = conn or http.client.HTTPConnection(url.hostname, url.port, timeout=5)
                 conn.request("POST", "/v1/predict", body=json.dumps({"instances": batch}),
@@ -96,7 +169,7 @@ class Traffic:
     def _report(self, site: Site, frame: pd.DataFrame, rows: list[int]) -> None:
         """The maintenance log of the scored machines: inputs and what really happened."""
         try:
-            self.feedback_store.write_feedback(site.id, frame.loc[rows, [*FEATURES, TARGET]])
+            self.feedback_store.write_feedback(site.id, frame.loc[rows, [*self.source.features, self.source.target]])
             self.feedback_rows[site.id] += len(rows)
         except OSError as exc:  # a full disk or an unmounted store must not stop the traffic
             self.statuses[site.id][f"feedback failed: {exc}"] += 1

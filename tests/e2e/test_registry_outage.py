@@ -17,7 +17,7 @@ from edgewave.tasks.release import registry
 from edgewave.tasks.rollout.policy import load_fleet_file
 from edgewave.tasks.rollout.telemetry import scrape
 from edgewave.tasks.sim.traffic import Traffic
-from tests.helpers import BIN, edgewave_env, free_port, http_ok, start_mlflow_server, stop, wait_for
+from tests.helpers import BIN, ai4i_traffic, edgewave_env, free_port, http_ok, start_mlflow_server, stop, wait_for
 
 
 def test_a_registry_outage_fails_release_and_rollout_naming_the_server_and_reruns_recover(tmp_path: Path) -> None:
@@ -71,7 +71,7 @@ def test_a_registry_outage_fails_release_and_rollout_naming_the_server_and_rerun
         up = edgewave("fleet", "up")
         assert up.returncode == 0, up.stderr
         sites = load_fleet_file(fleet).fleet.sites
-        with Traffic(sites, rate_per_site=30):
+        with Traffic(sites, ai4i_traffic(), rate_per_site=30):
             rolling = edgewave("rollout", "1", wait=False)
             wait_for(lambda: all(_serves(site) == 1 for site in sites), 180, "every site on v1")
             stop(server)  # the waves are done; the analysis needs no registry, the promotion does

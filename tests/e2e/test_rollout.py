@@ -18,7 +18,7 @@ from edgewave.tasks.rollout.gitops import DesiredStateRepo
 from edgewave.tasks.rollout.policy import load_fleet_file
 from edgewave.tasks.rollout.telemetry import scrape
 from edgewave.tasks.sim.traffic import Traffic
-from tests.helpers import BIN, edgewave_env, free_port, register_bundle
+from tests.helpers import BIN, ai4i_traffic, edgewave_env, free_port, register_bundle
 
 
 def _world(bundles, split, trained, exported, tmp_path: Path):
@@ -54,7 +54,7 @@ def _world(bundles, split, trained, exported, tmp_path: Path):
     fleet_file = load_fleet_file(settings.fleet_path)
     env = {"EDGEWAVE_SYNC_INTERVAL_SECONDS": "0.5", "EDGEWAVE_SAMPLE_FRACTION": "0"}
     fleet.up(settings, fleet_file.fleet, extra_env=env)
-    traffic = Traffic(fleet_file.fleet.sites, rate_per_site=40).start()
+    traffic = Traffic(fleet_file.fleet.sites, ai4i_traffic(), rate_per_site=40).start()
     yield settings, fleet_file
     traffic.stop()
     fleet.down(settings, fleet_file.fleet)

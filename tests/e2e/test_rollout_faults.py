@@ -27,7 +27,7 @@ from edgewave.tasks.rollout.gitops import DesiredStateRepo
 from edgewave.tasks.rollout.policy import load_fleet_file
 from edgewave.tasks.rollout.telemetry import scrape
 from edgewave.tasks.sim.traffic import Traffic
-from tests.helpers import BIN, edgewave_env, free_port, register_bundle, remote_subjects, wait_for
+from tests.helpers import BIN, ai4i_traffic, edgewave_env, free_port, register_bundle, remote_subjects, wait_for
 
 
 def sha(bundle: Path) -> str:
@@ -96,7 +96,7 @@ def test_a_site_killed_mid_wave_is_counted_failed_and_the_wave_rolls_back(fleet_
     victim = "site-2"
     pid = json.loads((settings.home / "fleet" / f"{victim}.json").read_text())["pid"]
     killer = when_pushed(repo, "wave 2/2 (rest)", lambda: os.killpg(pid, signal.SIGKILL))
-    with Traffic(load_fleet_file(settings.fleet_path).fleet.sites, rate_per_site=30), use(settings):
+    with Traffic(load_fleet_file(settings.fleet_path).fleet.sites, ai4i_traffic(), rate_per_site=30), use(settings):
         state = rollout(2, return_state=True)
     killer.join(5)
     result = result_of(state)
@@ -140,7 +140,7 @@ def test_a_controller_killed_mid_wave_resumes_without_duplicate_commits(fleet_on
         first.wait(10)
     assert '"status"' not in first.stdout.read(), "the first run was killed before it finished"
 
-    with Traffic(load_fleet_file(settings.fleet_path).fleet.sites, rate_per_site=30):
+    with Traffic(load_fleet_file(settings.fleet_path).fleet.sites, ai4i_traffic(), rate_per_site=30):
         # resume: the same rollout id, so the record in Git says where it stopped
         second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stdout + second.stderr
@@ -170,7 +170,7 @@ def test_another_writer_pushing_between_waves_keeps_a_linear_history_with_their_
         run("push", "--quiet", "origin", "HEAD:main")
 
     writer = when_pushed(repo, "wave 1/2 (canary)", hotfix)
-    with Traffic(load_fleet_file(settings.fleet_path).fleet.sites, rate_per_site=30), use(settings):
+    with Traffic(load_fleet_file(settings.fleet_path).fleet.sites, ai4i_traffic(), rate_per_site=30), use(settings):
         result = result_of(rollout(2, return_state=True))
     writer.join(5)
     assert result["status"] == "succeeded", result
@@ -188,7 +188,7 @@ def test_another_writer_pushing_between_waves_keeps_a_linear_history_with_their_
 def test_two_rollouts_started_together_one_runs_and_the_other_is_refused_naming_it(fleet_on_v1) -> None:
     settings, repo, _ = fleet_on_v1
     env = edgewave_env(settings.home, EDGEWAVE_FLEET_PATH=str(settings.fleet_path))
-    with Traffic(load_fleet_file(settings.fleet_path).fleet.sites, rate_per_site=30):
+    with Traffic(load_fleet_file(settings.fleet_path).fleet.sites, ai4i_traffic(), rate_per_site=30):
         runs = [subprocess.Popen([str(BIN / "edgewave"), "rollout", "2"], env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
         outputs = [run.communicate(timeout=300) for run in runs]
@@ -218,7 +218,7 @@ def test_a_crash_between_the_final_commit_and_the_alias_move_is_repaired_by_the_
                                                                                         tmp_path: Path) -> None:
     settings, repo, _ = fleet_on_v1
     env = edgewave_env(settings.home, EDGEWAVE_FLEET_PATH=str(settings.fleet_path))
-    with Traffic(load_fleet_file(settings.fleet_path).fleet.sites, rate_per_site=30):
+    with Traffic(load_fleet_file(settings.fleet_path).fleet.sites, ai4i_traffic(), rate_per_site=30):
         log = tmp_path / "crashed.log"
         with open(log, "w") as output:  # a file, not a pipe: the dead controller's Prefect server child keeps pipes open
             crashed = subprocess.Popen([sys.executable, "-c", CRASH_AT_PROMOTION], env=env, stdout=output,
@@ -251,7 +251,7 @@ def test_a_site_with_a_corrupt_applied_record_restarts_on_its_cached_bundle_and_
                                                    "EDGEWAVE_SAMPLE_FRACTION": "0"})
     assert served(settings)["site-1"] == 1, "the site serves its last-known-good bundle from the cache"
     assert list((settings.home / "sites" / "site-1").glob("applied.json.corrupt-*")), "the bad file was set aside"
-    with Traffic(fleet_file.fleet.sites, rate_per_site=30), use(settings):
+    with Traffic(fleet_file.fleet.sites, ai4i_traffic(), rate_per_site=30), use(settings):
         result = result_of(rollout(2, return_state=True))
     assert result["status"] == "succeeded", result
     assert served(settings) == {"site-0": 2, "site-1": 2, "site-2": 2}
@@ -259,7 +259,7 @@ def test_a_site_with_a_corrupt_applied_record_restarts_on_its_cached_bundle_and_
 
 def test_a_downgrade_not_marked_as_rollback_is_refused_and_a_rollback_is_applied(fleet_on_v1, bundles) -> None:
     settings, repo, _ = fleet_on_v1
-    with Traffic(load_fleet_file(settings.fleet_path).fleet.sites, rate_per_site=30), use(settings):
+    with Traffic(load_fleet_file(settings.fleet_path).fleet.sites, ai4i_traffic(), rate_per_site=30), use(settings):
         assert result_of(rollout(2, return_state=True))["status"] == "succeeded"
     sneaky = DesiredState(site="site-0", model="machine-failure", version=1, bundle_url=bundles.v1.as_uri(),
                           sha256=sha(bundles.v1), rollout_id="hand-edit")
@@ -272,7 +272,7 @@ def test_a_downgrade_not_marked_as_rollback_is_refused_and_a_rollback_is_applied
                    if line.startswith('edgewave_agent_errors_total{kind="downgrade_refused"}'))
     wait_for(lambda: refused() > 0, 20, "the agent to refuse the unmarked downgrade")
     assert served(settings)["site-0"] == 2
-    with Traffic(load_fleet_file(settings.fleet_path).fleet.sites, rate_per_site=30), use(settings):
+    with Traffic(load_fleet_file(settings.fleet_path).fleet.sites, ai4i_traffic(), rate_per_site=30), use(settings):
         state = rollback(to=1, reason="return to v1", return_state=True)
     assert result_of(state)["status"] == "succeeded" and state.name == "Completed"
     assert served(settings) == {"site-0": 1, "site-1": 1, "site-2": 1}, "a marked rollback is applied"

@@ -24,7 +24,7 @@ from edgewave.tasks.rollout.policy import load_fleet_file
 from edgewave.tasks.rollout.telemetry import scrape
 from edgewave.tasks.sim.traffic import Traffic
 from tests import sshd
-from tests.helpers import BIN, edgewave_env, free_port, wait_for
+from tests.helpers import BIN, ai4i_traffic, edgewave_env, free_port, wait_for
 
 SITES = ["site-0", "site-1", "site-2"]
 REGISTRY_PASSWORD = "reg-pw-4f7c1e9a2b"  # the registry here has no auth; the password must still never leak
@@ -148,7 +148,7 @@ def test_release_rollout_drift_and_rollback_with_sites_that_share_only_the_netwo
 
     up = cli("fleet", "up", "--containers")
     assert up.returncode == 0, up.stdout + up.stderr
-    with Traffic(fleet_file.fleet.sites, rate_per_site=20):
+    with Traffic(fleet_file.fleet.sites, ai4i_traffic(), rate_per_site=20):
         rolled = cli("rollout", "1")
         assert rolled.returncode == 0, rolled.stdout + rolled.stderr
         assert cli.last_json(rolled)["status"] == "succeeded"

@@ -25,7 +25,7 @@ from edgewave.tasks.rollout.controller import scrape_sites
 from edgewave.tasks.rollout.policy import load_fleet_file
 from edgewave.tasks.sim.traffic import Traffic
 from edgewave.tasks.sim.windows import ship_windows
-from tests.helpers import BIN, free_port
+from tests.helpers import BIN, ai4i_traffic, free_port
 
 DRIFTED = {"line-1": scenario("sensor_calibration_offset", offset=5.0), "line-2": scenario("worn_tool_regime")}
 SITES = ["line-0", "line-1", "line-2"]
@@ -97,7 +97,7 @@ def test_a_drift_event_starts_retraining_through_the_deployment_trigger(stack) -
     fleet_file = load_fleet_file(settings.fleet_path)
     fleet.up(settings, fleet_file.fleet, extra_env={"EDGEWAVE_SYNC_INTERVAL_SECONDS": "0.5"})
     try:
-        with Traffic(fleet_file.fleet.sites, rate_per_site=20):
+        with Traffic(fleet_file.fleet.sites, ai4i_traffic(), rate_per_site=20):
             run = subprocess.run([str(BIN / "prefect"), "deployment", "run", "drift-monitor/drift-monitor"],
                                  env=env, capture_output=True, text=True, timeout=60)
             assert run.returncode == 0, run.stdout + run.stderr

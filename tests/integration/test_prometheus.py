@@ -15,7 +15,7 @@ from edgewave.tasks.rollout.policy import Fleet
 from edgewave.tasks.rollout.prometheus import scrape_config
 from edgewave.tasks.rollout.telemetry import prometheus_readings
 from edgewave.tasks.sim.traffic import Traffic
-from tests.helpers import free_port, http_ok, start_site, stop, wait_for
+from tests.helpers import ai4i_traffic, free_port, http_ok, start_site, stop, wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None,
                                 reason="Debian's prometheus is not installed here (scripts/setup-system.sh could not install it)")
@@ -38,7 +38,7 @@ def test_promql_readings_equal_direct_scrapes(bundles, tmp_path: Path) -> None:
     try:
         wait_for(lambda: http_ok(f"{url}/-/ready") or prometheus.poll() is not None, 60, "Prometheus to be ready")
         assert prometheus.poll() is None, (tmp_path / "prometheus.log").read_text()[-2000:]
-        with Traffic(fleet.sites[:2], rate_per_site=40):
+        with Traffic(fleet.sites[:2], ai4i_traffic(), rate_per_site=40):
             time.sleep(3)
         time.sleep(2)  # at least two scrapes after the last request
         ids = [s.id for s in fleet.sites]
