@@ -49,6 +49,7 @@ def run_release(settings: Settings, steps, shuffle_labels: bool = False, force: 
     log.info("release %s: model %s, data seed %d, tracking %s", release_id, settings.model_name, seed,
              redact(settings.mlflow_tracking_uri))
 
+    steps.check_model_inputs(settings)
     data = steps.split(settings, steps.load_training_data(settings, seed, shuffle_labels, with_feedback), seed)
     trained = [steps.fit_sklearn(data, seed, settings.search_budget), steps.fit_torch(data, seed)]
     candidates = [steps.export(model, data, settings) for model in trained]

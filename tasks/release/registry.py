@@ -26,6 +26,7 @@ from edgewave.tasks.platform.settings import Settings
 CANDIDATE, STAGING, PRODUCTION, PREVIOUS = "candidate", "staging", "production", "previous"
 BASELINE_ALIASES = (PRODUCTION, STAGING)
 RELEASE_TAG = "edgewave.release_id"
+INPUT_FEATURES = "input_features"  # the raw columns a version takes, comma-separated, in graph order
 
 
 class RegistryUnavailable(RuntimeError):

@@ -118,6 +118,22 @@ def log_run(settings: Settings, release_id: str, candidate: Candidate, data: Spl
                                      candidate.exported.parity_max_abs_diff)
 
 
+@task(name="check-model-inputs", **REMOTE)
+def check_model_inputs(settings: Settings) -> None:
+    """Fail before training, not at the gate, when the model name's baseline takes other inputs
+    than this dataset has: one registered model serves one kind of machine."""
+    spec = load_spec(settings.dataset)
+    baseline = registry.baseline_version(settings, exclude=0)
+    if baseline is None:
+        return
+    alias, version = baseline
+    known = version.tags.get(registry.INPUT_FEATURES)
+    if known is not None and tuple(known.split(",")) != spec.features:
+        raise ValueError(f"{settings.model_name} @{alias} (v{version.version}) takes {known.split(',')}, but the "
+                         f"dataset {spec.name!r} ({settings.dataset}) has {list(spec.features)}: a registered model "
+                         "serves one kind of machine; set EDGEWAVE_MODEL_NAME to another name for this dataset")
+
+
 @task(name="register-candidate", **REMOTE)
 def register(settings: Settings, run_id: str, champion: Candidate, data: Split) -> registry.RegisteredVersion:
     """Register the champion and move @candidate to it (keyed by its training run)."""
@@ -130,6 +146,7 @@ def register(settings: Settings, run_id: str, champion: Candidate, data: Split) 
         "threshold": f"{m.threshold:.6g}",
         "data_fingerprint": data.data_fingerprint,
         "int8": champion.exported.quantized.reason,
+        registry.INPUT_FEATURES: ",".join(data.features.raw),
     }
     return registry.register_candidate(settings, run_id, champion.exported.model, tags)
 

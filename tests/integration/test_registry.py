@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,9 @@ from edgewave.tasks.release import registry
 from edgewave.tasks.release import steps as step
 from edgewave.tasks.release.export import Export
 from edgewave.tasks.release.train import Split, TrainedModel
+from tests.helpers import register_versions
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _log(settings: Settings, release_id: str, family: str, split: Split, trained: TrainedModel, parity: float) -> str:
@@ -66,3 +70,18 @@ def test_empty_registry_state_is_readable(settings: Settings) -> None:
     state = registry.registry_state(settings)
     assert state["versions"] == [] and state["aliases"] == {}
     assert not (settings.home.parent / "mlruns").exists()
+
+
+def test_a_release_of_another_kind_of_machine_under_the_same_model_name_fails_before_training(
+        settings: Settings) -> None:
+    from edgewave.tasks.release.data import FEATURES
+    from edgewave.tasks.release.spec import load_spec
+
+    register_versions(settings, {1: {registry.INPUT_FEATURES: ",".join(FEATURES)}}, production=1)
+    step.check_model_inputs.fn(settings)  # the milling spec: the same inputs, nothing to say
+    pump = settings.model_copy(update={"dataset": ROOT / "deployments" / "pump-dataset.yaml"})
+    with pytest.raises(ValueError, match=r"machine-failure @production \(v1\) takes \['air_temperature_k',.*the dataset "
+                                         r"'centrifugal-pump' .* has \['flow_m3h',.*set EDGEWAVE_MODEL_NAME"):
+        step.check_model_inputs.fn(pump)
+    step.check_model_inputs.fn(pump.model_copy(update={"model_name": "pump-failure"}))
+    assert load_spec(pump.dataset).features != FEATURES
