@@ -116,6 +116,40 @@ def rollback(
     _run_rollout(_settings(), "rollback", to=to, reason=reason, wait=wait)
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Your data set and its dataset spec.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("check")
+def data_check(
+    path: Annotated[Path | None, typer.Argument(help="CSV/Parquet file (default: EDGEWAVE_DATA_PATH).")] = None,
+) -> None:
+    """Read a data file through the dataset spec (EDGEWAVE_DATASET) as a release would, and show what it holds."""
+    from rich.table import Table
+
+    from edgewave.tasks.release.spec import SpecError, load_spec
+    from edgewave.tasks.release.userdata import DataValidationError, load_user_data
+
+    settings = _settings()
+    path = path or settings.data_path
+    try:
+        spec = load_spec(settings.dataset)
+        if path is None:
+            raise DataValidationError("no file: give one or set EDGEWAVE_DATA_PATH")
+        frame = load_user_data(path, spec)
+    except (SpecError, DataValidationError) as exc:
+        console.print(f"[red]refused:[/red] {exc}")
+        raise typer.Exit(2) from None
+    table = Table("column", "header in the file", "kind", "unit", "min", "max", title=f"{path} as {spec.name!r}")
+    for column in spec.columns:
+        values = frame[column.name]
+        table.add_row(column.name, column.source, column.kind, column.unit, f"{values.min():g}", f"{values.max():g}")
+    console.print(table)
+    positive = int(frame[spec.target.name].sum())
+    console.print(f"{len(frame)} rows kept; target {spec.target.source!r}: {positive} {spec.class_labels[1]} "
+                  f"({positive / len(frame):.2%}); derived: {', '.join(d.name for d in spec.derived) or 'none'}")
+
+
 drift_app = typer.Typer(no_args_is_help=True, help="Drift checks and retraining.")
 app.add_typer(drift_app, name="drift")
 

@@ -99,3 +99,24 @@ def test_an_unreadable_or_unknown_file_says_so(tmp_path: Path) -> None:
     (tmp_path / "data.xlsx").write_text("x")
     with pytest.raises(DataValidationError, match="unsupported file type '.xlsx'"):
         load_user_data(tmp_path / "data.xlsx", SPEC)
+
+
+def test_edgewave_data_check_shows_the_published_file_as_the_spec_reads_it_and_refuses_a_bad_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from edgewave.flows.cli import app
+
+    monkeypatch.setenv("EDGEWAVE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("COLUMNS", "200")
+    frame = published()
+    frame.to_csv(tmp_path / "ai4i2020.csv", index=False)
+    shown = CliRunner().invoke(app, ["data", "check", str(tmp_path / "ai4i2020.csv")])
+    assert shown.exit_code == 0, shown.output
+    assert "Torque [Nm]" in shown.output and "torque_nm" in shown.output
+    assert f"200 rows kept; target 'Machine failure': {frame['Machine failure'].sum()} failure" in shown.output
+
+    frame.drop(columns=["Torque [Nm]"]).to_csv(tmp_path / "broken.csv", index=False)
+    monkeypatch.setenv("EDGEWAVE_DATA_PATH", str(tmp_path / "broken.csv"))
+    refused = CliRunner().invoke(app, ["data", "check"])
+    assert refused.exit_code == 2 and "missing column(s) ['Torque [Nm]']" in refused.output
