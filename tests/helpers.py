@@ -128,13 +128,15 @@ class DesiredRepo:
         subprocess.run(["git", *args], cwd=self.path, check=True, capture_output=True)
 
     def set(self, site: str, version: int, bundle: Path, sha256: str, rollout_id: str = "ro-test",
-            bundle_url: str | None = None) -> None:
+            bundle_url: str | None = None, rollback: bool = False) -> None:
+        """Desired state of one site, committed; `rollback` marks a downgrade the agent may apply."""
         import yaml
 
         target = self.path / "sites" / f"{site}.yaml"
         target.parent.mkdir(exist_ok=True)
         target.write_text(yaml.safe_dump({"site": site, "model": "machine-failure", "version": version,
-                                          "bundle_url": bundle_url or bundle.as_uri(), "sha256": sha256, "rollout_id": rollout_id}))
+                                          "bundle_url": bundle_url or bundle.as_uri(), "sha256": sha256, "rollout_id": rollout_id,
+                                          **({"rollback": True} if rollback else {})}))
         self._git("add", "-A")
         self._git("commit", "--quiet", "-m", f"{rollout_id}: {site} -> v{version}")
 

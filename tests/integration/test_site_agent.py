@@ -103,7 +103,7 @@ def test_hot_swap_under_load_drops_nothing_and_refuses_bad_bundles(bundles, spli
         assert "refused bundle" in text and "still serving v2" in text
 
         # Instant local rollback: v1 is still in the cache, nothing is downloaded.
-        repo.set(SITE, 1, bundles.v1, bundles.sha(bundles.v1), rollout_id="ro-rollback")
+        repo.set(SITE, 1, bundles.v1, bundles.sha(bundles.v1), rollout_id="rb-test", rollback=True)
         wait_for(lambda: readyz(port).get("model_version") == 1, 20, "rollback to v1")
         assert "applied v1 from the local cache" in log.read_text()
     finally:
