@@ -10,10 +10,9 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from edgewave.serving.errors import describe
+from edgewave.serving.errors import validated_yaml
 
 BRANCH = "main"
 
@@ -44,14 +43,7 @@ def site_file(site_id: str) -> str:
 
 def parse_desired(text: str, where: str, site_id: str) -> DesiredState:
     """A site's desired state from its file's text; DesiredStateError names `where` and the field."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise DesiredStateError(f"{where}: not valid YAML: {exc}") from None
-    try:
-        state = DesiredState.model_validate(data)
-    except ValidationError as exc:
-        raise DesiredStateError(f"{where}: {describe(exc)}") from None
+    state = validated_yaml(text, where, DesiredState, DesiredStateError)
     if state.site != site_id:
         raise DesiredStateError(f"{where}: written for site {state.site!r}, this is {site_id!r}")
     return state

@@ -164,6 +164,13 @@ def scenario(name: str, **params: float | str) -> DriftScenario:
     return build_scenario(SCENARIOS, name, params)
 
 
+def configured(generator: str, n: int, config, scenario: DriftScenario | None):
+    """A generator's config for `n` rows with the scenario's process change applied."""
+    if n <= 0:
+        raise ValueError(f"{generator}: n must be positive, got {n}")
+    return scenario.process(config) if scenario is not None else config
+
+
 def _tool_wear(quality: np.ndarray, cfg: GeneratorConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Wear accumulates per process by quality; at a random life the tool is replaced or fails."""
     increments = np.asarray(cfg.wear_per_process_min)[quality]
@@ -198,11 +205,7 @@ def generate(
     realism this keeps every value far from float32 rounding, so tree thresholds give the
     same split in scikit-learn (float64) and in ONNX Runtime (float32).
     """
-    if n <= 0:
-        raise ValueError(f"generate: n must be positive, got {n}")
-    cfg = config or GeneratorConfig()
-    if scenario is not None:
-        cfg = scenario.process(cfg)
+    cfg = configured("generate", n, config or GeneratorConfig(), scenario)
     rng = np.random.default_rng(seed)
     quality = rng.choice(3, size=n, p=np.asarray(cfg.quality_mix))
     air = np.round(cfg.air_mean_k + _normalised_walk(n, cfg.air_sd_k, rng), 1)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from edgewave.tasks.release.data import DriftScenario, sensor_calibration_offset
+from edgewave.tasks.release.data import DriftScenario, configured, sensor_calibration_offset
 
 FEATURES: tuple[str, ...] = ("flow_m3h", "discharge_pressure_bar", "motor_current_a", "vibration_mm_s",
                              "bearing_temperature_c", "impeller")
@@ -46,11 +46,7 @@ class PumpConfig:
 def generate_pump(n: int, seed: int, scenario: DriftScenario | None = None,
                   config: PumpConfig | None = None) -> pd.DataFrame:
     """`n` hours of a fleet of pumps, reproducible for a seed; features, failure modes and target."""
-    if n <= 0:
-        raise ValueError(f"generate_pump: n must be positive, got {n}")
-    cfg = config or PumpConfig()
-    if scenario is not None:
-        cfg = scenario.process(cfg)
+    cfg = configured("generate_pump", n, config or PumpConfig(), scenario)
     rng = np.random.default_rng(seed)
     impeller = rng.choice(2, size=n, p=np.asarray(cfg.impeller_mix))
     wear = np.clip(rng.gamma(2.0, 0.18 * cfg.wear_rate, n), 0, 3)  # hidden: 0 new, >1 worn

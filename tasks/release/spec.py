@@ -14,10 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from edgewave.serving.errors import describe
+from edgewave.serving.errors import validated_yaml_file
 from edgewave.tasks.release.expressions import Expression, ExpressionError
 
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
@@ -136,14 +135,4 @@ class DatasetSpec(_Strict):
 
 def load_spec(path: str | Path) -> DatasetSpec:
     """Load and validate a dataset spec; SpecError names the file and the field."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML: {exc}") from None
-    try:
-        return DatasetSpec.model_validate(data)
-    except ValidationError as exc:
-        raise SpecError(f"{path}: {describe(exc)}") from None
+    return validated_yaml_file(path, DatasetSpec, SpecError)

@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from edgewave.serving.errors import describe
+from edgewave.serving.errors import validated_yaml_file
 
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 DAYS: tuple[Day, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -254,14 +253,4 @@ def plan_waves(fleet: Fleet, policy: RolloutPolicy) -> list[tuple[str, list[str]
 
 def load_fleet_file(path: str | Path) -> FleetFile:
     """Load and validate a fleet + rollout policy file; PolicyError names the field."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise PolicyError(f"{path}: cannot read: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"{path}: not valid YAML: {exc}") from None
-    try:
-        return FleetFile.model_validate(data)
-    except ValidationError as exc:
-        raise PolicyError(f"{path}: {describe(exc)}") from None
+    return validated_yaml_file(path, FleetFile, PolicyError)
