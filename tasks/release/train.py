@@ -12,7 +12,6 @@ from typing import Any, Callable, Literal
 import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score
-from sklearn.model_selection import train_test_split
 from sklearn.utils.class_weight import compute_sample_weight
 
 from edgewave.tasks.release.data import FEATURES, TARGET, fingerprint
@@ -63,8 +62,30 @@ class TrainedModel:
     validation_pr_auc: float = float("nan")  # what the search and the champion choice go by
 
 
+def stable_parts(rows: pd.DataFrame, y: np.ndarray, shares: tuple[float, float] = (0.15, 0.15)
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train, validation and test row indices: per class, rows ranked by the hash of their values;
+    the top `shares` of each class (at least one row each) are validation and test."""
+    hashes = pd.util.hash_pandas_object(rows, index=False).to_numpy()
+    parts: tuple[list, list, list] = ([], [], [])
+    for label in np.unique(y):
+        members = np.flatnonzero(y == label)
+        ranked = members[np.argsort(hashes[members], kind="stable")]
+        n_val, n_test = (max(1, round(share * len(ranked))) for share in shares)
+        cut = len(ranked) - n_val - n_test
+        for part, chunk in zip(parts, (ranked[:cut], ranked[cut:cut + n_val], ranked[cut + n_val:])):
+            part.append(chunk)
+    return tuple(np.sort(np.concatenate(part)) for part in parts)
+
+
 def split_data(frame: pd.DataFrame, seed: int = 0, features: Features | None = None, target: str = TARGET) -> Split:
     """70/15/15 stratified split of the raw columns; the fingerprint covers exactly the rows trained on.
+
+    A row's part follows from its values, not from the release's seed: within each class, rows
+    are ranked by a hash of their values and cut at 70 % and 85 %. So a plant's file split again
+    for a retraining (with the sites' feedback added) puts its rows where they were, and the gate
+    never scores the production model on rows it was trained on. `seed` is kept for callers that
+    pass one; the split does not use it.
 
     `features` (raw columns and derived expressions, from the dataset spec) defaults to the raw
     AI4I columns with no derived features.
@@ -74,9 +95,7 @@ def split_data(frame: pd.DataFrame, seed: int = 0, features: Features | None = N
     y = frame[target].to_numpy(dtype=np.int64)
     if len(np.unique(y)) < 2 or y.sum() < 10:
         raise ValueError(f"training data needs both classes with at least 10 failures; got {int(y.sum())} failures")
-    idx = np.arange(len(frame))
-    train_idx, rest = train_test_split(idx, test_size=0.3, stratify=y, random_state=seed)
-    val_idx, test_idx = train_test_split(rest, test_size=0.5, stratify=y[rest], random_state=seed)
+    train_idx, val_idx, test_idx = stable_parts(frame[[*features.raw, target]], y)
     train_frame = frame.iloc[train_idx][[*features.raw, target]].reset_index(drop=True)
     return Split(
         x[train_idx], y[train_idx], x[val_idx], y[val_idx], x[test_idx], y[test_idx],
