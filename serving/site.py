@@ -86,6 +86,8 @@ def run_site(settings: EdgeSettings, bundle: Path | None, with_agent: bool) -> i
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s [%(threadName)s]: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
+    # paramiko logs every SSH/SFTP connection at INFO: once a second per site, it buries the agent's own lines
+    logging.getLogger("paramiko").setLevel(logging.WARNING)
     try:
         site = build_site(settings, bundle, with_agent)
     except BundleError as exc:

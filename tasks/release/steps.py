@@ -17,6 +17,8 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NONE
 
+from edgewave.serving.bundle import key_id
+from edgewave.serving.model import load_model
 from edgewave.serving.redact import redact
 from edgewave.tasks.drift.store import MonitoringStore
 from edgewave.tasks.platform.runs import run_logger
@@ -165,7 +167,10 @@ def build_bundle(settings: Settings, version: registry.RegisteredVersion, champi
         features=data.features.raw, class_labels=load_spec(settings.dataset).class_labels,
     )
     folder = settings.home / "work" / release_id / f"bundle-v{version.version}"
-    return bundles.write_bundle(folder, manifest, champion.exported.model, champion.exported.quantized.model, key)
+    bundles.write_bundle(folder, manifest, champion.exported.model, champion.exported.quantized.model, key)
+    public = key.public_key()
+    load_model(folder, {key_id(public): public})  # what every site does first: a bundle no site loads stops here
+    return folder
 
 
 @task(name="store-bundle", **REMOTE)

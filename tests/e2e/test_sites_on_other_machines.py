@@ -121,6 +121,11 @@ def _remove_site_volumes(engine) -> None:
     client.close()
 
 
+def site_logs(cli: ControlPlane) -> str:
+    """The last lines each container printed: what a failed assertion should show."""
+    return "\n".join(f"--- {site}\n" + cli("fleet", "logs", site, "--lines", "30").stdout for site in SITES)
+
+
 def remote_subjects(server) -> list[str]:
     result = subprocess.run(["git", "-c", "safe.directory=*", "--git-dir", str(server.repo), "log", "--format=%s",
                              "main"], capture_output=True, text=True, check=True)
@@ -150,7 +155,7 @@ def test_release_rollout_drift_and_rollback_with_sites_that_share_only_the_netwo
     assert up.returncode == 0, up.stdout + up.stderr
     with Traffic(fleet_file.fleet.sites, ai4i_traffic(), rate_per_site=20):
         rolled = cli("rollout", "1")
-        assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+        assert rolled.returncode == 0, rolled.stdout + rolled.stderr + site_logs(cli)
         assert cli.last_json(rolled)["status"] == "succeeded"
         assert served(fleet_file) == {site: 1 for site in SITES}
 
@@ -159,8 +164,7 @@ def test_release_rollout_drift_and_rollback_with_sites_that_share_only_the_netwo
         try:
             wait_for(windows_arrived, 90, "sample windows of every site in the SFTP store")
         except TimeoutError:
-            pytest.fail("no sample windows in the store; the sites said:\n" + "\n".join(
-                cli("fleet", "logs", site, "--lines", "30").stdout for site in SITES))
+            pytest.fail("no sample windows in the store; the sites said:\n" + site_logs(cli))
         drift = cli("drift", "check", "--json")
         assert drift.returncode == 0, drift.stdout + drift.stderr
         summary = json.loads(drift.stdout[drift.stdout.index("{"):])
