@@ -12,7 +12,7 @@ from prefect.task_runners import ProcessPoolTaskRunner
 from edgewave.serving.redact import redact
 from edgewave.tasks.drift import steps as step
 from edgewave.tasks.drift.checks import FleetDrift, SiteCheck
-from edgewave.tasks.platform.runs import run_logger
+from edgewave.tasks.platform.runs import run_logger, with_retries
 from edgewave.tasks.platform.settings import Settings, active
 from edgewave.tasks.rollout.policy import DriftPolicy, load_fleet_file
 
@@ -64,7 +64,7 @@ def drift_monitor() -> FleetDrift:
     with same_api_for_workers():
         checks = check_sites.with_options(task_runner=task_runner(settings))(policy, check_id, sites)
     summary = step.summarise(settings, check_id, checks, policy)
-    links = step.log_to_mlflow(settings, summary)
+    links = with_retries(step, settings.remote_retry_delays_seconds).log_to_mlflow(settings, summary)
     step.publish(summary, links)
     if summary.detected:
         summary = summary.model_copy(update={"event_id": step.emit(settings, summary, links, policy.cooldown_minutes)})

@@ -9,7 +9,7 @@ from prefect import flow
 from pydantic import BaseModel
 
 from edgewave.serving.redact import redact
-from edgewave.tasks.platform.runs import run_logger
+from edgewave.tasks.platform.runs import run_logger, with_retries
 from edgewave.tasks.platform.settings import Settings, active
 from edgewave.tasks.release import steps as step
 from edgewave.tasks.release.train import pick_champion
@@ -36,7 +36,9 @@ def release(shuffle_labels: bool = False, force: bool = False, with_feedback: bo
     `shuffle_labels` and `force` exist for the rollback demo: a model that learned nothing,
     pushed past the gate, so the canary analysis has something to catch.
     """
-    return run_release(active(), step, shuffle_labels, force, with_feedback)
+    settings = active()
+    return run_release(settings, with_retries(step, settings.remote_retry_delays_seconds), shuffle_labels, force,
+                       with_feedback)
 
 
 def run_release(settings: Settings, steps, shuffle_labels: bool = False, force: bool = False,

@@ -9,9 +9,9 @@ from prefect import flow
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
-from edgewave.tasks.platform.runs import run_logger
+from edgewave.tasks.platform.runs import run_logger, with_retries
 from edgewave.tasks.platform.settings import Settings, active
-from edgewave.tasks.rollout import steps as step
+from edgewave.tasks.rollout import steps
 
 
 def _rollback_name() -> str:
@@ -29,12 +29,13 @@ def rollout(version: int, reason: str = "", wait: bool = False) -> State:
 def rollback(to: int | None = None, reason: str = "", wait: bool = False) -> State:
     """Return the fleet to version `to` (default: the one @previous points at) through the same waves and analysis."""
     settings = active()
-    return outcome(run(settings, step.rollback_target(settings, to), "rollback", reason, wait))
+    return outcome(run(settings, steps.rollback_target(settings, to), "rollback", reason, wait))
 
 
 def run(settings: Settings, version: int, kind: str, reason: str, wait: bool) -> dict:
     """The one rollout sequence, for both flows."""
     log = run_logger()
+    step = with_retries(steps, settings.remote_retry_delays_seconds)
     controller = step.controller(settings, version, kind, reason, wait)
     record = step.start(controller)
     if record.status != "running":

@@ -18,17 +18,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from prefect import task
-from prefect.cache_policies import NONE
 
 from edgewave.serving.redact import redact
 from edgewave.tasks.drift import checks as drift
 from edgewave.tasks.drift.reference import reference_for
 from edgewave.tasks.drift.store import DRIFT_ROOT, MonitoringStore, load_ledger, save_ledger
+from edgewave.tasks.platform.runs import LOCAL, REMOTE
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.rollout.policy import DriftPolicy
 
-REMOTE = {"retries": 3, "retry_delay_seconds": [2, 5, 15], "cache_policy": NONE}
-LOCAL = {"cache_policy": NONE}
 EVENT = "edgewave.drift.detected"
 
 

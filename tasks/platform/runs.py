@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 import logging
+from types import ModuleType, SimpleNamespace
+
+from prefect import Task
+from prefect.cache_policies import NONE
+
+REMOTE_TAG = "talks-to-a-server"
+# a step that talks to a server (MLflow, the bundle store): retried with backoff, never cached
+REMOTE = {"retries": 4, "retry_delay_seconds": [2, 5, 15, 30], "cache_policy": NONE, "tags": [REMOTE_TAG]}
+# a step that works on what it was given: a retry would only repeat the same error
+LOCAL = {"cache_policy": NONE}
 
 
 def run_logger() -> logging.Logger | logging.LoggerAdapter:
@@ -15,3 +25,15 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter:
         return get_run_logger()
     except MissingContextError:
         return logging.getLogger("edgewave")
+
+
+def with_retries(steps: ModuleType, delays: list[float]) -> SimpleNamespace:
+    """`steps` (a module of tasks) whose server-facing tasks retry after `delays` seconds, one retry
+    each: what `EDGEWAVE_REMOTE_RETRY_DELAYS_SECONDS` sets. Prefect fixes a task's retries when
+    the module is imported, before any settings exist, so a flow takes its steps from here."""
+    def configured(value):
+        if isinstance(value, Task) and REMOTE_TAG in value.tags:
+            return value.with_options(retries=len(delays), retry_delay_seconds=list(delays) or 0)
+        return value
+    return SimpleNamespace(**{name: configured(value) for name, value in vars(steps).items()
+                              if not name.startswith("__")})

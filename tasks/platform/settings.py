@@ -55,6 +55,10 @@ class Settings(EdgeSettings):
     gate_tolerance: float = Field(
         0.02, ge=0, le=1, description="How much PR-AUC a challenger may lose to the baseline."
     )
+    remote_retry_delays_seconds: list[float] = Field(
+        [2, 5, 15, 30], max_length=20, description="Waits between the retries of a step that talks to a "
+        "server (MLflow, the bundle store); one retry per entry. JSON list, e.g. `[2, 5, 15, 30]`."
+    )
     gate_floor_pr_auc: float = Field(
         0.5, ge=0, le=1, description="PR-AUC the first model must reach with no baseline."
     )

@@ -15,13 +15,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from prefect import task
-from prefect.cache_policies import NONE
 
 from edgewave.serving.bundle import key_id
 from edgewave.serving.model import load_model
 from edgewave.serving.redact import redact
 from edgewave.tasks.drift.store import MonitoringStore
-from edgewave.tasks.platform.runs import run_logger
+from edgewave.tasks.platform.runs import LOCAL, REMOTE, run_logger
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.release import bundle as bundles
 from edgewave.tasks.release import registry
@@ -33,9 +32,6 @@ from edgewave.tasks.release.machines import simulate
 from edgewave.tasks.release.spec import load_spec
 from edgewave.tasks.release.train import Split, TrainedModel, evaluate, split_data, train_torch, train_trees
 from edgewave.tasks.release.userdata import load_user_data
-
-REMOTE = {"retries": 4, "retry_delay_seconds": [2, 5, 15, 30], "cache_policy": NONE}
-LOCAL = {"cache_policy": NONE}
 
 
 @dataclass(frozen=True)

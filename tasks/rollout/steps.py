@@ -10,8 +10,8 @@ import socket
 from collections.abc import Callable
 
 from prefect import task
-from prefect.cache_policies import NONE
 
+from edgewave.tasks.platform.runs import LOCAL, REMOTE
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.release import registry
 from edgewave.tasks.rollout.controller import Controller, Io, scrape_sites
@@ -21,9 +21,6 @@ from edgewave.tasks.rollout.lease import path as lease_path
 from edgewave.tasks.rollout.policy import Site, load_fleet_file
 from edgewave.tasks.rollout.record import RolloutRecord, WaveRecord, summary
 from edgewave.tasks.rollout.telemetry import Reading, prometheus_readings
-
-REMOTE = {"retries": 4, "retry_delay_seconds": [2, 5, 15, 30], "cache_policy": NONE}
-LOCAL = {"cache_policy": NONE}
 
 
 def controller(settings: Settings, version: int, kind: str = "rollout", reason: str = "", wait: bool = False,

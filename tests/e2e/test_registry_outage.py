@@ -39,7 +39,9 @@ def test_a_registry_outage_fails_release_and_rollout_naming_the_server_and_rerun
                     "convergence_deadline_seconds": 30,
                     "analysis": {"interval_seconds": 1.5, "measurements": 2, "min_requests_per_site": 15}},
     }))
-    env = edgewave_env(home, EDGEWAVE_TRACKING_URI=uri, EDGEWAVE_FLEET_PATH=str(fleet), EDGEWAVE_TRAIN_ROWS="2000")
+    # a short retry schedule: the outage outlasts it all the same (the default waits 52 s per step)
+    env = edgewave_env(home, EDGEWAVE_TRACKING_URI=uri, EDGEWAVE_FLEET_PATH=str(fleet), EDGEWAVE_TRAIN_ROWS="2000",
+                       EDGEWAVE_REMOTE_RETRY_DELAYS_SECONDS="[1, 2]")
     settings = Settings(home=home, tracking_uri=uri, fleet_path=fleet)
 
     def edgewave(*args: str, wait: bool = True):
@@ -54,7 +56,7 @@ def test_a_registry_outage_fails_release_and_rollout_naming_the_server_and_rerun
 
         # a release while the server goes away
         releasing = edgewave("release", "--seed", "2", wait=False)
-        time.sleep(3)  # it is loading data and training: no MLflow call yet
+        time.sleep(3)  # the release has started; the server goes away under it
         stop(server)
         out, err = releasing.communicate(timeout=600)
         assert releasing.returncode == 1, out + err

@@ -82,3 +82,16 @@ def test_a_credential_in_a_url_setting_is_refused_naming_the_setting(monkeypatch
     assert variable.removeprefix("EDGEWAVE_").lower() in shown and url not in shown
     monkeypatch.setenv(variable, "ssh://git@127.0.0.1:2222/srv/desired.git")
     Settings(home=tmp_path)  # a user name alone is not a secret
+
+
+def test_the_retry_schedule_of_server_steps_comes_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgewave.tasks.platform.runs import with_retries
+    from edgewave.tasks.release import steps
+
+    monkeypatch.setenv("EDGEWAVE_REMOTE_RETRY_DELAYS_SECONDS", "[0.5, 1]")
+    configured = with_retries(steps, Settings().remote_retry_delays_seconds)
+    assert (configured.register.retries, configured.register.retry_delay_seconds) == (2, [0.5, 1])
+    assert (steps.register.retries, steps.register.retry_delay_seconds) == (4, [2, 5, 15, 30]), "module untouched"
+    assert configured.fit_sklearn is steps.fit_sklearn and configured.fit_sklearn.retries == 0, "local work never retried"
+    assert configured.split_data is steps.split_data, "plain functions pass through"
+    assert with_retries(steps, []).store_bundle.retries == 0
