@@ -9,7 +9,9 @@ from urllib.parse import urlparse
 
 from edgewave.tasks.rollout.policy import Fleet
 
-JOB = "edgewave-sites"
+# The one job name of site targets: the scrape config below, the rollout's PromQL, and on
+# Kubernetes the ServiceMonitor (whose job label is the Service's name, `edgewave-site`).
+JOB = "edgewave-site"
 
 
 def scrape_config(fleet: Fleet, interval_seconds: float = 5.0) -> dict:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from edgewave.tasks.rollout.prometheus import JOB
+
 PREDICT = "/v1/predict"
 
 
@@ -177,7 +179,7 @@ def _query(base_url: str, promql: str, job: str, timeout: float) -> list[dict]:
     return body["data"]["result"]
 
 
-def prometheus_readings(base_url: str, site_ids: list[str], job: str = "edgewave-sites",
+def prometheus_readings(base_url: str, site_ids: list[str], job: str = JOB,
                         timeout: float = 10.0) -> dict[str, Reading | None]:
     """The same Readings as `scrape`, from a real Prometheus: one instant query per series for
     the whole fleet (targets carry a `site` label, see tasks/rollout/prometheus.py). A site whose
