@@ -407,6 +407,9 @@ def fleet_down() -> None:
 @fleet_app.command("prometheus-config")
 def fleet_prometheus_config(
     interval: Annotated[float, typer.Option(help="Scrape interval in seconds.")] = 5.0,
+    exporter: Annotated[str | None, typer.Option(help="host:port of `edgewave exporter` to scrape too.")] = None,
+    rules: Annotated[list[str] | None, typer.Option(help="Rule files to load (e.g. the output of "
+                                                          "`edgewave fleet alert-rules`).")] = None,
 ) -> None:
     """Print a prometheus.yml that scrapes every site of the fleet, labelled by site id."""
     import yaml
@@ -414,7 +417,29 @@ def fleet_prometheus_config(
     from edgewave.tasks.rollout.prometheus import scrape_config
 
     settings = _settings()
-    sys.stdout.write(yaml.safe_dump(scrape_config(_fleet(settings).fleet, interval), sort_keys=False))
+    config = scrape_config(_fleet(settings).fleet, interval, exporter, rules)
+    sys.stdout.write(yaml.safe_dump(config, sort_keys=False))
+
+
+@fleet_app.command("alert-rules")
+def fleet_alert_rules() -> None:
+    """Print the fleet's Prometheus alerting rules (check them with `promtool check rules`)."""
+    from edgewave.tasks.rollout.prometheus import alert_rules_yaml
+
+    sys.stdout.write(alert_rules_yaml(_fleet(_settings())))
+
+
+@app.command()
+def exporter(
+    port: Annotated[int, typer.Option(help="Port of /metrics.")] = 9108,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    refresh: Annotated[float, typer.Option(help="Seconds between reads of Git and the store.")] = 15.0,
+) -> None:
+    """Serve the control plane's metrics (last rollout, last drift check) for the central Prometheus."""
+    settings = _settings()
+    from edgewave.tasks.platform.exporter import serve
+
+    serve(settings, host, port, refresh)
 
 
 @fleet_app.command("status")

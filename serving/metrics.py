@@ -118,6 +118,11 @@ class SiteMetrics:
         self.buffered_windows = Gauge("edgewave_agent_buffered_windows", "Sample windows waiting to ship.", registry=r)
         self.model_version.set(0)
         self.agent_offline.set(0)
+        # series the fleet's alert rules take `increase()` of exist from the start, so the first
+        # failure is an increase from 0 and not a new series Prometheus has no earlier sample of
+        self.load_failures.labels("ModelLoadError")
+        for kind in ("bundle_refused", "downgrade_refused"):
+            self.agent_errors.labels(kind)
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         hot = self.hot

@@ -8,7 +8,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -179,3 +180,24 @@ def register_versions(settings, tags: dict[int, dict[str, str]], production: int
         client.create_model_version(settings.model_name, f"file:///sim/v{version}", tags=tags[version])
     if production is not None:
         registry.promote(settings, production)
+
+
+@contextmanager
+def running_prometheus(config: dict, folder: Path) -> Iterator[str]:
+    """A real Prometheus (Debian's package) on 127.0.0.1 with `config` (a prometheus.yml as a
+    dict), its TSDB under `folder`; yields its URL once ready, stops it by pid after."""
+    import yaml
+
+    (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    process = subprocess.Popen(
+        ["prometheus", f"--config.file={folder / 'prometheus.yml'}", f"--storage.tsdb.path={folder / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=open(folder / "prometheus.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: http_ok(f"{url}/-/ready") or process.poll() is not None, 60, "Prometheus to be ready")
+        assert process.poll() is None, (folder / "prometheus.log").read_text()[-2000:]
+        yield url
+    finally:
+        stop(process)

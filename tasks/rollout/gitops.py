@@ -111,6 +111,22 @@ class DesiredStateRepo:
         self.sync()
         return self
 
+    def follow(self) -> str:
+        """For a reader (the exporter): clone if needed, then take the remote's head as it is.
+
+        Never writes to the remote and never holds a rewritten history against it; the
+        controller, which commits, does that (`ensure`, `sync`)."""
+        if not (self.path / ".git").exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            git("clone", "--quiet", self.remote, str(self.path), timeout=120, access=self.access)
+        self._git("fetch", "--quiet", "origin", BRANCH)
+        self._move_to_origin()
+        return self.head()
+
+    def _move_to_origin(self) -> None:
+        self._git("checkout", "--quiet", "-B", BRANCH, f"origin/{BRANCH}")
+        self._git("reset", "--quiet", "--hard", f"origin/{BRANCH}")
+
     def _origin(self) -> str:
         try:
             return git("remote", "get-url", "origin", cwd=self.path).strip()
@@ -152,8 +168,7 @@ class DesiredStateRepo:
                 f"the history of {redact(self.remote)} ({BRANCH}) was rewritten: its head {head[:12]} does not "
                 f"contain {known[:12]}, the last commit this controller saw. Nothing was pushed. Check what "
                 f"happened to the remote; to accept its new history, remove {self.path} (the controller's clone).")
-        self._git("checkout", "--quiet", "-B", BRANCH, f"origin/{BRANCH}")
-        self._git("reset", "--quiet", "--hard", f"origin/{BRANCH}")
+        self._move_to_origin()
         self._remember(head)
         return head
 
