@@ -31,7 +31,7 @@ down: $(STAMP)
 
 test: $(STAMP)
 	@bash scripts/setup-system.sh
-	$(BIN)/python -m pytest
+	PYTHON=$(BIN)/python bash scripts/test-lanes.sh
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit

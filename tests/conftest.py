@@ -19,11 +19,15 @@ from edgewave.tasks.release.train import Split, TrainedModel, split_data, train_
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test's folder is its kind: tests/integration → `integration`, tests/e2e → `e2e`, so none lacks its marker."""
+    """A test's folder is its kind: tests/integration → `integration`, tests/e2e → `e2e`, so none lacks its marker.
+    Every e2e test and every test on the session's Docker engine is also `engine_lane`: `make test`
+    runs that lane and the rest side by side (scripts/test-lanes.sh), one engine per lane."""
     for item in items:
         kind = item.path.parent.name
         if kind in ("integration", "e2e"):
             item.add_marker(getattr(pytest.mark, kind))
+        if kind == "e2e" or "engine" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.engine_lane)
 
 
 @pytest.fixture

@@ -57,7 +57,12 @@ def wheelhouse(cache: Path) -> Path:
     if result.returncode != 0:
         shutil.rmtree(partial, ignore_errors=True)
         raise RuntimeError(f"preparing the wheelhouse failed: {result.stderr[-2000:]}")
-    partial.rename(folder)
+    try:
+        partial.rename(folder)
+    except OSError:  # another release made the same wheelhouse meanwhile: the same key, the same wheels
+        shutil.rmtree(partial, ignore_errors=True)
+        if not folder.exists():
+            raise
     for old in sorted(cache.glob("wheelhouse-*"), key=lambda p: p.stat().st_mtime)[:-2]:  # ~100 MB each
         shutil.rmtree(old, ignore_errors=True)
     return folder
