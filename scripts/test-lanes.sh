@@ -3,14 +3,15 @@
 # (every e2e test and every test on the Docker engine, one engine for the lane) prints here as
 # it runs; the other lane (unit and the remaining integration tests) writes its log to a file,
 # printed when it is done. Fails when either lane fails. Extra arguments go to both lanes.
+# Each lane draws test ports from its own range (tests/helpers.py: free_port).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 log=$(mktemp -t edgewave-lane-XXXXXX.log)
 
-"$PYTHON" -m pytest -m "not engine_lane" "$@" >"$log" 2>&1 &
+EDGEWAVE_TEST_LANE=other "$PYTHON" -m pytest -m "not engine_lane" "$@" >"$log" 2>&1 &
 other=$!
-"$PYTHON" -m pytest -m "engine_lane" "$@"
+EDGEWAVE_TEST_LANE=engine "$PYTHON" -m pytest -m "engine_lane" "$@"
 engine_rc=$?
 wait "$other"
 other_rc=$?

@@ -30,10 +30,30 @@ def ai4i_traffic():
     return Simulated(load_spec(DEPLOYMENTS / "dataset.yaml"))
 
 
+_HANDED_OUT: set[int] = set()
+# Below Linux's ephemeral range (32768+), so no outgoing connection's port is ever handed out;
+# scripts/test-lanes.sh gives each lane half of it, so two lanes never pick the same port.
+_LANES = {"engine": range(20000, 26384), "other": range(26384, 32768)}
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port on 127.0.0.1 that binds now and that this run has not handed out before (the
+    kernel's port 0 may give the same port twice once the first socket is closed)."""
+    import random
+
+    ports = _LANES.get(os.environ.get("EDGEWAVE_TEST_LANE", ""), range(20000, 32768))
+    for _ in range(1000):
+        port = random.choice(ports)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError(f"no free port in {ports}")
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.25) -> None:
