@@ -52,7 +52,7 @@ def build_world(home: Path, sites: int, rows: int, drifted_every: int) -> tuple[
     (home / "fleet.yaml").write_text(yaml.safe_dump(base))
     settings = Settings(home=home, fleet_path=home / "fleet.yaml")
     split = split_data(generate(10_000, 42), 0)
-    trained = train_sklearn(split, n_estimators=100)
+    trained = train_sklearn(split)
     exported = export_model(trained, split.x_test, split.y_test)
     manifest = build_manifest(
         name=settings.model_name, version=1, family="sklearn", model=exported.model, int8_model=None,

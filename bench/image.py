@@ -36,7 +36,7 @@ def bundles(home: Path) -> tuple[Path, Path, str]:
     out = []
     for version in (1, 2):
         split = split_data(generate(6000, version), 0)
-        trained = train_sklearn(split, n_estimators=60)
+        trained = train_sklearn(split)
         exported = export_model(trained, split.x_test, split.y_test)
         manifest = build_manifest(
             name="machine-failure", version=version, family="sklearn", model=exported.model, int8_model=None,
