@@ -465,10 +465,7 @@ def _fleet_state(settings: Settings) -> dict:
         return {"error": str(exc)}
     sites = [asdict(s) for s in fleet.status(settings, fleet_file.fleet)]  # syncs the controller's clone
     repo = DesiredStateRepo.of(settings)
-    last = None
-    if (repo.path / ".git").exists():
-        ids = [s.split(":", 1)[0] for s in repo.log() if s.startswith(("ro-", "rb-"))]
-        last = repo.record(ids[0]) if ids else None
+    last = repo.last_record(settings.model_name) if (repo.path / ".git").exists() else None
     return {"fleet_file": str(settings.fleet_path), "sites": sites, "last_rollout": last}
 
 

@@ -22,7 +22,7 @@ from prefect import task
 from edgewave.serving.redact import redact
 from edgewave.tasks.drift import checks as drift
 from edgewave.tasks.drift.reference import reference_for
-from edgewave.tasks.drift.store import DRIFT_ROOT, MonitoringStore, load_ledger, save_ledger
+from edgewave.tasks.drift.store import EVENTS, REPORTS, MonitoringStore, load_ledger, save_ledger
 from edgewave.tasks.platform.runs import LOCAL, REMOTE
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.rollout.policy import DriftPolicy
@@ -32,10 +32,6 @@ EVENT = "edgewave.drift.detected"
 
 def new_check_id() -> str:
     return f"drift-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}"[:-3]
-
-
-REPORTS = (DRIFT_ROOT, "reports")
-EVENTS = (DRIFT_ROOT, "events.json")
 
 
 def policy_for(settings: Settings, fleet_policy: DriftPolicy) -> DriftPolicy:

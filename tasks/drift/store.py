@@ -33,6 +33,8 @@ from edgewave.serving.stores import PARTIAL_PREFIX, open_store, put_atomic
 LEDGER_HORIZON_DAYS = 30
 FEEDBACK_ROOT = "_feedback"  # site ids start with a letter or digit, so these never clash
 DRIFT_ROOT = "_drift"
+REPORTS = (DRIFT_ROOT, "reports")
+EVENTS = (DRIFT_ROOT, "events.json")
 
 
 class WindowCheck(BaseModel):
@@ -227,3 +229,12 @@ def save_ledger(store: MonitoringStore, site_id: str, ledger: SiteLedger, keep_h
                        history=ledger.history[-keep_history:], generation=ledger.generation + 1)
     store.write_json(saved.model_dump(), DRIFT_ROOT, "ledgers", f"{site_id}.json")
     return saved
+
+
+def last_drift_check(store: MonitoringStore, model: str) -> dict | None:
+    """The newest drift-check summary of `model` in the monitoring store."""
+    for check_id in reversed(store.folders(*REPORTS)):
+        summary = store.read_json(*REPORTS, check_id, "summary.json")
+        if summary and summary.get("model") == model:
+            return summary
+    return None

@@ -22,12 +22,11 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from edgewave.serving.redact import redact
-from edgewave.tasks.drift.store import DRIFT_ROOT, MonitoringStore
+from edgewave.tasks.drift.store import MonitoringStore, last_drift_check
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.rollout.gitops import DesiredStateRepo
 from edgewave.tasks.rollout.record import Status
 
-JOB = "edgewave-control-plane"
 STATUSES = get_args(Status)
 log = logging.getLogger("edgewave.exporter")
 
@@ -42,31 +41,11 @@ class ControlPlaneState:
     errors: dict[str, str] = field(default_factory=dict)
 
 
-def last_rollout(repo: DesiredStateRepo, model: str) -> dict | None:
-    """The newest rollout or rollback record of `model` in the clone (as of its last sync)."""
-    for subject in repo.log():
-        rollout_id = subject.split(":", 1)[0]
-        if rollout_id.startswith(("ro-", "rb-")):
-            record = repo.record(rollout_id)
-            if record and record.get("model") == model:
-                return record
-    return None
-
-
-def last_drift_check(store: MonitoringStore, model: str) -> dict | None:
-    """The newest drift-check summary of `model` in the monitoring store."""
-    for check_id in reversed(store.folders(DRIFT_ROOT, "reports")):
-        summary = store.read_json(DRIFT_ROOT, "reports", check_id, "summary.json")
-        if summary and summary.get("model") == model:
-            return summary
-    return None
-
-
 def read_state(settings: Settings, repo: DesiredStateRepo, previous: ControlPlaneState) -> ControlPlaneState:
     state = ControlPlaneState(rollout=previous.rollout, drift=previous.drift, read_at=time.time())
     try:
         repo.follow()
-        state.rollout = last_rollout(repo, settings.model_name)
+        state.rollout = repo.last_record(settings.model_name)
     except Exception as exc:  # an unreachable remote must not take the other series down
         state.errors["desired_state"] = redact(str(exc))
     try:

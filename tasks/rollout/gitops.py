@@ -183,6 +183,16 @@ class DesiredStateRepo:
         path = self.path / "rollouts" / f"{rollout_id}.json"
         return json.loads(path.read_text()) if path.exists() else None
 
+    def last_record(self, model: str) -> dict | None:
+        """The newest rollout or rollback record of `model` (as of the last sync)."""
+        for subject in self.log():
+            rollout_id = subject.split(":", 1)[0]
+            if rollout_id.startswith(("ro-", "rb-")):
+                record = self.record(rollout_id)
+                if record and record.get("model") == model:
+                    return record
+        return None
+
     def read_file(self, name: str) -> str | None:
         path = self.path / name
         return path.read_text() if path.exists() else None

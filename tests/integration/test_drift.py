@@ -11,8 +11,8 @@ import yaml
 from edgewave.serving.bundle import load_trusted_keys
 from edgewave.serving.model import load_model
 from edgewave.serving.stores import open_store
-from edgewave.tasks.drift.steps import EVENTS, REPORTS, check_one_site, policy_for
-from edgewave.tasks.drift.store import LedgerConflict, MonitoringStore, load_ledger, save_ledger
+from edgewave.tasks.drift.steps import check_one_site, policy_for
+from edgewave.tasks.drift.store import EVENTS, REPORTS, LedgerConflict, MonitoringStore, load_ledger, save_ledger
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.release.bundle import build_manifest, load_or_create_signing_key, write_bundle
 from edgewave.tasks.release.data import FEATURES, generate, scenario

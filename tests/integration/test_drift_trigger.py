@@ -16,8 +16,7 @@ import yaml
 
 from edgewave.serving.bundle import load_trusted_keys
 from edgewave.serving.model import load_model
-from edgewave.tasks.drift.steps import EVENTS
-from edgewave.tasks.drift.store import MonitoringStore
+from edgewave.tasks.drift.store import EVENTS, MonitoringStore
 from edgewave.tasks.platform import fleet, servers
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.release.data import generate, scenario

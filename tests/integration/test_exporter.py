@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 
 from edgewave.tasks.drift.checks import SiteCheck, summarise
-from edgewave.tasks.drift.steps import REPORTS
-from edgewave.tasks.drift.store import MonitoringStore
+from edgewave.tasks.drift.store import REPORTS, MonitoringStore
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.rollout.gitops import DesiredStateRepo
 from edgewave.tasks.rollout.policy import DriftPolicy, Fleet

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from edgewave.tasks.drift.checks import ColumnDrift, SiteCheck, column_results, summarise, thresholds
-from edgewave.tasks.drift.steps import EVENTS, event_payload, in_cooldown
-from edgewave.tasks.drift.store import MonitoringStore, SiteLedger, WindowCheck
+from edgewave.tasks.drift.steps import event_payload, in_cooldown
+from edgewave.tasks.drift.store import EVENTS, MonitoringStore, SiteLedger, WindowCheck
 from edgewave.tasks.release.data import FEATURES, TARGET, generate
 from edgewave.tasks.release.steps import add_feedback
 from edgewave.tasks.rollout.policy import DriftPolicy
