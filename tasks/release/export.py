@@ -47,10 +47,72 @@ class Export:
     quantized: QuantizedVariant
 
 
+def _float32_at_most(values: np.ndarray) -> np.ndarray:
+    """The largest float32 at or below each float64: for float32 inputs, `x <= t` and
+    `x <= _float32_at_most(t)` agree, so the graph splits rows exactly where the model does."""
+    rounded = values.astype(np.float32)
+    above = rounded.astype(np.float64) > values
+    rounded[above] = np.nextafter(rounded[above], np.float32(-np.inf))
+    return rounded
+
+
+def _export_hist_gradient_boosting(model, n_features: int) -> onnx.ModelProto:
+    """A binary HistGradientBoostingClassifier as one TreeEnsembleRegressor (the raw score:
+    baseline + every tree's leaf value) followed by a sigmoid.
+
+    skl2onnx 1.20 cannot convert it under scikit-learn 1.9 (it writes a Python bool into an int
+    attribute), and the graph is small enough to write here from the fitted predictors.
+    """
+    from onnx import TensorProto, helper
+
+    if model.n_trees_per_iteration_ != 1:
+        raise ValueError("only binary HistGradientBoostingClassifier models are exported")
+    attrs: dict[str, list] = {k: [] for k in (
+        "nodes_treeids", "nodes_nodeids", "nodes_featureids", "nodes_modes", "nodes_values",
+        "nodes_truenodeids", "nodes_falsenodeids", "nodes_missing_value_tracks_true",
+        "target_treeids", "target_nodeids", "target_ids", "target_weights")}
+    for tree_id, (predictor,) in enumerate(model._predictors):
+        nodes = predictor.nodes
+        if nodes["is_categorical"].any():
+            raise ValueError("categorical splits are not exported; give the model numeric columns")
+        thresholds = _float32_at_most(nodes["num_threshold"])
+        for node_id, node in enumerate(nodes):
+            leaf = bool(node["is_leaf"])
+            attrs["nodes_treeids"].append(tree_id)
+            attrs["nodes_nodeids"].append(node_id)
+            attrs["nodes_featureids"].append(0 if leaf else int(node["feature_idx"]))
+            attrs["nodes_modes"].append("LEAF" if leaf else "BRANCH_LEQ")
+            attrs["nodes_values"].append(0.0 if leaf else float(thresholds[node_id]))
+            attrs["nodes_truenodeids"].append(0 if leaf else int(node["left"]))
+            attrs["nodes_falsenodeids"].append(0 if leaf else int(node["right"]))
+            attrs["nodes_missing_value_tracks_true"].append(0 if leaf else int(node["missing_go_to_left"]))
+            if leaf:
+                attrs["target_treeids"].append(tree_id)
+                attrs["target_nodeids"].append(node_id)
+                attrs["target_ids"].append(0)
+                attrs["target_weights"].append(float(node["value"]))
+    baseline = float(np.asarray(model._baseline_prediction).ravel()[0])
+    nodes = [
+        helper.make_node("TreeEnsembleRegressor", [INPUT_NAME], ["raw"], domain="ai.onnx.ml", n_targets=1,
+                         aggregate_function="SUM", post_transform="NONE", base_values=[baseline], **attrs),
+        helper.make_node("Sigmoid", ["raw"], ["failure"]),
+        helper.make_node("Sub", ["one", "failure"], ["ok"]),
+        helper.make_node("Concat", ["ok", "failure"], [OUTPUT_NAME], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "hist_gradient_boosting",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [None, n_features])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [None, 2])],
+        initializer=[helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("ai.onnx.ml", 3)])
+
+
 def _export_sklearn(trained: TrainedModel, n_features: int) -> onnx.ModelProto:
     from skl2onnx import to_onnx
     from skl2onnx.common.data_types import FloatTensorType
 
+    if type(trained.model).__name__ == "HistGradientBoostingClassifier":
+        return _export_hist_gradient_boosting(trained.model, n_features)
     model = to_onnx(
         trained.model,
         initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],

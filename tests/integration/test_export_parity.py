@@ -51,3 +51,47 @@ def test_both_families_learn_the_failure_class(trained: dict[str, TrainedModel])
     for model in trained.values():
         assert model.metrics.pr_auc > 0.5
         assert model.metrics.recall > 0.4
+
+
+def test_every_estimator_of_the_search_exports_with_parity(split: Split) -> None:
+    """Each kind of trial the search may pick (small versions of them) survives export within 1e-4."""
+    from sklearn import ensemble
+
+    from edgewave.tasks.release.export import export_model
+    from edgewave.tasks.release.train import TRIALS, _finish
+
+    small = {"n_estimators": 20, "max_iter": 20}
+    for estimator, hyper, weighting in {(e, tuple(sorted(h.items())), w) for e, h, w in TRIALS}:
+        params = {k: small.get(k, v) for k, v in hyper}
+        model = getattr(ensemble, estimator)(**params, random_state=0)
+        weights = None if weighting is None else np.where(split.y_train == 1, 10.0, 1.0)
+        model.fit(split.features.augment(split.x_train), split.y_train, sample_weight=weights)
+        trained = _finish("sklearn", model, lambda x, m=model: m.predict_proba(split.features.augment(x))[:, 1],
+                          {}, split)
+        exported = export_model(trained, split.x_test, split.y_test, features=split.features)
+        assert exported.parity_max_abs_diff <= 1e-4, (estimator, weighting, exported.parity_max_abs_diff)
+
+
+def test_histogram_boosting_splits_rows_on_its_thresholds_as_scikit_learn_does() -> None:
+    """Rows whose values sit exactly on a split threshold, or one float32 step either side of it,
+    land on the same side in the graph as in scikit-learn."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from edgewave.tasks.release.export import _export_hist_gradient_boosting
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(50, 10, size=(4000, 3)).astype(np.float32)
+    y = (x[:, 0] + 0.5 * x[:, 1] - 0.2 * x[:, 2] + rng.normal(0, 4, 4000) > 70).astype(int)
+    model = HistGradientBoostingClassifier(max_iter=30).fit(x, y)
+    nodes = np.concatenate([p.nodes[~p.nodes["is_leaf"].astype(bool)] for (p,) in model._predictors])
+    assert (np.float32(nodes["num_threshold"]) > nodes["num_threshold"]).any(), "no threshold rounds up: test is moot"
+    rows = []
+    for node in nodes:  # 40 rows per value, so that some of them reach the node
+        at = np.float32(node["num_threshold"])
+        for value in (at, np.nextafter(at, np.float32(-np.inf)), np.nextafter(at, np.float32(np.inf))):
+            block = x[:40].copy()
+            block[:, node["feature_idx"]] = value
+            rows.append(block)
+    rows = np.concatenate(rows)
+    graph = _export_hist_gradient_boosting(model, 3).SerializeToString()
+    assert float(np.max(np.abs(onnx_proba(graph, rows) - model.predict_proba(rows)[:, 1]))) <= 1e-5
