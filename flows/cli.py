@@ -4,6 +4,7 @@ serve` at the edge never loads the control plane."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -13,11 +14,34 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from edgewave.serving import cli as edge_cli
-from edgewave.serving.errors import describe
+from edgewave.serving.errors import Actionable, describe
+from edgewave.serving.redact import redact
 from edgewave.tasks.platform.settings import Settings, use
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False, help="edgewave: edge-to-cloud MLOps for factory fleets.")
 console = Console(stderr=True, soft_wrap=True)
+DEBUG = {"on": False}
+
+
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", envvar="EDGEWAVE_DEBUG",
+                                        help="Show the traceback of an expected failure too.")] = False,
+) -> None:
+    DEBUG["on"] = debug
+
+
+def main() -> None:
+    """The `edgewave` command. A failure a person can act on (a bad file, an unreachable server, a
+    missing engine, a refused bundle) ends in one line naming what and where, and exit code 2;
+    `--debug` or EDGEWAVE_DEBUG=1 shows its traceback as well."""
+    try:
+        app()
+    except Actionable as exc:
+        if DEBUG["on"] or os.environ.get("EDGEWAVE_DEBUG", "").lower() in ("1", "true", "yes"):
+            raise
+        console.print(f"[red]error:[/red] {redact(str(exc))}", highlight=False)
+        sys.exit(2)
 
 
 def _settings() -> Settings:
@@ -30,6 +54,29 @@ def _settings() -> Settings:
     return settings
 
 
+def _check_release_inputs(settings: Settings) -> None:
+    """Read the dataset spec and the data file as the release will, and find the engine a required
+    image needs: refuse in one line what would otherwise fail minutes into the run."""
+    from edgewave.tasks.platform.engine import EngineUnavailable, reachable
+    from edgewave.tasks.release.spec import load_spec
+    from edgewave.tasks.release.userdata import load_user_data
+
+    spec = load_spec(settings.dataset)
+    if settings.data_path is not None:
+        load_user_data(settings.data_path, spec)
+    docker_host = settings.docker_host or os.environ.get("DOCKER_HOST")
+    if settings.image_required and not (docker_host and reachable(docker_host)):
+        where = f"at {docker_host} answers" if docker_host else "is configured (EDGEWAVE_DOCKER_HOST / DOCKER_HOST)"
+        raise EngineUnavailable(f"EDGEWAVE_IMAGE_REQUIRED is set but no Docker engine {where}: start one "
+                                "(README, \"The serving image\") or unset it")
+
+
+def _failed(what: str, exc: Exception) -> None:
+    """End a command whose flow run failed: one line; exit 2 for a failure a person can act on, else 1."""
+    console.print(f"[red]{what} failed:[/red] {type(exc).__name__}: {redact(str(exc))}", highlight=False)
+    raise typer.Exit(2 if isinstance(exc, Actionable) else 1) from None
+
+
 @app.command()
 def release(
     seed: Annotated[int | None, typer.Option(help="Seed of the generated training data (default: a new one).")] = None,
@@ -40,14 +87,14 @@ def release(
     settings = _settings()
     if seed is not None:
         settings = settings.model_copy(update={"data_seed": seed})
+    _check_release_inputs(settings)  # a bad spec or data file fails here, before a flow run starts
     from edgewave.flows.release import release as release_flow
 
     try:
         with use(settings):
             result = release_flow(shuffle_labels, force)
     except Exception as exc:  # the flow's log above has the traceback; say what failed, plainly
-        console.print(f"[red]release failed:[/red] {type(exc).__name__}: {exc}")
-        raise typer.Exit(1) from None
+        _failed("release", exc)
     verdict = "[green]PASSED → @staging[/green]" if result.staged else "[yellow]REJECTED[/yellow]"
     console.print(f"{result.model} [bold]v{result.version}[/bold] ({result.family}) gate {verdict}: {result.gate_reason}")
     console.print(f"bundle: {result.bundle_url}")
@@ -82,8 +129,7 @@ def _run_rollout(settings: Settings, kind: str, **parameters) -> None:
         console.print(f"[red]{kind} refused:[/red] {exc}")
         raise typer.Exit(2) from None
     except Exception as exc:  # the flow's log above has the traceback; say what failed, plainly
-        console.print(f"[red]{kind} failed:[/red] {type(exc).__name__}: {exc}")
-        raise typer.Exit(1) from None
+        _failed(kind, exc)
     from rich.table import Table
 
     table = Table("wave", "sites", "status", "decision", "reason", "deferred", "failed", title=result["rollout_id"])
@@ -475,8 +521,9 @@ def status(
 ) -> None:
     """Registry state: versions, tags and aliases."""
     settings = _settings()
-    from edgewave.tasks.release.registry import registry_state
+    from edgewave.tasks.release.registry import check_reachable, registry_state
 
+    check_reachable(settings)
     state = {"registry": registry_state(settings), "fleet": _fleet_state(settings)}
     if as_json:
         json.dump(state, sys.stdout, indent=2, default=str)
@@ -499,4 +546,4 @@ def status(
 
 
 if __name__ == "__main__":  # `python -m edgewave.flows.cli`
-    app()
+    main()

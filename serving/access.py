@@ -15,10 +15,12 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgewave.serving.errors import Actionable
+
 SECRETS_DIR = "secrets"  # under a process's EDGEWAVE_HOME, mode 0700
 
 
-class AccessError(ValueError):
+class AccessError(ValueError, Actionable):
     """The credentials configured for a remote are incomplete or unusable; says which setting."""
 
 

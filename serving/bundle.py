@@ -21,14 +21,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgewave.serving.errors import describe
+from edgewave.serving.errors import Actionable, describe
 
 MANIFEST = "bundle.json"
 SIGNATURE = "bundle.sig"
 MODEL = "model.onnx"
 
 
-class BundleError(Exception):
+class BundleError(Actionable):
     """Base of every reason a bundle is refused."""
 
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgewave.serving.errors import validated_yaml
+from edgewave.serving.errors import Actionable, validated_yaml
 
 BRANCH = "main"
 
 
-class DesiredStateError(ValueError):
+class DesiredStateError(ValueError, Actionable):
     """A desired-state file that cannot be applied: unreadable, invalid or for another site."""
 
 

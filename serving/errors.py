@@ -12,6 +12,13 @@ from pydantic import BaseModel, ValidationError
 M = TypeVar("M", bound=BaseModel)
 
 
+class Actionable(Exception):
+    """A failure a person can act on (a bad file, an unreachable server, a missing engine, a refused
+    bundle): its message names what and where, so the command line prints that one line and exits
+    2 instead of a traceback. The error classes of those cases derive from it as well as from
+    their builtin base, so callers catching ValueError or ConnectionError still do."""
+
+
 def describe(exc: ValidationError) -> str:
     """`field.path: message; other.path: message` (`<root>` for errors about the whole document)."""
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg'].removeprefix('Value error, ')}"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from edgewave.serving.access import RemoteAccess
 from edgewave.serving.bundle import MANIFEST, SIGNATURE
+from edgewave.serving.errors import Actionable
 
 SCHEME = "oci://"
 ARTIFACT_TYPE = "application/vnd.edgewave.bundle.v1+json"  # the manifest config's media type
@@ -29,7 +30,7 @@ MODEL_MEDIA_TYPE = "application/vnd.edgewave.bundle.model.v1+onnx"
 MANIFEST_ACCEPT = ["application/vnd.oci.image.manifest.v1+json"]
 
 
-class OciError(ConnectionError):
+class OciError(ConnectionError, Actionable):
     """The registry could not be reached, refused us, or served something that is not the bundle asked for."""
 
 

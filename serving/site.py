@@ -90,9 +90,8 @@ def run_site(settings: EdgeSettings, bundle: Path | None, with_agent: bool) -> i
     logging.getLogger("paramiko").setLevel(logging.WARNING)
     try:
         site = build_site(settings, bundle, with_agent)
-    except BundleError as exc:
-        log.error("cannot serve %s: %s", bundle, exc)
-        return 3
+    except BundleError:  # the slot logged the refusal once: which bundle, which check, what it found
+        return 2
     current = site.slot.current
     log.info("site %s on http://%s:%d serving %s%s", settings.site_id, settings.serve_host, settings.serve_port,
              f"{current.manifest.name} v{current.version}" if current else "no model yet",

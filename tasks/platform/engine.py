@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgewave.serving.errors import Actionable
 from edgewave.tasks.platform import processes
 
 DOCKERD = ["dockerd", "--iptables=false", "--ip6tables=false", "--bridge=none"]  # the only way it is started
@@ -23,7 +24,7 @@ DOCKERD_MARKERS = (DOCKERD[0], "--bridge=none")
 REGISTRY_MARKERS = ("docker-registry", "serve")
 
 
-class EngineUnavailable(RuntimeError):
+class EngineUnavailable(RuntimeError, Actionable):
     """No Docker engine can run here; the message says why."""
 
 

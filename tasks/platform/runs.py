@@ -9,8 +9,21 @@ from prefect import Task
 from prefect.cache_policies import NONE
 
 REMOTE_TAG = "talks-to-a-server"
+
+
+def retry_unless_bad_input(task, task_run, state) -> bool:
+    """Retry a server-facing step unless it failed on its input (a ValueError: a bad spec, data file
+    or key): a server may come back, a bad file stays bad, and 52 s of backoff only hide it."""
+    try:
+        error = state.result(raise_on_failure=False)
+    except Exception:  # the result cannot be read back: retry, as without a condition
+        return True
+    return not isinstance(error, ValueError)
+
+
 # a step that talks to a server (MLflow, the bundle store): retried with backoff, never cached
-REMOTE = {"retries": 4, "retry_delay_seconds": [2, 5, 15, 30], "cache_policy": NONE, "tags": [REMOTE_TAG]}
+REMOTE = {"retries": 4, "retry_delay_seconds": [2, 5, 15, 30], "cache_policy": NONE, "tags": [REMOTE_TAG],
+          "retry_condition_fn": retry_unless_bad_input}
 # a step that works on what it was given: a retry would only repeat the same error
 LOCAL = {"cache_policy": NONE}
 

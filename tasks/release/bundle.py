@@ -30,6 +30,7 @@ from edgewave.serving.bundle import (
     key_id,
     parse_public_keys,
 )
+from edgewave.serving.errors import Actionable
 from edgewave.serving.transport import download_bundle  # noqa: F401  (one implementation, re-exported)
 from edgewave.tasks.release.data import CLASS_LABELS, FEATURES
 from edgewave.tasks.release.export import INPUT_NAME, OUTPUT_NAME
@@ -44,7 +45,7 @@ def edgewave_version() -> str:
         return "0+unknown"
 
 
-class SigningKeyError(ValueError):
+class SigningKeyError(ValueError, Actionable):
     """The configured signing key is missing or unusable; never replaced by a new one."""
 
 

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgewave.serving.errors import Actionable
+
 _OPS = {ast.Add: "Add", ast.Sub: "Sub", ast.Mult: "Mul", ast.Div: "Div"}
 
 
-class ExpressionError(ValueError):
+class ExpressionError(ValueError, Actionable):
     """An expression outside the grammar, or naming an unknown column; says which and where."""
 
 

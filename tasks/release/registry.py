@@ -20,6 +20,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from edgewave.serving.errors import Actionable
 from edgewave.serving.redact import redact
 from edgewave.tasks.platform.settings import Settings
 
@@ -29,7 +30,7 @@ RELEASE_TAG = "edgewave.release_id"
 INPUT_FEATURES = "input_features"  # the raw columns a version takes, comma-separated, in graph order
 
 
-class RegistryUnavailable(RuntimeError):
+class RegistryUnavailable(RuntimeError, Actionable):
     """The registry failed for another reason than "no such model, version or alias": fail, never guess."""
 
 
@@ -42,6 +43,25 @@ def _absent(exc: MlflowException) -> bool:
 def _unavailable(settings: Settings, what: str, exc: MlflowException) -> RegistryUnavailable:
     return RegistryUnavailable(f"MLflow at {redact(settings.mlflow_tracking_uri)}: {what} failed "
                                f"({exc.error_code}): {redact(exc.message)[:300]}")
+
+
+def check_reachable(settings: Settings, timeout: float = 3.0) -> None:
+    """Raise RegistryUnavailable at once when an MLflow server does not answer its health check
+    (its client would retry each call for minutes); an embedded sqlite registry always answers."""
+    import urllib.request
+
+    uri = settings.mlflow_tracking_uri
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
+            if response.status == 200:
+                return
+            problem = f"answers {response.status}"
+    except OSError as exc:
+        problem = f"does not answer ({getattr(exc, 'reason', exc)})"
+    raise RegistryUnavailable(f"MLflow at {redact(uri)} {problem}: start it (`make up`) or set "
+                              "EDGEWAVE_TRACKING_URI to a running server")
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,13 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from edgewave.serving.errors import validated_yaml_file
+from edgewave.serving.errors import Actionable, validated_yaml_file
 from edgewave.tasks.release.expressions import Expression, ExpressionError
 
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 
-class SpecError(ValueError):
+class SpecError(ValueError, Actionable):
     """The dataset spec is invalid; the message names the field."""
 
 

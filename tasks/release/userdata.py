@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from edgewave.serving.errors import Actionable
 from edgewave.tasks.release.spec import Column, DatasetSpec
 
 MISSING = ["nan", "na", "null", "none", ""]
 
 
-class DataValidationError(ValueError):
+class DataValidationError(ValueError, Actionable):
     """A user's data set does not match its dataset spec."""
 
 

@@ -28,6 +28,7 @@ import yaml
 
 from edgewave.serving.access import RemoteAccess
 from edgewave.serving.desired import BRANCH, DesiredState, read_desired, site_file
+from edgewave.serving.errors import Actionable
 from edgewave.serving.redact import redact
 from edgewave.tasks.rollout import k8s
 
@@ -51,7 +52,7 @@ def git(*args: str, cwd: Path | None = None, timeout: float = 30, access: Remote
     return result.stdout
 
 
-class GitError(ConnectionError):
+class GitError(ConnectionError, Actionable):
     """A git command failed; the message (redacted) is git's own."""
 
 

@@ -17,8 +17,10 @@ from datetime import datetime, timedelta, timezone
 
 from pydantic import BaseModel
 
+from edgewave.serving.errors import Actionable
 
-class RolloutBusy(RuntimeError):
+
+class RolloutBusy(RuntimeError, Actionable):
     """Another rollout of the model holds the lease; the message names it."""
 
 

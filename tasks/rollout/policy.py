@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from edgewave.serving.errors import validated_yaml_file
+from edgewave.serving.errors import Actionable, validated_yaml_file
 
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 DAYS: tuple[Day, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -30,7 +30,7 @@ def _unique(values: list, what: str) -> None:
         raise ValueError(f"{what}: {repeated}")
 
 
-class PolicyError(ValueError):
+class PolicyError(ValueError, Actionable):
     """The fleet or rollout policy file is invalid; the message names the field."""
 
 
