@@ -498,10 +498,13 @@ def fleet_status() -> None:
 
 
 def _fleet_state(settings: Settings) -> dict:
-    """Each site's desired and reported version, and the last rollout with its decisions."""
+    """Each site's desired and reported version, the last rollout with its decisions, the rollout in
+    progress, and the last drift check with its cooldown."""
     from dataclasses import asdict
 
+    from edgewave.tasks.drift.store import MonitoringStore
     from edgewave.tasks.platform import fleet
+    from edgewave.tasks.platform.status import drift_status, rollout_in_progress
     from edgewave.tasks.rollout.gitops import DesiredStateRepo
     from edgewave.tasks.rollout.policy import PolicyError, load_fleet_file
 
@@ -511,20 +514,43 @@ def _fleet_state(settings: Settings) -> dict:
         return {"error": str(exc)}
     sites = [asdict(s) for s in fleet.status(settings, fleet_file.fleet)]  # syncs the controller's clone
     repo = DesiredStateRepo.of(settings)
-    last = repo.last_record(settings.model_name) if (repo.path / ".git").exists() else None
-    return {"fleet_file": str(settings.fleet_path), "sites": sites, "last_rollout": last}
+    cloned = (repo.path / ".git").exists()
+    return {"fleet_file": str(settings.fleet_path), "sites": sites,
+            "last_rollout": repo.last_record(settings.model_name) if cloned else None,
+            "rollout_in_progress": rollout_in_progress(repo, settings.model_name) if cloned else None,
+            "drift": drift_status(MonitoringStore.of(settings), settings.model_name,
+                                  fleet_file.drift.cooldown_minutes)}
+
+
+def _print_drift_status(drift: dict) -> None:
+    last = drift["last_check"]
+    if last is None:
+        console.print("drift: no check yet")
+    else:
+        verdicts = ", ".join(
+            f"{s['site']} {'DRIFT' if s['drifted'] else s['status']}"
+            + (f" ({s['top_feature']}, {s['in_a_row']} in a row)" if s["drifted"] else "") for s in last["sites"])
+        console.print(f"last drift check {last['check_id']} at {last['at']}: "
+                      f"{'DRIFT DETECTED' if last['detected'] else 'no fleet drift'}; confirmed: "
+                      f"{', '.join(last['confirmed']) or 'none'}\n  {verdicts}", highlight=False)
+    if drift["cooldown_until"]:
+        console.print(f"retraining held back by the cooldown until {drift['cooldown_until']} "
+                      f"(last drift event {drift['last_event']['at']})")
 
 
 @app.command()
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
-    """Registry state: versions, tags and aliases."""
+    """The whole story: registry versions and aliases, each site, the rollout in progress and the last
+    one, the last drift check and its cooldown, and the Prefect and MLflow UIs when they run."""
     settings = _settings()
+    from edgewave.tasks.platform.servers import links
+    from edgewave.tasks.platform.status import describe_rollout
     from edgewave.tasks.release.registry import check_reachable, registry_state
 
     check_reachable(settings)
-    state = {"registry": registry_state(settings), "fleet": _fleet_state(settings)}
+    state = {"registry": registry_state(settings), "fleet": _fleet_state(settings), "links": links(settings)}
     if as_json:
         json.dump(state, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
@@ -540,9 +566,16 @@ def status(
         from edgewave.tasks.platform.fleet import SiteStatus
 
         _print_fleet([SiteStatus(**s) for s in fleet_state["sites"]])
+        if fleet_state["rollout_in_progress"]:
+            console.print("in progress: " + describe_rollout(fleet_state["rollout_in_progress"]), highlight=False)
         last = fleet_state["last_rollout"]
         if last:
             console.print(f"last {last.get('kind', 'rollout')} {last['id']}: {last['status']} ({last['reason']})")
+        _print_drift_status(fleet_state["drift"])
+    else:
+        console.print(f"[red]fleet:[/red] {fleet_state['error']}")
+    for name, url in state["links"].items():
+        console.print(f"{ {'prefect': 'Prefect', 'mlflow': 'MLflow'}.get(name, name)} UI: {url}")
 
 
 if __name__ == "__main__":  # `python -m edgewave.flows.cli`

@@ -7,6 +7,7 @@ health check) is left alone; deployments and the work pool are (re)applied each 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -75,16 +76,33 @@ def server_env(settings: Settings, prefect_api: str, mlflow_url: str) -> dict[st
     return env
 
 
-def _ensure(settings: Settings, name: str, command: list[str], health: str, env: dict[str, str],
+HEALTH = {"mlflow": "/health", "prefect": "/api/health"}
+
+
+def links(settings: Settings) -> dict[str, str]:
+    """The UIs of the servers `up` started that answer now: name → URL (what status shows)."""
+    found = {}
+    for name, health in HEALTH.items():
+        record = _record(settings, name)
+        try:
+            url = json.loads(record.read_text()).get("url")
+        except (OSError, ValueError):
+            continue
+        if url and processes.running_pid(record, MARKERS[name]) is not None and processes.http_ok(url + health):
+            found[name] = url
+    return found
+
+
+def _ensure(settings: Settings, name: str, command: list[str], url: str, env: dict[str, str],
             timeout: float, log: Callable[[str], None]) -> None:
-    record = _record(settings, name)
+    record, health = _record(settings, name), url + HEALTH[name]
     if processes.running_pid(record, MARKERS[name]) is not None and processes.http_ok(health):
         log(f"{name}: already running (pid {processes.running_pid(record, MARKERS[name])})")
         return
     if processes.http_ok(health):
         raise RuntimeError(f"{name}: something else already answers at {health}; stop it or pick another port")
     processes.stop(record, MARKERS[name])
-    process = processes.start(command, record, _log(settings, name), env, cwd=ROOT)
+    process = processes.start(command, record, _log(settings, name), env, cwd=ROOT, url=url)
     log(f"{name}: starting (pid {process.pid}, log {_log(settings, name)})")
     _wait(name, lambda: processes.http_ok(health), process, _log(settings, name), timeout)
 
@@ -115,9 +133,9 @@ def up(settings: Settings, prefect_port: int = 4200, mlflow_port: int = 5050, de
         _bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
         "--backend-store-uri", f"sqlite:///{settings.home / 'mlflow.db'}",
         "--artifacts-destination", str(settings.home / "mlartifacts-server")],
-        f"{mlflow_url}/health", env, timeout, log)
+        mlflow_url, env, timeout, log)
     _ensure(settings, "prefect", [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
-            f"{prefect_url}/api/health", {**env, **server_env_extra}, timeout, log)
+            prefect_url, {**env, **server_env_extra}, timeout, log)
     _prefect(["work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"], env)
     names = [arg for name in deployments for arg in ("--name", name)] if deployments else ["--all"]
     _prefect(["--no-prompt", "deploy", *names], env)

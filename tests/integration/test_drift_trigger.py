@@ -114,3 +114,17 @@ def test_a_drift_event_starts_retraining_through_the_deployment_trigger(stack) -
     events = MonitoringStore.of(settings).read_json(*EVENTS)
     assert events[settings.model_name]["event_id"] == retrain["parameters"]["drift_event"]
     assert served == {site: 2 for site in SITES}, "the retrained v2 was rolled out to every site"
+
+    # `edgewave status` tells the story afterwards: the check, its confirmed sites, the cooldown, the UIs.
+    shown = subprocess.run([str(BIN / "edgewave"), "status", "--json"], env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    state = json.loads(shown.stdout)
+    assert state["links"] == {"mlflow": servers_.mlflow_url, "prefect": servers_.prefect_url}
+    drift = state["fleet"]["drift"]
+    assert drift["last_check"]["check_id"] == events[settings.model_name]["check_id"]
+    assert drift["last_check"]["confirmed"] == ["line-1", "line-2"]
+    assert {s["site"]: s["drifted"] for s in drift["last_check"]["sites"]} == {"line-0": False, "line-1": True,
+                                                                                "line-2": True}
+    assert drift["cooldown_until"] is not None, "the event's cooldown holds back the next retraining"
+    assert state["fleet"]["rollout_in_progress"] is None and state["fleet"]["last_rollout"]["version"] == 2
