@@ -91,7 +91,8 @@ class Settings(EdgeSettings):
 
     # --- drift and retraining -------------------------------------------------------------
     drift_workers: int = Field(
-        0, ge=0, description="Processes for per-site drift checks on this machine; 0 = one per core."
+        0, ge=0, description="Processes for per-site drift checks on this machine; 0 = one per core; 1 = in the "
+        "flow's own process (small fleets: no worker start-up per check)."
     )
     dask_address: str | None = Field(
         None, description="Run per-site drift checks on this Dask scheduler (tcp://host:8786) instead."
@@ -141,6 +142,9 @@ class Settings(EdgeSettings):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        # Without a server each command starts Prefect's temporary API; two of them starting at
+        # once on a busy 2-core machine can need more than Prefect's default 20 s.
+        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
         if not self.telemetry:
             os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
             os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

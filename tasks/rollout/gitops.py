@@ -15,12 +15,15 @@ never commits a finished wave twice.
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import json
 import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -70,8 +73,23 @@ def is_local(remote: str) -> bool:
     return scheme in ("", "file") and not (":" in remote.split("/", 1)[0] and "@" in remote.split(":", 1)[0])
 
 
+def _one_at_a_time(method):
+    """Run `method` holding the clone's lock (see DesiredStateRepo._exclusive)."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._exclusive():
+            return method(self, *args, **kwargs)
+    return locked
+
+
 class DesiredStateRepo:
-    """The controller's clone of the desired-state remote."""
+    """The controller's clone of the desired-state remote.
+
+    Two controllers on one machine with one EDGEWAVE_HOME (two `edgewave rollout` started
+    together) share this clone: its git operations take an exclusive file lock beside it, so
+    one's checkout never runs under the other's commit. Controllers on other machines have
+    clones of their own and meet only at the remote (the lease, rejected pushes).
+    """
 
     def __init__(self, remote: str, path: Path, access: RemoteAccess | None = None,
                  notify: Callable[[str], None] = lambda line: None, sleep: Callable[[float], None] = time.sleep) -> None:
@@ -80,6 +98,23 @@ class DesiredStateRepo:
         self.access = access or RemoteAccess()
         self.notify = notify
         self.sleep = sleep
+        self._held = False
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        if self._held:  # commit() syncs inside its own lock
+            yield
+            return
+        lock = self.path.parent / f".{self.path.name}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            self._held = True
+            try:
+                yield
+            finally:
+                self._held = False
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     @classmethod
     def of(cls, settings, notify: Callable[[str], None] = lambda line: None) -> DesiredStateRepo:
@@ -91,6 +126,7 @@ class DesiredStateRepo:
         return git(*args, cwd=self.path, timeout=timeout, access=self.access)
 
     # -- set-up ----------------------------------------------------------------------------
+    @_one_at_a_time
     def ensure(self) -> DesiredStateRepo:
         """Clone the remote (creating the embedded bare repository and a first commit when needed)."""
         if is_local(self.remote):
@@ -104,7 +140,7 @@ class DesiredStateRepo:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             git("clone", "--quiet", self.remote, str(self.path), timeout=120, access=self.access)
         lock = self.path / ".git" / "index.lock"
-        if lock.exists():  # left by a controller killed mid-commit; only one controller works in this clone
+        if lock.exists():  # left by a controller killed mid-commit: no other one holds the clone's lock now
             lock.unlink()
             self.notify(f"desired state: removed a stale {lock}")
         if not self._git("ls-remote", "--heads", "origin", BRANCH).strip():
@@ -112,6 +148,7 @@ class DesiredStateRepo:
         self.sync()
         return self
 
+    @_one_at_a_time
     def follow(self) -> str:
         """For a reader (the exporter): clone if needed, then take the remote's head as it is.
 
@@ -155,6 +192,7 @@ class DesiredStateRepo:
                                 capture_output=True, timeout=30)
         return result.returncode == 0
 
+    @_one_at_a_time
     def sync(self) -> str:
         """Fetch the remote and move the clone to its head; returns it.
 
@@ -218,6 +256,7 @@ class DesiredStateRepo:
             files.update([record_file(*record)])
         return files
 
+    @_one_at_a_time
     def commit(self, states: list[DesiredState], message: str, record: tuple[str, dict] | None = None,
                extra: dict[str, str | None] | None = None,
                precondition: Callable[[DesiredStateRepo], None] | None = None) -> str | None:

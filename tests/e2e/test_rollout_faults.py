@@ -193,7 +193,7 @@ def test_two_rollouts_started_together_one_runs_and_the_other_is_refused_naming_
                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
         outputs = [run.communicate(timeout=300) for run in runs]
     codes = sorted(run.returncode for run in runs)
-    assert codes == [0, 2], outputs
+    assert codes == [0, 2], "\n\n".join(f"exit {run.returncode}:\n{err[-4000:]}" for (_, err), run in zip(outputs, runs))
     winner = json.loads(next(out for (out, _), run in zip(outputs, runs) if run.returncode == 0).strip().splitlines()[-1])
     refused = next(err for (_, err), run in zip(outputs, runs) if run.returncode == 2)
     assert "rollout refused" in refused and winner["rollout_id"] in refused, refused
