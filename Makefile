@@ -18,9 +18,12 @@ $(STAMP): pyproject.toml
 	@$(BIN)/python -m pip install --quiet -e '.[control,dev]' >> $(VENV)/install.log 2>&1 || (tail -40 $(VENV)/install.log; exit 1)
 	@rm -f $(VENV)/.installed-* && touch $@
 
+# The demo's own fleet file (deployments/fleet.yaml's sites, shorter waits); an
+# EDGEWAVE_FLEET_PATH of your own wins.
+DEMO_FLEET = EDGEWAVE_FLEET_PATH=$${EDGEWAVE_FLEET_PATH:-deployments/demo-fleet.yaml}
 run: $(STAMP)
-	$(BIN)/edgewave demo loop
-	$(BIN)/edgewave status
+	$(DEMO_FLEET) $(BIN)/edgewave demo loop
+	$(DEMO_FLEET) $(BIN)/edgewave status
 
 # The real servers: Prefect server + UI, MLflow server, a process worker; prefect.yaml deployed.
 up: $(STAMP)
@@ -43,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.drift
 	$(BIN)/python -m bench.image
 	$(BIN)/python -m bench.quality
+	$(BIN)/python -m bench.firstrun
 
 clean:
 	rm -rf .edgewave

@@ -289,6 +289,13 @@ def _print_rollout(r: dict) -> None:
         console.print(f"timeline: {r['timeline']}")
 
 
+def _print_phases(phases: dict[str, float], total: float) -> None:
+    """Where the time went, phase by phase, and a JSON line with the same (what bench/firstrun.py reads)."""
+    console.print("phases: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in phases.items())
+                  + f"; total {total:.1f} s (with Prefect's start-up)", highlight=False)
+    print(json.dumps({"phases": phases, "total_seconds": round(total, 1)}))
+
+
 @demo_app.command("loop")
 def demo_loop(
     keep_fleet: Annotated[bool, typer.Option(help="Leave the local sites running afterwards.")] = False,
@@ -296,6 +303,9 @@ def demo_loop(
     drift: Annotated[bool, typer.Option(help="After the rollout, drift two sites and retrain on the drift event.")] = True,
 ) -> None:
     """Release → fleet up → traffic → rollout in waves → two sites drift → drift check → retrain → rollout."""
+    import time
+
+    started = time.monotonic()
     settings = _settings()
     _fleet(settings)
     from edgewave.flows.demo import loop
@@ -303,6 +313,7 @@ def demo_loop(
 
     with use(settings):
         result = loop(settings, keep_fleet, rate, drift)
+    _print_phases(result.get("phases", {}), time.monotonic() - started)
     if result["rollout"]:
         _print_rollout(result["rollout"])
     if result.get("drift"):

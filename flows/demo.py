@@ -10,7 +10,8 @@ unless asked to stay up.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from edgewave.flows.drift import drift_monitor
 from edgewave.flows.release import release
@@ -36,20 +37,40 @@ DEMO_SITE_ENV = {"EDGEWAVE_SYNC_INTERVAL_SECONDS": "2", "EDGEWAVE_SAMPLE_FRACTIO
 DRIFTING_SITES = (2, 4)
 
 
+class Phases:
+    """How long each part of a demo took: said as each ends, and returned with the result, so a
+    person sees where the minutes go (and `bench/firstrun.py` records them)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.monotonic() - started, 1)
+            print(f"[{name}: {self.seconds[name]:.1f} s]")
+
+
 def _with_fleet(settings: Settings, keep_fleet: bool, rate: float, work: Callable[[Traffic], dict],
-                version: int | None = None) -> dict:
+                version: int | None = None, phase: Phases | None = None) -> dict:
     """Run `work` with the fleet up and traffic flowing: the dataset's simulated machine with its
     outcomes as feedback, or (a plant's own data) the reference rows of `version`'s bundle."""
+    phase = phase or Phases()
     fleet_file = load_fleet_file(settings.fleet_path)
     source = source_for(settings, version)
     feedback = MonitoringStore.of(settings) if source.target else None
-    fleet.up(settings, fleet_file.fleet, extra_env=DEMO_SITE_ENV)
+    with phase("fleet up"):
+        fleet.up(settings, fleet_file.fleet, extra_env=DEMO_SITE_ENV)
     try:
         with Traffic(fleet_file.fleet.sites, source, rate_per_site=rate, feedback_store=feedback) as traffic:
             return work(traffic)
     finally:
         if not keep_fleet:
-            fleet.down(settings, fleet_file.fleet)
+            with phase("fleet down"):
+                fleet.down(settings, fleet_file.fleet)
 
 
 def served_versions(settings: Settings) -> dict[str, int | None]:
@@ -65,57 +86,75 @@ def _rollout_and_look(settings: Settings, version: int) -> dict:
 
 
 def watch_for_drift(max_checks: int = 8, pause: float = 20.0) -> FleetDrift:
-    """Run the drift-monitor flow until the policy fires (or `max_checks` checks passed)."""
-    summary = drift_monitor()
-    for _ in range(max_checks - 1):
-        if summary.detected:
-            break
+    """Run the drift-monitor flow every `pause` seconds until the policy fires (or `max_checks`
+    checks passed). The first check waits too: right after the change the sites have not sent
+    a check's worth of new rows yet."""
+    for _ in range(max_checks):
         time.sleep(pause)
         summary = drift_monitor()
+        if summary.detected:
+            break
     return summary
 
 
-def _drift_and_retrain(settings: Settings, traffic: Traffic) -> dict:
+def pause_between_checks(settings: Settings, rate: float) -> float:
+    """Long enough for each site to serve the policy's minimum of new rows and ship them: the
+    window they fall in closes, and the agent's next sync uploads it."""
+    policy = load_fleet_file(settings.fleet_path).drift
+    return (policy.min_samples / max(rate, 0.1) + 2 * float(DEMO_SITE_ENV["EDGEWAVE_SAMPLE_WINDOW_SECONDS"])
+            + float(DEMO_SITE_ENV["EDGEWAVE_SYNC_INTERVAL_SECONDS"]))
+
+
+def _drift_and_retrain(settings: Settings, traffic: Traffic, phase: Phases, rate: float) -> dict:
     """Two sites drift; the drift flow must find them and the retrained model must roll out."""
-    baseline = drift_monitor()  # counts the pre-drift windows: no site may be flagged by them
+    with phase("drift check before the drift"):
+        baseline = drift_monitor()  # counts the pre-drift windows: no site may be flagged by them
     print(f"before the drift: {baseline.reason}")
     machine = machine_of(load_spec(settings.dataset))
     for index, (name, params) in zip(DRIFTING_SITES, machine.demo_drift):
         change = machine.scenario(name, **params)
         traffic.set_scenario(traffic.sites[index].id, change)
         print(f"{traffic.sites[index].id}: now {change.description}")
-    summary = watch_for_drift()
+    with phase("drift checks until found"):
+        summary = watch_for_drift(pause=pause_between_checks(settings, rate))
     print(f"drift check {summary.check_id}: {summary.reason}; top features {summary.top_features}")
     if not summary.detected:
         return {"baseline": baseline.model_dump(), "drift": summary.model_dump(), "retrain": None}
     # Under `make up` the drift event starts retrain-on-drift through the deployment trigger;
     # without a server the demo takes that hop itself, with the parameters the trigger passes.
-    retrained = retrain_on_drift(model=summary.model, sites=summary.sites_confirmed, reason=summary.reason,
-                                 drift_event=summary.event_id or "")
+    with phase("retrain and roll out"):
+        retrained = retrain_on_drift(model=summary.model, sites=summary.sites_confirmed, reason=summary.reason,
+                                     drift_event=summary.event_id or "")
     if retrained["rollout"]:
         retrained["rollout"]["served"] = served_versions(settings)
     return {"baseline": baseline.model_dump(), "drift": summary.model_dump(), "retrain": retrained}
 
 
 def loop(settings: Settings, keep_fleet: bool = False, rate: float = 20.0, drift: bool = True) -> dict:
-    """Release → rollout; then (with `drift`) two sites drift, are found, and retraining rolls out."""
-    released = release()
+    """Release → rollout; then (with `drift`) two sites drift, are found, and retraining rolls out.
+    The result's `phases` say how long each part took."""
+    phase = Phases()
+    with phase("release"):
+        released = release()
     print(f"released {released.model} v{released.version}: {'staged' if released.staged else 'rejected'} "
           f"({released.gate_reason})")
     if not released.staged:
-        return {"release": released.model_dump(), "rollout": None}
+        return {"release": released.model_dump(), "rollout": None, "phases": phase.seconds}
 
     def work(traffic: Traffic) -> dict:
-        rolled = _rollout_and_look(settings, released.version)
+        with phase("rollout"):
+            rolled = _rollout_and_look(settings, released.version)
         result = {"release": released.model_dump(), "rollout": rolled}
         if drift and not traffic.source.can_drift:
             print("this dataset names no simulated machine (generator:), so there is no drift to show")
         elif drift and rolled["status"] == "succeeded":
-            with use(settings.model_copy(update={"drift_workers": 1})):  # the sites and the traffic need the other core
-                result.update(_drift_and_retrain(settings, traffic))
+            # in this process: the sites and the traffic need the other core
+            with use(settings.model_copy(update={"drift_workers": 1})):
+                result.update(_drift_and_retrain(settings, traffic, phase, rate))
         return result
 
-    return _with_fleet(settings, keep_fleet, rate, work, released.version)
+    result = _with_fleet(settings, keep_fleet, rate, work, released.version, phase)
+    return {**result, "phases": phase.seconds}
 
 
 def bad_rollout(settings: Settings, keep_fleet: bool = False, rate: float = 20.0) -> dict:

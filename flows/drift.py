@@ -7,17 +7,17 @@ import os
 from contextlib import AbstractContextManager, nullcontext
 
 from prefect import flow, unmapped
-from prefect.task_runners import ProcessPoolTaskRunner
+from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from edgewave.serving.redact import redact
 from edgewave.tasks.drift import steps as step
 from edgewave.tasks.drift.checks import FleetDrift, SiteCheck
-from edgewave.tasks.platform.runs import run_logger, with_retries
+from edgewave.tasks.platform.runs import name_run, run_logger, with_retries
 from edgewave.tasks.platform.settings import Settings, active
 from edgewave.tasks.rollout.policy import DriftPolicy, load_fleet_file
 
 
-@flow(name="drift-check-sites")
+@flow(name="drift-check-sites", flow_run_name="{check_id}: per-site checks")
 def check_sites(policy: DriftPolicy, check_id: str, sites: list[str]) -> list[SiteCheck]:
     """The fan-out: one task per site on whatever task runner this flow was given."""
     futures = step.check_site.map(unmapped(active()), unmapped(policy), unmapped(check_id), sites)
@@ -25,11 +25,17 @@ def check_sites(policy: DriftPolicy, check_id: str, sites: list[str]) -> list[Si
 
 
 def task_runner(settings: Settings):
-    """A process per core here; `EDGEWAVE_DASK_ADDRESS` sends the same tasks to a Dask cluster."""
+    """A process per core here; `EDGEWAVE_DASK_ADDRESS` sends the same tasks to a Dask cluster.
+
+    With one worker the checks run in this process, one after another: a fresh worker process
+    would import pandas, scipy and Evidently again for every check (about 10 s on this machine),
+    while this process keeps them from the first check on."""
     if settings.dask_address:
         from prefect_dask import DaskTaskRunner
 
         return DaskTaskRunner(address=settings.dask_address)
+    if settings.drift_workers == 1:
+        return ThreadPoolTaskRunner(max_workers=1)
     return ProcessPoolTaskRunner(max_workers=settings.drift_workers or os.cpu_count() or 1)
 
 
@@ -50,7 +56,7 @@ def same_api_for_workers() -> AbstractContextManager:
     return temporary_settings(updates={PREFECT_API_URL: server.api_url}) if server.running else nullcontext()
 
 
-@flow(name="drift-monitor", log_prints=True)
+@flow(name="drift-monitor", log_prints=True, flow_run_name="drift check")
 def drift_monitor() -> FleetDrift:
     """Check every site's new sample windows against its model's training reference."""
     settings = active()
@@ -59,6 +65,7 @@ def drift_monitor() -> FleetDrift:
     policy = step.policy_for(settings, fleet_file.drift)
     check_id = step.new_check_id()
     sites = [s.id for s in fleet_file.fleet.sites]
+    name_run(f"drift check {len(sites)} sites")
     log.info("%s: %d sites of %s, store %s", check_id, len(sites), settings.model_name, redact(settings.monitoring_store))
 
     with same_api_for_workers():

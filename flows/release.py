@@ -9,7 +9,7 @@ from prefect import flow
 from pydantic import BaseModel
 
 from edgewave.serving.redact import redact
-from edgewave.tasks.platform.runs import run_logger, with_retries
+from edgewave.tasks.platform.runs import name_run, run_logger, with_retries
 from edgewave.tasks.platform.settings import Settings, active
 from edgewave.tasks.release import steps as step
 from edgewave.tasks.release.train import pick_champion
@@ -26,7 +26,7 @@ class ReleaseResult(BaseModel):
     metrics: dict[str, dict[str, float]]
 
 
-@flow(name="release", log_prints=True)
+@flow(name="release", log_prints=True, flow_run_name="release (training a new version)")
 def release(shuffle_labels: bool = False, force: bool = False, with_feedback: bool = False) -> ReleaseResult:
     """Train both families, ship the better one as a signed ONNX bundle, and gate it.
 
@@ -59,6 +59,7 @@ def run_release(settings: Settings, steps, shuffle_labels: bool = False, force: 
     run_ids = {c.trained.family: steps.log_run(settings, release_id, c, data) for c in candidates}
 
     version = steps.register(settings, run_ids[champion.trained.family], champion, data)
+    name_run(f"release v{version.version}")
     folder = steps.build_bundle(settings, version, champion, data, release_id)
     url = steps.store_bundle(settings, version, folder)
     decision = steps.quality_gate(settings, version, champion, data)

@@ -5,6 +5,7 @@ version out when it passes the gate."""
 from __future__ import annotations
 
 from prefect import flow
+from prefect.runtime import flow_run
 
 from edgewave.flows.release import release
 from edgewave.flows.rollout import result_of, rollout
@@ -12,7 +13,12 @@ from edgewave.tasks.platform.runs import run_logger
 from edgewave.tasks.platform.settings import active
 
 
-@flow(name="retrain-on-drift", log_prints=True)
+def _retrain_name() -> str:
+    sites = flow_run.parameters.get("sites") or []
+    return f"retrain after drift at {', '.join(sites)}" if sites else "retrain (started by hand)"
+
+
+@flow(name="retrain-on-drift", log_prints=True, flow_run_name=_retrain_name)
 def retrain_on_drift(model: str = "", sites: list[str] | None = None, reason: str = "", drift_event: str = "") -> dict:
     """Release with feedback → rollout. The parameters are what the drift event said, for the record."""
     settings = active()

@@ -9,7 +9,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
-from edgewave.tasks.platform.runs import run_logger, with_retries
+from edgewave.tasks.platform.runs import name_run, run_logger, with_retries
 from edgewave.tasks.platform.settings import Settings, active
 from edgewave.tasks.rollout import steps
 
@@ -38,6 +38,8 @@ def run(settings: Settings, version: int, kind: str, reason: str, wait: bool) ->
     step = with_retries(steps, settings.remote_retry_delays_seconds)
     controller = step.controller(settings, version, kind, reason, wait)
     record = step.start(controller)
+    sites = sum(len(wave.sites) for wave in record.waves)
+    name_run(f"{kind} {'to ' if kind == 'rollback' else ''}v{version} → {sites} site{'s' * (sites != 1)}")
     if record.status != "running":
         log.info("%s: %s (%s); nothing to do", record.id, record.status, record.reason)
         return step.report(settings, record, noop=True)

@@ -40,6 +40,23 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter:
         return logging.getLogger("edgewave")
 
 
+def name_run(name: str) -> None:
+    """Name the current flow run after what it does (`release v3`, `rollout v3 → 6 sites`) once that
+    is known, for the runs list of the Prefect UI; nothing outside a flow run. A name is a label:
+    if the API refuses it, the run goes on under its first name."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return
+    try:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(context.flow_run.id, name=name)
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        run_logger().warning("could not name the run %r: %s", name, exc)
+
+
 def with_retries(steps: ModuleType, delays: list[float]) -> SimpleNamespace:
     """`steps` (a module of tasks) whose server-facing tasks retry after `delays` seconds, one retry
     each: what `EDGEWAVE_REMOTE_RETRY_DELAYS_SECONDS` sets. Prefect fixes a task's retries when

@@ -128,3 +128,8 @@ def test_a_drift_event_starts_retraining_through_the_deployment_trigger(stack) -
                                                                                 "line-2": True}
     assert drift["cooldown_until"] is not None, "the event's cooldown holds back the next retraining"
     assert state["fleet"]["rollout_in_progress"] is None and state["fleet"]["last_rollout"]["version"] == 2
+
+    # The runs list of the Prefect UI names each run after what it did.
+    names = {run["name"] for run in api(servers_.prefect_api, "/flow_runs/filter", {"limit": 100})}
+    assert {"release v1", "drift check 3 sites", "retrain after drift at line-1, line-2", "release v2",
+            "rollout v2 → 3 sites"} <= names, names
