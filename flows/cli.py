@@ -313,7 +313,6 @@ def demo_loop(
 
     with use(settings):
         result = loop(settings, keep_fleet, rate, drift)
-    _print_phases(result.get("phases", {}), time.monotonic() - started)
     if result["rollout"]:
         _print_rollout(result["rollout"])
     if result.get("drift"):
@@ -325,7 +324,8 @@ def demo_loop(
                       f"{'staged' if released['staged'] else 'rejected'} ({released['gate_reason']})")
         if retrain["rollout"]:
             _print_rollout(retrain["rollout"])
-    elif drift and result.get("drift"):
+    _print_phases(result.get("phases", {}), time.monotonic() - started)
+    if not retrain and drift and result.get("drift"):
         console.print("[red]the drift was not detected: no retraining[/red]")
         raise typer.Exit(1)
 

@@ -59,8 +59,8 @@ def test_a_registry_outage_fails_release_and_rollout_naming_the_server_and_rerun
         time.sleep(3)  # the release has started; the server goes away under it
         stop(server)
         out, err = releasing.communicate(timeout=600)
-        assert releasing.returncode == 1, out + err
-        assert "release failed" in err and f"127.0.0.1:{port}" in err, err[-3000:]
+        assert releasing.returncode == 2, out + err  # an unreachable server: a failure a person can act on
+        assert "release failed: RegistryUnavailable" in err and f"127.0.0.1:{port}" in err, err[-3000:]
         assert "Traceback" not in err.split("release failed")[-1]
         server = start()
         assert registry.alias_version(settings, "staging") == 1, "nothing staged on a guess"
@@ -78,8 +78,8 @@ def test_a_registry_outage_fails_release_and_rollout_naming_the_server_and_rerun
             wait_for(lambda: all(_serves(site) == 1 for site in sites), 180, "every site on v1")
             stop(server)  # the waves are done; the analysis needs no registry, the promotion does
             out, err = rolling.communicate(timeout=600)
-        assert rolling.returncode == 1, out + err
-        assert "rollout failed" in err and f"127.0.0.1:{port}" in err, err[-3000:]
+        assert rolling.returncode == 2, out + err
+        assert "rollout failed: RegistryUnavailable" in err and f"127.0.0.1:{port}" in err, err[-3000:]
         server = start()
         assert registry.alias_version(settings, "production") is None, "nothing promoted on a guess"
         again = edgewave("rollout", "1")
