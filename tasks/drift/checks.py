@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 from edgewave.tasks.drift.reference import ReferenceData
 from edgewave.tasks.drift.store import MonitoringStore, NewWindows, SiteLedger, WindowCheck
@@ -66,6 +66,7 @@ class SiteCheck(BaseModel):
     report: str | None = Field(None, description="The HTML report, in the monitoring store.")
     seconds: float = 0.0
 
+    @computed_field  # in the stored summary too: `edgewave status` reads it without importing this module
     @property
     def top_features(self) -> list[str]:
         """Drifted input columns, most severe first."""

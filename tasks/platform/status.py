@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from datetime import datetime, timezone
 
-from edgewave.tasks.drift.checks import FleetDrift
 from edgewave.tasks.drift.store import EVENTS, MonitoringStore, last_drift_check
 from edgewave.tasks.rollout.gitops import DesiredStateRepo
 from edgewave.tasks.rollout.lease import Lease
@@ -39,15 +38,14 @@ def drift_status(store: MonitoringStore, model: str, cooldown_minutes: float, no
     event = (store.read_json(*EVENTS) or {}).get(model)
     until = event["at"] + cooldown_minutes * 60 if event else None
     last = None
-    if summary is not None:
-        check = FleetDrift.model_validate(summary)
+    if summary is not None:  # the stored dict: the checks module (and scikit-learn under it) stays unloaded
         last = {
-            "check_id": check.check_id, "at": checked_at(check.check_id), "detected": check.detected,
-            "reason": check.reason, "confirmed": check.sites_confirmed,
-            "sites": [{"site": c.site, "status": c.status, "drifted": c.drifted,
-                       "drifted_share": round(c.drifted_share, 3),
-                       "top_feature": c.top_features[0] if c.top_features else None,
-                       "in_a_row": c.consecutive, "confirmed": c.confirmed} for c in check.sites],
+            "check_id": summary["check_id"], "at": checked_at(summary["check_id"]), "detected": summary["detected"],
+            "reason": summary["reason"], "confirmed": summary["sites_confirmed"],
+            "sites": [{"site": c["site"], "status": c["status"], "drifted": c["drifted"],
+                       "drifted_share": round(c["drifted_share"], 3),
+                       "top_feature": (c.get("top_features") or [None])[0],
+                       "in_a_row": c["consecutive"], "confirmed": c["confirmed"]} for c in summary["sites"]],
         }
     return {
         "last_check": last,
