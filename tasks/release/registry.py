@@ -58,8 +58,8 @@ def check_reachable(settings: Settings, timeout: float = 3.0) -> None:
             if response.status == 200:
                 return
             problem = f"answers {response.status}"
-    except OSError as exc:
-        problem = f"does not answer ({getattr(exc, 'reason', exc)})"
+    except (OSError, ValueError) as exc:  # ValueError: a URL urllib cannot open (credentials in it, say)
+        problem = f"does not answer ({redact(str(getattr(exc, 'reason', exc)))})"
     raise RegistryUnavailable(f"MLflow at {redact(uri)} {problem}: start it (`make up`) or set "
                               "EDGEWAVE_TRACKING_URI to a running server")
 
