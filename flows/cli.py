@@ -4,7 +4,6 @@ serve` at the edge never loads the control plane."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -16,6 +15,7 @@ from rich.console import Console
 from edgewave.serving import cli as edge_cli
 from edgewave.serving.errors import Actionable, describe
 from edgewave.serving.redact import redact
+from edgewave.tasks.platform.progress import listening
 from edgewave.tasks.platform.settings import Settings, use
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False, help="edgewave: edge-to-cloud MLOps for factory fleets.")
@@ -38,7 +38,7 @@ def main() -> None:
     try:
         app()
     except Actionable as exc:
-        if DEBUG["on"] or os.environ.get("EDGEWAVE_DEBUG", "").lower() in ("1", "true", "yes"):
+        if DEBUG["on"]:
             raise
         console.print(f"[red]error:[/red] {redact(str(exc))}", highlight=False)
         sys.exit(2)
@@ -57,18 +57,15 @@ def _settings() -> Settings:
 def _check_release_inputs(settings: Settings) -> None:
     """Read the dataset spec and the data file as the release will, and find the engine a required
     image needs: refuse in one line what would otherwise fail minutes into the run."""
-    from edgewave.tasks.platform.engine import EngineUnavailable, reachable
+    from edgewave.tasks.platform import engine
     from edgewave.tasks.release.spec import load_spec
     from edgewave.tasks.release.userdata import load_user_data
 
     spec = load_spec(settings.dataset)
     if settings.data_path is not None:
         load_user_data(settings.data_path, spec)
-    docker_host = settings.docker_host or os.environ.get("DOCKER_HOST")
-    if settings.image_required and not (docker_host and reachable(docker_host)):
-        where = f"at {docker_host} answers" if docker_host else "is configured (EDGEWAVE_DOCKER_HOST / DOCKER_HOST)"
-        raise EngineUnavailable(f"EDGEWAVE_IMAGE_REQUIRED is set but no Docker engine {where}: start one "
-                                "(README, \"The serving image\") or unset it")
+    if settings.image_required:
+        engine.require(settings)
 
 
 def _failed(what: str, exc: Exception) -> None:
@@ -91,7 +88,7 @@ def release(
     from edgewave.flows.release import release as release_flow
 
     try:
-        with use(settings):
+        with use(settings), listening(console):
             result = release_flow(shuffle_labels, force)
     except Exception as exc:  # the flow's log above has the traceback; say what failed, plainly
         _failed("release", exc)
@@ -121,7 +118,7 @@ def _run_rollout(settings: Settings, kind: str, **parameters) -> None:
     from edgewave.flows.rollout import rollout as rollout_flow
     from edgewave.tasks.rollout.lease import RolloutBusy
 
-    with use(settings):
+    with use(settings), listening(console):
         state = (rollback_flow if kind == "rollback" else rollout_flow)(**parameters, return_state=True)
     try:
         result = result_of(state)
@@ -311,7 +308,7 @@ def demo_loop(
     from edgewave.flows.demo import loop
     from edgewave.tasks.drift.checks import FleetDrift
 
-    with use(settings):
+    with use(settings), listening(console):
         result = loop(settings, keep_fleet, rate, drift)
     if result["rollout"]:
         _print_rollout(result["rollout"])
@@ -340,7 +337,7 @@ def demo_rollback(
     _fleet(settings)
     from edgewave.flows.demo import bad_rollout
 
-    with use(settings):
+    with use(settings), listening(console):
         r = bad_rollout(settings, keep_fleet, rate)
     on_bad = [site for site, v in r["served"].items() if v == r["bad_version"]]
     _print_rollout(r)

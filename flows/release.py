@@ -9,10 +9,14 @@ from prefect import flow
 from pydantic import BaseModel
 
 from edgewave.serving.redact import redact
+from edgewave.tasks.platform.progress import Steps
 from edgewave.tasks.platform.runs import name_run, run_logger, with_retries
 from edgewave.tasks.platform.settings import Settings, active
 from edgewave.tasks.release import steps as step
-from edgewave.tasks.release.train import pick_champion
+from edgewave.tasks.release.train import flagging_every_row, pick_champion
+
+STEPS = ["read data", "train trees", "train MLP", "export ONNX", "register", "sign bundle", "quality gate",
+         "serving image"]
 
 
 class ReleaseResult(BaseModel):
@@ -51,21 +55,33 @@ def run_release(settings: Settings, steps, shuffle_labels: bool = False, force: 
     log.info("release %s: model %s, data seed %d, tracking %s", release_id, settings.model_name, seed,
              redact(settings.mlflow_tracking_uri))
 
+    progress = Steps("release", STEPS)
+    progress.start("read data")
     steps.check_model_inputs(settings)
     data = steps.split(settings, steps.load_training_data(settings, seed, shuffle_labels, with_feedback), seed)
-    trained = [steps.fit_sklearn(data, seed, settings.search_budget), steps.fit_torch(data, seed)]
+    progress.start("train trees")
+    trained = [steps.fit_sklearn(data, seed, settings.search_budget)]
+    progress.start("train MLP")
+    trained.append(steps.fit_torch(data, seed))
+    if shuffle_labels:  # the rollback demo's model: it must be caught, whatever the search picked
+        trained = [flagging_every_row(model, data) for model in trained]
+    progress.start("export ONNX")
     candidates = [steps.export(model, data, settings) for model in trained]
     champion = next(c for c in candidates if c.trained is pick_champion([c.trained for c in candidates]))
+    progress.start("register")
     run_ids = {c.trained.family: steps.log_run(settings, release_id, c, data) for c in candidates}
-
     version = steps.register(settings, run_ids[champion.trained.family], champion, data)
     name_run(f"release v{version.version}")
+    progress.start("sign bundle")
     folder = steps.build_bundle(settings, version, champion, data, release_id)
     url = steps.store_bundle(settings, version, folder)
+    progress.start("quality gate")
     decision = steps.quality_gate(settings, version, champion, data)
     steps.record_gate(settings, version, decision, force)
+    progress.start("serving image")
     steps.build_image(settings, version, folder, decision.passed or force)
     steps.publish_summary(settings, release_id, version, candidates, champion, decision, url)
+    progress.finish(f"v{version.version} {'staged' if decision.passed or force else 'rejected'}")
 
     log.info("%s v%d (%s): gate %s: %s", version.name, version.version, champion.trained.family,
              "PASSED, now @staging" if decision.passed else "REJECTED", decision.reason)

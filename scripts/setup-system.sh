@@ -8,6 +8,7 @@
 #   docker.io, docker-registry, debootstrap
 #               the serving image is built, run, pushed and pulled on a real local engine and
 #               registry, from a base image made with debootstrap (tasks/engine.py starts them)
+#   chromium    headless, for the browser test of what a person sees in the Prefect UI
 # On a developer's machine without root or network the script says so and exits 0: the tests
 # that need a package are skipped with that reason (pytest -ra prints it). Under CI (CI=true,
 # which .ci/run sets) a package that cannot be installed fails the run instead: a missing
@@ -23,6 +24,7 @@ missing_packages() {
     command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
     command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
     test -x /usr/sbin/sshd || missing+=(openssh-server)
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
     echo "${missing[@]}"
 }
 

@@ -23,7 +23,7 @@ from edgewave.serving.redact import redact
 from edgewave.tasks.drift import checks as drift
 from edgewave.tasks.drift.reference import reference_for
 from edgewave.tasks.drift.store import EVENTS, REPORTS, MonitoringStore, load_ledger, save_ledger
-from edgewave.tasks.platform.runs import LOCAL, REMOTE
+from edgewave.tasks.platform.runs import LOCAL, REMOTE, markdown_link
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.rollout.policy import DriftPolicy
 
@@ -123,7 +123,8 @@ def log_to_mlflow(settings: Settings, summary: drift.FleetDrift) -> dict[str, st
             if check.drifted and check.report:
                 local = store.get(Path(tmp) / f"{check.site}.html", *REPORTS, summary.check_id, f"{check.site}.html")
                 mlc.log_artifact(run_id, str(local), "reports")
-                links[check.site] = f"{artifact_uri}/reports/{local.name}"
+                links[check.site] = (registry.artifact_link(settings, run_id, experiment_id, f"reports/{local.name}")
+                                     or f"{artifact_uri}/reports/{local.name}")
     mlc.set_terminated(run_id)
     links["run"] = registry.run_link(settings, run_id, experiment_id)
     return links
@@ -132,7 +133,7 @@ def log_to_mlflow(settings: Settings, summary: drift.FleetDrift) -> dict[str, st
 def summary_markdown(summary: drift.FleetDrift, links: dict[str, str]) -> str:
     """The Prefect artifact: verdict, per-site table with top features, links to the reports."""
     lines = [f"# Drift check {summary.check_id}: {'DRIFT DETECTED' if summary.detected else 'no fleet drift'}",
-             "", summary.reason, "", f"MLflow: {links.get('run', '-')}", "",
+             "", summary.reason, "", f"MLflow: {markdown_link('drift check run', links.get('run'))}", "",
              "| site | status | rows | version | drifted share | top features (score/threshold) | prediction drift | "
              "confidence ref→now | windows in a row | report |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -142,7 +143,7 @@ def summary_markdown(summary: drift.FleetDrift, links: dict[str, str]) -> str:
         prediction = f"{c.prediction.score:.3f}{' DRIFT' if c.prediction.drifted else ''}" if c.prediction else "-"
         confidence = (f"{c.confidence_reference:.3f}→{c.confidence_current:.3f}"
                       if c.confidence_current is not None else "-")
-        report = links.get(c.site) or c.report or "-"
+        report = markdown_link("Evidently report", links.get(c.site) or c.report)
         share = f"{c.drifted_share:.0%}" if c.status == "checked" else "-"
         status = c.status if not c.detail else f"{c.status}: {c.detail}"
         lines.append(f"| {c.site} | {status} | {c.rows_new} | {c.model_version or '-'} | {share} | {top} | "

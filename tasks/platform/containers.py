@@ -38,11 +38,11 @@ class ContainerState:
 
 
 def docker_client(settings: Settings):
-    import os
-
     import docker
 
-    host = settings.docker_host or os.environ.get("DOCKER_HOST")
+    from edgewave.tasks.platform.engine import configured_host
+
+    host = configured_host(settings)
     if not host:
         raise ContainerSiteError("no Docker engine configured: set EDGEWAVE_DOCKER_HOST (or DOCKER_HOST)")
     try:

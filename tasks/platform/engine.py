@@ -34,6 +34,21 @@ class Engine:
     registry: str  # 127.0.0.1:<port>
 
 
+def configured_host(settings) -> str | None:
+    """Where the release and container sites find the engine: EDGEWAVE_DOCKER_HOST, else DOCKER_HOST."""
+    return settings.docker_host or os.environ.get("DOCKER_HOST")
+
+
+def require(settings) -> str:
+    """The configured engine's address once it answers; else EngineUnavailable saying what to set or start."""
+    host = configured_host(settings)
+    if host and reachable(host):
+        return host
+    where = f"at {host} answers" if host else "is configured (EDGEWAVE_DOCKER_HOST / DOCKER_HOST)"
+    raise EngineUnavailable(f"EDGEWAVE_IMAGE_REQUIRED is set but no Docker engine {where}: start one "
+                            "(README, \"The serving image\") or unset it")
+
+
 def reachable(docker_host: str) -> bool:
     """The engine at `docker_host` answers a ping."""
     return _ping(docker_host)

@@ -57,6 +57,13 @@ def name_run(name: str) -> None:
         run_logger().warning("could not name the run %r: %s", name, exc)
 
 
+def markdown_link(label: str, where: str | None) -> str:
+    """A clickable link in a Prefect artifact for a URL a browser opens; anything else as text."""
+    if not where:
+        return "-"
+    return f"[{label}]({where})" if where.startswith(("http://", "https://")) else where
+
+
 def with_retries(steps: ModuleType, delays: list[float]) -> SimpleNamespace:
     """`steps` (a module of tasks) whose server-facing tasks retry after `delays` seconds, one retry
     each: what `EDGEWAVE_REMOTE_RETRY_DELAYS_SECONDS` sets. Prefect fixes a task's retries when

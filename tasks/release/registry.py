@@ -229,6 +229,22 @@ def run_link(settings: Settings, run_id: str, experiment_id: str | None = None) 
     return f"run {run_id} (browse: mlflow ui --backend-store-uri {settings.mlflow_tracking_uri})"
 
 
+def ui_links(settings: Settings, **versions: int | None) -> dict[str, str]:
+    """MLflow UI pages of model versions, by label (`ui_links(s, **{"v3": 3})`): only when MLflow
+    runs as a server a browser can open; embedded SQLite has no pages."""
+    if not settings.uses_tracking_server:
+        return {}
+    base = settings.mlflow_tracking_uri.rstrip("/")
+    return {label: f"{base}/#/models/{settings.model_name}/versions/{v}" for label, v in versions.items() if v}
+
+
+def artifact_link(settings: Settings, run_id: str, experiment_id: str, path: str) -> str | None:
+    """The MLflow UI page showing one artifact of a run (a drift report), when MLflow is a server."""
+    if not settings.uses_tracking_server:
+        return None
+    return f"{settings.mlflow_tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}/artifactPath/{path}"
+
+
 def alias_version(settings: Settings, alias: str) -> int | None:
     """The version @alias points at; None only when the model or the alias does not exist."""
     try:

@@ -20,7 +20,7 @@ from edgewave.serving.bundle import key_id
 from edgewave.serving.model import load_model
 from edgewave.serving.redact import redact
 from edgewave.tasks.drift.store import MonitoringStore
-from edgewave.tasks.platform.runs import LOCAL, REMOTE, run_logger
+from edgewave.tasks.platform.runs import LOCAL, REMOTE, markdown_link, run_logger
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.release import bundle as bundles
 from edgewave.tasks.release import registry
@@ -190,16 +190,16 @@ def build_image(settings: Settings, version: registry.RegisteredVersion, folder:
     Without a reachable engine the build context is still written and the step ends in a
     state named Skipped (or fails, with EDGEWAVE_IMAGE_REQUIRED) saying why.
     """
-    import os
 
     from prefect.artifacts import create_markdown_artifact
     from prefect.states import Completed
 
+    from edgewave.tasks.platform import engine
     from edgewave.tasks.release import image as images
 
     if not staged:
         return Completed(name="Skipped", message=f"v{version.version} is not @staging: no image")
-    docker_host = settings.docker_host or os.environ.get("DOCKER_HOST")
+    docker_host = engine.configured_host(settings)
     manifest = json.loads((folder / "bundle.json").read_text())
     outcome = images.release_image(docker_host, settings.image_registry, settings.image_base, settings.home / "images",
                                    bundles.trusted_public_keys(settings), folder, version.name, version.version,
@@ -245,7 +245,11 @@ def draw_seed(settings: Settings) -> int:
 
 
 def summary_markdown(release_id: str, version: registry.RegisteredVersion, candidates: list[Candidate],
-                     champion: Candidate, decision: GateDecision, url: str, link: str) -> str:
+                     champion: Candidate, decision: GateDecision, url: str, link: str,
+                     versions: dict[str, str] | None = None) -> str:
+    """The release as the Prefect UI shows it; `link` the training run, `versions` the model
+    version pages (label → URL) when MLflow is a server."""
+    versions = versions or {}
     rows = "\n".join(
         f"| {c.trained.family}{' (champion)' if c is champion else ''} | {c.trained.metrics.pr_auc:.4f} | "
         f"{c.trained.metrics.f1:.4f} | {c.trained.metrics.recall:.4f} | {c.exported.parity_max_abs_diff:.2e} | "
@@ -257,7 +261,8 @@ def summary_markdown(release_id: str, version: registry.RegisteredVersion, candi
         f"# Release {release_id}: {version.name} v{version.version}\n\n"
         "| model | PR-AUC | F1 | recall | ONNX parity (max abs) | int8 |\n|---|---|---|---|---|---|\n"
         f"{rows}\n\n**Quality gate:** {verdict}: {decision.reason}\n\n"
-        f"**Bundle:** `{url}`\n\n**MLflow:** {link}\n"
+        f"**Bundle:** `{url}`\n\n**MLflow:** {markdown_link('training run', link)}"
+        + "".join(f" · [model version {label}]({page})" for label, page in versions.items()) + "\n"
     )
 
 
@@ -268,7 +273,8 @@ def publish_summary(settings: Settings, release_id: str, version: registry.Regis
     from prefect.artifacts import create_markdown_artifact
 
     markdown = summary_markdown(release_id, version, candidates, champion, decision, url,
-                                registry.run_link(settings, version.run_id))
+                                registry.run_link(settings, version.run_id),
+                                registry.ui_links(settings, **{f"v{version.version}": version.version}))
     create_markdown_artifact(markdown, key=f"release-{version.name}".lower().replace("_", "-"),
                              description=f"release {release_id}")
     return markdown

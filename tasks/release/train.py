@@ -14,6 +14,7 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score
 from sklearn.utils.class_weight import compute_sample_weight
 
+from edgewave.tasks.platform.progress import report
 from edgewave.tasks.release.data import FEATURES, TARGET, fingerprint
 from edgewave.tasks.release.features import Features
 
@@ -169,7 +170,9 @@ def train_trees(split: Split, seed: int = 0, budget: int = 4) -> TrainedModel:
     augment = split.features.augment
     x_train = augment(split.x_train)
     best, scores = None, {}
-    for index, (estimator, hyper, weighting) in enumerate(TRIALS[:max(1, budget)]):
+    trials = TRIALS[:max(1, budget)]
+    for index, (estimator, hyper, weighting) in enumerate(trials):
+        report("release", "search trials", index, len(trials), f"{estimator} {weighting or ''}".strip())
         kwargs = {**hyper, "random_state": seed}
         if estimator in PARALLEL:
             kwargs["n_jobs"] = 2
@@ -182,6 +185,7 @@ def train_trees(split: Split, seed: int = 0, budget: int = 4) -> TrainedModel:
         scores[f"{index + 1}:{estimator}:{weighting or 'none'}"] = round(trained.validation_pr_auc, 4)
         if best is None or trained.validation_pr_auc > best.validation_pr_auc:
             best = trained
+    report("release", "search trials", len(trials), len(trials), f"best {best.params['estimator']}")
     best.params["search"] = scores
     best.params["search_budget"] = budget
     return best
@@ -230,6 +234,17 @@ def train_torch(split: Split, seed: int = 0, epochs: int = 60, hidden: tuple[int
     params = {"family": "torch", "estimator": "FailureMLP", "hidden": list(hidden), "epochs": epochs, "lr": lr,
               "batch_size": batch_size, "pos_weight": float(pos_weight), "seed": seed}
     return _finish("torch", model, proba, params, split)
+
+
+def flagging_every_row(model: TrainedModel, split: Split) -> TrainedModel:
+    """The demo's bad model made bad for sure: trained on shuffled labels it learned nothing, and
+    with its threshold at 0 it flags every row as a failure. Which trial won on noise (a weighted
+    one flags half the rows, an unweighted one few) then no longer decides whether a canary
+    catches it."""
+    from dataclasses import replace
+
+    return replace(model, metrics=evaluate(split.y_test, model.predict_proba(split.x_test), 0.0),
+                   params={**model.params, "threshold_forced": 0.0})
 
 
 def pick_champion(candidates: list[TrainedModel]) -> TrainedModel:

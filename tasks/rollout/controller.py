@@ -19,13 +19,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from edgewave.serving.desired import DesiredState
+from edgewave.tasks.platform import progress
 from edgewave.tasks.rollout.analysis import Measurement, decide, measure
 from edgewave.tasks.rollout.gitops import DesiredStateRepo, HistoryRewritten, record_file
 from edgewave.tasks.rollout.lease import Lease, RolloutBusy, busy_message, new_lease
 from edgewave.tasks.rollout.lease import path as lease_path
 from edgewave.tasks.rollout.policy import Fleet, FleetFile, RolloutPolicy, Site, plan_waves
 from edgewave.tasks.rollout.record import Kind, RolloutRecord, Status, WaveRecord, attempt_id
-from edgewave.tasks.rollout.telemetry import Reading, Window, combine, scrape, window
+from edgewave.tasks.rollout.telemetry import Reading, Window, combine, scrape, site_reading, window
 
 
 @dataclass
@@ -40,15 +41,22 @@ class Io:
 
 
 def scrape_sites(sites: list[Site], concurrency: int = 32) -> dict[str, Reading | None]:
-    """Every site's /metrics at once; an unreachable site reads as None."""
-    def one(site: Site) -> Reading | None:
+    """Every site's /metrics at once; an unreachable site reads as None. A site of several pods
+    reads as their sum (`of_pods`), None only when no pod answers."""
+    targets = [(site.id, pod, url) for site in sites for pod, url in site.scrape_targets.items()]
+
+    def one(target: tuple[str, str, str]) -> Reading | None:
         try:
-            return scrape(site.scrape_url, timeout=3)
+            return scrape(target[2], timeout=3)
         except (OSError, ValueError):
             return None
 
-    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(sites)))) as pool:
-        return dict(zip([s.id for s in sites], pool.map(one, sites)))
+    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(targets)))) as pool:
+        read = list(pool.map(one, targets))
+    by_site: dict[str, dict[str, Reading | None]] = {site.id: {} for site in sites}
+    for (site, pod, _), reading in zip(targets, read):
+        by_site[site][pod] = reading
+    return {site: site_reading(pods) for site, pods in by_site.items()}
 
 
 class Controller:
@@ -216,6 +224,10 @@ class Controller:
         if current is None or current.rollout_id != self.id:
             raise RolloutBusy(f"{self.id} lost its lease" + (f": {busy_message(self.model, current)}" if current else ""))
 
+    def show(self, line: str, done: int, total: int, detail: str) -> None:
+        """Where this attempt stands, for a person watching (tasks/platform/progress.py)."""
+        progress.report(f"{self.kind} v{self.version}", line, done, total, detail)
+
     # -- one wave ---------------------------------------------------------------------------
     def defer_unreachable(self, record: RolloutRecord, wave: WaveRecord) -> None:
         """Wait for unreachable or out-of-window sites up to the offline deadline; then count them
@@ -263,6 +275,7 @@ class Controller:
             wave.status, wave.committed_at, wave.reason = "held", None, record.reason
             return None
         self.io.log(message + f" (pushed {commit[:12]})" if commit else message)
+        self.show("waves", wave.index, n, f"{wave.name}: {len(wave.sites)} site(s) told")
         return commit
 
     def _commit(self, record: RolloutRecord, states: list[DesiredState], message: str,
@@ -312,22 +325,24 @@ class Controller:
     def converge(self, wave: WaveRecord) -> None:
         """Wait until the wave's sites report the new version, up to the convergence deadline."""
         self.keep_lease()
-        pending = self._wait_for_versions({s: self.version for s in wave.sites})
+        pending = self._wait_for_versions({s: self.version for s in wave.sites}, f"wave {wave.name}")
         wave.converged = [s for s in wave.sites if s not in pending]
         if pending:
             self.io.log(f"{self.id}: wave {wave.name}: {pending} did not report v{self.version} in time")
             if self.policy.offline.then == "fail":
                 wave.failed.extend(s for s in pending if s not in wave.failed)
 
-    def _wait_for_versions(self, want: dict[str, int]) -> list[str]:
+    def _wait_for_versions(self, want: dict[str, int], label: str) -> list[str]:
         """Poll until each site reports its wanted version or the convergence deadline passes;
         returns the sites that did not."""
         sites = {s.id: s for s in self.fleet.sites}
         deadline = time.monotonic() + self.policy.convergence_deadline_seconds
         pending = list(want)
+        self.show("sites converged", 0, len(want), label)
         while pending and time.monotonic() < deadline:
             readings = self.io.read([sites[s] for s in pending])
             pending = [s for s in pending if readings.get(s) is None or readings[s].version != want[s]]
+            self.show("sites converged", len(want) - len(pending), len(want), label)
             if pending:
                 self.io.sleep(0.5)
         return pending
@@ -335,6 +350,7 @@ class Controller:
     def analyse(self, record: RolloutRecord, wave: WaveRecord) -> str:
         """Bake, then measure canary against baseline until a decision; returns it."""
         rules, sites = self.policy.analysis, {s.id: s for s in self.fleet.sites}
+        self.show("measurements", 0, rules.measurements, f"wave {wave.name}: baking")
         if self.policy.bake_seconds:
             self.io.log(f"{self.id}: wave {wave.name}: baking {self.policy.bake_seconds:g}s")
             self.io.sleep(self.policy.bake_seconds)
@@ -367,12 +383,15 @@ class Controller:
                                       "baseline_sites": list(m.baseline_sites),
                                       "sites": [j.as_dict() for j in m.sites]})
             decision, reason = decide(measurements, rules)
+            self.show("measurements", len(measurements), max(rules.measurements, len(measurements)),
+                      f"wave {wave.name}: {m.verdict} → {decision}")
             self.io.log(f"{self.id}: wave {wave.name}: measurement {len(measurements)}: {m.verdict} ({m.reason}) "
                         f"-> {decision}")
             if decision != "measure":
                 wave.decision, wave.reason, wave.decided_at = decision, reason, self.io.now()
                 if decision == "advance":
                     wave.status = "advanced"
+                    self.show("waves", wave.index + 1, len(record.waves), f"{wave.name} advanced")
                 elif decision == "hold":
                     wave.status = "held"
                 return decision
@@ -397,7 +416,8 @@ class Controller:
         if record.status == "held":
             return None
         self.io.log(message)
-        pending = self._wait_for_versions({s.site: s.version for s in states})
+        self.show("waves", wave.index, len(record.waves), f"rolled back at {wave.name}")
+        pending = self._wait_for_versions({s.site: s.version for s in states}, "rollback")
         if pending:
             self.io.log(f"{self.id}: after rollback {pending} still do not report their previous version")
         return commit

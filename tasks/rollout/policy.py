@@ -60,6 +60,10 @@ class Site(_Model):
     labels: dict[str, str] = Field(default_factory=dict)
     port: int | None = Field(None, ge=1024, le=65535, description="Loopback port of a local site.")
     metrics_url: str | None = Field(None, description="Where its /metrics is scraped; local sites derive it.")
+    pod_metrics_urls: dict[str, str] = Field(
+        default_factory=dict, description="A site of several pods scraped without Kubernetes discovery: each "
+        "pod's /metrics by pod name. Each is its own scrape target labelled `pod`; readings are summed per site, "
+        "and the site has converged only when every pod serves the new version.")
     timezone: str = "UTC"
     maintenance_windows: list[MaintenanceWindow] = Field(default_factory=list)
 
@@ -87,6 +91,11 @@ class Site(_Model):
     @property
     def scrape_url(self) -> str:
         return self.metrics_url or f"{self.base_url}/metrics"
+
+    @property
+    def scrape_targets(self) -> dict[str, str]:
+        """Pod name → /metrics URL; one unnamed target for a site that is one process."""
+        return dict(self.pod_metrics_urls) or {"": self.scrape_url}
 
     def in_maintenance(self, moment: datetime) -> bool:
         """True when an update may happen now (always, if the site has no windows)."""

@@ -26,10 +26,12 @@ def scrape_config(fleet: Fleet, interval_seconds: float = 5.0, exporter: str | N
     exporter at `exporter` (host:port) when given."""
     static = []
     for site in fleet.sites:
-        url = urlparse(site.scrape_url)
-        static.append({"targets": [url.netloc],
-                       "labels": {"site": site.id, "__metrics_path__": url.path or "/metrics",
-                                  **{f"site_{k}": v for k, v in site.labels.items()}}})
+        for pod, target in site.scrape_targets.items():
+            url = urlparse(target)
+            static.append({"targets": [url.netloc],
+                           "labels": {"site": site.id, "__metrics_path__": url.path or "/metrics",
+                                      **({"pod": pod} if pod else {}),
+                                      **{f"site_{k}": v for k, v in site.labels.items()}}})
     interval = f"{max(1, round(interval_seconds * 1000))}ms"  # Prometheus durations take no fractions
     jobs = [{"job_name": JOB, "scrape_interval": interval, "scrape_timeout": interval, "static_configs": static}]
     if exporter:

@@ -62,3 +62,24 @@ def summary(record: RolloutRecord) -> list[dict]:
     return [{"wave": f"{w.index + 1}/{len(record.waves)} {w.name}", "sites": len(w.sites), "status": w.status,
              "decision": w.decision or "", "reason": (w.reason or "")[:200], "deferred": ", ".join(w.deferred),
              "failed": ", ".join(w.failed)} for w in record.waves]
+
+
+def report_markdown(record: RolloutRecord, timeline_png: bytes | None, links: dict[str, str]) -> str:
+    """The rollout as a person reads it in the Prefect UI's artifact view: outcome, the timeline
+    picture itself (inline, so no one needs the control plane's disk), the waves, and links to the
+    versions' MLflow pages when MLflow runs as a server (`links`: label → URL)."""
+    import base64
+
+    before = f"v{record.from_version}" if record.from_version else "no model"
+    lines = [f"# {record.kind} {before} → v{record.version}: {record.status}", "", record.reason or "", "",
+             f"Attempt `{record.id}`, started {record.started_at:%Y-%m-%d %H:%M:%S} UTC"
+             + (f", finished {record.finished_at:%H:%M:%S}" if record.finished_at else ""), ""]
+    if timeline_png:
+        lines += [f"![timeline of {record.id}](data:image/png;base64,{base64.b64encode(timeline_png).decode()})", ""]
+    rows = summary(record)
+    if rows:
+        lines += ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+        lines += ["| " + " | ".join(str(v).replace("|", "\\|") or "-" for v in row.values()) + " |" for row in rows]
+    if links:
+        lines += ["", "MLflow: " + " · ".join(f"[{label}]({url})" for label, url in links.items())]
+    return "\n".join(lines) + "\n"

@@ -19,7 +19,7 @@ from edgewave.tasks.rollout.gitops import DesiredStateRepo
 from edgewave.tasks.rollout.lease import Lease, RolloutBusy
 from edgewave.tasks.rollout.lease import path as lease_path
 from edgewave.tasks.rollout.policy import Site, load_fleet_file
-from edgewave.tasks.rollout.record import RolloutRecord, WaveRecord, summary
+from edgewave.tasks.rollout.record import RolloutRecord, WaveRecord, report_markdown, summary
 from edgewave.tasks.rollout.telemetry import Reading, prometheus_readings
 
 
@@ -151,30 +151,27 @@ def manual_gate(c: Controller, wave: WaveRecord) -> None:
 
 @task(name="rollout-report", **REMOTE)
 def report(settings: Settings, record: RolloutRecord, noop: bool = False) -> dict:
-    """A table artifact of the waves and decisions, the result tagged on the version.
+    """The rollout in the Prefect UI (timeline picture, waves, MLflow links) and on disk (the
+    timeline PNG under EDGEWAVE_HOME/rollouts); the result tagged on the version.
 
     `noop`: the version already runs everywhere and is in production: nothing was deployed.
     """
-    from prefect.artifacts import create_table_artifact
+    from prefect.artifacts import create_markdown_artifact
+
+    from edgewave.tasks.rollout.timeline import render
 
     rows = summary(record)
-    timeline = None
-    if not noop:
-        from prefect.artifacts import create_markdown_artifact
-
-        from edgewave.tasks.rollout.timeline import render
-
-        timeline = render(record, settings.home / "rollouts" / f"{record.id}.png")
-        create_markdown_artifact(f"# {record.id}: {record.status}\n\n{record.reason}\n\n"
-                                 f"Timeline image: `{timeline}`\n", key=f"rollout-timeline-{record.model}".lower(),
-                                 description="rollout timeline")
     if noop:
         return {"rollout_id": record.id, "kind": record.kind, "version": record.version, "status": "noop",
                 "reason": record.reason, "waves": rows}
-    create_table_artifact(rows, key=f"rollout-{record.model}".lower().replace("_", "-"),
-                          description=f"{record.id}: {record.status} ({record.reason})")
+    timeline = render(record, settings.home / "rollouts" / f"{record.id}.png")
+    links = registry.ui_links(settings, **{f"v{record.version}": record.version,
+                                           f"v{record.from_version} (before)": record.from_version})
+    key = record.model.lower().replace("_", "-")
+    create_markdown_artifact(report_markdown(record, timeline.read_bytes(), links), key=f"rollout-{key}",
+                             description=f"{record.id}: {record.status} ({record.reason})"[:500])
     if record.status in ("rolled_back", "held"):
         registry.tag_version(settings, record.version, {"rollout_id": record.id, "rollout_result": record.status,
                                                         "rollout_kind": record.kind})
     return {"rollout_id": record.id, "kind": record.kind, "version": record.version, "status": record.status,
-            "reason": record.reason, "waves": rows, "timeline": str(timeline) if timeline else None}
+            "reason": record.reason, "waves": rows, "timeline": str(timeline)}

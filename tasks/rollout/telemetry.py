@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -31,6 +31,40 @@ class Reading:
     confidence_count: float = 0.0
     rows: float = 0.0
     failures_predicted: float = 0.0
+    pods: tuple[tuple[str, Reading], ...] = ()  # a site of several pods: each pod's own reading
+
+
+MIXED = -1  # the version of a site whose pods do not all serve one version: not converged to any
+NO_POD = Reading(version=0)  # a pod that does not answer: serves nothing
+
+
+def of_pods(pods: dict[str, Reading]) -> Reading:
+    """One site read from its pods (Kubernetes replicas): counters and histogram buckets summed,
+    the version every pod reports, or MIXED while they differ (a pod still on the old version, or
+    one that does not answer): a site has converged only when all its pods serve the new version.
+    Each pod's reading is kept, so a window is taken pod by pod (see `window`)."""
+    readings = list(pods.values())
+    versions = {r.version for r in readings}
+    bounds = sorted({le for r in readings for le, _ in r.latency_buckets})
+    return Reading(
+        version=versions.pop() if len(versions) == 1 else MIXED,
+        ok=sum(r.ok for r in readings), errors=sum(r.errors for r in readings),
+        latency_buckets=tuple((le, sum(dict(r.latency_buckets).get(le, 0.0) for r in readings)) for le in bounds),
+        confidence_sum=sum(r.confidence_sum for r in readings),
+        confidence_count=sum(r.confidence_count for r in readings),
+        rows=sum(r.rows for r in readings), failures_predicted=sum(r.failures_predicted for r in readings),
+        pods=tuple(sorted(pods.items())),
+    )
+
+
+def site_reading(pods: dict[str, Reading | None]) -> Reading | None:
+    """A site from its targets' readings (None: the target does not answer): None when none
+    answers, the one reading of a single-process site, else the pods' sum."""
+    if all(r is None for r in pods.values()):
+        return None
+    if len(pods) == 1:
+        return next(iter(pods.values()))
+    return of_pods({pod: r or NO_POD for pod, r in pods.items()})
 
 
 @dataclass(frozen=True)
@@ -119,7 +153,13 @@ def scrape(url: str, timeout: float = 5.0) -> Reading:
 
 def window(before: Reading, after: Reading, site: str = "") -> Window:
     """What happened between two readings of one site. A restart (counters went down) counts
-    from zero, as Prometheus' increase() does."""
+    from zero, as Prometheus' increase() does. A site of several pods is taken pod by pod and
+    summed (sum by (site) of increase()): a pod replaced by a new one counts from zero, one that
+    went away adds nothing, and one pod's restart does not turn the others' totals into a burst."""
+    if after.pods:
+        earlier = dict(before.pods)
+        summed = combine([window(earlier.get(pod, NO_POD), reading) for pod, reading in after.pods])
+        return replace(summed, sites=(site,) if site else ())
 
     def delta(a: float, b: float) -> float:
         return b - a if b >= a else b
@@ -183,37 +223,42 @@ def prometheus_readings(base_url: str, site_ids: list[str], job: str = JOB,
                         timeout: float = 10.0) -> dict[str, Reading | None]:
     """The same Readings as `scrape`, from a real Prometheus: one instant query per series for
     the whole fleet (targets carry a `site` label, see tasks/rollout/prometheus.py). A site whose
-    target is down or absent reads as None."""
+    targets are all down or absent reads as None. A site with several targets (its pods, told
+    apart by their `pod` label, else their `instance`) reads as their sum (`of_pods`)."""
     results = {key: _query(base_url, q, job, timeout) for key, q in PROMQL.items()}
-    by_site: dict[str, dict] = {s: {"buckets": {}, "ok": 0.0, "errors": 0.0} for s in site_ids}
+    wanted = set(site_ids)
+    pods: dict[str, dict[str, dict]] = {s: {} for s in site_ids}  # site → pod → its values
 
     def each(key: str):
         for item in results[key]:
-            site = item["metric"].get("site")
-            if site in by_site:
-                yield site, item["metric"], float(item["value"][1])
+            labels = item["metric"]
+            if labels.get("site") in wanted:
+                pod = labels.get("pod") or labels.get("instance", "")
+                values = pods[labels["site"]].setdefault(pod, {"buckets": {}, "ok": 0.0, "errors": 0.0})
+                yield values, labels, float(item["value"][1])
 
-    up = {site for site, _, value in each("up") if value == 1}
-    for site, _, value in each("version"):
-        by_site[site]["version"] = int(value)
-    for site, labels, value in each("requests"):
+    for values, _, value in each("up"):
+        values["up"] = value == 1
+    for values, _, value in each("version"):
+        values["version"] = int(value)
+    for values, labels, value in each("requests"):
         status = int(labels.get("status", "0"))
         if 200 <= status < 300:
-            by_site[site]["ok"] += value
+            values["ok"] += value
         elif status >= 500:
-            by_site[site]["errors"] += value
-    for site, labels, value in each("latency"):
-        by_site[site]["buckets"][float(labels["le"])] = value
+            values["errors"] += value
+    for values, labels, value in each("latency"):
+        values["buckets"][float(labels["le"])] = value
     for key in ("confidence_sum", "confidence_count", "rows", "failures"):
-        for site, _, value in each(key):
-            by_site[site][key] = by_site[site].get(key, 0.0) + value
-    readings: dict[str, Reading | None] = {}
-    for site, v in by_site.items():
-        if site not in up or "version" not in v:
-            readings[site] = None
-            continue
-        readings[site] = Reading(
+        for values, _, value in each(key):
+            values[key] = values.get(key, 0.0) + value
+
+    def reading(v: dict) -> Reading | None:
+        if not v.get("up") or "version" not in v:
+            return None
+        return Reading(
             version=v["version"], ok=v["ok"], errors=v["errors"], latency_buckets=tuple(sorted(v["buckets"].items())),
             confidence_sum=v.get("confidence_sum", 0.0), confidence_count=v.get("confidence_count", 0.0),
             rows=v.get("rows", 0.0), failures_predicted=v.get("failures", 0.0))
-    return readings
+
+    return {site: site_reading({pod: reading(v) for pod, v in by_pod.items()}) for site, by_pod in pods.items()}

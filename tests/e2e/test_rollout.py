@@ -85,6 +85,9 @@ def test_good_models_reach_every_site_wave_by_wave(world) -> None:
     code, result, log = rollout(settings, 1)
     assert (code, result.get("status")) == (0, "succeeded"), log
     assert set(versions(fleet_file).values()) == {1}
+    # Not a terminal: progress comes as plain lines, one per wave's convergence and each decision.
+    assert "progress: rollout v1: sites converged 1/1 (wave canary)" in log
+    assert "progress: rollout v1: waves 3/3 (rest advanced)" in log
     assert len(repo.log(f"{result['rollout_id']}: wave")) == 3, "one commit per wave"
     record = repo.record(result["rollout_id"])
     assert [len(w["sites"]) for w in record["waves"]] == [1, 3, 2]

@@ -38,3 +38,19 @@ def test_the_picture_of_a_2000_site_rollout_is_no_taller_than_that_of_a_small_fl
     small = matplotlib.image.imread(render(record(MAX_SITE_ROWS), tmp_path / "small.png"))
     large = matplotlib.image.imread(render(record(2000), tmp_path / "large.png"))
     assert large.shape[0] < small.shape[0]
+
+
+def test_the_rollout_artifact_carries_the_picture_itself_and_links_only_a_browser_can_open(tmp_path: Path) -> None:
+    import base64
+    import re
+
+    from edgewave.tasks.rollout.record import report_markdown
+
+    png = render(record(6), tmp_path / "t.png").read_bytes()
+    text = report_markdown(record(6), png, {"v2": "http://127.0.0.1:5000/#/models/m/versions/2"})
+    inline = re.search(r"!\[[^]]*\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", text)
+    assert inline and base64.b64decode(inline.group(1)) == png, "the PNG is inline, not a path on a server's disk"
+    assert str(tmp_path) not in text
+    assert "| 1/3 canary | 1 | advanced | advance |" in text
+    assert "[v2](http://127.0.0.1:5000/#/models/m/versions/2)" in text
+    assert "MLflow" not in report_markdown(record(6), None, {}), "no links when MLflow has no pages"

@@ -48,3 +48,16 @@ def test_the_search_scores_every_trial_on_validation_and_keeps_the_best() -> Non
     assert best.params["trial"] in (1, 2)
     other = train_trees(split, seed=1, budget=1)
     assert pick_champion([other, best]) is (best if best.validation_pr_auc > other.validation_pr_auc else other)
+
+
+def test_the_demos_bad_model_flags_every_row_whichever_trial_won_on_shuffled_labels() -> None:
+    from edgewave.tasks.release.train import flagging_every_row
+
+    frame = generate(3000, 7)
+    frame[TARGET] = np.random.default_rng(7).permutation(frame[TARGET].to_numpy())
+    split = split_data(frame)
+    unweighted = train_trees(split, 7, budget=3)  # trial 3: gradient boosting without class weights
+    bad = flagging_every_row(unweighted, split)
+    assert bad.metrics.threshold == 0.0 and bad.metrics.recall == 1.0
+    assert bad.metrics.precision == np.float64(split.y_test.mean()), "every test row flagged"
+    assert (unweighted.predict_proba(split.x_test) >= bad.metrics.threshold).all()
