@@ -464,14 +464,21 @@ def fleet_prometheus_config(
     exporter: Annotated[str | None, typer.Option(help="host:port of `edgewave exporter` to scrape too.")] = None,
     rules: Annotated[list[str] | None, typer.Option(help="Rule files to load (e.g. the output of "
                                                           "`edgewave fleet alert-rules`).")] = None,
+    remote_write: Annotated[str | None, typer.Option(
+        help="Write an agent-mode config instead: scrape the fleet's sites and remote-write to this central "
+             "Prometheus (http://central:9090/api/v1/write; run it with --web.enable-remote-write-receiver).")] = None,
+    plant: Annotated[str | None, typer.Option(help="With --remote-write: the `plant` label of every sample.")] = None,
 ) -> None:
-    """Print a prometheus.yml that scrapes every site of the fleet, labelled by site id."""
+    """Print a prometheus.yml that scrapes every site of the fleet, labelled by site id (with
+    --remote-write: for a plant's `prometheus --agent` that forwards to the central one)."""
     import yaml
 
-    from edgewave.tasks.rollout.prometheus import scrape_config
+    from edgewave.tasks.rollout.prometheus import agent_config, scrape_config
 
     settings = _settings()
-    config = scrape_config(_fleet(settings).fleet, interval, exporter, rules)
+    fleet = _fleet(settings).fleet
+    config = (agent_config(fleet, remote_write, interval, plant) if remote_write
+              else scrape_config(fleet, interval, exporter, rules))
     sys.stdout.write(yaml.safe_dump(config, sort_keys=False))
 
 

@@ -203,17 +203,22 @@ def register_versions(settings, tags: dict[int, dict[str, str]], production: int
 
 
 @contextmanager
-def running_prometheus(config: dict, folder: Path) -> Iterator[str]:
-    """A real Prometheus (Debian's package) on 127.0.0.1 with `config` (a prometheus.yml as a
-    dict), its TSDB under `folder`; yields its URL once ready, stops it by pid after."""
+def running_prometheus(config: dict, folder: Path, mode: str = "server", port: int | None = None) -> Iterator[str]:
+    """A real Prometheus (Debian's package, 2.42) on 127.0.0.1 with `config` (a prometheus.yml as a
+    dict), its data under `folder`; yields its URL once ready, stops it by pid after. `mode`:
+    "server", "receiver" (a server that also accepts remote write: the central one) or "agent"
+    (scrapes and remote-writes only)."""
     import yaml
 
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
+    port = port or free_port()
+    storage = {"agent": ["--enable-feature=agent", f"--storage.agent.path={folder / 'wal'}"],
+               "receiver": [f"--storage.tsdb.path={folder / 'tsdb'}", "--web.enable-remote-write-receiver"],
+               "server": [f"--storage.tsdb.path={folder / 'tsdb'}"]}[mode]
     process = subprocess.Popen(
-        ["prometheus", f"--config.file={folder / 'prometheus.yml'}", f"--storage.tsdb.path={folder / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=open(folder / "prometheus.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        ["prometheus", f"--config.file={folder / 'prometheus.yml'}", *storage, f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=open(folder / "prometheus.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: http_ok(f"{url}/-/ready") or process.poll() is not None, 60, "Prometheus to be ready")

@@ -77,6 +77,9 @@ class Settings(EdgeSettings):
     prometheus_url: str | None = Field(
         None, description="Read rollout telemetry with PromQL from this Prometheus instead of scraping sites."
     )
+    prometheus_max_age_seconds: float = Field(
+        30.0, gt=0, description="On the PromQL path, a site whose latest sample is older reads as offline (a "
+        "central Prometheus fed by remote write still holds a cut-off site's last samples).")
 
     # --- serving image ---------------------------------------------------------------------
     docker_host: str | None = Field(

@@ -43,6 +43,22 @@ def scrape_config(fleet: Fleet, interval_seconds: float = 5.0, exporter: str | N
     return config
 
 
+def agent_config(fleet: Fleet, remote_write: str, interval_seconds: float = 5.0, plant: str | None = None,
+                 max_backoff_seconds: float = 5.0) -> dict:
+    """A prometheus.yml for a plant's Prometheus in agent mode (`prometheus --agent`): it scrapes
+    the plant's sites (or pods) as `scrape_config` does and remote-writes every sample to the
+    central Prometheus at `remote_write` (…/api/v1/write, receiver enabled). While the link is
+    down the agent keeps samples in its write-ahead log and sends them once it is back, so the
+    central Prometheus has no gap; `plant` becomes an external label of every sample."""
+    config = scrape_config(fleet, interval_seconds)
+    del config["global"]["evaluation_interval"]  # an agent evaluates no rules
+    if plant:
+        config["global"]["external_labels"] = {"plant": plant}
+    config["remote_write"] = [{"url": remote_write, "queue_config": {
+        "min_backoff": "100ms", "max_backoff": f"{max(1, round(max_backoff_seconds * 1000))}ms"}}]
+    return config
+
+
 def _duration(seconds: float) -> str:
     return f"{max(1, round(seconds))}s"
 

@@ -80,8 +80,8 @@ def rollback_target(settings: Settings, to: int | None) -> int:
 def reader(settings: Settings, fleet_file) -> Callable[[list[Site]], dict[str, Reading | None]]:
     """Telemetry from Prometheus (PromQL) when EDGEWAVE_PROMETHEUS_URL is set, else site scrapes."""
     if settings.prometheus_url:
-        url = settings.prometheus_url
-        return lambda sites: prometheus_readings(url, [s.id for s in sites])
+        url, age = settings.prometheus_url, settings.prometheus_max_age_seconds
+        return lambda sites: prometheus_readings(url, [s.id for s in sites], max_age_seconds=age)
     return lambda sites: scrape_sites(sites, fleet_file.rollout.concurrency)
 
 

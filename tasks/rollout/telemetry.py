@@ -203,6 +203,7 @@ PROMQL = {
     "rows": "edgewave_predicted_rows_total",
     "failures": 'edgewave_predictions_total{label="failure"}',
     "up": "up",
+    "seen": "timestamp(up{})",  # when each target's latest sample was taken (a remote-written one may be old)
 }
 
 
@@ -219,12 +220,16 @@ def _query(base_url: str, promql: str, job: str, timeout: float) -> list[dict]:
     return body["data"]["result"]
 
 
-def prometheus_readings(base_url: str, site_ids: list[str], job: str = JOB,
-                        timeout: float = 10.0) -> dict[str, Reading | None]:
+def prometheus_readings(base_url: str, site_ids: list[str], job: str = JOB, timeout: float = 10.0,
+                        max_age_seconds: float | None = None) -> dict[str, Reading | None]:
     """The same Readings as `scrape`, from a real Prometheus: one instant query per series for
     the whole fleet (targets carry a `site` label, see tasks/rollout/prometheus.py). A site whose
     targets are all down or absent reads as None. A site with several targets (its pods, told
-    apart by their `pod` label, else their `instance`) reads as their sum (`of_pods`)."""
+    apart by their `pod` label, else their `instance`) reads as their sum (`of_pods`).
+
+    `max_age_seconds`: a target whose latest sample is older reads as not answering. A central
+    Prometheus fed by remote write keeps a cut-off site's last samples for its 5-minute lookback:
+    without this, a site whose link is down would read as up and idle, not as offline."""
     results = {key: _query(base_url, q, job, timeout) for key, q in PROMQL.items()}
     wanted = set(site_ids)
     pods: dict[str, dict[str, dict]] = {s: {} for s in site_ids}  # site → pod → its values
@@ -235,10 +240,14 @@ def prometheus_readings(base_url: str, site_ids: list[str], job: str = JOB,
             if labels.get("site") in wanted:
                 pod = labels.get("pod") or labels.get("instance", "")
                 values = pods[labels["site"]].setdefault(pod, {"buckets": {}, "ok": 0.0, "errors": 0.0})
-                yield values, labels, float(item["value"][1])
+                at, value = float(item["value"][0]), float(item["value"][1])
+                yield values, labels, at - value if key == "seen" else value  # "seen": the sample's age
 
     for values, _, value in each("up"):
         values["up"] = value == 1
+    for values, _, age in each("seen"):
+        if max_age_seconds is not None and age > max_age_seconds:
+            values["up"] = False
     for values, _, value in each("version"):
         values["version"] = int(value)
     for values, labels, value in each("requests"):
