@@ -100,7 +100,8 @@ def release(
 
 @app.command()
 def serve(
-    bundle: Annotated[Path | None, typer.Option(help="Serve this bundle folder (verified first); no agent.")] = None,
+    bundle: Annotated[Path | None, typer.Option(help="Serve this bundle folder (verified first); no agent, unless --site is given too (image-pinned: "
+                                                    "the agent ships windows and never swaps the model).")] = None,
     site: Annotated[str | None, typer.Option(help="Run as this site: serve its last-known-good model and run its agent.")] = None,
     host: Annotated[str | None, typer.Option(help="Bind address (default EDGEWAVE_SERVE_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default EDGEWAVE_SERVE_PORT).")] = None,

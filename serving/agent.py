@@ -79,13 +79,20 @@ class Agent(Background):
     thread_name = "agent"
     join_timeout = 30.0
 
-    def __init__(self, site_id: str, site_dir: Path, remote: str, monitoring_store: str, slot: ModelSlot,
+    def __init__(self, site_id: str, site_dir: Path, remote: str | None, monitoring_store: str, slot: ModelSlot,
                  cache: BundleCache, trusted: dict[str, Ed25519PublicKey], metrics: SiteMetrics,
-                 sampler: Sampler | None, interval: float, access: RemoteAccess | None = None) -> None:
+                 sampler: Sampler | None, interval: float, access: RemoteAccess | None = None,
+                 pinned: bool = False) -> None:
+        """`pinned`: the model comes from the image (a Kubernetes pod; Argo CD replaces pods to change
+        it): the agent ships windows, reports and exposes its metrics, reads the desired state when
+        a remote is given (to show what the fleet wants), and never swaps the model. `remote` None:
+        no desired state is read at all."""
         self.site_id = site_id
         self.site_dir = site_dir
         self.access = access or RemoteAccess()
-        self.mirror = GitMirror(remote, site_dir / "desired-state.git", self.access)
+        self.pinned = pinned
+        self.noted: int | None = None  # the desired version an image-pinned pod last said it does not follow
+        self.mirror = GitMirror(remote, site_dir / "desired-state.git", self.access) if remote else None
         self.monitoring_store = monitoring_store
         self.slot = slot
         self.cache = cache
@@ -228,9 +235,13 @@ class Agent(Background):
         """One sync; True when both the remote and the store were reached."""
         reached = True
         try:
-            desired = self.sync_desired_state()
+            desired = self.sync_desired_state() if self.mirror is not None else None
             if desired is not None:
-                self.apply(desired)
+                self.metrics.agent_desired_version.set(desired.version)
+                if self.pinned:
+                    self._note_pinned(desired)
+                else:
+                    self.apply(desired)
             self.metrics.agent_last_sync.set(time.time())
         except ConnectionError as exc:
             reached = False
@@ -248,6 +259,14 @@ class Agent(Background):
         self.failures = 0 if reached else self.failures + 1
         self.metrics.agent_offline.set(0 if reached else 1)
         return reached
+
+    def _note_pinned(self, desired: DesiredState) -> None:
+        """An image-pinned pod says once per desired version that it does not follow it itself."""
+        current = self.slot.current
+        if current is not None and desired.version != current.version and desired.version != self.noted:
+            log.info("image-pinned: the desired state names v%d; this pod serves v%d from its image until its "
+                     "Deployment is replaced (Argo CD)", desired.version, current.version)
+        self.noted = desired.version
 
     def _serving(self) -> str:
         current = self.slot.current

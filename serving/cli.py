@@ -17,9 +17,10 @@ from edgewave.serving.settings import EdgeSettings
 
 
 def serve(bundle: Path | None, site: str | None, host: str | None = None, port: int | None = None) -> int:
-    """Run an edge site until SIGINT/SIGTERM: the inference service, and with `site` its agent."""
-    if (bundle is None) == (site is None):
-        print("give exactly one of --bundle PATH or --site SITE", file=sys.stderr)
+    """Run an edge site until SIGINT/SIGTERM: the inference service, and with `site` its agent
+    (with both: image-pinned, the bundle is served and the agent never swaps it)."""
+    if bundle is None and site is None:
+        print("give --bundle PATH, --site SITE, or both (image-pinned: a Kubernetes pod)", file=sys.stderr)
         return 2
     update = {k: v for k, v in {"site_id": site, "serve_host": host, "serve_port": port}.items() if v is not None}
     try:
@@ -35,7 +36,8 @@ def serve(bundle: Path | None, site: str | None, host: str | None = None, port: 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edgewave-site", description="edgewave edge site: the inference service "
                                      "and its agent. Settings come from EDGEWAVE_* variables.")
-    parser.add_argument("--bundle", type=Path, help="serve this bundle folder (verified first); no agent")
+    parser.add_argument("--bundle", type=Path, help="serve this bundle folder (verified first); no agent unless "
+                        "--site is given too (image-pinned: the agent ships windows, never swaps the model)")
     parser.add_argument("--site", help="run as this site: serve its last-known-good model and run its agent")
     parser.add_argument("--host", help="bind address (default EDGEWAVE_SERVE_HOST)")
     parser.add_argument("--port", type=int, help="port (default EDGEWAVE_SERVE_PORT)")

@@ -111,6 +111,9 @@ class SiteMetrics:
         self.agent_offline = Gauge("edgewave_agent_offline", "1 while the desired-state remote or the monitoring "
                                    "store is unreachable.", registry=r)
         self.agent_last_sync = Gauge("edgewave_agent_last_sync_timestamp_seconds", "Last successful sync.", registry=r)
+        self.agent_desired_version = Gauge("edgewave_agent_desired_version", "Version the site's desired state "
+                                           "names (an image-pinned pod serves its image's model meanwhile).",
+                                           registry=r)
         self.agent_applied_version = Gauge("edgewave_agent_applied_version", "Version the agent last applied.",
                                            registry=r)
         self.agent_errors = Counter("edgewave_agent_errors", "Agent errors by kind.", ["kind"], registry=r)

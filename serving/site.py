@@ -20,7 +20,7 @@ from edgewave.serving.app import SiteApp
 from edgewave.serving.bundle import BundleError
 from edgewave.serving.metrics import SiteMetrics
 from edgewave.serving.model import BundleCache, LoadedModel, ModelSlot
-from edgewave.serving.redact import RedactingFormatter
+from edgewave.serving.redact import RedactingFormatter, redact
 from edgewave.serving.sampler import Sampler
 from edgewave.serving.settings import EdgeSettings
 
@@ -53,7 +53,9 @@ class Site:
 
 
 def build_site(settings: EdgeSettings, bundle: Path | None = None, with_agent: bool = True) -> Site:
-    """Wire a site: last-known-good model first, then (optionally) the agent that updates it."""
+    """Wire a site: last-known-good model first, then (optionally) the agent that updates it.
+    With both a bundle and an agent the site is image-pinned (a Kubernetes pod): it serves the
+    bundle, and its agent ships windows and reports but never swaps the model."""
     site_dir = settings.site_dir()
     site_dir.mkdir(parents=True, exist_ok=True)
     metrics = SiteMetrics(settings.site_id)
@@ -71,14 +73,26 @@ def build_site(settings: EdgeSettings, bundle: Path | None = None, with_agent: b
     app = SiteApp(slot, metrics, sampler, max_batch=settings.max_batch, max_body_bytes=settings.max_body_bytes,
                   reject_out_of_range=settings.reject_out_of_range)
     agent = None
+    pinned = with_agent and bundle is not None  # the model comes from the image; the agent never swaps it
     if with_agent:
         cache = BundleCache(site_dir / "bundles", keep=settings.bundles_kept)
-        agent = Agent(settings.site_id, site_dir, settings.desired_state_url, settings.monitoring_store, slot, cache,
-                      trusted, metrics, sampler, settings.sync_interval_seconds, settings.remote_access())
-        agent.restore()
+        remote = settings.desired_state_remote if pinned else settings.desired_state_url
+        agent = Agent(settings.site_id, site_dir, remote, settings.monitoring_store, slot, cache, trusted, metrics,
+                      sampler, settings.sync_interval_seconds, settings.remote_access(), pinned=pinned)
+        if not pinned:
+            agent.restore()
     if bundle is not None:
         slot.swap(bundle, trusted)
     return Site(settings, slot, metrics, sampler, app, agent)
+
+
+def _agent_line(settings: EdgeSettings, agent: Agent | None) -> str:
+    if agent is None:
+        return ""
+    if agent.pinned:
+        return (f"; image-pinned: the agent ships windows to {redact(settings.monitoring_store)} every "
+                f"{settings.sync_interval_seconds:g}s and never swaps the model")
+    return f"; agent syncing {redact(settings.desired_state_url)} every {settings.sync_interval_seconds:g}s"
 
 
 def run_site(settings: EdgeSettings, bundle: Path | None, with_agent: bool) -> int:
@@ -95,7 +109,7 @@ def run_site(settings: EdgeSettings, bundle: Path | None, with_agent: bool) -> i
     current = site.slot.current
     log.info("site %s on http://%s:%d serving %s%s", settings.site_id, settings.serve_host, settings.serve_port,
              f"{current.manifest.name} v{current.version}" if current else "no model yet",
-             f"; agent syncing {settings.desired_state_url} every {settings.sync_interval_seconds:g}s" if site.agent else "")
+             _agent_line(settings, site.agent))
     config = uvicorn.Config(site.app, host=settings.serve_host, port=settings.serve_port, loop="uvloop",
                             http="httptools", lifespan="on", access_log=False, log_level="warning",
                             proxy_headers=False, server_header=False, date_header=False,
