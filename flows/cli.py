@@ -249,18 +249,24 @@ def drift_retrain() -> None:
 def up(
     prefect_port: Annotated[int, typer.Option(help="Port of the Prefect server (UI and API).")] = 4200,
     mlflow_port: Annotated[int, typer.Option(help="Port of the MLflow tracking server.")] = 5050,
+    prometheus_port: Annotated[int, typer.Option(help="Port of the central Prometheus (with "
+                                                      "EDGEWAVE_CENTRAL_PROMETHEUS=true; its agent takes the next).")] = 9090,
 ) -> None:
-    """Start a Prefect server, an MLflow server and a process worker on 127.0.0.1; deploy prefect.yaml."""
+    """Start a Prefect server, an MLflow server and a process worker on 127.0.0.1; deploy prefect.yaml
+    (with EDGEWAVE_CENTRAL_PROMETHEUS=true also a central Prometheus fed by an agent scraping the fleet)."""
     settings = _settings()
     from edgewave.tasks.platform import servers
 
     try:
-        stack = servers.up(settings, prefect_port, mlflow_port, log=console.print)
+        stack = servers.up(settings, prefect_port, mlflow_port, log=console.print, prometheus_port=prometheus_port)
     except (RuntimeError, TimeoutError) as exc:
         console.print(f"[red]make up failed:[/red] {exc}")
         raise typer.Exit(1) from None
     console.print(f"[green]Prefect UI[/green]  {stack.prefect_url}   (API {stack.prefect_api})")
     console.print(f"[green]MLflow UI[/green]   {stack.mlflow_url}")
+    if stack.prometheus_url:
+        console.print(f"[green]Prometheus[/green]  {stack.prometheus_url}   (central: alerts, and the rollouts' "
+                      "telemetry via the agent scraping the fleet)")
     console.print(f"worker pid {stack.worker_pid} on work pool {servers.WORK_POOL}; state in {settings.home}")
     console.print(f"to use them from this shell: export PREFECT_API_URL={stack.prefect_api} "
                   f"EDGEWAVE_TRACKING_URI={stack.mlflow_url}")

@@ -30,6 +30,7 @@ class Servers:
     prefect_url: str
     mlflow_url: str
     worker_pid: int | None
+    prometheus_url: str | None = None  # the central Prometheus, when EDGEWAVE_CENTRAL_PROMETHEUS is on
 
     @property
     def prefect_api(self) -> str:
@@ -48,7 +49,9 @@ def _log(settings: Settings, name: str) -> Path:
     return settings.home / "servers" / f"{name}.log"
 
 
-MARKERS = {"prefect": ("prefect", "server"), "mlflow": ("mlflow", "server"), "worker": ("prefect", "worker")}
+MARKERS = {"prefect": ("prefect", "server"), "mlflow": ("mlflow", "server"), "worker": ("prefect", "worker"),
+           "prometheus": ("prometheus", "--web.enable-remote-write-receiver"),
+           "prometheus-agent": ("prometheus", "--enable-feature=agent")}
 
 
 def _wait(what: str, check: Callable[[], bool], process: subprocess.Popen | None, log: Path, timeout: float) -> None:
@@ -76,13 +79,15 @@ def server_env(settings: Settings, prefect_api: str, mlflow_url: str) -> dict[st
     return env
 
 
-HEALTH = {"mlflow": "/health", "prefect": "/api/health"}
+HEALTH = {"mlflow": "/health", "prefect": "/api/health", "prometheus": "/-/ready", "prometheus-agent": "/-/ready"}
 
 
 def links(settings: Settings) -> dict[str, str]:
     """The UIs of the servers `up` started that answer now: name → URL (what status shows)."""
     found = {}
     for name, health in HEALTH.items():
+        if name == "prometheus-agent":  # no UI a person opens
+            continue
         record = _record(settings, name)
         try:
             url = json.loads(record.read_text()).get("url")
@@ -116,9 +121,40 @@ def _prefect(args: list[str], env: dict[str, str]) -> str:
     return result.stdout
 
 
+def start_metrics(settings: Settings, port: int = 9090, agent_port: int | None = None,
+                  log: Callable[[str], None] = print, timeout: float = 60.0) -> str:
+    """The fleet's metrics path on this machine, as a plant wires it: a Prometheus agent scraping
+    the local fleet's sites and remote-writing to a central Prometheus (receiver on, the fleet's
+    alert rules loaded). Configs under EDGEWAVE_HOME/prometheus; returns the central URL."""
+    import yaml
+
+    from edgewave.tasks.rollout.policy import load_fleet_file
+    from edgewave.tasks.rollout.prometheus import agent_config, alert_rules_yaml
+
+    fleet_file = load_fleet_file(settings.fleet_path)
+    folder = settings.home / "prometheus"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "alerts.yml").write_text(alert_rules_yaml(fleet_file))
+    (folder / "central.yml").write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "5s", "evaluation_interval": "5s"},
+        "rule_files": [str(folder / "alerts.yml")]}, sort_keys=False))
+    url, agent_port = f"http://127.0.0.1:{port}", agent_port or port + 1
+    (folder / "agent.yml").write_text(yaml.safe_dump(
+        agent_config(fleet_file.fleet, f"{url}/api/v1/write", 1.0, plant="local"), sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEWAVE_")}
+    _ensure(settings, "prometheus", [
+        "prometheus", f"--config.file={folder / 'central.yml'}", f"--storage.tsdb.path={folder / 'central'}",
+        "--web.enable-remote-write-receiver", f"--web.listen-address=127.0.0.1:{port}"], url, env, timeout, log)
+    _ensure(settings, "prometheus-agent", [
+        "prometheus", "--enable-feature=agent", f"--config.file={folder / 'agent.yml'}",
+        f"--storage.agent.path={folder / 'agent'}", f"--web.listen-address=127.0.0.1:{agent_port}"],
+        f"http://127.0.0.1:{agent_port}", env, timeout, log)
+    return url
+
+
 def up(settings: Settings, prefect_port: int = 4200, mlflow_port: int = 5050, deployments: list[str] | None = None,
        scheduler: bool = True, extra_env: dict[str, str] | None = None, log: Callable[[str], None] = print,
-       timeout: float = 120.0) -> Servers:
+       timeout: float = 120.0, prometheus_port: int = 9090) -> Servers:
     """Start (or find) the servers, deploy prefect.yaml to the process pool, start the worker.
 
     `deployments` limits which deployments are applied (all by default); `scheduler=False`
@@ -128,6 +164,9 @@ def up(settings: Settings, prefect_port: int = 4200, mlflow_port: int = 5050, de
     prefect_url, mlflow_url = f"http://127.0.0.1:{prefect_port}", f"http://127.0.0.1:{mlflow_port}"
     env = {**server_env(settings, f"{prefect_url}/api", mlflow_url), **(extra_env or {})}
     settings.home.mkdir(parents=True, exist_ok=True)
+    prometheus = start_metrics(settings, prometheus_port, log=log) if settings.central_prometheus else None
+    if prometheus:  # every flow run reads rollout telemetry from the central Prometheus
+        env["EDGEWAVE_PROMETHEUS_URL"] = prometheus
     server_env_extra = {} if scheduler else {"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"}
     _ensure(settings, "mlflow", [
         _bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
@@ -146,9 +185,10 @@ def up(settings: Settings, prefect_port: int = 4200, mlflow_port: int = 5050, de
         pid = processes.start([_bin("prefect"), "worker", "start", "--pool", WORK_POOL, "--name", "edgewave-local"],
                               worker, _log(settings, "worker"), env, cwd=ROOT).pid
         log(f"worker: started (pid {pid}, log {_log(settings, 'worker')})")
-    return Servers(prefect_url, mlflow_url, pid)
+    return Servers(prefect_url, mlflow_url, pid, prometheus)
 
 
 def down(settings: Settings) -> list[str]:
     """Stop the worker, then the servers, each by its recorded pid."""
-    return [name for name in ("worker", "prefect", "mlflow") if processes.stop(_record(settings, name), MARKERS[name])]
+    return [name for name in ("worker", "prefect", "mlflow", "prometheus-agent", "prometheus")
+            if processes.stop(_record(settings, name), MARKERS[name])]

@@ -77,6 +77,10 @@ class Settings(EdgeSettings):
     prometheus_url: str | None = Field(
         None, description="Read rollout telemetry with PromQL from this Prometheus instead of scraping sites."
     )
+    central_prometheus: bool = Field(
+        False, description="`make up` also starts a central Prometheus (remote-write receiver, the fleet's alert "
+        "rules) and a Prometheus agent that scrapes the local fleet into it; flow runs then read rollout telemetry "
+        "from the central one.")
     prometheus_max_age_seconds: float = Field(
         30.0, gt=0, description="On the PromQL path, a site whose latest sample is older reads as offline (a "
         "central Prometheus fed by remote write still holds a cut-off site's last samples).")

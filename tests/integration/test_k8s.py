@@ -87,7 +87,7 @@ def test_a_broken_overlay_fails_validation_naming_the_field(tmp_path: Path) -> N
 
 
 def test_example_manifests_of_core_kinds_validate() -> None:
-    for name in ("mlflow-server.yaml",):
+    for name in ("mlflow-server.yaml", "prometheus-agent.yaml"):
         result = validate(ROOT / "k8s" / "examples" / name)
         assert result.returncode == 0, f"{name}: {result.stdout}{result.stderr}"
     for name in ("argocd-applicationset.yaml", "servicemonitor.yaml"):  # CRDs: no schema here, but well formed

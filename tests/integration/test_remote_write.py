@@ -150,3 +150,34 @@ def _agent(fleet: Fleet, site: str, links: dict[str, Link], central_port: int) -
     one = Fleet.model_validate({"sites": [s.model_dump() for s in fleet.sites if s.id == site]})
     return agent_config(one, f"http://127.0.0.1:{links[site].port}/api/v1/write", 0.5, plant="test",
                         max_backoff_seconds=1.0)
+
+
+def test_make_up_wires_an_agent_that_feeds_the_fleet_into_a_central_prometheus(bundles, tmp_path: Path) -> None:
+    """What `make up` starts with EDGEWAVE_CENTRAL_PROMETHEUS=true: the rollout's reading of a live
+    site comes from the central Prometheus, with the fleet's alert rules loaded there; `make down`
+    stops both by pid."""
+    import yaml
+
+    from edgewave.tasks.platform import servers
+    from edgewave.tasks.platform.settings import Settings
+
+    port = free_port()
+    settings = Settings(home=tmp_path / "home", fleet_path=tmp_path / "fleet.yaml", central_prometheus=True)
+    settings.fleet_path.write_text(yaml.safe_dump({"fleet": {"sites": [{"id": "line-0", "port": port}]},
+                                                   "rollout": {"waves": [{"name": "all", "percent": 100}]}}))
+    site = start_site(bundles.home, port, tmp_path / "site.log", "--bundle", str(bundles.v1))
+    try:
+        central = servers.start_metrics(settings, free_port(), free_port())
+
+        def on_v1() -> bool:
+            reading = prometheus_readings(central, ["line-0"], max_age_seconds=FRESH)["line-0"]
+            return reading is not None and reading.version == 1
+        wait_for(on_v1, 60, "line-0 read from the central Prometheus")
+        with urllib.request.urlopen(f"{central}/api/v1/rules", timeout=10) as response:
+            groups = json.loads(response.read())["data"]["groups"]
+        assert "EdgewaveSiteDown" in {rule["name"] for group in groups for rule in group["rules"]}
+        assert servers.links(settings)["prometheus"] == central
+    finally:
+        stopped = servers.down(settings)
+        stop(site)
+    assert stopped == ["prometheus-agent", "prometheus"]
