@@ -68,6 +68,11 @@ def test_every_overlay_the_rollout_writes_renders_and_validates(tmp_path: Path) 
         pod = docs["Deployment"]["spec"]["template"]
         assert pod["metadata"]["labels"]["edgewave.io/model-version"] == "4"
         image = pod["spec"]["containers"][0]["image"]
+        container = pod["spec"]["containers"][0]  # image-pinned: the image's bundle, and the agent as this site
+        assert container["args"][:4] == ["--bundle", "/opt/edgewave/bundle", "--site", "$(EDGEWAVE_SITE_ID)"]
+        assert {"name": "EDGEWAVE_SITE_ID", "valueFrom": {"configMapKeyRef": {
+            "name": docs["ConfigMap"]["metadata"]["name"], "key": "EDGEWAVE_SITE_ID"}}} in container["env"]
+        assert pod["metadata"]["labels"]["edgewave.io/site"] == folder.name, "the agent's and Prometheus' site label"
         assert image == ("127.0.0.1:5000/edgewave-serving:machine-failure-v4" if folder.name == "press-1"
                          else f"127.0.0.1:5000/edgewave-serving@{DIGEST}")
         assert docs["Deployment"]["spec"]["selector"]["matchLabels"].get("edgewave.io/model-version") is None, \
