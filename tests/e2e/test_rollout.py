@@ -30,9 +30,9 @@ def _world(bundles, split, trained, exported, tmp_path: Path):
     store = home / "bundles" / "machine-failure"
     shutil.copytree(bundles.v1, store / "v1")
     shutil.copytree(bundles.v2, store / "v2")
-    bad = build_manifest(  # flags nearly every row as a failure: the canary must catch it
+    bad = build_manifest(  # threshold 0: flags every row as a failure, whatever the model: the canary must catch it
         name="machine-failure", version=3, family="sklearn", model=exported["sklearn"].model, int8_model=None,
-        train_frame=split.train_frame, threshold=0.0001, metrics={}, data_fingerprint=split.data_fingerprint,
+        train_frame=split.train_frame, threshold=0.0, metrics={}, data_fingerprint=split.data_fingerprint,
         parity_max_abs_diff=0.0, reference_rows=200)
     write_bundle(store / "v3", bad, exported["sklearn"].model, None, load_or_create_signing_key(settings.signing_key))
     assert register_bundle(settings, "sklearn", store / "v1", exported["sklearn"].model) == 1

@@ -56,7 +56,7 @@ def test_the_demos_bad_model_flags_every_row_whichever_trial_won_on_shuffled_lab
     frame = generate(3000, 7)
     frame[TARGET] = np.random.default_rng(7).permutation(frame[TARGET].to_numpy())
     split = split_data(frame)
-    unweighted = train_trees(split, 7, budget=3)  # trial 3: gradient boosting without class weights
+    unweighted = train_trees(split, 7, budget=3)  # trials 1-3: none of them class-weighted
     bad = flagging_every_row(unweighted, split)
     assert bad.metrics.threshold == 0.0 and bad.metrics.recall == 1.0
     assert bad.metrics.precision == np.float64(split.y_test.mean()), "every test row flagged"
