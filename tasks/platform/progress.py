@@ -4,7 +4,7 @@ sites converged and the measurements taken.
 The flows and the rollout controller call `report(...)`; whoever started them decides what a
 person sees. The `edgewave` command listens (`listening(console)`): a live rich display when
 its output is a terminal, plain lines otherwise (CI logs, `make run | tee`). A flow run under a
-Prefect worker has no listener, and a report costs a dictionary lookup.
+Prefect worker has no listener, and a report then costs one check of an empty list.
 
 A report names a line of work (`"waves"`, `"sites converged"`) and where it stands on it, so a
 listener shows the latest state of each line, not a stream of events.
@@ -34,7 +34,7 @@ class Report:
     detail: str = ""
 
     def text(self) -> str:
-        """`rollout v3 → 6 sites: sites converged 2/3 (wave canary)` — one plain line."""
+        """`rollout v3: sites converged 2/3 (wave canary)`: one plain line."""
         count = f"{self.done}/{self.total}" if self.total is not None else str(self.done)
         return f"{self.work}: {self.line} {count}" + (f" ({self.detail})" if self.detail else "")
 
