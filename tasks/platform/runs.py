@@ -64,13 +64,35 @@ def markdown_link(label: str, where: str | None) -> str:
     return f"[{label}]({where})" if where.startswith(("http://", "https://")) else where
 
 
+class Unwalked:
+    """A task called with its arguments wrapped in Prefect's `quote`: Prefect then does not walk
+    them looking for futures. Our flows call steps with plain values, and the walk was the cost:
+    a rollout's record carries every site's previous state, so each step call of a 500-site rollout
+    spent most of its time in `visit_collection` (measured in bench/rollout_scale.py); a dict of
+    20,000 small entries took 7.3 s to walk and 0.01 s quoted. The task receives the values unwrapped."""
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+
+    def __call__(self, *args, **kwargs):
+        from prefect.utilities.annotations import quote
+
+        return self.task(*(quote(a) for a in args), **{k: quote(v) for k, v in kwargs.items()})
+
+    def __getattr__(self, name: str):
+        return getattr(self.task, name)
+
+
 def with_retries(steps: ModuleType, delays: list[float]) -> SimpleNamespace:
     """`steps` (a module of tasks) whose server-facing tasks retry after `delays` seconds, one retry
     each: what `EDGEWAVE_REMOTE_RETRY_DELAYS_SECONDS` sets. Prefect fixes a task's retries when
-    the module is imported, before any settings exist, so a flow takes its steps from here."""
+    the module is imported, before any settings exist, so a flow takes its steps from here. Every
+    task comes `Unwalked`."""
     def configured(value):
-        if isinstance(value, Task) and REMOTE_TAG in value.tags:
-            return value.with_options(retries=len(delays), retry_delay_seconds=list(delays) or 0)
-        return value
+        if not isinstance(value, Task):
+            return value
+        if REMOTE_TAG in value.tags:
+            value = value.with_options(retries=len(delays), retry_delay_seconds=list(delays) or 0)
+        return Unwalked(value)
     return SimpleNamespace(**{name: configured(value) for name, value in vars(steps).items()
                               if not name.startswith("__")})
