@@ -54,10 +54,11 @@ def report(work: str, line: str, done: int, total: int | None = None, detail: st
     fails never fails the work: progress is for a person, the work is for the fleet."""
     if not _LISTENERS:
         return
+    shown = Report(work, line, done, total, detail)
     with _LOCK:
         for listener in list(_LISTENERS):
             try:
-                listener.show(Report(work, line, done, total, detail))
+                listener.show(shown)
             except Exception as exc:  # noqa: BLE001 - see the docstring
                 logging.getLogger("edgewave").debug("progress listener failed: %s", exc)
 

@@ -225,24 +225,27 @@ def run_link(settings: Settings, run_id: str, experiment_id: str | None = None) 
     """Where a person opens an MLflow run: the server UI, or the command to browse SQLite."""
     if settings.uses_tracking_server:
         experiment_id = experiment_id or client(settings).get_run(run_id).info.experiment_id
-        return f"{settings.mlflow_tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+        return f"{_ui(settings)}/#/experiments/{experiment_id}/runs/{run_id}"
     return f"run {run_id} (browse: mlflow ui --backend-store-uri {settings.mlflow_tracking_uri})"
 
 
+def _ui(settings: Settings) -> str | None:
+    """The MLflow UI a browser opens: the tracking server; embedded SQLite has no pages."""
+    return settings.mlflow_tracking_uri.rstrip("/") if settings.uses_tracking_server else None
+
+
 def ui_links(settings: Settings, **versions: int | None) -> dict[str, str]:
-    """MLflow UI pages of model versions, by label (`ui_links(s, **{"v3": 3})`): only when MLflow
-    runs as a server a browser can open; embedded SQLite has no pages."""
-    if not settings.uses_tracking_server:
+    """MLflow UI pages of model versions, by label (`ui_links(s, **{"v3": 3})`), when MLflow is a server."""
+    base = _ui(settings)
+    if base is None:
         return {}
-    base = settings.mlflow_tracking_uri.rstrip("/")
     return {label: f"{base}/#/models/{settings.model_name}/versions/{v}" for label, v in versions.items() if v}
 
 
 def artifact_link(settings: Settings, run_id: str, experiment_id: str, path: str) -> str | None:
     """The MLflow UI page showing one artifact of a run (a drift report), when MLflow is a server."""
-    if not settings.uses_tracking_server:
-        return None
-    return f"{settings.mlflow_tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}/artifactPath/{path}"
+    base = _ui(settings)
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}/artifactPath/{path}" if base else None
 
 
 def alias_version(settings: Settings, alias: str) -> int | None:

@@ -45,16 +45,21 @@ def of_pods(pods: dict[str, Reading]) -> Reading:
     Each pod's reading is kept, so a window is taken pod by pod (see `window`)."""
     readings = list(pods.values())
     versions = {r.version for r in readings}
-    bounds = sorted({le for r in readings for le, _ in r.latency_buckets})
     return Reading(
         version=versions.pop() if len(versions) == 1 else MIXED,
         ok=sum(r.ok for r in readings), errors=sum(r.errors for r in readings),
-        latency_buckets=tuple((le, sum(dict(r.latency_buckets).get(le, 0.0) for r in readings)) for le in bounds),
+        latency_buckets=summed_buckets(readings),
         confidence_sum=sum(r.confidence_sum for r in readings),
         confidence_count=sum(r.confidence_count for r in readings),
         rows=sum(r.rows for r in readings), failures_predicted=sum(r.failures_predicted for r in readings),
         pods=tuple(sorted(pods.items())),
     )
+
+
+def summed_buckets(parts: list) -> tuple[tuple[float, float], ...]:
+    """Cumulative histogram buckets of several readings or windows added bound by bound."""
+    bounds = sorted({le for p in parts for le, _ in p.latency_buckets})
+    return tuple((le, sum(dict(p.latency_buckets).get(le, 0.0) for p in parts)) for le in bounds)
 
 
 def site_reading(pods: dict[str, Reading | None]) -> Reading | None:
@@ -182,10 +187,9 @@ def combine(windows: list[Window]) -> Window | None:
     """Several sites' windows as one population (the baseline); None when there are none."""
     if not windows:
         return None
-    bounds = sorted({le for w in windows for le, _ in w.latency_buckets})
-    latency = tuple((le, sum(dict(w.latency_buckets).get(le, 0.0) for w in windows)) for le in bounds)
     return Window(
-        requests=sum(w.requests for w in windows), errors=sum(w.errors for w in windows), latency_buckets=latency,
+        requests=sum(w.requests for w in windows), errors=sum(w.errors for w in windows),
+        latency_buckets=summed_buckets(windows),
         confidence_sum=sum(w.confidence_sum for w in windows), confidence_count=sum(w.confidence_count for w in windows),
         rows=sum(w.rows for w in windows), failures_predicted=sum(w.failures_predicted for w in windows),
         sites=tuple(s for w in windows for s in w.sites),
