@@ -32,7 +32,7 @@ class ReleaseResult(BaseModel):
 
 @flow(name="release", log_prints=True, flow_run_name="release (training a new version)")
 def release(shuffle_labels: bool = False, force: bool = False, with_feedback: bool = False) -> ReleaseResult:
-    """Train both families, ship the better one as a signed ONNX bundle, and gate it.
+    """Train both families (and their blend), ship the best on validation as a signed ONNX bundle, and gate it.
 
     `with_feedback` adds the sites' recent labelled rows (maintenance-log feedback in the
     monitoring store) to the training data: what retraining after drift does.
@@ -60,9 +60,9 @@ def run_release(settings: Settings, steps, shuffle_labels: bool = False, force: 
     steps.check_model_inputs(settings)
     data = steps.split(settings, steps.load_training_data(settings, seed, shuffle_labels, with_feedback), seed)
     progress.start("train trees")
-    trained = [steps.fit_sklearn(data, seed, settings.search_budget)]
+    trees = steps.fit_trees(data, seed, settings.search_budget)
     progress.start("train MLP")
-    trained.append(steps.fit_torch(data, seed))
+    trained = steps.choose(data, trees, steps.fit_torch(data, seed))
     if shuffle_labels:  # the rollback demo's model: it must be caught, whatever the search picked
         trained = [flagging_every_row(model, data) for model in trained]
     progress.start("export ONNX")

@@ -49,7 +49,12 @@ def split() -> Split:
 
 @pytest.fixture(scope="session")
 def trained(split: Split) -> dict[str, TrainedModel]:
-    return {"sklearn": train_sklearn(split), "torch": train_torch(split, epochs=40)}
+    """Both families and a blend of the two (weights fixed here: `blend` chooses them in a release)."""
+    from edgewave.tasks.release.train import Blend, _finish
+
+    models = {"sklearn": train_sklearn(split), "torch": train_torch(split, epochs=40)}
+    mixed = Blend((models["sklearn"], models["torch"]), (0.7, 0.3))
+    return {**models, "ensemble": _finish("ensemble", mixed, mixed.predict_proba, {"family": "ensemble"}, split)}
 
 
 @pytest.fixture(scope="session")

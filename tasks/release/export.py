@@ -146,9 +146,39 @@ def _export_torch(trained: TrainedModel, n_features: int) -> onnx.ModelProto:
     return program.model_proto
 
 
+def _export_ensemble(trained: TrainedModel, n_features: int) -> onnx.ModelProto:
+    """A blend (train.Blend) as one graph: every member's graph side by side on the same input,
+    each under its own name prefix, and the weighted sum of their probabilities."""
+    from onnx import TensorProto, compose, helper
+
+    nodes, initializers, functions, weighted = [], [], [], []
+    opsets: dict[str, int] = {}
+    ir_version = 0
+    for index, (member, weight) in enumerate(zip(trained.model.members, trained.model.weights)):
+        prefix = f"m{index}_"
+        graph_of = compose.add_prefix(to_onnx(member, n_features), prefix)
+        ir_version = max(ir_version, graph_of.ir_version)
+        for opset in graph_of.opset_import:
+            opsets[opset.domain] = max(opsets.get(opset.domain, 0), opset.version)
+        functions.extend(f for f in graph_of.functions if f.name not in {g.name for g in functions})
+        nodes.append(helper.make_node("Identity", [INPUT_NAME], [prefix + INPUT_NAME]))
+        nodes.extend(graph_of.graph.node)
+        initializers.extend(graph_of.graph.initializer)
+        initializers.append(helper.make_tensor(f"{prefix}weight", TensorProto.FLOAT, [], [weight]))
+        nodes.append(helper.make_node("Mul", [prefix + OUTPUT_NAME, f"{prefix}weight"], [f"{prefix}weighted"]))
+        weighted.append(f"{prefix}weighted")
+    nodes.append(helper.make_node("Sum", weighted, [OUTPUT_NAME]))
+    graph = helper.make_graph(
+        nodes, "blend",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [None, n_features])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [None, 2])], initializer=initializers)
+    return helper.make_model(graph, ir_version=ir_version, functions=functions,
+                             opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
+
+
 def to_onnx(trained: TrainedModel, n_features: int) -> onnx.ModelProto:
     """Export with a dynamic batch axis and check the graph with `onnx.checker`."""
-    exporters = {"sklearn": _export_sklearn, "torch": _export_torch}
+    exporters = {"sklearn": _export_sklearn, "torch": _export_torch, "ensemble": _export_ensemble}
     model = exporters[trained.family](trained, n_features)
     onnx.checker.check_model(model, full_check=True)
     return model

@@ -30,7 +30,15 @@ from edgewave.tasks.release.features import Features
 from edgewave.tasks.release.gate import GateDecision, judge
 from edgewave.tasks.release.machines import simulate
 from edgewave.tasks.release.spec import load_spec
-from edgewave.tasks.release.train import Split, TrainedModel, evaluate, split_data, train_torch, train_trees
+from edgewave.tasks.release.train import (
+    Split,
+    TrainedModel,
+    candidates,
+    evaluate,
+    search_trees,
+    split_data,
+    train_torch,
+)
 from edgewave.tasks.release.userdata import load_user_data
 
 
@@ -86,15 +94,21 @@ def split(settings: Settings, frame: pd.DataFrame, seed: int) -> Split:
     return split_data(frame, seed, Features.of(spec), spec.target.name)
 
 
-@task(name="train-sklearn", **LOCAL)
-def fit_sklearn(data: Split, seed: int, budget: int = 4) -> TrainedModel:
-    """The best tree ensemble of a bounded search (EDGEWAVE_SEARCH_BUDGET trials), by validation PR-AUC."""
-    return train_trees(data, seed, budget)
+@task(name="train-trees", **LOCAL)
+def fit_trees(data: Split, seed: int, budget: int = 4) -> list[TrainedModel]:
+    """The tree ensembles of a bounded search (EDGEWAVE_SEARCH_BUDGET trials), each scored on validation."""
+    return search_trees(data, seed, budget)
 
 
 @task(name="train-torch", **LOCAL)
 def fit_torch(data: Split, seed: int) -> TrainedModel:
     return train_torch(data, seed)
+
+
+@task(name="blend-models", **LOCAL)
+def choose(data: Split, trees: list[TrainedModel], mlp: TrainedModel) -> list[TrainedModel]:
+    """The best tree ensemble, the MLP, and their blend when it beats both on validation."""
+    return candidates(trees, mlp, data)
 
 
 @task(name="export-onnx", **LOCAL)

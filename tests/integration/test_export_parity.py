@@ -8,7 +8,7 @@ from edgewave.tasks.release.export import INPUT_NAME, OUTPUT_NAME, ParityError, 
 from edgewave.tasks.release.train import Split, TrainedModel
 
 
-@pytest.mark.parametrize("family", ["sklearn", "torch"])
+@pytest.mark.parametrize("family", ["sklearn", "torch", "ensemble"])
 def test_onnx_reproduces_the_source_model_within_1e4(family: str, trained: dict[str, TrainedModel],
                                                     exported: dict, split: Split) -> None:
     source = trained[family].predict_proba(split.x_test)
@@ -19,7 +19,7 @@ def test_onnx_reproduces_the_source_model_within_1e4(family: str, trained: dict[
     onnx.checker.check_model(onnx.load_from_string(exported[family].model))
 
 
-@pytest.mark.parametrize("family", ["sklearn", "torch"])
+@pytest.mark.parametrize("family", ["sklearn", "torch", "ensemble"])
 @pytest.mark.parametrize("batch", [1, 7, 513])
 def test_graph_takes_any_batch_size_and_returns_two_probabilities(family: str, batch: int, exported: dict,
                                                                   split: Split) -> None:
@@ -29,6 +29,19 @@ def test_graph_takes_any_batch_size_and_returns_two_probabilities(family: str, b
     (out,) = sess.run([OUTPUT_NAME], {INPUT_NAME: x})
     assert out.shape == (batch, 2)
     np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_a_blend_is_one_graph_giving_the_weighted_sum_of_its_members_graphs(exported: dict, split: Split) -> None:
+    """Members side by side under their own prefixes (the MLP's int8 variant is still measured)."""
+    blended = onnx_proba(exported["ensemble"].model, split.x_test)
+    members = 0.7 * onnx_proba(exported["sklearn"].model, split.x_test) + 0.3 * onnx_proba(exported["torch"].model,
+                                                                                          split.x_test)
+    np.testing.assert_allclose(blended, members, atol=1e-6)
+    graph = onnx.load_from_string(exported["ensemble"].model).graph
+    assert [i.name for i in graph.input] == [INPUT_NAME] and [o.name for o in graph.output] == [OUTPUT_NAME]
+    assert {"TreeEnsembleRegressor", "Sum"} <= {n.op_type for n in graph.node} | {
+        n.op_type for f in onnx.load_from_string(exported["ensemble"].model).functions for n in f.node}
+    assert exported["ensemble"].quantized.pr_auc_delta is not None, "the MLP inside is quantised and measured"
 
 
 def test_parity_failure_reports_the_difference(trained: dict[str, TrainedModel], exported: dict, split: Split) -> None:

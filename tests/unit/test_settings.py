@@ -92,7 +92,7 @@ def test_the_retry_schedule_of_server_steps_comes_from_the_settings(monkeypatch:
     configured = with_retries(steps, Settings().remote_retry_delays_seconds)
     assert (configured.register.retries, configured.register.retry_delay_seconds) == (2, [0.5, 1])
     assert (steps.register.retries, steps.register.retry_delay_seconds) == (4, [2, 5, 15, 30]), "module untouched"
-    assert configured.fit_sklearn.task is steps.fit_sklearn and configured.fit_sklearn.retries == 0, \
+    assert configured.fit_trees.task is steps.fit_trees and configured.fit_trees.retries == 0, \
         "local work never retried"
     assert configured.split_data is steps.split_data, "plain functions pass through"
     assert with_retries(steps, []).store_bundle.retries == 0

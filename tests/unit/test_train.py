@@ -61,3 +61,54 @@ def test_the_demos_bad_model_flags_every_row_whichever_trial_won_on_shuffled_lab
     assert bad.metrics.threshold == 0.0 and bad.metrics.recall == 1.0
     assert bad.metrics.precision == np.float64(split.y_test.mean()), "every test row flagged"
     assert (unweighted.predict_proba(split.x_test) >= bad.metrics.threshold).all()
+
+
+def _scored_split(n: int = 600, seed: int = 3):
+    """A split whose rows are numbered (val 0..n-1, test n..2n-1), with 10 % failures: a model
+    is then a table of probabilities by row number."""
+    from edgewave.tasks.release.train import Split
+
+    rng = np.random.default_rng(seed)
+    y = (rng.random(2 * n) < 0.1).astype(np.int64)
+    rows = np.arange(2 * n, dtype=np.float32)[:, None]
+    return Split(rows[:0], y[:0], rows[:n], y[:n], rows[n:], y[n:], "fp", pd.DataFrame()), y, rng
+
+
+def _table_model(split, table: np.ndarray, name: str):
+    from edgewave.tasks.release.train import _finish
+
+    return _finish("sklearn", None, lambda x: table[x[:, 0].astype(int)], {"trial": name, "estimator": name}, split)
+
+
+def test_the_blend_averages_models_whose_errors_differ_and_keeps_the_weights_it_chose() -> None:
+    from edgewave.tasks.release.train import blend
+
+    split, y, rng = _scored_split()
+    a, b = (_table_model(split, y + rng.normal(0, 0.6, len(y)), name) for name in ("a", "b"))
+    mixed = blend([a, b], split)
+    assert mixed.family == "ensemble"
+    assert {id(m) for m in mixed.model.members} == {id(a), id(b)} and abs(sum(mixed.model.weights) - 1) < 1e-9
+    assert mixed.validation_pr_auc > max(a.validation_pr_auc, b.validation_pr_auc), "a blend that does not help"
+    expected = sum(w * m.predict_proba(split.x_test) for m, w in zip(mixed.model.members, mixed.model.weights))
+    np.testing.assert_allclose(mixed.predict_proba(split.x_test), expected)
+    assert mixed.metrics.rows == len(split.y_test), "scored on the test split"
+    assert sorted(mixed.params["members"]) == ["a:a:none", "b:b:none"]
+
+
+def test_the_blend_is_the_best_model_itself_when_averaging_does_not_help() -> None:
+    from edgewave.tasks.release.train import blend, candidates
+
+    split, y, rng = _scored_split()
+    sharp = _table_model(split, y + rng.normal(0, 0.05, len(y)), "sharp")  # ranks the failures first
+    noise = _table_model(split, rng.random(len(y)), "noise")
+    assert blend([noise, sharp], split) is sharp
+    offered = candidates([sharp], noise, split)
+    assert [id(m) for m in offered] == [id(sharp), id(noise)], "no blend offered when it does not beat its best"
+
+
+def test_the_largest_search_budget_the_settings_accept_is_every_trial() -> None:
+    from edgewave.tasks.platform.settings import Settings
+    from edgewave.tasks.release.train import TRIALS
+
+    bounds = {type(m).__name__: m for m in Settings.model_fields["search_budget"].metadata}
+    assert bounds["Le"].le == len(TRIALS) and bounds["Ge"].ge == 1
