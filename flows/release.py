@@ -1,4 +1,4 @@
-"""The release flow: data → train (sklearn, torch) → ONNX + parity → signed bundle → MLflow
+"""The release flow: data → train (tree search, MLP, their blend) → ONNX + parity → signed bundle → MLflow
 @candidate → quality gate → @staging."""
 
 from __future__ import annotations
