@@ -10,8 +10,10 @@ from __future__ import annotations
 import io
 import logging
 import tempfile
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -176,11 +178,21 @@ def _export_ensemble(trained: TrainedModel, n_features: int) -> onnx.ModelProto:
                              opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
 
 
+# Graphs already exported in this process, by fitted model: a blend's members are mostly the
+# release's other candidates, exported just before it (the MLP's export alone takes seconds).
+_EXPORTED: weakref.WeakKeyDictionary[Any, tuple[int, bytes]] = weakref.WeakKeyDictionary()
+
+
 def to_onnx(trained: TrainedModel, n_features: int) -> onnx.ModelProto:
     """Export with a dynamic batch axis and check the graph with `onnx.checker`."""
+    reusable = trained.family in ("sklearn", "torch")
+    if reusable and (known := _EXPORTED.get(trained.model)) and known[0] == n_features:
+        return onnx.load_from_string(known[1])
     exporters = {"sklearn": _export_sklearn, "torch": _export_torch, "ensemble": _export_ensemble}
     model = exporters[trained.family](trained, n_features)
     onnx.checker.check_model(model, full_check=True)
+    if reusable:
+        _EXPORTED[trained.model] = (n_features, model.SerializeToString())
     return model
 
 

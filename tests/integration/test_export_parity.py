@@ -108,3 +108,18 @@ def test_histogram_boosting_splits_rows_on_its_thresholds_as_scikit_learn_does()
     rows = np.concatenate(rows)
     graph = _export_hist_gradient_boosting(model, 3).SerializeToString()
     assert float(np.max(np.abs(onnx_proba(graph, rows) - model.predict_proba(rows)[:, 1]))) <= 1e-5
+
+
+def test_a_model_exported_once_is_not_exported_again_for_a_blend(trained: dict[str, TrainedModel], exported: dict,
+                                                                 split: Split, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The blend's members were the release's candidates a moment before: their graphs are reused."""
+    from edgewave.tasks.release import export
+
+    def exported_again(*_):
+        raise AssertionError("the MLP was exported a second time")
+
+    monkeypatch.setattr(export, "_export_torch", exported_again)
+    model = export.to_onnx(trained["torch"], len(split.features.names))
+    assert [o.name for o in model.graph.output] == [OUTPUT_NAME]
+    fresh = export.to_onnx(trained["ensemble"], len(split.features.names))  # its MLP from the same reuse
+    assert {n.op_type for n in fresh.graph.node} >= {"Sum", "Mul"}
