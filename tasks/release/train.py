@@ -61,6 +61,7 @@ class TrainedModel:
     params: dict[str, Any]
     metrics: Metrics  # on the held-out test split: reported, never used to choose
     validation_pr_auc: float = float("nan")  # what the search and the champion choice go by
+    validation_proba: np.ndarray | None = field(default=None, repr=False)  # what `blend` averages
 
 
 def stable_parts(rows: pd.DataFrame, y: np.ndarray, shares: tuple[float, float] = (0.15, 0.15)
@@ -134,7 +135,8 @@ def _finish(family: Family, model: Any, proba_fn: Callable[[np.ndarray], np.ndar
     validation = proba_fn(split.x_val)
     threshold = best_f1_threshold(split.y_val, validation)
     metrics = evaluate(split.y_test, proba_fn(split.x_test), threshold)
-    return TrainedModel(family, model, proba_fn, params, metrics, float(average_precision_score(split.y_val, validation)))
+    return TrainedModel(family, model, proba_fn, params, metrics, float(average_precision_score(split.y_val, validation)),
+                        validation)
 
 
 # The tree ensembles tried, in order: budget N tries the first N. All convert to ONNX exactly:
@@ -231,10 +233,10 @@ def blend(models: list[TrainedModel], split: Split, rounds: int = BLEND_ROUNDS) 
     """
     if not models:
         raise ValueError("blend: no models")
-    val = [m.predict_proba(split.x_val) for m in models]
-    first = int(np.argmax([average_precision_score(split.y_val, p) for p in val]))
-    picks, total = [first], val[first].copy()
-    best_score, best_len = average_precision_score(split.y_val, val[first]), 1
+    val = [m.validation_proba for m in models]
+    first = int(np.argmax([m.validation_pr_auc for m in models]))
+    picks, total = [first], np.array(val[first], dtype=np.float64)
+    best_score, best_len = models[first].validation_pr_auc, 1
     for _ in range(rounds):
         scores = [average_precision_score(split.y_val, (total + p) / (len(picks) + 1)) for p in val]
         pick = int(np.argmax(scores))
