@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make test`: the suite in two lanes side by side on this 2-core machine. The engine lane
 # (every e2e test and every test on the Docker engine, one engine for the lane) prints here as
-# it runs; the other lane (unit and the remaining integration tests) writes its log to a file,
+# it runs; the other lane (unit, the remaining integration tests and the e2e tests marked
+# `beside_engine`, which need no engine: tests/conftest.py) writes its log to a file,
 # printed when it is done. Fails when either lane fails. Extra arguments go to both lanes.
 # Each lane draws test ports from its own range (tests/helpers.py: free_port).
 set -uo pipefail

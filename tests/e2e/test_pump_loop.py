@@ -13,6 +13,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from edgewave.serving.bundle import load_trusted_keys, verify_bundle
@@ -24,6 +25,7 @@ from tests.helpers import BIN, DEPLOYMENTS, edgewave_env, free_port
 SPEC = DEPLOYMENTS / "pump-dataset.yaml"
 
 
+@pytest.mark.beside_engine  # local sites, no Docker engine: it evens out make test's two lanes
 def test_release_serve_rollout_drift_and_retrain_on_pumps(tmp_path: Path) -> None:
     home = tmp_path / "home"
     fleet = yaml.safe_load((DEPLOYMENTS / "fleet.yaml").read_text())
