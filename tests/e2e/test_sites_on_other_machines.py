@@ -74,7 +74,8 @@ def control_plane(engine, server, tmp_path: Path):
         "rollout": {"waves": [{"name": "canary", "count": 1}, {"name": "rest", "percent": 100}],
                     "bake_seconds": 2, "convergence_deadline_seconds": 90,
                     "analysis": {"interval_seconds": 3, "measurements": 2, "min_requests_per_site": 30,
-                                 "max_p99_latency_ratio": 2.0, "min_confidence_ratio": 0.85,
+                                 # a p99 under 250 ms passes: the two test lanes share two cores
+                                 "max_p99_latency_ratio": 2.0, "p99_floor_seconds": 0.25, "min_confidence_ratio": 0.85,
                                  "max_failure_rate_shift": 0.3, "inconclusive_limit": 4},
                     "offline": {"deadline_seconds": 30, "then": "fail"}},
         "drift": {"min_samples": 50, "min_sites": 1},
