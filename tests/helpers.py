@@ -20,6 +20,11 @@ if TYPE_CHECKING:
 
 BIN = Path(sys.executable).parent
 DEPLOYMENTS = Path(__file__).resolve().parents[1] / "deployments"
+# The canary's p99 under which an e2e rollout's latency check passes whatever the ratio. `make test`
+# runs two lanes on two cores; with the other lane busy a site's p99 rose to 21 ms (and once to
+# 40-80 ms at every site together) and good models were rolled back for latency they did not cause.
+# The latency rule itself is tested in tests/unit/test_analysis.py.
+BUSY_MACHINE_P99_FLOOR = 0.25
 
 
 def ai4i_traffic():
