@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
-.PHONY: run test test-unit bench setup clean up down
+.PHONY: run test test-unit lint contracts bench setup clean up down
 
 setup: $(STAMP)
 
@@ -32,9 +32,22 @@ up: $(STAMP)
 down: $(STAMP)
 	$(BIN)/edgewave down
 
-test: $(STAMP)
+test: $(STAMP) contracts
 	@bash scripts/setup-system.sh
 	PYTHON=$(BIN)/python bash scripts/test-lanes.sh
+
+# The layers of DESIGN.md as import contracts ([tool.importlinter] in pyproject.toml).
+contracts: $(STAMP)
+	$(BIN)/lint-imports --no-cache
+
+# ruff (pyflakes, bugbear, pyupgrade, simplify, isort), the import contracts, and basedpyright in
+# basic mode. The checker finds edgewave.flows|tasks|serving through links to the folders (the
+# editable install maps them with an import hook no static checker follows).
+LINT_PATHS := $(VENV)/lint-paths/edgewave
+lint: $(STAMP) contracts
+	$(BIN)/ruff check flows tasks serving tests bench
+	@mkdir -p $(LINT_PATHS) && for d in flows tasks serving; do ln -sfn $(CURDIR)/$$d $(LINT_PATHS)/$$d; done
+	$(BIN)/basedpyright
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit

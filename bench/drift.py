@@ -20,7 +20,7 @@ import platform
 import tempfile
 import time
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.common import prefect_api_startup_seconds
@@ -37,9 +37,9 @@ def build_world(home: Path, sites: int, rows: int, drifted_every: int) -> tuple[
 
     from edgewave.serving.bundle import load_trusted_keys
     from edgewave.serving.model import load_model
+    from edgewave.tasks.data.ai4i import generate, scenario
     from edgewave.tasks.platform.settings import Settings
     from edgewave.tasks.release.bundle import build_manifest, load_or_create_signing_key, write_bundle
-    from edgewave.tasks.release.data import generate, scenario
     from edgewave.tasks.release.export import export_model
     from edgewave.tasks.release.train import split_data, train_sklearn
     from edgewave.tasks.sim.windows import ship_windows
@@ -78,8 +78,8 @@ def plain_loop(settings, sites: list[str], out: Path) -> tuple[float, list[str]]
     from edgewave.tasks.drift.checks import column_results, run_evidently, thresholds
     from edgewave.tasks.drift.reference import reference_for
     from edgewave.tasks.drift.steps import policy_for
-    from edgewave.tasks.drift.store import MonitoringStore, SiteLedger
-    from edgewave.tasks.rollout.policy import load_fleet_file
+    from edgewave.tasks.platform.fleetfile import load_fleet_file
+    from edgewave.tasks.platform.monitoring import MonitoringStore, SiteLedger
 
     policy = policy_for(settings, load_fleet_file(settings.fleet_path).drift)
     started = time.perf_counter()
@@ -137,7 +137,7 @@ def main() -> None:
         per_site = sorted(c.seconds for c in summary.sites if c.status == "checked")
 
     result = {
-        "benchmark": "drift", "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "benchmark": "drift", "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()},
         "sites": args.sites, "rows_per_site": args.rows, "windows_per_site": -(-args.rows // 1000),
         "drifted_sites": len(drifted),

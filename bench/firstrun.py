@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +54,7 @@ def main() -> None:
     run = one(["make", "--no-print-directory", "run"], {})
     print(f"make run: {run['wall_seconds']:.1f} s ({run['phases']})", flush=True)
     result = {"benchmark": "make run after make setup, phase by phase; baseline: the loop under deployments/fleet.yaml",
-              "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "when": datetime.now(UTC).isoformat(timespec="seconds"),
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
               "target_seconds": TARGET_SECONDS, "make_run": run, "under_target": run["wall_seconds"] < TARGET_SECONDS}
     if not args.no_baseline:

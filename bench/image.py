@@ -16,7 +16,7 @@ import platform
 import subprocess
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,8 +27,8 @@ STATE = Path(tempfile.gettempdir()) / f"edgewave-bench-docker-{os.getuid()}"
 
 def bundles(home: Path) -> tuple[Path, Path, str]:
     """Two signed versions of a small model (v1, v2) and the public key (PEM) that verifies them."""
+    from edgewave.tasks.data.ai4i import generate
     from edgewave.tasks.release.bundle import build_manifest, load_or_create_signing_key, public_pem, write_bundle
-    from edgewave.tasks.release.data import generate
     from edgewave.tasks.release.export import export_model
     from edgewave.tasks.release.train import split_data, train_sklearn
 
@@ -83,7 +83,7 @@ def main() -> None:
     finally:
         engines.stop(STATE)
     result = {
-        "benchmark": "image", "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "benchmark": "image", "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()},
         "image_size_mb": round(full.size_bytes / 1e6, 1), "target_size_mb": 350,
         "size_target_met": full.size_bytes / 1e6 < 350,

@@ -22,7 +22,7 @@ import os
 import platform
 import statistics
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,10 +34,10 @@ def one(machine: str, seed: int, rows: int, budget: int) -> dict:
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.metrics import average_precision_score
 
+    from edgewave.tasks.data.machines import simulate
+    from edgewave.tasks.data.spec import load_spec
     from edgewave.tasks.release.export import export_model, onnx_proba
     from edgewave.tasks.release.features import Features
-    from edgewave.tasks.release.machines import simulate
-    from edgewave.tasks.release.spec import load_spec
     from edgewave.tasks.release.train import (
         candidates,
         pick_champion,
@@ -116,7 +116,7 @@ def main() -> None:
             "significantly_behind_on_any_seed": any(r["difference_95"][1] < 0 for r in mine),
             "better_on_average": statistics.mean(r["difference"] for r in mine) > 0}
     result = {"benchmark": "champion vs a default HistGradientBoostingClassifier, failure-class PR-AUC on the test split",
-              "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "when": datetime.now(UTC).isoformat(timespec="seconds"),
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
               "rows": args.rows, "split": "70/15/15 stratified, the same for both", "search_budget": args.budget,
               "summary": summary, "runs": rows}

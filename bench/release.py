@@ -1,7 +1,7 @@
 """Benchmark: each stage of the release flow and the whole flow, under Prefect and called directly.
 
-Both run the flow's one step sequence (`run_release` in flows/release.py): as the Prefect flow,
-and with its tasks' plain functions. They run in this one process, interleaved, on the same
+Both run the flow's one step sequence (the body of `release` in flows/release.py): as the Prefect
+flow, and with its tasks' plain functions put in their place. They run in this one process, interleaved, on the same
 data seed, each against its own embedded state (SQLite MLflow, local bundle store). Without a
 Docker engine the image step writes the build context and skips the build on both sides. The output is Prefect's overhead as a
 ratio (prefect / direct) per stage and for the whole flow; the ephemeral API server's
@@ -20,40 +20,61 @@ import statistics
 import tempfile
 import time
 from collections import defaultdict
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
 
 from bench.common import prefect_api_startup_seconds
 
 RESULTS = Path(__file__).parent / "results" / "release.json"
 
 
-def timed_steps(times: dict[str, float]) -> SimpleNamespace:
-    """The release steps as plain functions (each task's `.fn`), timed under their task names."""
+class _Plain:
+    """A release task's plain function (its `.fn`), timed under the task's name. It accepts
+    `with_options` (what `retried` calls) and stays a plain call: no task run, no retries."""
+
+    def __init__(self, name: str, fn, times: dict[str, float]) -> None:
+        self.name, self.fn, self.times = name, fn, times
+
+    def with_options(self, **_options) -> _Plain:
+        return self
+
+    def __call__(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            self.times[self.name] += time.perf_counter() - start
+
+
+@contextmanager
+def plain_steps(times: dict[str, float]) -> Iterator[None]:
+    """Inside this block the release flow's module of tasks holds their plain functions instead:
+    the flow's body (`release.fn`), which looks its steps up in that module at each call, then
+    runs the same sequence without Prefect."""
     from prefect import Task
 
     from edgewave.tasks.release import steps
 
-    def timed(name: str, fn):
-        def call(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                times[name] += time.perf_counter() - start
-        return call
-
-    return SimpleNamespace(**{attr: timed(value.name, value.fn) if isinstance(value, Task) else value
-                              for attr, value in vars(steps).items() if not attr.startswith("_")})
+    originals = {name: value for name, value in vars(steps).items() if isinstance(value, Task)}
+    try:
+        for name, value in originals.items():
+            setattr(steps, name, _Plain(value.name, value.fn, times))
+        yield
+    finally:
+        for name, value in originals.items():
+            setattr(steps, name, value)
 
 
 def direct_release(settings) -> dict[str, float]:
-    """The release flow's own step sequence (`run_release`) with its tasks' plain functions."""
-    from edgewave.flows.release import run_release
+    """The release flow's own body (`release.fn`) with its tasks' plain functions."""
+    from edgewave.flows.release import release
+    from edgewave.tasks.platform.settings import use
 
     times: dict[str, float] = defaultdict(float)
-    run_release(settings, timed_steps(times))
+    with plain_steps(times), use(settings):
+        release.fn()
     return dict(times)
 
 
@@ -131,7 +152,7 @@ def main() -> None:
 
     result = {
         "benchmark": "release flow: Prefect vs the same functions called directly",
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "rounds": args.rounds,
         "train_rows": args.rows,

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +64,7 @@ def one_size(n: int, work: Path) -> dict:
                      for i in range(n)], "initial")
         tracemalloc.start()
         started = time.perf_counter()
-        begun = datetime.now(timezone.utc)
+        begun = datetime.now(UTC)
         with use(settings):
             result = result_of(rollout(2, return_state=True))
         total = time.perf_counter() - started
@@ -102,7 +102,7 @@ def main() -> None:
         row["size_ratio_vs_smallest"] = round(row["sites"] / base["sites"], 2)
     result = {
         "benchmark": "rollout controller overhead vs fleet size (simulated sites, zero bake)",
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "policy": "waves 1 % / 10 % / 50 % / rest; 1 measurement of 0.2 s; 32 concurrent scrapes",

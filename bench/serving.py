@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -82,10 +82,10 @@ def rss_mb(pid: int) -> dict[str, float]:
 
 def prepare_model(work: Path):
     """Train, export and sign a model, and register it in a local MLflow, as the release does."""
+    from edgewave.tasks.data.ai4i import generate
     from edgewave.tasks.platform.settings import Settings
     from edgewave.tasks.release import registry
     from edgewave.tasks.release.bundle import build_manifest, load_or_create_signing_key, write_bundle
-    from edgewave.tasks.release.data import generate
     from edgewave.tasks.release.export import export_model
     from edgewave.tasks.release.train import split_data, train_sklearn
 
@@ -203,7 +203,7 @@ def main() -> None:
         "start to ready < 2 s": results["servers"]["edgewave"]["start_to_ready_s"] < 2.0,
     }
     results.update({"benchmark": "edge serving: edgewave vs mlflow models serve vs bare ASGI vs in-process ORT",
-                    "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "when": datetime.now(UTC).isoformat(timespec="seconds"),
                     "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
                     "seconds_per_run": args.seconds, "load_generator": "wrk, 2 threads at 8 connections, 1 at 1"})
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -19,15 +19,15 @@ from edgewave.flows.drift import drift_monitor
 from edgewave.flows.release import release
 from edgewave.flows.retrain import retrain_on_drift
 from edgewave.flows.rollout import result_of, rollout
+from edgewave.tasks.data.machines import machine_of
+from edgewave.tasks.data.spec import load_spec
 from edgewave.tasks.drift.checks import FleetDrift
-from edgewave.tasks.drift.store import MonitoringStore
-from edgewave.tasks.platform import fleet
+from edgewave.tasks.fleet import local
+from edgewave.tasks.platform.fleetfile import load_fleet_file
+from edgewave.tasks.platform.monitoring import MonitoringStore
 from edgewave.tasks.platform.settings import Settings, use
-from edgewave.tasks.release.machines import machine_of
 from edgewave.tasks.release.registry import PRODUCTION, alias_version
-from edgewave.tasks.release.spec import load_spec
 from edgewave.tasks.rollout.controller import scrape_sites
-from edgewave.tasks.rollout.policy import load_fleet_file
 from edgewave.tasks.sim.traffic import Traffic, source_for
 
 # Sites sync every 2 s and keep every request for drift in 5 s windows, so a demo sees a
@@ -72,14 +72,14 @@ def _with_fleet(settings: Settings, keep_fleet: bool, rate: float, work: Callabl
     source = source_for(settings, version)
     feedback = MonitoringStore.of(settings) if source.target else None
     with phase("fleet up"):
-        fleet.up(settings, fleet_file.fleet, extra_env=DEMO_SITE_ENV)
+        local.up(settings, fleet_file.fleet, extra_env=DEMO_SITE_ENV)
     try:
         with Traffic(fleet_file.fleet.sites, source, rate_per_site=rate, feedback_store=feedback) as traffic:
             return work(traffic)
     finally:
         if not keep_fleet:
             with phase("fleet down"):
-                fleet.down(settings, fleet_file.fleet)
+                local.down(settings, fleet_file.fleet)
 
 
 def served_versions(settings: Settings) -> dict[str, int | None]:
@@ -120,7 +120,7 @@ def _drift_and_retrain(settings: Settings, traffic: Traffic, phase: Phases, rate
         baseline = drift_monitor()  # counts the pre-drift windows: no site may be flagged by them
     print(f"before the drift: {baseline.reason}")
     machine = machine_of(load_spec(settings.dataset))
-    for index, (name, params) in zip(DRIFTING_SITES, machine.demo_drift):
+    for index, (name, params) in zip(DRIFTING_SITES, machine.demo_drift, strict=True):
         change = machine.scenario(name, **params)
         traffic.set_scenario(traffic.sites[index].id, change)
         print(f"{traffic.sites[index].id}: now {change.description}")

@@ -5,33 +5,34 @@ from __future__ import annotations
 
 import os
 from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 from prefect import flow, unmapped
-from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 from edgewave.serving.redact import redact
-from edgewave.tasks.drift import steps as step
+from edgewave.tasks.drift import steps
 from edgewave.tasks.drift.checks import FleetDrift, SiteCheck
-from edgewave.tasks.platform.runs import name_run, run_logger, with_retries
+from edgewave.tasks.platform.fleetfile import DriftPolicy, load_fleet_file
+from edgewave.tasks.platform.runs import name_run, retried, run_logger
 from edgewave.tasks.platform.settings import Settings, active
-from edgewave.tasks.rollout.policy import DriftPolicy, load_fleet_file
 
 
 @flow(name="drift-check-sites", flow_run_name="{check_id}: per-site checks")
 def check_sites(policy: DriftPolicy, check_id: str, sites: list[str]) -> list[SiteCheck]:
     """The fan-out: one task per site on whatever task runner this flow was given."""
-    futures = step.check_site.map(unmapped(active()), unmapped(policy), unmapped(check_id), sites)
+    futures = steps.check_site.map(unmapped(active()), unmapped(policy), unmapped(check_id), sites)
     return [future.result() for future in futures]
 
 
-def task_runner(settings: Settings):
+def task_runner(settings: Settings) -> TaskRunner[Any]:
     """A process per core here; `EDGEWAVE_DASK_ADDRESS` sends the same tasks to a Dask cluster.
 
     With one worker the checks run in this process, one after another: a fresh worker process
     would import pandas, scipy and Evidently again for every check (about 10 s on this machine),
     while this process keeps them from the first check on."""
     if settings.dask_address:
-        from prefect_dask import DaskTaskRunner
+        from prefect_dask.task_runners import DaskTaskRunner
 
         return DaskTaskRunner(address=settings.dask_address)
     if settings.drift_workers == 1:
@@ -62,18 +63,18 @@ def drift_monitor() -> FleetDrift:
     settings = active()
     log = run_logger()
     fleet_file = load_fleet_file(settings.fleet_path)
-    policy = step.policy_for(settings, fleet_file.drift)
-    check_id = step.new_check_id()
+    policy = steps.policy_for(settings, fleet_file.drift)
+    check_id = steps.new_check_id()
     sites = [s.id for s in fleet_file.fleet.sites]
     name_run(f"drift check {len(sites)} sites")
     log.info("%s: %d sites of %s, store %s", check_id, len(sites), settings.model_name, redact(settings.monitoring_store))
 
     with same_api_for_workers():
         checks = check_sites.with_options(task_runner=task_runner(settings))(policy, check_id, sites)
-    summary = step.summarise(settings, check_id, checks, policy)
-    links = with_retries(step, settings.remote_retry_delays_seconds).log_to_mlflow(settings, summary)
-    step.publish(summary, links)
+    summary = steps.summarise(settings, check_id, checks, policy)
+    links = retried(steps.log_to_mlflow, settings)(settings, summary)
+    steps.publish(summary, links)
     if summary.detected:
-        summary = summary.model_copy(update={"event_id": step.emit(settings, summary, links, policy.cooldown_minutes)})
+        summary = summary.model_copy(update={"event_id": steps.emit(settings, summary, links, policy.cooldown_minutes)})
     log.info("%s: %s", check_id, summary.reason)
     return summary

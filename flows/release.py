@@ -3,16 +3,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from prefect import flow
 from pydantic import BaseModel
 
 from edgewave.serving.redact import redact
 from edgewave.tasks.platform.progress import Steps
-from edgewave.tasks.platform.runs import name_run, run_logger, with_retries
-from edgewave.tasks.platform.settings import Settings, active
-from edgewave.tasks.release import steps as step
+from edgewave.tasks.platform.runs import name_run, retried, run_logger
+from edgewave.tasks.platform.settings import active
+from edgewave.tasks.release import steps
 from edgewave.tasks.release.train import flagging_every_row, pick_champion
 
 STEPS = ["read data", "train trees", "train MLP", "export ONNX", "register", "sign bundle", "quality gate",
@@ -41,23 +41,15 @@ def release(shuffle_labels: bool = False, force: bool = False, with_feedback: bo
     pushed past the gate, so the canary analysis has something to catch.
     """
     settings = active()
-    return run_release(settings, with_retries(step, settings.remote_retry_delays_seconds), shuffle_labels, force,
-                       with_feedback)
-
-
-def run_release(settings: Settings, steps, shuffle_labels: bool = False, force: bool = False,
-                with_feedback: bool = False) -> ReleaseResult:
-    """The release's one step sequence. The flow runs it with the Prefect tasks of
-    tasks/release/steps.py; bench/release.py with the same functions undecorated."""
     log = run_logger()
     seed = steps.draw_seed(settings)
-    release_id = f"rel-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{seed}"
+    release_id = f"rel-{datetime.now(UTC):%Y%m%dT%H%M%S}-{seed}"
     log.info("release %s: model %s, data seed %d, tracking %s", release_id, settings.model_name, seed,
              redact(settings.mlflow_tracking_uri))
 
     progress = Steps("release", STEPS)
     progress.start("read data")
-    steps.check_model_inputs(settings)
+    retried(steps.check_model_inputs, settings)(settings)
     data = steps.split(settings, steps.load_training_data(settings, seed, shuffle_labels, with_feedback), seed)
     progress.start("train trees")
     trees = steps.fit_trees(data, seed, settings.search_budget)
@@ -69,18 +61,18 @@ def run_release(settings: Settings, steps, shuffle_labels: bool = False, force: 
     candidates = [steps.export(model, data, settings) for model in trained]
     champion = next(c for c in candidates if c.trained is pick_champion([c.trained for c in candidates]))
     progress.start("register")
-    run_ids = {c.trained.family: steps.log_run(settings, release_id, c, data) for c in candidates}
-    version = steps.register(settings, run_ids[champion.trained.family], champion, data)
+    run_ids = {c.trained.family: retried(steps.log_run, settings)(settings, release_id, c, data) for c in candidates}
+    version = retried(steps.register, settings)(settings, run_ids[champion.trained.family], champion, data)
     name_run(f"release v{version.version}")
     progress.start("sign bundle")
     folder = steps.build_bundle(settings, version, champion, data, release_id)
-    url = steps.store_bundle(settings, version, folder)
+    url = retried(steps.store_bundle, settings)(settings, version, folder)
     progress.start("quality gate")
-    decision = steps.quality_gate(settings, version, champion, data)
-    steps.record_gate(settings, version, decision, force)
+    decision = retried(steps.quality_gate, settings)(settings, version, champion, data)
+    retried(steps.record_gate, settings)(settings, version, decision, force)
     progress.start("serving image")
     steps.build_image(settings, version, folder, decision.passed or force)
-    steps.publish_summary(settings, release_id, version, candidates, champion, decision, url)
+    retried(steps.publish_summary, settings)(settings, release_id, version, candidates, champion, decision, url)
     progress.finish(f"v{version.version} {'staged' if decision.passed or force else 'rejected'}")
 
     log.info("%s v%d (%s): gate %s: %s", version.name, version.version, champion.trained.family,

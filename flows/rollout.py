@@ -6,12 +6,15 @@ marked as a rollback in Git and MLflow."""
 from __future__ import annotations
 
 from prefect import flow
+from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
-from prefect.states import Completed, Failed, State
+from prefect.states import Completed, Failed
 
-from edgewave.tasks.platform.runs import name_run, run_logger, with_retries
+from edgewave.tasks.platform.runs import name_run, retried, run_logger, unwalked
 from edgewave.tasks.platform.settings import Settings, active
 from edgewave.tasks.rollout import steps
+from edgewave.tasks.rollout.controller import Observed, next_wave
+from edgewave.tasks.rollout.record import Kind
 
 
 def _rollback_name() -> str:
@@ -32,39 +35,44 @@ def rollback(to: int | None = None, reason: str = "", wait: bool = False) -> Sta
     return outcome(run(settings, steps.rollback_target(settings, to), "rollback", reason, wait))
 
 
-def run(settings: Settings, version: int, kind: str, reason: str, wait: bool) -> dict:
-    """The one rollout sequence, for both flows."""
+def run(settings: Settings, version: int, kind: Kind, reason: str, wait: bool) -> dict:
+    """The one rollout sequence, for both flows.
+
+    Each step returns the attempt's record as it now stands (and the analysis what it observed);
+    they go to the next step `unwalked`, so Prefect passes them as they are instead of walking a
+    record of every site's previous state on each call (bench/rollout_scale.py)."""
     log = run_logger()
-    step = with_retries(steps, settings.remote_retry_delays_seconds)
-    controller = step.controller(settings, version, kind, reason, wait)
-    record = step.start(controller)
+    controller = steps.controller(settings, version, kind, reason, wait)
+    record = steps.start(controller)
     sites = sum(len(wave.sites) for wave in record.waves)
     name_run(f"{kind} {'to ' if kind == 'rollback' else ''}v{version} → {sites} site{'s' * (sites != 1)}")
     if record.status != "running":
         log.info("%s: %s (%s); nothing to do", record.id, record.status, record.reason)
-        return step.report(settings, record, noop=True)
+        return retried(steps.report, settings)(settings, unwalked(record), noop=True)
 
-    for wave in record.waves[controller.next_wave(record):]:
-        step.defer_unreachable(controller, record, wave)
-        step.observe_before(controller, record, wave)
-        step.commit_wave(controller, record, wave)
+    observed = Observed()
+    for wave in range(next_wave(record), len(record.waves)):
+        record = steps.defer_unreachable(controller, unwalked(record), wave)
+        observed = steps.observe_before(controller, unwalked(record), wave, unwalked(observed))
+        record = steps.commit_wave(controller, unwalked(record), wave)
         if record.status == "held":  # the desired-state remote's history was rewritten: nothing guessed
             break
-        step.converge(controller, wave)
-        decision = step.analyse(controller, record, wave)
+        record = steps.converge(controller, unwalked(record), wave)
+        record, observed = steps.analyse(controller, unwalked(record), wave, unwalked(observed))
+        decision = record.waves[wave].decision
         if decision == "rollback":
-            step.rollback(controller, record, wave)
+            record = steps.rollback(controller, unwalked(record), wave)
             break
         if decision == "hold":
-            step.finish(controller, record, "held", wave.reason or "held")
+            record = steps.finish(controller, unwalked(record), "held", record.waves[wave].reason or "held")
             break
-        step.manual_gate(controller, wave)
+        steps.manual_gate(controller, record, wave)
     else:
-        step.finish(controller, record, "succeeded", f"all {len(record.waves)} waves advanced")
+        record = steps.finish(controller, unwalked(record), "succeeded", f"all {len(record.waves)} waves advanced")
         if record.status == "succeeded":
-            step.promote(settings, record)
-            step.release(controller, record)
-    return step.report(settings, record)
+            retried(steps.promote, settings)(settings, unwalked(record))
+            steps.release(controller, unwalked(record))
+    return retried(steps.report, settings)(settings, unwalked(record))
 
 
 def outcome(result: dict) -> State:

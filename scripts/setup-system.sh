@@ -13,7 +13,12 @@
 # that need a package are skipped with that reason (pytest -ra prints it). Under CI (CI=true,
 # which .ci/run sets) a package that cannot be installed fails the run instead: a missing
 # engine or Prometheus must never turn into a green run of skipped tests.
+# Another apt or dpkg run (unattended upgrades, a second checkout's tests) holds the dpkg lock:
+# apt waits for it up to EDGEWAVE_APT_LOCK_SECONDS (default 600) instead of failing at once.
+# Each run logs to a file of its own, named in every message.
 set -uo pipefail
+LOCK_SECONDS=${EDGEWAVE_APT_LOCK_SECONDS:-600}
+APT=(apt-get -q -o "DPkg::Lock::Timeout=$LOCK_SECONDS")
 
 missing_packages() {
     local missing=()
@@ -30,7 +35,7 @@ missing_packages() {
 
 give_up() {  # $1: what is wrong
     if [ "${CI:-}" = true ]; then
-        echo "setup-system: $1; CI needs every package (see /tmp/edgewave-apt.log)" >&2
+        echo "setup-system: $1; CI needs every package (see ${log:-the apt log})" >&2
         exit 1
     fi
     echo "setup-system: $1 (tests needing them will be skipped)" >&2
@@ -44,7 +49,8 @@ fi
 if [ "$(id -u)" != 0 ]; then
     give_up "not root; cannot install ${missing[*]}"
 fi
-echo "setup-system: installing ${missing[*]} from Debian's packages" >&2
+log=$(mktemp -t "edgewave-apt-$(date +%Y%m%dT%H%M%S)-XXXXXX.log")
+echo "setup-system: installing ${missing[*]} from Debian's packages (log: $log; waits up to ${LOCK_SECONDS}s for another apt run to finish)" >&2
 export DEBIAN_FRONTEND=noninteractive
 # docker.io's maintainer scripts would start the engine without our flags (it rewrites the host firewall and
 # makes a bridge): forbid service starts while installing; tasks/engine.py starts its own.
@@ -54,16 +60,17 @@ if [ ! -e /usr/sbin/policy-rc.d ]; then
 fi
 updated=0
 for package in "${missing[@]}"; do  # one at a time: a package this mirror lacks must not block the others
-    if ! apt-get install -y -q --no-install-recommends "$package" >>/tmp/edgewave-apt.log 2>&1; then
+    if ! "${APT[@]}" install -y --no-install-recommends "$package" >>"$log" 2>&1; then
         if [ "$updated" = 0 ]; then
-            apt-get update -q >>/tmp/edgewave-apt.log 2>&1
+            "${APT[@]}" update >>"$log" 2>&1
             updated=1
         fi
-        apt-get install -y -q --no-install-recommends "$package" >>/tmp/edgewave-apt.log 2>&1 \
-            || echo "setup-system: could not install $package (see /tmp/edgewave-apt.log)" >&2
+        "${APT[@]}" install -y --no-install-recommends "$package" >>"$log" 2>&1 \
+            || echo "setup-system: could not install $package (see $log)" >&2
     fi
 done
 read -r -a still <<< "$(missing_packages)"
 if [ ${#still[@]} -gt 0 ]; then
     give_up "could not install ${still[*]}"
 fi
+echo "setup-system: installed ${missing[*]} (log: $log)" >&2

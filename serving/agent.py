@@ -211,6 +211,8 @@ class Agent(Background):
             raise HashMismatchError(f"{folder}: model sha256 {manifest_sha} is not the desired {desired.sha256}")
 
     def sync_desired_state(self) -> DesiredState | None:
+        if self.mirror is None:  # a site without EDGEWAVE_DESIRED_STATE_REMOTE has nothing to follow
+            return None
         commit = self.mirror.sync()
         text = self.mirror.read(site_file(self.site_id))
         desired = parse_desired(text, f"{site_file(self.site_id)} at {commit[:8]}", self.site_id) if text else None

@@ -78,7 +78,7 @@ class InputSchema(_Strict):
 
 class OutputSchema(_Strict):
     name: str = "probabilities"
-    positive_index: int = Field(1, ge=0)
+    positive_index: int = Field(default=1, ge=0)
 
 
 class ModelFile(_Strict):

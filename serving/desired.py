@@ -30,8 +30,8 @@ class DesiredState(BaseModel):
     bundle_url: str = Field(min_length=1)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the bundle's model.onnx")
     rollout_id: str = Field(min_length=1)
-    image: str | None = Field(None, description="Serving image, for Kubernetes sites.")
-    rollback: bool = Field(False, description="Returns the site to an older version on purpose: an agent applies a "
+    image: str | None = Field(default=None, description="Serving image, for Kubernetes sites.")
+    rollback: bool = Field(default=False, description="Returns the site to an older version on purpose: an agent applies a "
                            "version lower than the one it runs only when this is set.")
     reason: str | None = None
     updated_at: datetime | None = None

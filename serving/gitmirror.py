@@ -9,14 +9,18 @@ bare repository of the remote's main branch and reads files from the fetched com
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 from urllib.parse import urlparse
 
 from edgewave.serving.access import RemoteAccess
 from edgewave.serving.redact import redact
 
-BRANCH = b"refs/heads/main"
+if TYPE_CHECKING:  # dulwich itself is imported where it is used
+    from dulwich.objects import Blob, Commit
+    from dulwich.refs import Ref
+
+BRANCH = cast("Ref", b"refs/heads/main")
 
 
 class _Channel:
@@ -70,7 +74,10 @@ def _ssh_vendor(access: RemoteAccess):
                            key_filename=str(access.ssh_key) if access.ssh_key else None,
                            look_for_keys=access.ssh_key is None, allow_agent=False, timeout=15, banner_timeout=15,
                            auth_timeout=15)
-            channel = client.get_transport().open_session(timeout=15)
+            transport = client.get_transport()
+            if transport is None:  # connect() returned without a session: say so rather than fail on None
+                raise ConnectionError(f"ssh to {host}:{port or 22}: no transport after connecting")
+            channel = transport.open_session(timeout=15)
             if protocol_version == 2:
                 channel.set_environment_variable("GIT_PROTOCOL", "version=2")
             channel.exec_command(command if isinstance(command, str) else command.decode()
@@ -86,6 +93,8 @@ def _client(remote: str, access: RemoteAccess):
 
     parsed = urlparse(remote)
     if parsed.scheme in ("ssh", "git+ssh", "ssh+git"):
+        if not parsed.hostname:
+            raise ValueError(f"{redact(remote)}: no host in the URL")
         return SSHGitClient(parsed.hostname, port=parsed.port, username=parsed.username,
                             vendor=_ssh_vendor(access)), parsed.path
     if parsed.scheme in ("http", "https") and access.git_token:
@@ -119,7 +128,7 @@ class GitMirror:
             client, path = _client(self.remote, self.access)
             result = client.fetch(path, repo, determine_wants=lambda refs, depth=None: [refs[BRANCH]]
                                   if BRANCH in refs else [])
-        except (OSError, socket.error) as exc:
+        except OSError as exc:
             raise ConnectionError(redact(f"fetch of {self.remote} failed: {type(exc).__name__}: {exc}")) from None
         except Exception as exc:  # dulwich and paramiko raise their own types (host key, auth, protocol)
             raise ConnectionError(redact(f"fetch of {self.remote} failed: {type(exc).__name__}: {exc}")) from None
@@ -144,11 +153,11 @@ class GitMirror:
 
         repo = self._repo()
         try:
-            tree = repo[self._head].tree
+            tree = cast("Commit", repo[self._head]).tree
             try:
                 _, sha = tree_lookup_path(repo.object_store.__getitem__, tree, path.encode())
             except KeyError:
                 return None
-            return repo[sha].data.decode()
+            return cast("Blob", repo[sha]).data.decode()
         finally:
             repo.close()

@@ -46,7 +46,7 @@ class Buckets:
                into: HistogramMetricFamily | None = None) -> HistogramMetricFamily:
         family = into or HistogramMetricFamily(name, doc, labels=list(labels or {}))
         cumulative, running = [], 0
-        for bound, n in zip([*map(str, self.bounds), "+Inf"], self.counts):
+        for bound, n in zip([*map(str, self.bounds), "+Inf"], self.counts, strict=True):
             running += n
             cumulative.append((bound, running))
         family.add_metric(list((labels or {}).values()), cumulative, self.total)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnxruntime as ort
@@ -59,7 +59,7 @@ class LoadedModel:
 
     def raw_probability(self, x: np.ndarray) -> np.ndarray:
         (out,) = self.session.run([self.manifest.output.name], {self.manifest.input.name: x})
-        return out[:, self.manifest.output.positive_index]
+        return np.asarray(out)[:, self.manifest.output.positive_index]
 
 
 def _session(path: Path) -> ort.InferenceSession:

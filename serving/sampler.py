@@ -128,8 +128,8 @@ class Sampler(Background):
 
     def windows(self) -> list[Path]:
         """Finished window files, oldest first."""
-        return sorted((p for p in self.folder.glob("*.parquet") if WINDOW_RE.match(p.name)),
-                      key=lambda p: (int(WINDOW_RE.match(p.name)["start"]), p.name))
+        found = [(int(m["start"]), p.name, p) for p in self.folder.glob("*.parquet") if (m := WINDOW_RE.match(p.name))]
+        return [p for _, _, p in sorted(found)]
 
     def _enforce_disk_bound(self) -> None:
         windows = self.windows()

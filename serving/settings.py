@@ -25,48 +25,48 @@ class EdgeSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="EDGEWAVE_", env_file=".env", extra="ignore")
 
-    home: Path = Field(Path(".edgewave"), description="Folder holding all embedded state.")
+    home: Path = Field(default=Path(".edgewave"), description="Folder holding all embedded state.")
     trusted_keys_dir: Path | None = Field(
-        None, description="Folder of trusted public keys (*.pub) for bundle verification."
+        default=None, description="Folder of trusted public keys (*.pub) for bundle verification."
     )
     trusted_public_keys: str | None = Field(
-        None, description="Trusted public keys as PEM text (one or more), e.g. from a container's environment.")
-    site_id: str = Field("local", pattern=SITE_ID_PATTERN, description="This site's id.")
-    serve_host: str = Field("127.0.0.1", description="Address the site's HTTP service binds to.")
-    serve_port: int = Field(8080, ge=0, le=65535)
-    max_batch: int = Field(1_000, ge=1, description="Rows per request above which the answer is 413.")
-    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Request bodies above this get 413.")
+        default=None, description="Trusted public keys as PEM text (one or more), e.g. from a container's environment.")
+    site_id: str = Field(default="local", pattern=SITE_ID_PATTERN, description="This site's id.")
+    serve_host: str = Field(default="127.0.0.1", description="Address the site's HTTP service binds to.")
+    serve_port: int = Field(default=8080, ge=0, le=65535)
+    max_batch: int = Field(default=1_000, ge=1, description="Rows per request above which the answer is 413.")
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="Request bodies above this get 413.")
     reject_out_of_range: bool = Field(
-        False, description="Refuse (422) rows outside the training range instead of only counting them."
+        default=False, description="Refuse (422) rows outside the training range instead of only counting them."
     )
-    sample_fraction: float = Field(0.1, ge=0, le=1, description="Share of requests kept for drift checks.")
-    sample_window_seconds: float = Field(60.0, gt=0, description="Length of one sample window file.")
+    sample_fraction: float = Field(default=0.1, ge=0, le=1, description="Share of requests kept for drift checks.")
+    sample_window_seconds: float = Field(default=60.0, gt=0, description="Length of one sample window file.")
     sample_buffer_max_bytes: int = Field(
-        256 * 1024 * 1024, ge=1024, description="Disk the site may use for unshipped sample windows."
+        default=256 * 1024 * 1024, ge=1024, description="Disk the site may use for unshipped sample windows."
     )
     desired_state_remote: str | None = Field(
-        None, description="Git remote holding sites/<site>.yaml (ssh://, https://, file://, a path); "
+        default=None, description="Git remote holding sites/<site>.yaml (ssh://, https://, file://, a path); "
         "default a bare repository under home."
     )
     monitoring_store_url: str | None = Field(
-        None, description="fsspec URL sample windows are shipped to; default a folder under home."
+        default=None, description="fsspec URL sample windows are shipped to; default a folder under home."
     )
-    sync_interval_seconds: float = Field(10.0, gt=0, description="How often the agent syncs.")
-    bundles_kept: int = Field(3, ge=1, description="Bundles a site keeps on disk for local rollback.")
+    sync_interval_seconds: float = Field(default=10.0, gt=0, description="How often the agent syncs.")
+    bundles_kept: int = Field(default=3, ge=1, description="Bundles a site keeps on disk for local rollback.")
 
     # --- credentials for the remotes (environment or files; never in a URL, log or artifact) ---
-    ssh_key_path: Path | None = Field(None, description="SSH private key for ssh:// Git remotes and sftp:// stores.")
-    ssh_key: SecretStr | None = Field(None, description="The same key as text (written to a 0600 file under home).")
-    ssh_known_hosts_path: Path | None = Field(None, description="known_hosts the SSH host key is checked against.")
-    ssh_known_hosts: str | None = Field(None, description="The same as text (for containers).")
-    git_username: str = Field("x-access-token", description="User name sent with EDGEWAVE_GIT_TOKEN over HTTPS.")
-    git_token: SecretStr | None = Field(None, description="Token for https:// Git remotes (GitHub, GitLab, Gitea).")
-    git_token_file: Path | None = Field(None, description="File holding that token.")
-    registry_username: str | None = Field(None, description="OCI registry user (bundles as artifacts).")
-    registry_password: SecretStr | None = Field(None, description="OCI registry password or token.")
-    registry_password_file: Path | None = Field(None, description="File holding that password.")
+    ssh_key_path: Path | None = Field(default=None, description="SSH private key for ssh:// Git remotes and sftp:// stores.")
+    ssh_key: SecretStr | None = Field(default=None, description="The same key as text (written to a 0600 file under home).")
+    ssh_known_hosts_path: Path | None = Field(default=None, description="known_hosts the SSH host key is checked against.")
+    ssh_known_hosts: str | None = Field(default=None, description="The same as text (for containers).")
+    git_username: str = Field(default="x-access-token", description="User name sent with EDGEWAVE_GIT_TOKEN over HTTPS.")
+    git_token: SecretStr | None = Field(default=None, description="Token for https:// Git remotes (GitHub, GitLab, Gitea).")
+    git_token_file: Path | None = Field(default=None, description="File holding that token.")
+    registry_username: str | None = Field(default=None, description="OCI registry user (bundles as artifacts).")
+    registry_password: SecretStr | None = Field(default=None, description="OCI registry password or token.")
+    registry_password_file: Path | None = Field(default=None, description="File holding that password.")
     registry_plain_http: bool | None = Field(
-        None, description="Talk plain HTTP to the OCI registry; default: only for 127.0.0.1 / localhost.")
+        default=None, description="Talk plain HTTP to the OCI registry; default: only for 127.0.0.1 / localhost.")
 
     @model_validator(mode="after")
     def _absolute_home(self) -> EdgeSettings:

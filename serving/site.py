@@ -8,6 +8,7 @@ run on the uvicorn event loop.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from dataclasses import dataclass
@@ -46,10 +47,8 @@ class Site:
             self.agent.stop()
         self.sampler.stop()
         if self.agent:
-            try:  # last chance to ship what the sampler just flushed
+            with contextlib.suppress(ConnectionError, OSError):  # last chance to ship what the sampler just flushed
                 self.agent.ship_windows()
-            except (ConnectionError, OSError):
-                pass
 
 
 def build_site(settings: EdgeSettings, bundle: Path | None = None, with_agent: bool = True) -> Site:

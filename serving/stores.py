@@ -78,6 +78,6 @@ def put_atomic(fs: fsspec.AbstractFileSystem, local: Path, target: str) -> str:
     size = fs.size(partial)
     if size != local.stat().st_size:
         fs.rm_file(partial)
-        raise IOError(f"upload of {local.name} not confirmed: {size} bytes arrived, {local.stat().st_size} sent")
+        raise OSError(f"upload of {local.name} not confirmed: {size} bytes arrived, {local.stat().st_size} sent")
     fs.mv(partial, target)  # replaces a window re-sent after a lost confirmation (same name, same rows)
     return target

@@ -7,6 +7,8 @@ matrix. Every refusal names the field it is about.
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import orjson
 
@@ -51,8 +53,9 @@ def _row_error(where: str, row: object, model: LoadedModel) -> RequestError:
 def _value_error(where: str, value: object) -> RequestError | None:
     if type(value) not in _NUMBER:
         return RequestError(422, f"{where}: expected a number, got {_type_name(value)}")
-    if not -F32_MAX <= value <= F32_MAX:
-        return RequestError(422, f"{where}: value {float(value)!r} is not a finite float32")
+    number = cast(float, value)  # an int or a float, and not a bool (a subclass of int): checked just above
+    if not -F32_MAX <= number <= F32_MAX:
+        return RequestError(422, f"{where}: value {float(number)!r} is not a finite float32")
     return None
 
 
@@ -137,7 +140,7 @@ def out_of_range(x: np.ndarray, model: LoadedModel) -> dict[str, int]:
     if len(x) <= 8:
         found: dict[str, int] = {}
         for row in x.tolist():
-            for name, v, lo, hi in zip(model.feature_names, row, model.min_bounds, model.max_bounds):
+            for name, v, lo, hi in zip(model.feature_names, row, model.min_bounds, model.max_bounds, strict=True):
                 if v < lo or v > hi:
                     found[name] = found.get(name, 0) + 1
         return found

@@ -9,13 +9,23 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edgewave.tasks.data.ai4i import generate
+from edgewave.tasks.data.spec import load_spec
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.release.bundle import build_manifest, load_or_create_signing_key, write_bundle
-from edgewave.tasks.release.data import generate
 from edgewave.tasks.release.export import Export, export_model
 from edgewave.tasks.release.features import Features
-from edgewave.tasks.release.spec import load_spec
 from edgewave.tasks.release.train import Split, TrainedModel, split_data, train_sklearn, train_torch
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Prefect's temporary API, started by any test that runs a flow without a server, gets the same
+    start-up deadline as the product gives it (Settings.apply_runtime_environment): its default 20 s
+    ran out while both test lanes kept the machine busy."""
+    import os
+
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -29,7 +29,7 @@ BUSY_MACHINE_P99_FLOOR = 0.25
 
 def ai4i_traffic():
     """The traffic source of the shipped AI4I spec: its simulated milling machine."""
-    from edgewave.tasks.release.spec import load_spec
+    from edgewave.tasks.data.spec import load_spec
     from edgewave.tasks.sim.traffic import Simulated
 
     return Simulated(load_spec(DEPLOYMENTS / "dataset.yaml"))

@@ -22,8 +22,8 @@ import pandas as pd
 from pydantic import BaseModel, Field, computed_field
 
 from edgewave.tasks.drift.reference import ReferenceData
-from edgewave.tasks.drift.store import MonitoringStore, NewWindows, SiteLedger, WindowCheck
-from edgewave.tasks.rollout.policy import DriftPolicy
+from edgewave.tasks.platform.fleetfile import DriftPolicy
+from edgewave.tasks.platform.monitoring import MonitoringStore, NewWindows, SiteLedger, WindowCheck
 
 PREDICTION = "probability"
 
@@ -63,7 +63,7 @@ class SiteCheck(BaseModel):
     confidence_current: float | None = None
     consecutive: int = 0
     confirmed: bool = False
-    report: str | None = Field(None, description="The HTML report, in the monitoring store.")
+    report: str | None = Field(default=None, description="The HTML report, in the monitoring store.")
     seconds: float = 0.0
 
     @computed_field  # in the stored summary too: `edgewave status` reads it without importing this module
@@ -77,7 +77,7 @@ def _is_p_value(method: str) -> bool:
     return "p_value" in method
 
 
-def mean_confidence(probability: np.ndarray) -> float:
+def mean_confidence(probability: np.ndarray | pd.Series) -> float:
     """Mean of max(p, 1-p): how sure the model is, whatever it predicts."""
     p = np.asarray(probability, dtype=float)
     return float(np.mean(np.maximum(p, 1 - p))) if len(p) else float("nan")
@@ -194,7 +194,7 @@ class FleetDrift(BaseModel):
     sites_failed: list[str]
     top_features: list[tuple[str, int]] = Field(description="(feature, drifted sites), most sites first")
     sites: list[SiteCheck]
-    event_id: str | None = Field(None, description="The edgewave.drift.detected event this check emitted.")
+    event_id: str | None = Field(default=None, description="The edgewave.drift.detected event this check emitted.")
 
 
 def summarise(check_id: str, model: str, checks: list[SiteCheck], policy: DriftPolicy) -> FleetDrift:

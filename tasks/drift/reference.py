@@ -5,6 +5,7 @@ the worker's), which is only a cache: nothing another checker needs lives there.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -69,10 +70,8 @@ def _fetch(folder: Path, url: str) -> Path:
     partial = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
     try:
         download_bundle(url, partial)
-        try:
+        with contextlib.suppress(OSError):  # another process got there first; its copy is the same bundle
             os.rename(partial, folder)
-        except OSError:  # another process got there first; its copy is the same bundle
-            pass
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return folder

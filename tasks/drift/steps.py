@@ -14,7 +14,7 @@ import json
 import logging
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import task
@@ -22,22 +22,22 @@ from prefect import task
 from edgewave.serving.redact import redact
 from edgewave.tasks.drift import checks as drift
 from edgewave.tasks.drift.reference import reference_for
-from edgewave.tasks.drift.store import EVENTS, REPORTS, MonitoringStore, load_ledger, save_ledger
+from edgewave.tasks.platform.fleetfile import DriftPolicy
+from edgewave.tasks.platform.monitoring import EVENTS, REPORTS, MonitoringStore, load_ledger, save_ledger
 from edgewave.tasks.platform.runs import LOCAL, REMOTE, markdown_link
 from edgewave.tasks.platform.settings import Settings
-from edgewave.tasks.rollout.policy import DriftPolicy
 
 EVENT = "edgewave.drift.detected"
 
 
 def new_check_id() -> str:
-    return f"drift-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}"[:-3]
+    return f"drift-{datetime.now(UTC):%Y%m%dT%H%M%S%f}"[:-3]
 
 
 def policy_for(settings: Settings, fleet_policy: DriftPolicy) -> DriftPolicy:
     """The fleet file's drift policy with the dataset spec's per-column thresholds under it: a
     column's threshold comes from the fleet file if it names one, else from the spec."""
-    from edgewave.tasks.release.spec import load_spec
+    from edgewave.tasks.data.spec import load_spec
 
     spec = load_spec(settings.dataset).drift_thresholds()
     return fleet_policy.model_copy(update={"column_thresholds": {**spec, **fleet_policy.column_thresholds}})
@@ -96,7 +96,7 @@ def log_to_mlflow(settings: Settings, summary: drift.FleetDrift) -> dict[str, st
     Returns where each logged report can be opened. The HTML of undrifted sites stays in the
     monitoring store only, for the last `reports_kept` checks (an Evidently page is ~4 MB).
     """
-    import mlflow
+    from mlflow.entities import Metric
 
     from edgewave.tasks.release import registry
 
@@ -108,11 +108,11 @@ def log_to_mlflow(settings: Settings, summary: drift.FleetDrift) -> dict[str, st
         tags={"edgewave.drift_check": summary.check_id, "edgewave.model": summary.model,
               "edgewave.drift_detected": str(summary.detected).lower()})
     run_id = run.info.run_id
-    metrics = [mlflow.entities.Metric(f"{name}.{c.site}", float(value), int(time.time() * 1000), 0)
+    metrics = [Metric(f"{name}.{c.site}", float(value), int(time.time() * 1000), 0)
                for c in summary.sites if c.status == "checked"
                for name, value in (("drifted_share", c.drifted_share), ("rows", c.rows_new),
                                    ("prediction_drift_score", c.prediction.score if c.prediction else 0.0))]
-    metrics.append(mlflow.entities.Metric("sites_drifted", len(summary.sites_drifted), int(time.time() * 1000), 0))
+    metrics.append(Metric("sites_drifted", len(summary.sites_drifted), int(time.time() * 1000), 0))
     mlc.log_batch(run_id, metrics=metrics)
     mlc.log_text(run_id, json.dumps(summary.model_dump(), indent=1, default=str), "summary.json")
     links: dict[str, str] = {}

@@ -1,2 +1,3 @@
-"""What the control plane runs on: its settings, local processes by pid, the local fleet of
-sites, `make up`'s servers, and the Docker engine with its registry."""
+"""The base every capability stands on: settings, the fleet file, the monitoring store, Prefect
+run helpers, progress, local processes by pid, and the Docker engine with its registry. It
+imports no capability (import-linter checks it)."""

@@ -48,8 +48,9 @@ def start(command: list[str], record: Path, log: Path, env: dict[str, str], cwd:
     """Start `command` detached in its own session, output to `log`, pid (and details) to `record`."""
     record.parent.mkdir(parents=True, exist_ok=True)
     log.parent.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen(command, stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                               start_new_session=True)
+    with open(log, "ab") as output:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                   start_new_session=True)
     record.write_text(json.dumps({"pid": process.pid, "started": time.time(), "command": command, **details}))
     return process
 

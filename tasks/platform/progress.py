@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from rich.console import Console
+from rich.progress import TaskID
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ class LiveDisplay:
         self.progress = Progress(TextColumn("[bold]{task.fields[work]}[/bold] {task.description}"), BarColumn(),
                                  MofNCompleteColumn(), TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
                                  console=console, transient=False)
-        self.tasks: dict[tuple[str, str], int] = {}
+        self.tasks: dict[tuple[str, str], TaskID] = {}
         self.handlers = _prefect_console_handlers()
         self.consoles = [h.console for h in self.handlers]
         for handler in self.handlers:
@@ -114,7 +115,7 @@ class LiveDisplay:
 
     def close(self) -> None:
         self.progress.stop()
-        for handler, console in zip(self.handlers, self.consoles):
+        for handler, console in zip(self.handlers, self.consoles, strict=True):
             handler.console = console
 
 

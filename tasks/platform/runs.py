@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import logging
-from types import ModuleType, SimpleNamespace
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ParamSpec, TypedDict, TypeVar, cast
 
 from prefect import Task
-from prefect.cache_policies import NONE
+from prefect.cache_policies import NONE, CachePolicy
+from prefect.client.schemas.objects import State, TaskRun
 
+if TYPE_CHECKING:
+    from edgewave.tasks.platform.settings import Settings
+
+P = ParamSpec("P")
+R = TypeVar("R")
 REMOTE_TAG = "talks-to-a-server"
 
 
-def retry_unless_bad_input(task, task_run, state) -> bool:
+def retry_unless_bad_input(task: Task, task_run: TaskRun, state: State) -> bool:
     """Retry a server-facing step unless it failed on its input (a ValueError: a bad spec, data file
     or key): a server may come back, a bad file stays bad, and 52 s of backoff only hide it."""
     try:
@@ -21,11 +28,21 @@ def retry_unless_bad_input(task, task_run, state) -> bool:
     return not isinstance(error, ValueError)
 
 
+class TaskOptions(TypedDict, total=False):
+    """What a step's `@task(...)` is given besides its name (typed, so a checker matches the decorator)."""
+
+    retries: int
+    retry_delay_seconds: list[float]
+    cache_policy: CachePolicy
+    tags: list[str]
+    retry_condition_fn: Callable[[Task, TaskRun, State], bool]
+
+
 # a step that talks to a server (MLflow, the bundle store): retried with backoff, never cached
-REMOTE = {"retries": 4, "retry_delay_seconds": [2, 5, 15, 30], "cache_policy": NONE, "tags": [REMOTE_TAG],
-          "retry_condition_fn": retry_unless_bad_input}
+REMOTE: TaskOptions = {"retries": 4, "retry_delay_seconds": [2, 5, 15, 30], "cache_policy": NONE,
+                       "tags": [REMOTE_TAG], "retry_condition_fn": retry_unless_bad_input}
 # a step that works on what it was given: a retry would only repeat the same error
-LOCAL = {"cache_policy": NONE}
+LOCAL: TaskOptions = {"cache_policy": NONE}
 
 
 def run_logger() -> logging.Logger | logging.LoggerAdapter:
@@ -64,35 +81,21 @@ def markdown_link(label: str, where: str | None) -> str:
     return f"[{label}]({where})" if where.startswith(("http://", "https://")) else where
 
 
-class Unwalked:
-    """A task called with its arguments wrapped in Prefect's `quote`: Prefect then does not walk
-    them looking for futures. Our flows call steps with plain values, and the walk was the cost:
-    a rollout's record carries every site's previous state, so each step call of a 500-site rollout
-    spent most of its time in `visit_collection` (measured in bench/rollout_scale.py); a dict of
-    20,000 small entries took 7.3 s to walk and 0.01 s quoted. The task receives the values unwrapped."""
-
-    def __init__(self, task: Task) -> None:
-        self.task = task
-
-    def __call__(self, *args, **kwargs):
-        from prefect.utilities.annotations import quote
-
-        return self.task(*(quote(a) for a in args), **{k: quote(v) for k, v in kwargs.items()})
-
-    def __getattr__(self, name: str):
-        return getattr(self.task, name)
+def retried(step: Task[P, R], settings: Settings) -> Task[P, R]:
+    """`step` (a server-facing task) retried on the schedule `EDGEWAVE_REMOTE_RETRY_DELAYS_SECONDS`
+    sets, one retry per delay. Prefect fixes a task's retries when its module is imported, before
+    any settings exist, so a flow calls such a step as `retried(steps.register, settings)(...)`:
+    the step is still named where it is called, for a reader and an editor alike."""
+    delays = settings.remote_retry_delays_seconds
+    return step.with_options(retries=len(delays), retry_delay_seconds=list(delays) or 0)
 
 
-def with_retries(steps: ModuleType, delays: list[float]) -> SimpleNamespace:
-    """`steps` (a module of tasks) whose server-facing tasks retry after `delays` seconds, one retry
-    each: what `EDGEWAVE_REMOTE_RETRY_DELAYS_SECONDS` sets. Prefect fixes a task's retries when
-    the module is imported, before any settings exist, so a flow takes its steps from here. Every
-    task comes `Unwalked`."""
-    def configured(value):
-        if not isinstance(value, Task):
-            return value
-        if REMOTE_TAG in value.tags:
-            value = value.with_options(retries=len(delays), retry_delay_seconds=list(delays) or 0)
-        return Unwalked(value)
-    return SimpleNamespace(**{name: configured(value) for name, value in vars(steps).items()
-                              if not name.startswith("__")})
+def unwalked(value: R) -> R:
+    """`value` handed to a task without Prefect walking it for futures (Prefect's `quote`): a rollout's
+    record carries every site's previous state, and walking it on each step call of a 500-site
+    rollout was most of that step's time (bench/rollout_scale.py; a dict of 20,000 small entries:
+    7.3 s walked, 0.01 s quoted). The task receives `value` itself; typed as `value`'s type so a
+    checker still matches the step's signature."""
+    from prefect.utilities.annotations import quote
+
+    return cast(R, quote(value))

@@ -25,87 +25,87 @@ class Settings(EdgeSettings):
     """edgewave's configuration, read from `EDGEWAVE_*` variables and an optional `.env`."""
 
     tracking_uri: str | None = Field(
-        None, description="MLflow tracking URI; default SQLite under home. An http:// URL uses a server."
+        default=None, description="MLflow tracking URI; default SQLite under home. An http:// URL uses a server."
     )
     bundle_store_url: str | None = Field(
-        None, description="fsspec URL where signed bundles are stored; default a folder under home."
+        default=None, description="fsspec URL where signed bundles are stored; default a folder under home."
     )
     signing_key_path: Path | None = Field(
-        None, description="ed25519 private key (PEM). Unset: one under home, created on first use; set but "
+        default=None, description="ed25519 private key (PEM). Unset: one under home, created on first use; set but "
         "missing: an error (a new key would sign bundles no site trusts)."
     )
-    signing_key_pem: SecretStr | None = Field(None, description="The signing key itself (PEM), e.g. from a secret.")
-    model_name: str = Field("machine-failure", min_length=1, pattern=SITE_ID_PATTERN)
+    signing_key_pem: SecretStr | None = Field(default=None, description="The signing key itself (PEM), e.g. from a secret.")
+    model_name: str = Field(default="machine-failure", min_length=1, pattern=SITE_ID_PATTERN)
     experiment_name: str = "edgewave-release"
-    telemetry: bool = Field(False, description="Let Prefect and MLflow send usage telemetry.")
+    telemetry: bool = Field(default=False, description="Let Prefect and MLflow send usage telemetry.")
 
-    dataset: Path = Field(Path("deployments/dataset.yaml"), description="The dataset spec: columns, target, "
+    dataset: Path = Field(default=Path("deployments/dataset.yaml"), description="The dataset spec: columns, target, "
                           "derived features (EDGEWAVE_DATASET).")
     data_path: Path | None = Field(
-        None, description="Your own training data (CSV/Parquet, laid out as the dataset spec says); default: generated."
+        default=None, description="Your own training data (CSV/Parquet, laid out as the dataset spec says); default: generated."
     )
-    train_rows: int = Field(10_000, ge=500, le=5_000_000)
-    data_seed: int | None = Field(None, description="Seed of the generated data; None draws one per run.")
-    search_budget: int = Field(4, ge=1, le=12, description="Tree-ensemble trials the release tries (scored on "
+    train_rows: int = Field(default=10_000, ge=500, le=5_000_000)
+    data_seed: int | None = Field(default=None, description="Seed of the generated data; None draws one per run.")
+    search_budget: int = Field(default=4, ge=1, le=12, description="Tree-ensemble trials the release tries (scored on "
                                "validation PR-AUC, then blended with the MLP); 1 = histogram boosting alone.")
-    parity_tolerance: float = Field(1e-4, gt=0, le=1e-2)
+    parity_tolerance: float = Field(default=1e-4, gt=0, le=1e-2)
     quantization_max_delta: float = Field(
-        0.01, ge=0, description="Largest PR-AUC loss (and probability drift) an int8 variant may add."
+        default=0.01, ge=0, description="Largest PR-AUC loss (and probability drift) an int8 variant may add."
     )
     gate_tolerance: float = Field(
-        0.02, ge=0, le=1, description="How much PR-AUC a challenger may lose to the baseline."
+        default=0.02, ge=0, le=1, description="How much PR-AUC a challenger may lose to the baseline."
     )
     remote_retry_delays_seconds: list[float] = Field(
-        [2, 5, 15, 30], max_length=20, description="Waits between the retries of a step that talks to a "
+        default=[2, 5, 15, 30], max_length=20, description="Waits between the retries of a step that talks to a "
         "server (MLflow, the bundle store); one retry per entry. JSON list, e.g. `[2, 5, 15, 30]`."
     )
     gate_floor_pr_auc: float = Field(
-        0.5, ge=0, le=1, description="PR-AUC the first model must reach with no baseline."
+        default=0.5, ge=0, le=1, description="PR-AUC the first model must reach with no baseline."
     )
-    reference_rows: int = Field(5_000, ge=100, le=5_000)
+    reference_rows: int = Field(default=5_000, ge=100, le=5_000)
 
     # --- fleet and rollout ---------------------------------------------------------------
-    fleet_path: Path = Field(Path("deployments/fleet.yaml"), description="Fleet and rollout policy file.")
+    fleet_path: Path = Field(default=Path("deployments/fleet.yaml"), description="Fleet and rollout policy file.")
     rollout_lease_seconds: float = Field(
-        600.0, ge=30, description="How long a rollout's lease on its model lasts unless renewed (it renews while "
+        default=600.0, ge=30, description="How long a rollout's lease on its model lasts unless renewed (it renews while "
         "running); after that, or once its owner is gone, another run may take it over.")
     rollout_wait_seconds: float = Field(
-        3600.0, ge=0, description="How long `--wait` waits for the model's running rollout to end.")
+        default=3600.0, ge=0, description="How long `--wait` waits for the model's running rollout to end.")
     site_env_dir: Path | None = Field(
-        None, description="Folder of <site>.env files: each container site's own environment (its SSH key, its "
+        default=None, description="Folder of <site>.env files: each container site's own environment (its SSH key, its "
         "store account), like a Kubernetes Secret per site.")
     prometheus_url: str | None = Field(
-        None, description="Read rollout telemetry with PromQL from this Prometheus instead of scraping sites."
+        default=None, description="Read rollout telemetry with PromQL from this Prometheus instead of scraping sites."
     )
     central_prometheus: bool = Field(
-        False, description="`make up` also starts a central Prometheus (remote-write receiver, the fleet's alert "
+        default=False, description="`make up` also starts a central Prometheus (remote-write receiver, the fleet's alert "
         "rules) and a Prometheus agent that scrapes the local fleet into it; flow runs then read rollout telemetry "
         "from the central one.")
     prometheus_max_age_seconds: float = Field(
-        30.0, gt=0, description="On the PromQL path, a site whose latest sample is older reads as offline (a "
+        default=30.0, gt=0, description="On the PromQL path, a site whose latest sample is older reads as offline (a "
         "central Prometheus fed by remote write still holds a cut-off site's last samples).")
 
     # --- serving image ---------------------------------------------------------------------
     docker_host: str | None = Field(
-        None, description="Docker engine for the serving image (unix:///… or tcp://…); unset: DOCKER_HOST, else skip."
+        default=None, description="Docker engine for the serving image (unix:///… or tcp://…); unset: DOCKER_HOST, else skip."
     )
-    image_registry: str = Field("127.0.0.1:5000", description="OCI registry the serving image is pushed to.")
-    image_base: str = Field("edgewave-base:bookworm-py311", description="BASE_IMAGE of deployments/Dockerfile.")
-    image_required: bool = Field(False, description="Fail the release (instead of skipping) when no engine is reachable.")
+    image_registry: str = Field(default="127.0.0.1:5000", description="OCI registry the serving image is pushed to.")
+    image_base: str = Field(default="edgewave-base:bookworm-py311", description="BASE_IMAGE of deployments/Dockerfile.")
+    image_required: bool = Field(default=False, description="Fail the release (instead of skipping) when no engine is reachable.")
     bundle_registry: str | None = Field(
-        None, description="OCI registry (host:port[/namespace]) the release pushes each signed bundle to as an "
+        default=None, description="OCI registry (host:port[/namespace]) the release pushes each signed bundle to as an "
         "artifact; sites then pull it by digest. Unset: sites fetch bundles from the bundle store.")
 
     # --- drift and retraining -------------------------------------------------------------
     drift_workers: int = Field(
-        0, ge=0, description="Processes for per-site drift checks on this machine; 0 = one per core; 1 = in the "
+        default=0, ge=0, description="Processes for per-site drift checks on this machine; 0 = one per core; 1 = in the "
         "flow's own process (small fleets: no worker start-up per check)."
     )
     dask_address: str | None = Field(
-        None, description="Run per-site drift checks on this Dask scheduler (tcp://host:8786) instead."
+        default=None, description="Run per-site drift checks on this Dask scheduler (tcp://host:8786) instead."
     )
     feedback_rows_per_site: int = Field(
-        5_000, ge=0, description="Most recent labelled rows per site that retraining adds to the data."
+        default=5_000, ge=0, description="Most recent labelled rows per site that retraining adds to the data."
     )
 
     @computed_field  # type: ignore[prop-decorator]

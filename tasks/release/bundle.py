@@ -6,7 +6,7 @@ import base64
 import hashlib
 import json
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -32,7 +32,7 @@ from edgewave.serving.bundle import (
 )
 from edgewave.serving.errors import Actionable
 from edgewave.serving.transport import download_bundle  # noqa: F401  (one implementation, re-exported)
-from edgewave.tasks.release.data import CLASS_LABELS, FEATURES
+from edgewave.tasks.data.ai4i import CLASS_LABELS, FEATURES
 from edgewave.tasks.release.export import INPUT_NAME, OUTPUT_NAME
 
 INT8_MODEL = "model.int8.onnx"
@@ -141,26 +141,23 @@ def build_manifest(*, name: str, version: int, family: str, model: bytes, int8_m
                    features: tuple[str, ...] = FEATURES, class_labels: tuple[str, str] = CLASS_LABELS
                    ) -> BundleManifest:
     """The manifest of a bundle: the raw columns a site is sent, with the ranges seen in training."""
-    raw = features
-    features = [
-        FeatureSpec(name=f, min=float(train_frame[f].min()), max=float(train_frame[f].max())) for f in raw
-    ]
+    specs = [FeatureSpec(name=f, min=float(train_frame[f].min()), max=float(train_frame[f].max())) for f in features]
     return BundleManifest(
         name=name,
         version=version,
-        created_at=datetime.now(timezone.utc),
+        created_at=datetime.now(UTC),
         edgewave_version=edgewave_version(),
         family=family,
         model=model_file(MODEL, model),
         variants={"int8": model_file(INT8_MODEL, int8_model)} if int8_model else {},
-        input=InputSchema(name=INPUT_NAME, features=features),
+        input=InputSchema(name=INPUT_NAME, features=specs),
         output=OutputSchema(name=OUTPUT_NAME, positive_index=1),
         class_labels=list(class_labels),
         threshold=threshold,
         metrics=metrics,
         data_fingerprint=data_fingerprint,
         parity_max_abs_diff=parity_max_abs_diff,
-        reference=reference_from(train_frame, raw, reference_rows),
+        reference=reference_from(train_frame, features, reference_rows),
     )
 
 

@@ -13,7 +13,7 @@ import tempfile
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import onnx
@@ -69,7 +69,7 @@ def _export_hist_gradient_boosting(model, n_features: int) -> onnx.ModelProto:
 
     if model.n_trees_per_iteration_ != 1:
         raise ValueError("only binary HistGradientBoostingClassifier models are exported")
-    attrs: dict[str, list] = {k: [] for k in (
+    attrs: dict[str, Any] = {k: [] for k in (
         "nodes_treeids", "nodes_nodeids", "nodes_featureids", "nodes_modes", "nodes_values",
         "nodes_truenodeids", "nodes_falsenodeids", "nodes_missing_value_tracks_true",
         "target_treeids", "target_nodeids", "target_ids", "target_weights")}
@@ -115,13 +115,13 @@ def _export_sklearn(trained: TrainedModel, n_features: int) -> onnx.ModelProto:
 
     if type(trained.model).__name__ == "HistGradientBoostingClassifier":
         return _export_hist_gradient_boosting(trained.model, n_features)
-    model = to_onnx(
+    model = cast(onnx.ModelProto, to_onnx(
         trained.model,
-        initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
+        initial_types=cast(Any, [(INPUT_NAME, FloatTensorType([None, n_features]))]),
         options={id(trained.model): {"zipmap": False}},
         target_opset={"": OPSET, "ai.onnx.ml": 3},
         final_types=None,
-    )
+    ))
     # skl2onnx names the outputs "label" and "probabilities"; keep only what the edge reads.
     names = [o.name for o in model.graph.output]
     if OUTPUT_NAME not in names:
@@ -145,6 +145,8 @@ def _export_torch(trained: TrainedModel, n_features: int) -> onnx.ModelProto:
         dynamo=True,
         verbose=False,
     )
+    if program is None:
+        raise RuntimeError("torch.onnx.export returned no program")
     return program.model_proto
 
 
@@ -156,7 +158,7 @@ def _export_ensemble(trained: TrainedModel, n_features: int) -> onnx.ModelProto:
     nodes, initializers, functions, weighted = [], [], [], []
     opsets: dict[str, int] = {}
     ir_version = 0
-    for index, (member, weight) in enumerate(zip(trained.model.members, trained.model.weights)):
+    for index, (member, weight) in enumerate(zip(trained.model.members, trained.model.weights, strict=True)):
         prefix = f"m{index}_"
         graph_of = compose.add_prefix(to_onnx(member, n_features), prefix)
         ir_version = max(ir_version, graph_of.ir_version)

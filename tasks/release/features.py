@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from edgewave.tasks.release.expressions import Expression
-from edgewave.tasks.release.spec import DatasetSpec
+from edgewave.tasks.data.expressions import Expression
+from edgewave.tasks.data.spec import DatasetSpec
 
 INPUT_NAME = "features"  # what every bundle's graph takes: [batch, raw columns]
 PREFIX = "edgewave_pre_"

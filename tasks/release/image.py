@@ -114,7 +114,7 @@ def build(docker_host: str, context: Path, tag: str, base_image: str, model: str
                        "MODEL_VERSION": str(version or ""),
                        "MODEL_SHA256": sha256 or ""})
         seconds = time.perf_counter() - started
-        return BuiltImage(tag, image.id, int(image.attrs["Size"]), seconds)
+        return BuiltImage(tag, str(image.id), int(image.attrs["Size"]), seconds)
     finally:
         client.close()
 

@@ -14,9 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import mlflow.artifacts
+import mlflow.onnx as mlflow_onnx
 import onnx
 import onnxruntime
 from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
@@ -87,7 +90,10 @@ def ensure_experiment(settings: Settings, name: str | None = None) -> str:
     try:
         return mlc.create_experiment(name, artifact_location=location)
     except MlflowException:  # created meanwhile by a concurrent or retried call
-        return mlc.get_experiment_by_name(name).experiment_id
+        experiment = mlc.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
 
 
 def log_training_run(settings: Settings, release_id: str, family: str, params: dict[str, Any],
@@ -105,8 +111,8 @@ def log_training_run(settings: Settings, release_id: str, family: str, params: d
     run_id = run.info.run_id
     mlc.log_batch(
         run_id,
-        metrics=[mlflow.entities.Metric(k, float(v), 0, 0) for k, v in {**metrics, "parity_max_abs_diff": parity_max_abs_diff}.items()],
-        params=[mlflow.entities.Param(k, json.dumps(v) if not isinstance(v, str) else v) for k, v in params.items()],
+        metrics=[Metric(k, float(v), 0, 0) for k, v in {**metrics, "parity_max_abs_diff": parity_max_abs_diff}.items()],
+        params=[Param(k, json.dumps(v) if not isinstance(v, str) else v) for k, v in params.items()],
     )
     mlc.set_terminated(run_id)
     return run_id
@@ -128,7 +134,7 @@ def register_candidate(settings: Settings, run_id: str, model: bytes, tags: dict
     version = _version_for_run(mlc, name, run_id)
     if version is None:
         with mlflow.start_run(run_id=run_id):
-            info = mlflow.onnx.log_model(
+            info = mlflow_onnx.log_model(
                 onnx.load_from_string(model),
                 name="model",
                 pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],

@@ -19,17 +19,18 @@ from prefect import task
 from edgewave.serving.bundle import key_id
 from edgewave.serving.model import load_model
 from edgewave.serving.redact import redact
-from edgewave.tasks.drift.store import MonitoringStore
+from edgewave.tasks.data.ai4i import FEATURES, TARGET
+from edgewave.tasks.data.machines import simulate
+from edgewave.tasks.data.spec import load_spec
+from edgewave.tasks.data.userdata import load_user_data
+from edgewave.tasks.platform.monitoring import MonitoringStore
 from edgewave.tasks.platform.runs import LOCAL, REMOTE, markdown_link, run_logger
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.release import bundle as bundles
 from edgewave.tasks.release import registry
-from edgewave.tasks.release.data import FEATURES, TARGET
 from edgewave.tasks.release.export import Export, export_model, onnx_proba
 from edgewave.tasks.release.features import Features
 from edgewave.tasks.release.gate import GateDecision, judge
-from edgewave.tasks.release.machines import simulate
-from edgewave.tasks.release.spec import load_spec
 from edgewave.tasks.release.train import (
     Split,
     TrainedModel,
@@ -39,7 +40,6 @@ from edgewave.tasks.release.train import (
     split_data,
     train_torch,
 )
-from edgewave.tasks.release.userdata import load_user_data
 
 
 @dataclass(frozen=True)
@@ -227,6 +227,8 @@ def build_image(settings: Settings, version: registry.RegisteredVersion, folder:
         if settings.image_required:
             raise RuntimeError(f"serving image of v{version.version} required but skipped: {outcome.reason}")
         return Completed(name="Skipped", message=outcome.reason, data=outcome)
+    if outcome.digest_ref is None:  # a pushed image always has one: sites pull by digest
+        raise RuntimeError(f"serving image of v{version.version} was pushed without a digest: {outcome.reason}")
     registry.tag_version(settings, version.version, {"image": outcome.digest_ref, "image_tag": outcome.tag,
                                                      "image_size_bytes": str(outcome.size_bytes)})
     run_logger().info("serving image %s (%s)", outcome.digest_ref, outcome.reason)
@@ -255,7 +257,7 @@ def record_gate(settings: Settings, version: registry.RegisteredVersion, decisio
 
 
 def draw_seed(settings: Settings) -> int:
-    return settings.data_seed if settings.data_seed is not None else int(np.random.SeedSequence().entropy % 2**31)
+    return settings.data_seed if settings.data_seed is not None else int(np.random.SeedSequence().generate_state(1)[0] % 2**31)
 
 
 def summary_markdown(release_id: str, version: registry.RegisteredVersion, candidates: list[Candidate],

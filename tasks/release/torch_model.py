@@ -33,6 +33,9 @@ class FailureMLP(nn.Module):
         std = x.std(dim=0)
         return cls(x.mean(dim=0), torch.where(std > 0, std, torch.ones_like(std)), hidden)
 
+    mean: torch.Tensor  # buffers (saved with the model, moved with it), set in __init__
+    std: torch.Tensor
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.net((x - self.mean) / self.std).squeeze(-1)
 

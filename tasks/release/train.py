@@ -6,17 +6,22 @@ retrains and the functions can be tested on their own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score
 from sklearn.utils.class_weight import compute_sample_weight
 
+from edgewave.tasks.data.ai4i import FEATURES, TARGET, fingerprint
 from edgewave.tasks.platform.progress import report
-from edgewave.tasks.release.data import FEATURES, TARGET, fingerprint
 from edgewave.tasks.release.features import Features
+
+# What an undefined score (no predicted or no true positives) counts as. scikit-learn takes 0 but
+# types the parameter after its default, "warn" (str): one cast here instead of four at the calls.
+NO_SCORE = cast(str, 0)
 
 Family = Literal["sklearn", "torch", "ensemble"]
 
@@ -75,9 +80,10 @@ def stable_parts(rows: pd.DataFrame, y: np.ndarray, shares: tuple[float, float] 
         ranked = members[np.argsort(hashes[members], kind="stable")]
         n_val, n_test = (max(1, round(share * len(ranked))) for share in shares)
         cut = len(ranked) - n_val - n_test
-        for part, chunk in zip(parts, (ranked[:cut], ranked[cut:cut + n_val], ranked[cut + n_val:])):
+        for part, chunk in zip(parts, (ranked[:cut], ranked[cut:cut + n_val], ranked[cut + n_val:]), strict=True):
             part.append(chunk)
-    return tuple(np.sort(np.concatenate(part)) for part in parts)
+    train, validation, test = (np.sort(np.concatenate(part)) for part in parts)
+    return train, validation, test
 
 
 def split_data(frame: pd.DataFrame, seed: int = 0, features: Features | None = None, target: str = TARGET) -> Split:
@@ -110,7 +116,7 @@ def best_f1_threshold(y: np.ndarray, proba: np.ndarray) -> float:
     candidates = np.unique(np.round(proba, 4))
     if len(candidates) > 400:
         candidates = np.quantile(proba, np.linspace(0.5, 0.999, 400))
-    scores = [f1_score(y, proba >= t, zero_division=0) for t in candidates]
+    scores = [f1_score(y, proba >= t, zero_division=NO_SCORE) for t in candidates]
     return float(candidates[int(np.argmax(scores))]) if scores else 0.5
 
 
@@ -121,9 +127,9 @@ def evaluate(y: np.ndarray, proba: np.ndarray, threshold: float) -> Metrics:
     pred = proba >= threshold
     return Metrics(
         pr_auc=float(average_precision_score(y, proba)),
-        f1=float(f1_score(y, pred, zero_division=0)),
-        recall=float(recall_score(y, pred, zero_division=0)),
-        precision=float(precision_score(y, pred, zero_division=0)),
+        f1=float(f1_score(y, pred, zero_division=NO_SCORE)),
+        recall=float(recall_score(y, pred, zero_division=NO_SCORE)),
+        precision=float(precision_score(y, pred, zero_division=NO_SCORE)),
         threshold=float(threshold),
         positives=int(y.sum()),
         rows=int(len(y)),
@@ -218,7 +224,7 @@ class Blend:
     weights: tuple[float, ...]
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        return sum(w * m.predict_proba(x) for m, w in zip(self.members, self.weights))
+        return cast(np.ndarray, sum(w * m.predict_proba(x) for m, w in zip(self.members, self.weights, strict=True)))
 
 
 def blend(models: list[TrainedModel], split: Split, rounds: int = BLEND_ROUNDS) -> TrainedModel:
@@ -233,7 +239,9 @@ def blend(models: list[TrainedModel], split: Split, rounds: int = BLEND_ROUNDS) 
     """
     if not models:
         raise ValueError("blend: no models")
-    val = [m.validation_proba for m in models]
+    val = [m.validation_proba for m in models if m.validation_proba is not None]
+    if len(val) != len(models):
+        raise ValueError("blend: every model needs its validation probabilities")
     first = int(np.argmax([m.validation_pr_auc for m in models]))
     picks, total = [first], np.array(val[first], dtype=np.float64)
     best_score, best_len = models[first].validation_pr_auc, 1

@@ -17,7 +17,7 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
-from edgewave.tasks.rollout.policy import Abort, Analysis
+from edgewave.tasks.platform.fleetfile import Abort, Analysis
 from edgewave.tasks.rollout.telemetry import Window
 
 Verdict = Literal["pass", "fail", "inconclusive"]

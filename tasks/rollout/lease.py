@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 from pydantic import BaseModel
 
 from edgewave.serving.errors import Actionable
+from edgewave.tasks.rollout.gitops import DesiredStateRepo
 
 
 class RolloutBusy(RuntimeError, Actionable):
@@ -84,4 +87,90 @@ def busy_message(model: str, lease: Lease) -> str:
 
 
 def now_utc() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class ModelLease:
+    """The lease protocol for one model in one desired-state repository: read, take, renew, hand over
+    and release by commits. Nothing is remembered between calls: the lease is read from the clone
+    (which holds our own last commit), so any step of a rollout, in any process, renews or checks
+    the same lease."""
+
+    repo: DesiredStateRepo
+    model: str
+    seconds: float
+    now: Callable[[], datetime] = now_utc
+
+    @property
+    def path(self) -> str:
+        return path(self.model)
+
+    def read(self) -> Lease | None:
+        text = self.repo.read_file(self.path)
+        return Lease.model_validate_json(text) if text else None
+
+    def wait_for_others(self, rollout_id: str, wait_seconds: float, sleep: Callable[[float], None],
+                        log: Callable[[str], None]) -> Lease | None:
+        """Another attempt's lease whose owner is gone (to take over), or None when the model is free;
+        a live one is waited for up to `wait_seconds`, then refused naming it."""
+        waited = 0.0
+        while True:
+            lease = self.read()
+            if lease is None or lease.rollout_id == rollout_id:
+                return None
+            if lease.stale(self.now()):
+                return lease
+            if waited >= wait_seconds:
+                raise RolloutBusy(busy_message(self.model, lease))
+            log(f"{rollout_id}: waiting for {lease.rollout_id} (owner {lease.owner()}) to finish")
+            sleep(5.0)
+            waited += 5.0
+            self.repo.sync()
+
+    def commit(self, lease: Lease | None, message: str, rollout_id: str, expected: Lease | None = None,
+               record: tuple[str, dict] | None = None, extra: dict[str, str | None] | None = None) -> str | None:
+        """Write (or with None remove) the lease, with a record and more files, in one commit; refused
+        if the lease in the remote is neither `rollout_id`'s nor `expected` (someone took it meanwhile)."""
+        def unchanged(_repo) -> None:
+            current = self.read()
+            if current is None or current.rollout_id == rollout_id:
+                return
+            if expected is not None and current.rollout_id == expected.rollout_id and current.owner() == expected.owner():
+                return
+            raise RolloutBusy(busy_message(self.model, current))
+
+        files = {self.path: _text(lease), **(extra or {})}
+        return self.repo.commit([], message[:500], record, extra=files, precondition=unchanged)
+
+    def ensure_ours(self, rollout_id: str) -> None:
+        """Raise unless `rollout_id` holds the lease (a precondition of every wave's commit)."""
+        current = self.read()
+        if current is None or current.rollout_id != rollout_id:
+            raise RolloutBusy(f"{rollout_id} lost its lease" + (f": {busy_message(self.model, current)}" if current else ""))
+
+    def renew(self, rollout_id: str) -> None:
+        """Renew `rollout_id`'s lease once half its time is gone (called between steps and measurements)."""
+        lease = self.read()
+        if lease is None or lease.rollout_id != rollout_id:
+            return
+        now = self.now()
+        if (lease.expires_at - now).total_seconds() > self.seconds / 2:
+            return
+        renewed = lease.model_copy(update={"expires_at": now + timedelta(seconds=self.seconds)})
+        self.commit(renewed, f"{rollout_id}: lease renewed until {renewed.expires_at:%H:%M:%S} UTC", rollout_id)
+
+    def files(self, rollout_id: str, then: Literal["keep", "promoting", "release"]) -> dict[str, str | None]:
+        """What a wave's commit writes of the lease: nothing (kept), the lease marked `promoting` (the
+        waves are done, @production is to move), or its removal."""
+        lease = self.read()
+        if lease is None or lease.rollout_id != rollout_id or then == "keep":
+            return {}
+        return {self.path: None if then == "release" else _text(lease.model_copy(update={"phase": "promoting"}))}
+
+    def release(self, rollout_id: str, message: str) -> str | None:
+        return self.commit(None, message, rollout_id)
+
+
+def _text(lease: Lease | None) -> str | None:
+    return lease.model_dump_json(indent=1) + "\n" if lease else None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from urllib.parse import urlparse
 
-from edgewave.tasks.rollout.policy import Fleet, FleetFile
+from edgewave.tasks.platform.fleetfile import Fleet, FleetFile
 
 # The one job name of site targets: the scrape config below, the rollout's PromQL, and on
 # Kubernetes the ServiceMonitor (whose job label is the Service's name, `edgewave-site`).

@@ -45,7 +45,7 @@ class RolloutRecord(BaseModel):
     model: str
     version: int
     from_version: int | None
-    requested_reason: str = Field("", description="Why a person (or the drift event) started it.")
+    requested_reason: str = Field(default="", description="Why a person (or the drift event) started it.")
     policy: dict = Field(default_factory=dict, description="The rollout policy as it was at the start.")
     fleet: dict = Field(default_factory=dict, description="The fleet's sites as they were at the start.")
     previous: dict[str, dict | None] = Field(default_factory=dict, description="Desired state to return to.")

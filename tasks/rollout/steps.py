@@ -11,19 +11,19 @@ from collections.abc import Callable
 
 from prefect import task
 
+from edgewave.tasks.platform.fleetfile import Site, load_fleet_file
 from edgewave.tasks.platform.runs import LOCAL, REMOTE
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.release import registry
-from edgewave.tasks.rollout.controller import Controller, Io, scrape_sites
+from edgewave.tasks.rollout.controller import Controller, Io, Observed, plan_of, scrape_sites
 from edgewave.tasks.rollout.gitops import DesiredStateRepo
 from edgewave.tasks.rollout.lease import Lease, RolloutBusy
 from edgewave.tasks.rollout.lease import path as lease_path
-from edgewave.tasks.rollout.policy import Site, load_fleet_file
-from edgewave.tasks.rollout.record import RolloutRecord, WaveRecord, report_markdown, summary
+from edgewave.tasks.rollout.record import Kind, RolloutRecord, Status, report_markdown, summary
 from edgewave.tasks.rollout.telemetry import Reading, prometheus_readings
 
 
-def controller(settings: Settings, version: int, kind: str = "rollout", reason: str = "", wait: bool = False,
+def controller(settings: Settings, version: int, kind: Kind = "rollout", reason: str = "", wait: bool = False,
                io: Io | None = None) -> Controller:
     """Everything the rollout needs to know before its first step (fails fast on bad input)."""
     from prefect import get_run_logger
@@ -91,38 +91,38 @@ def start(c: Controller) -> RolloutRecord:
 
 
 @task(name="defer-unreachable", **LOCAL)
-def defer_unreachable(c: Controller, record: RolloutRecord, wave: WaveRecord) -> None:
-    c.defer_unreachable(record, wave)
+def defer_unreachable(c: Controller, record: RolloutRecord, wave: int) -> RolloutRecord:
+    return c.defer_unreachable(record, wave)
 
 
 @task(name="observe-before", **LOCAL)
-def observe_before(c: Controller, record: RolloutRecord, wave: WaveRecord) -> None:
-    c.observe_before(record, wave)
+def observe_before(c: Controller, record: RolloutRecord, wave: int, observed: Observed) -> Observed:
+    return c.observe_before(record, wave, observed)
 
 
 @task(name="commit-wave", **LOCAL)
-def commit_wave(c: Controller, record: RolloutRecord, wave: WaveRecord) -> str | None:
+def commit_wave(c: Controller, record: RolloutRecord, wave: int) -> RolloutRecord:
     return c.commit_wave(record, wave)
 
 
 @task(name="converge", **LOCAL)
-def converge(c: Controller, wave: WaveRecord) -> None:
-    c.converge(wave)
+def converge(c: Controller, record: RolloutRecord, wave: int) -> RolloutRecord:
+    return c.converge(record, wave)
 
 
 @task(name="analyse-wave", **LOCAL)
-def analyse(c: Controller, record: RolloutRecord, wave: WaveRecord) -> str:
-    return c.analyse(record, wave)
+def analyse(c: Controller, record: RolloutRecord, wave: int, observed: Observed) -> tuple[RolloutRecord, Observed]:
+    return c.analyse(record, wave, observed)
 
 
 @task(name="rollback", **LOCAL)
-def rollback(c: Controller, record: RolloutRecord, wave: WaveRecord) -> str | None:
+def rollback(c: Controller, record: RolloutRecord, wave: int) -> RolloutRecord:
     return c.rollback(record, wave)
 
 
 @task(name="finish-rollout", **LOCAL)
-def finish(c: Controller, record: RolloutRecord, status: str, reason: str) -> str | None:
-    return c.finish(record, status, reason)  # type: ignore[arg-type]
+def finish(c: Controller, record: RolloutRecord, status: Status, reason: str) -> RolloutRecord:
+    return c.finish(record, status, reason)
 
 
 @task(name="promote", **REMOTE)
@@ -139,13 +139,15 @@ def release(c: Controller, record: RolloutRecord) -> str | None:
     return c.release(record)
 
 
-def manual_gate(c: Controller, wave: WaveRecord) -> None:
+def manual_gate(c: Controller, record: RolloutRecord, wave: int) -> None:
     """Pause the flow run for approval in the Prefect UI after a wave whose policy asks for it."""
-    if not c.policy.waves[wave.index].manual_gate:
+    _, policy = plan_of(record)
+    if not policy.waves[wave].manual_gate:
         return
     from prefect.flow_runs import pause_flow_run
 
-    c.io.log(f"{c.id}: wave {wave.name} done; waiting for approval in the Prefect UI (resume the flow run)")
+    c.io.log(f"{record.id}: wave {record.waves[wave].name} done; waiting for approval in the Prefect UI "
+             "(resume the flow run)")
     pause_flow_run(timeout=24 * 3600)
 
 

@@ -164,6 +164,7 @@ def window(before: Reading, after: Reading, site: str = "") -> Window:
     if after.pods:
         earlier = dict(before.pods)
         summed = combine([window(earlier.get(pod, NO_POD), reading) for pod, reading in after.pods])
+        assert summed is not None  # after.pods is not empty
         return replace(summed, sites=(site,) if site else ())
 
     def delta(a: float, b: float) -> float:

@@ -70,8 +70,11 @@ def render(record: RolloutRecord, path: Path) -> Path:
     ax.set_ylim(-0.6, len(labels) + 0.2)
     ax.set_title(f"{record.id}: {f'v{record.from_version}' if record.from_version else 'no model'} → v{record.version}: "
                  f"{record.status}", fontsize=10)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in COLOURS.values()]
-    handles += [plt.Line2D([], [], marker=m, color=c, linestyle="") for m, c in VERDICT.values()]
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Rectangle
+
+    handles: list = [Rectangle((0, 0), 1, 1, color=c) for c in COLOURS.values()]
+    handles += [Line2D([], [], marker=m, color=c, linestyle="") for m, c in VERDICT.values()]
     before = f"v{record.from_version}" if record.from_version else "no model"
     ax.legend(handles, [f"{before} (before)", f"v{record.version}", f"rolled back to {before}",
                         *(f"measurement: {v}" for v in VERDICT)], fontsize=7, loc="upper center",

@@ -25,11 +25,11 @@ from urllib.parse import urlparse
 import numpy as np
 import pandas as pd
 
-from edgewave.tasks.drift.store import MonitoringStore
-from edgewave.tasks.release.data import DriftScenario
-from edgewave.tasks.release.machines import simulate
-from edgewave.tasks.release.spec import DatasetSpec, load_spec
-from edgewave.tasks.rollout.policy import Site
+from edgewave.tasks.data.ai4i import DriftScenario
+from edgewave.tasks.data.machines import simulate
+from edgewave.tasks.data.spec import DatasetSpec, load_spec
+from edgewave.tasks.platform.fleetfile import Site
+from edgewave.tasks.platform.monitoring import MonitoringStore
 
 STREAM_ROWS = 5000
 
@@ -144,7 +144,7 @@ class Traffic:
             picks = rng.integers(0, len(frame), self.rows_per_request)
             batch = frame[list(self.source.features)].iloc[picks].to_dict("records")
             try:
-                conn = conn or http.client.HTTPConnection(url.hostname, url.port, timeout=5)
+                conn = conn or http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=5)
                 conn.request("POST", "/v1/predict", body=json.dumps({"instances": batch}),
                              headers={"Content-Type": "application/json"})
                 response = conn.getresponse()
@@ -168,6 +168,8 @@ class Traffic:
 
     def _report(self, site: Site, frame: pd.DataFrame, rows: list[int]) -> None:
         """The maintenance log of the scored machines: inputs and what really happened."""
+        if self.feedback_store is None:
+            return
         try:
             self.feedback_store.write_feedback(site.id, frame.loc[rows, [*self.source.features, self.source.target]])
             self.feedback_rows[site.id] += len(rows)

@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from edgewave.serving.bundle import load_trusted_keys, verify_bundle
-from edgewave.tasks.release.machines import simulate
-from edgewave.tasks.release.pump import FEATURES as PUMP
-from edgewave.tasks.release.spec import load_spec
+from edgewave.tasks.data.machines import simulate
+from edgewave.tasks.data.pump import FEATURES as PUMP
+from edgewave.tasks.data.spec import load_spec
 from tests.helpers import BIN, BUSY_MACHINE_P99_FLOOR, DEPLOYMENTS, edgewave_env, free_port
 
 SPEC = DEPLOYMENTS / "pump-dataset.yaml"

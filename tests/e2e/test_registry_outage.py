@@ -12,9 +12,9 @@ from pathlib import Path
 
 import yaml
 
+from edgewave.tasks.platform.fleetfile import load_fleet_file
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.release import registry
-from edgewave.tasks.rollout.policy import load_fleet_file
 from edgewave.tasks.rollout.telemetry import scrape
 from edgewave.tasks.sim.traffic import Traffic
 from tests.helpers import BIN, ai4i_traffic, edgewave_env, free_port, http_ok, start_mlflow_server, stop, wait_for

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgewave.tasks.platform import fleet
+from edgewave.tasks.fleet import local
+from edgewave.tasks.platform.fleetfile import load_fleet_file
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.release import registry
 from edgewave.tasks.release.bundle import build_manifest, load_or_create_signing_key, write_bundle
 from edgewave.tasks.rollout.gitops import DesiredStateRepo
-from edgewave.tasks.rollout.policy import load_fleet_file
 from edgewave.tasks.rollout.telemetry import scrape
 from edgewave.tasks.sim.traffic import Traffic
 from tests.helpers import BIN, BUSY_MACHINE_P99_FLOOR, ai4i_traffic, edgewave_env, free_port, register_bundle
@@ -54,11 +54,11 @@ def _world(bundles, split, trained, exported, tmp_path: Path):
     }))
     fleet_file = load_fleet_file(settings.fleet_path)
     env = {"EDGEWAVE_SYNC_INTERVAL_SECONDS": "0.5", "EDGEWAVE_SAMPLE_FRACTION": "0"}
-    fleet.up(settings, fleet_file.fleet, extra_env=env)
+    local.up(settings, fleet_file.fleet, extra_env=env)
     traffic = Traffic(fleet_file.fleet.sites, ai4i_traffic(), rate_per_site=40).start()
     yield settings, fleet_file
     traffic.stop()
-    fleet.down(settings, fleet_file.fleet)
+    local.down(settings, fleet_file.fleet)
 
 
 def rollout(settings: Settings, version: int | None, *extra: str) -> tuple[int, dict, str]:

@@ -19,12 +19,12 @@ import yaml
 
 from edgewave.flows.rollout import result_of, rollback, rollout
 from edgewave.serving.desired import DesiredState
-from edgewave.tasks.platform import fleet
+from edgewave.tasks.fleet import local
+from edgewave.tasks.platform.fleetfile import load_fleet_file
 from edgewave.tasks.platform.settings import Settings, use
 from edgewave.tasks.release import registry
 from edgewave.tasks.rollout.controller import scrape_sites
 from edgewave.tasks.rollout.gitops import DesiredStateRepo
-from edgewave.tasks.rollout.policy import load_fleet_file
 from edgewave.tasks.rollout.telemetry import scrape
 from edgewave.tasks.sim.traffic import Traffic
 from tests.helpers import BIN, ai4i_traffic, edgewave_env, free_port, register_bundle, remote_subjects, wait_for
@@ -63,11 +63,11 @@ def fleet_on_v1(bundles, exported, tmp_path: Path):
     repo = DesiredStateRepo.of(settings).ensure()
     repo.commit([DesiredState(site=s.id, model="machine-failure", version=1, bundle_url=bundles.v1.as_uri(),
                               sha256=sha(bundles.v1), rollout_id="ro-initial") for s in fleet_file.fleet.sites], "initial")
-    fleet.up(settings, fleet_file.fleet, extra_env={"EDGEWAVE_SYNC_INTERVAL_SECONDS": "0.5", "EDGEWAVE_SAMPLE_FRACTION": "0"})
+    local.up(settings, fleet_file.fleet, extra_env={"EDGEWAVE_SYNC_INTERVAL_SECONDS": "0.5", "EDGEWAVE_SAMPLE_FRACTION": "0"})
     wait_for(lambda: all(r and r.version == 1 for r in scrape_sites(fleet_file.fleet.sites).values()), 30,
              "the fleet to serve v1")
     yield settings, repo, write_policy
-    fleet.down(settings, fleet_file.fleet)
+    local.down(settings, fleet_file.fleet)
 
 
 def when_pushed(repo: DesiredStateRepo, subject: str, action) -> threading.Thread:
@@ -207,7 +207,7 @@ import os, sys
 from edgewave.tasks.platform.settings import Settings
 Settings().apply_runtime_environment()  # as the command line does before Prefect loads
 from edgewave.tasks.rollout import steps
-steps.promote = lambda *args, **kwargs: os._exit(9)  # the controller dies right after the record's final commit
+steps.promote.fn = lambda *args, **kwargs: os._exit(9)  # the controller dies right after the record's final commit
 from edgewave.flows.cli import app
 sys.argv = ["edgewave", "rollout", "2"]
 app()
@@ -245,9 +245,9 @@ def test_a_crash_between_the_final_commit_and_the_alias_move_is_repaired_by_the_
 def test_a_site_with_a_corrupt_applied_record_restarts_on_its_cached_bundle_and_the_rollout_goes_on(fleet_on_v1) -> None:
     settings, repo, _ = fleet_on_v1
     fleet_file = load_fleet_file(settings.fleet_path)
-    fleet.down(settings, fleet_file.fleet)
+    local.down(settings, fleet_file.fleet)
     (settings.home / "sites" / "site-1" / "applied.json").write_text('{"version": 1, "sha')  # torn write
-    fleet.up(settings, fleet_file.fleet, extra_env={"EDGEWAVE_SYNC_INTERVAL_SECONDS": "0.5",
+    local.up(settings, fleet_file.fleet, extra_env={"EDGEWAVE_SYNC_INTERVAL_SECONDS": "0.5",
                                                    "EDGEWAVE_SAMPLE_FRACTION": "0"})
     assert served(settings)["site-1"] == 1, "the site serves its last-known-good bundle from the cache"
     assert list((settings.home / "sites" / "site-1").glob("applied.json.corrupt-*")), "the bad file was set aside"

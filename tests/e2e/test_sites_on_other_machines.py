@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgewave.tasks.rollout.policy import load_fleet_file
+from edgewave.tasks.platform.fleetfile import load_fleet_file
 from edgewave.tasks.rollout.telemetry import scrape
 from edgewave.tasks.sim.traffic import Traffic
 from tests import sshd

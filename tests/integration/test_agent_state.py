@@ -20,7 +20,7 @@ from edgewave.serving.desired import DesiredState
 from edgewave.serving.metrics import SiteMetrics
 from edgewave.serving.model import BundleCache, ModelSlot
 from edgewave.serving.sampler import window_rows
-from edgewave.tasks.release.data import FEATURES
+from edgewave.tasks.data.ai4i import FEATURES
 from tests.helpers import free_port, post_json, start_site, stop
 
 

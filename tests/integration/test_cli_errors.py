@@ -40,6 +40,37 @@ def test_a_bad_data_file_is_refused_before_a_flow_runs(tmp_path: Path) -> None:
     assert not (tmp_path / "home" / "mlflow.db").exists(), "nothing ran"
 
 
+def test_an_empty_data_file_is_one_line_naming_it(tmp_path: Path) -> None:
+    data = tmp_path / "plant.csv"
+    data.write_bytes(b"")
+    result = edgewave(tmp_path / "home", "release", EDGEWAVE_DATA_PATH=str(data))
+    refused(result, str(data), "empty (0 bytes)")
+    assert not (tmp_path / "home" / "mlflow.db").exists(), "nothing ran"
+
+
+def test_an_unreadable_data_file_is_one_line_naming_it(tmp_path: Path) -> None:
+    data = tmp_path / "plant.csv"
+    data.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe\xfd" * 64)  # a picture saved under the wrong name
+    result = edgewave(tmp_path / "home", "release", EDGEWAVE_DATA_PATH=str(data))
+    refused(result, str(data), "cannot read")
+
+
+def test_a_refused_column_keeps_the_unit_in_its_header(tmp_path: Path) -> None:
+    """`Rotational speed [rpm]` is printed as it is, not read as a markup tag and dropped."""
+    data = tmp_path / "plant.csv"
+    data.write_text("Type,Air temperature [K],Process temperature [K],Rotational speed [rpm],Torque [Nm],"
+                    "Tool wear [min],Machine failure\nM,300.1,310.2,fast,40,10,0\n")
+    result = edgewave(tmp_path / "home", "data", "check", str(data))
+    refused(result, str(data), "'Rotational speed [rpm]' should be float")
+
+
+def test_an_unregistered_version_is_refused_in_one_line_without_prefect_s_traceback(tmp_path: Path) -> None:
+    result = edgewave(tmp_path / "home", "rollout", "99", EDGEWAVE_FLEET_PATH=str(DEPLOYMENTS / "demo-fleet.yaml"))
+    refused(result, "rollout refused", "machine-failure v99 is not registered")
+    run_log = tmp_path / "home" / "logs" / "runs.log"
+    assert "LookupError" in run_log.read_text(), "Prefect's run log, traceback included, is kept on disk"
+
+
 def test_a_bad_dataset_spec_names_the_field(tmp_path: Path) -> None:
     spec = tmp_path / "dataset.yaml"
     spec.write_text(SPEC.read_text().replace("range: [0, 6000]", "range: [6000, 0]"))

@@ -15,10 +15,10 @@ import pytest
 import yaml
 
 from edgewave.serving.desired import DesiredState
-from edgewave.tasks.platform import fleet
+from edgewave.tasks.fleet import local
+from edgewave.tasks.platform.fleetfile import load_fleet_file
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.rollout.gitops import DesiredStateRepo
-from edgewave.tasks.rollout.policy import load_fleet_file
 from edgewave.tasks.rollout.prometheus import JOB, scrape_config
 from edgewave.tasks.rollout.telemetry import prometheus_readings
 from edgewave.tasks.sim.traffic import Traffic
@@ -60,7 +60,7 @@ def test_every_dashboard_query_returns_a_series_per_site_of_a_live_fleet(bundles
     DesiredStateRepo.of(settings).ensure().commit(
         [DesiredState(site=s, model="machine-failure", version=1, bundle_url=bundles.v1.as_uri(),
                       sha256=bundles.sha(bundles.v1), rollout_id="ro-t") for s in SITES], "ro-t: wave 1/1")
-    fleet.up(settings, fleet_file.fleet, extra_env={"EDGEWAVE_SYNC_INTERVAL_SECONDS": "0.5"})
+    local.up(settings, fleet_file.fleet, extra_env={"EDGEWAVE_SYNC_INTERVAL_SECONDS": "0.5"})
     try:
         with running_prometheus(scrape_config(fleet_file.fleet, interval_seconds=0.5), tmp_path) as url:
             def on_v1() -> bool:
@@ -79,4 +79,4 @@ def test_every_dashboard_query_returns_a_series_per_site_of_a_live_fleet(bundles
                 shown = {series["metric"].get("site") for series in result}
                 assert shown == set(SITES), f"{title}: {promql} returned {result}"
     finally:
-        fleet.down(settings, fleet_file.fleet)
+        local.down(settings, fleet_file.fleet)

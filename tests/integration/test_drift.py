@@ -11,12 +11,19 @@ import yaml
 from edgewave.serving.bundle import load_trusted_keys
 from edgewave.serving.model import load_model
 from edgewave.serving.stores import open_store
+from edgewave.tasks.data.ai4i import FEATURES, generate, scenario
 from edgewave.tasks.drift.steps import check_one_site, policy_for
-from edgewave.tasks.drift.store import EVENTS, REPORTS, LedgerConflict, MonitoringStore, load_ledger, save_ledger
+from edgewave.tasks.platform.fleetfile import DriftPolicy, load_fleet_file
+from edgewave.tasks.platform.monitoring import (
+    EVENTS,
+    REPORTS,
+    LedgerConflict,
+    MonitoringStore,
+    load_ledger,
+    save_ledger,
+)
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.release.bundle import build_manifest, load_or_create_signing_key, write_bundle
-from edgewave.tasks.release.data import FEATURES, generate, scenario
-from edgewave.tasks.rollout.policy import DriftPolicy, load_fleet_file
 from edgewave.tasks.sim.windows import ship_windows, upload_windows, write_windows
 
 POLICY = policy_for(Settings(), load_fleet_file(Path(__file__).parents[2] / "deployments" / "fleet.yaml").drift)

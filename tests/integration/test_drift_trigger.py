@@ -18,12 +18,12 @@ import yaml
 
 from edgewave.serving.bundle import load_trusted_keys
 from edgewave.serving.model import load_model
-from edgewave.tasks.drift.store import EVENTS, MonitoringStore
-from edgewave.tasks.platform import fleet, servers
+from edgewave.tasks.data.ai4i import generate, scenario
+from edgewave.tasks.fleet import local, servers
+from edgewave.tasks.platform.fleetfile import load_fleet_file
+from edgewave.tasks.platform.monitoring import EVENTS, MonitoringStore
 from edgewave.tasks.platform.settings import Settings
-from edgewave.tasks.release.data import generate, scenario
 from edgewave.tasks.rollout.controller import scrape_sites
-from edgewave.tasks.rollout.policy import load_fleet_file
 from edgewave.tasks.sim.traffic import Traffic
 from edgewave.tasks.sim.windows import ship_windows
 from tests import browser
@@ -104,7 +104,7 @@ def retrained(stack) -> dict:
         MonitoringStore.of(settings).write_feedback(site, generate(800, 60 + index, DRIFTED.get(site)))
 
     fleet_file = load_fleet_file(settings.fleet_path)
-    fleet.up(settings, fleet_file.fleet, extra_env={"EDGEWAVE_SYNC_INTERVAL_SECONDS": "0.5"})
+    local.up(settings, fleet_file.fleet, extra_env={"EDGEWAVE_SYNC_INTERVAL_SECONDS": "0.5"})
     try:
         with Traffic(fleet_file.fleet.sites, ai4i_traffic(), rate_per_site=20):
             run = subprocess.run([str(BIN / "prefect"), "deployment", "run", "drift-monitor/drift-monitor"],
@@ -115,7 +115,7 @@ def retrained(stack) -> dict:
             retrain = wait_for_run(servers_.prefect_api, "retrain-on-drift", 420, worker_log)
         served = {s: r.version if r else None for s, r in scrape_sites(fleet_file.fleet.sites).items()}
     finally:
-        fleet.down(settings, fleet_file.fleet)
+        local.down(settings, fleet_file.fleet)
     return {"settings": settings, "drift_run": drift_run, "retrain": retrain, "served": served}
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from edgewave.serving.bundle import load_trusted_keys
 from edgewave.serving.model import load_model
-from edgewave.tasks.release.data import FEATURES
+from edgewave.tasks.data.ai4i import FEATURES
 from edgewave.tasks.release.image import wheel_cache, wheelhouse
 from tests.helpers import free_port, http_ok, stop, wait_for
 

@@ -14,16 +14,16 @@ import shutil
 import subprocess
 import time
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from edgewave.tasks.drift.checks import SiteCheck, summarise
-from edgewave.tasks.drift.store import REPORTS, MonitoringStore
+from edgewave.tasks.platform.fleetfile import DriftPolicy, Fleet
+from edgewave.tasks.platform.monitoring import REPORTS, MonitoringStore
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.rollout.gitops import DesiredStateRepo
-from edgewave.tasks.rollout.policy import DriftPolicy, Fleet
 from edgewave.tasks.rollout.prometheus import scrape_config
 from edgewave.tasks.rollout.record import RolloutRecord, WaveRecord
 from tests.helpers import BIN, DEPLOYMENTS, edgewave_env, free_port, http_ok, running_prometheus, stop, wait_for
@@ -39,7 +39,7 @@ def commit_record(repo: DesiredStateRepo, status: str) -> None:
         id=ROLLOUT_ID, model="machine-failure", version=3, from_version=2, status=status,
         reason="inconclusive 3 times" if status == "held" else "all 1 waves advanced",
         waves=[WaveRecord(index=0, name="canary", sites=["plant-a-line-1"], status="held" if status == "held" else "advanced")],
-        started_at=datetime.now(timezone.utc))
+        started_at=datetime.now(UTC))
     repo.commit([], f"{ROLLOUT_ID}: {status}", record=(ROLLOUT_ID, record.model_dump(mode="json")))
 
 

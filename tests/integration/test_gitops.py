@@ -10,9 +10,9 @@ import pytest
 
 from edgewave.serving.desired import DesiredState, parse_desired, site_file
 from edgewave.serving.gitmirror import GitMirror
+from edgewave.tasks.platform.fleetfile import load_fleet_file
 from edgewave.tasks.rollout.controller import Controller, Io
 from edgewave.tasks.rollout.gitops import HistoryRewritten
-from edgewave.tasks.rollout.policy import load_fleet_file
 from edgewave.tasks.rollout.telemetry import Reading
 from tests.helpers import desired_repo, remote_subjects
 
@@ -124,7 +124,7 @@ def test_a_rollout_whose_remote_was_rewritten_holds_and_says_why(tmp_path: Path)
                           capture_output=True, text=True, check=True).stdout.strip()
     repo.commit([state("s0", 1)], "before the rollout")
     person("README.md", "rewritten\n", force_from=root)
-    assert controller.commit_wave(record, record.waves[0]) is None
+    record = controller.commit_wave(record, 0)
     assert record.status == "held" and "rewritten" in record.reason
     assert record.waves[0].status == "held"
     assert any("held" in line for line in log)

@@ -15,8 +15,8 @@ import numpy as np
 
 from edgewave.serving.bundle import load_trusted_keys
 from edgewave.serving.model import load_model
+from edgewave.tasks.data.ai4i import FEATURES
 from edgewave.tasks.release import image as images
-from edgewave.tasks.release.data import FEATURES
 from tests.helpers import free_port, http_ok, public_keys, wait_for
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -43,7 +43,7 @@ def validate(manifest: Path) -> subprocess.CompletedProcess:
 
 def state(site: str, version: int, image: str | None, rollout: str = "ro-test") -> DesiredState:
     return DesiredState(site=site, model="machine-failure", version=version, bundle_url=f"file:///b/v{version}",
-                        sha256=SHA, rollout_id=rollout, image=image, updated_at=datetime.now(timezone.utc))
+                        sha256=SHA, rollout_id=rollout, image=image, updated_at=datetime.now(UTC))
 
 
 def test_the_base_renders_and_validates(tmp_path: Path) -> None:

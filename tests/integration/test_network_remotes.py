@@ -13,7 +13,7 @@ from edgewave.serving.access import RemoteAccess
 from edgewave.serving.desired import DesiredState, parse_desired, site_file
 from edgewave.serving.gitmirror import GitMirror
 from edgewave.serving.transport import upload_confirmed
-from edgewave.tasks.drift.store import MonitoringStore, SiteLedger
+from edgewave.tasks.platform.monitoring import MonitoringStore, SiteLedger
 from edgewave.tasks.rollout.gitops import DesiredStateRepo, GitError
 from tests import sshd
 

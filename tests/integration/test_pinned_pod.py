@@ -13,9 +13,9 @@ import urllib.request
 from pathlib import Path
 
 from edgewave.serving.desired import DesiredState
+from edgewave.tasks.data.ai4i import FEATURES
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.release import image as images
-from edgewave.tasks.release.data import FEATURES
 from edgewave.tasks.rollout.gitops import DesiredStateRepo
 from edgewave.tasks.rollout.telemetry import scrape
 from tests import sshd

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from edgewave.tasks.platform.fleetfile import Abort, Fleet, RolloutPolicy, Site
 from edgewave.tasks.rollout.analysis import measure
 from edgewave.tasks.rollout.controller import scrape_sites
-from edgewave.tasks.rollout.policy import Abort, Fleet, RolloutPolicy, Site
 from edgewave.tasks.rollout.prometheus import scrape_config
 from edgewave.tasks.rollout.telemetry import MIXED, prometheus_readings, window
 from edgewave.tasks.sim.traffic import Traffic

@@ -74,8 +74,8 @@ def test_empty_registry_state_is_readable(settings: Settings) -> None:
 
 def test_a_release_of_another_kind_of_machine_under_the_same_model_name_fails_before_training(
         settings: Settings) -> None:
-    from edgewave.tasks.release.data import FEATURES
-    from edgewave.tasks.release.spec import load_spec
+    from edgewave.tasks.data.ai4i import FEATURES
+    from edgewave.tasks.data.spec import load_spec
 
     register_versions(settings, {1: {registry.INPUT_FEATURES: ",".join(FEATURES)}}, production=1)
     step.check_model_inputs.fn(settings)  # the milling spec: the same inputs, nothing to say

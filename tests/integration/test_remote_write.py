@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from edgewave.tasks.rollout.policy import Fleet
+from edgewave.tasks.platform.fleetfile import Fleet
 from edgewave.tasks.rollout.prometheus import agent_config
 from edgewave.tasks.rollout.telemetry import prometheus_readings
 from edgewave.tasks.sim.traffic import Traffic
@@ -158,7 +158,7 @@ def test_make_up_wires_an_agent_that_feeds_the_fleet_into_a_central_prometheus(b
     stops both by pid."""
     import yaml
 
-    from edgewave.tasks.platform import servers
+    from edgewave.tasks.fleet import servers
     from edgewave.tasks.platform.settings import Settings
 
     port = free_port()

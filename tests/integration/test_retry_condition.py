@@ -1,12 +1,12 @@
 """How flows call their steps: a server-facing step retries a lost connection and fails at once on bad
-input; steps get their arguments unwalked by Prefect, and unwrapped."""
+input; a quoted argument (not walked by Prefect) arrives unwrapped."""
 
 from __future__ import annotations
 
 from prefect import flow, task
 
+from edgewave.tasks.data.spec import SpecError
 from edgewave.tasks.platform.runs import REMOTE
-from edgewave.tasks.release.spec import SpecError
 
 
 def test_a_server_facing_step_retries_a_connection_error_but_not_a_bad_file() -> None:
@@ -28,18 +28,11 @@ def test_a_server_facing_step_retries_a_connection_error_but_not_a_bad_file() ->
     both()
     assert calls == {"bad file": 1, "connection": 1 + REMOTE["retries"]}
 
-def test_steps_get_their_arguments_unwalked_and_unwrapped() -> None:
-    """A flow's steps are called with quoted arguments (Prefect does not walk a 2,000-site record
-    looking for futures), and the task still receives the plain values."""
-    from types import ModuleType
-
-    from prefect import flow, task
+def test_a_quoted_argument_reaches_the_step_unwrapped() -> None:
+    """flows/rollout.py hands each step the attempt's record as `quote(record)` (Prefect does not walk
+    a 2,000-site record looking for futures); the step must still receive the plain value."""
     from prefect.cache_policies import NONE
+    from prefect.utilities.annotations import quote
 
-    from edgewave.tasks.platform.runs import Unwalked, with_retries
-
-    module = ModuleType("steps")
-    module.kinds = task(cache_policy=NONE)(lambda record, *, plan: (type(record).__name__, type(plan).__name__))
-    steps = with_retries(module, [])
-    assert isinstance(steps.kinds, Unwalked)
-    assert flow(lambda: steps.kinds({"sites": list(range(10))}, plan=[1, 2]))() == ("dict", "list")
+    kinds = task(cache_policy=NONE)(lambda record, *, plan: (type(record).__name__, type(plan).__name__))
+    assert flow(lambda: kinds(quote({"sites": list(range(10))}), plan=quote([1, 2])))() == ("dict", "list")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from edgewave.tasks.release.data import FEATURES
+from edgewave.tasks.data.ai4i import FEATURES
 from tests.helpers import DesiredRepo, free_port, post_json, start_site, stop, wait_for
 
 SITE = "plant-a-line-1"
@@ -53,7 +53,7 @@ class Load:
             self.results[i].append((status, body.get("model_version")))
         conn.close()
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         for t in self._threads:
             t.start()
         return self

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from edgewave.tasks.release.data import FEATURES
+from edgewave.tasks.data.ai4i import FEATURES
 from edgewave.tasks.release.export import onnx_proba
 from tests.helpers import free_port, post_json, start_site, stop
 

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from edgewave.tasks.rollout.policy import FleetFile, load_fleet_file
+from edgewave.tasks.platform.fleetfile import FleetFile, load_fleet_file
 from edgewave.tasks.rollout.prometheus import alert_rules, alert_rules_yaml
 from tests.helpers import DEPLOYMENTS
 

@@ -7,8 +7,8 @@ import math
 import pytest
 
 from edgewave.serving.metrics import SiteMetrics
+from edgewave.tasks.platform.fleetfile import Abort, Analysis
 from edgewave.tasks.rollout.analysis import decide, judge_site, measure
-from edgewave.tasks.rollout.policy import Abort, Analysis
 from edgewave.tasks.rollout.telemetry import Window, combine, parse, quantile, window
 
 RULES = Analysis(min_requests_per_site=50, max_error_rate=0.01, max_p99_latency_ratio=1.5, min_confidence_ratio=0.9,
@@ -18,7 +18,7 @@ RULES = Analysis(min_requests_per_site=50, max_error_rate=0.01, max_p99_latency_
 def traffic(metrics: SiteMetrics, n: int, latency: float, confidence: float, failure_share: float,
             errors: int = 0) -> None:
     hot = metrics.hot
-    for i in range(n):
+    for _ in range(n):
         metrics.observe_request("/v1/predict", 200, latency)
         hot.confidence.observe(confidence)
     for _ in range(errors):

@@ -23,6 +23,7 @@ from edgewave.serving.bundle import (
     parse_public_keys,
     verify_bundle,
 )
+from edgewave.tasks.data.ai4i import FEATURES, TARGET, generate
 from edgewave.tasks.release.bundle import (
     INT8_MODEL,
     build_manifest,
@@ -31,7 +32,6 @@ from edgewave.tasks.release.bundle import (
     sign,
     write_bundle,
 )
-from edgewave.tasks.release.data import FEATURES, TARGET, generate
 
 MODEL_BYTES = b"\x08\x07onnx-model-bytes" * 100  # verification never parses the graph
 

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from edgewave.tasks.release.data import FAILURE_MODES, FEATURES, TARGET, fingerprint, generate, scenario
+from edgewave.tasks.data.ai4i import FAILURE_MODES, FEATURES, TARGET, fingerprint, generate, scenario
 
 N = 20_000
 

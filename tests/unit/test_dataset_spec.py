@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgewave.tasks.release.spec import SpecError, load_spec
+from edgewave.tasks.data.spec import SpecError, load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,12 +7,12 @@ import json
 import pandas as pd
 import pytest
 
+from edgewave.tasks.data.ai4i import FEATURES, TARGET, generate
 from edgewave.tasks.drift.checks import ColumnDrift, SiteCheck, column_results, summarise, thresholds
 from edgewave.tasks.drift.steps import event_payload, in_cooldown
-from edgewave.tasks.drift.store import EVENTS, MonitoringStore, SiteLedger, WindowCheck
-from edgewave.tasks.release.data import FEATURES, TARGET, generate
+from edgewave.tasks.platform.fleetfile import DriftPolicy
+from edgewave.tasks.platform.monitoring import EVENTS, MonitoringStore, SiteLedger, WindowCheck
 from edgewave.tasks.release.steps import add_feedback
-from edgewave.tasks.rollout.policy import DriftPolicy
 
 POLICY = DriftPolicy(min_sites=2, consecutive_windows=2)
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
-from edgewave.tasks.release.expressions import Expression, ExpressionError
+from edgewave.tasks.data.expressions import Expression, ExpressionError
 
 COLUMNS = {"torque_nm", "rotational_speed_rpm", "air_temperature_k", "process_temperature_k", "tool_wear_min"}
 

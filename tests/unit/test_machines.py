@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgewave.tasks.drift.store import MonitoringStore
-from edgewave.tasks.release.machines import MACHINES, machine_of, simulate
-from edgewave.tasks.release.spec import SpecError, load_spec
-from edgewave.tasks.rollout.policy import Site
+from edgewave.tasks.data.machines import MACHINES, machine_of, simulate
+from edgewave.tasks.data.spec import SpecError, load_spec
+from edgewave.tasks.platform.fleetfile import Site
+from edgewave.tasks.platform.monitoring import MonitoringStore
 from edgewave.tasks.sim.traffic import ReferenceRows, Simulated, Traffic
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,8 +12,8 @@ from onnx import TensorProto, helper
 
 from edgewave.serving.bundle import load_trusted_keys
 from edgewave.serving.model import ModelLoadError, load_model
+from edgewave.tasks.data.ai4i import FEATURES, TARGET, generate
 from edgewave.tasks.release.bundle import build_manifest, load_or_create_signing_key, write_bundle
-from edgewave.tasks.release.data import FEATURES, TARGET, generate
 
 
 def constant_model(positive: float) -> bytes:

@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import yaml
 
-from edgewave.tasks.rollout.policy import PolicyError, load_fleet_file, plan_waves, wave_size
+from edgewave.tasks.platform.fleetfile import PolicyError, load_fleet_file, plan_waves, wave_size
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deployments" / "fleet.yaml"
 
@@ -90,9 +90,9 @@ def test_maintenance_windows_are_in_the_site_time_zone_and_may_cross_midnight(tm
                                      maintenance_windows=[{"days": ["sat"], "start": "22:00", "end": "04:00"}])
     (tmp_path / "mw.yaml").write_text(yaml.safe_dump(data))
     site = load_fleet_file(tmp_path / "mw.yaml").fleet.sites[0]
-    saturday_late = datetime(2026, 11, 28, 22, 30, tzinfo=timezone.utc)  # 23:30 in Berlin, Saturday
-    sunday_early = datetime(2026, 11, 29, 2, 0, tzinfo=timezone.utc)     # 03:00 Sunday, still Saturday's window
-    sunday_day = datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)
+    saturday_late = datetime(2026, 11, 28, 22, 30, tzinfo=UTC)  # 23:30 in Berlin, Saturday
+    sunday_early = datetime(2026, 11, 29, 2, 0, tzinfo=UTC)     # 03:00 Sunday, still Saturday's window
+    sunday_day = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
     assert site.in_maintenance(saturday_late) and site.in_maintenance(sunday_early)
     assert not site.in_maintenance(sunday_day)
     assert load_fleet_file(tmp_path / "mw.yaml").fleet.sites[1].in_maintenance(sunday_day)  # no windows: always
@@ -122,15 +122,15 @@ def test_unreachable_sites_are_requeued_or_counted_failed_after_the_deadline(tmp
         return Controller(load_fleet_file(path), "m", 2, "file:///b", "e" * 64, 1, io), log
 
     skip, log = controller("skip")
-    record = skip.start()
-    skip.defer_unreachable(record, record.waves[0])
+    planned = skip.start()
+    record = skip.defer_unreachable(planned, 0)
     assert record.waves[0].sites == ["s0", "s2"] and record.waves[0].deferred == ["s1"]
     assert record.waves[1].sites[0] == "s1", "re-queued to the next wave"
-    skip.defer_unreachable(record, record.waves[1])
+    assert planned.waves[0].sites == ["s0", "s1", "s2"], "the record handed in is not changed"
+    record = skip.defer_unreachable(record, 1)
     assert "s4" in record.waves[1].deferred and "s1" in record.waves[1].deferred, "skipped in the last wave"
     assert any("re-queued" in line for line in log)
 
     fail, _ = controller("fail")
-    record = fail.start()
-    fail.defer_unreachable(record, record.waves[0])
+    record = fail.defer_unreachable(fail.start(), 0)
     assert record.waves[0].failed == ["s1"] and record.waves[0].sites == ["s0", "s2"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from edgewave.tasks.rollout.policy import Fleet
+from edgewave.tasks.platform.fleetfile import Fleet
 from edgewave.tasks.rollout.prometheus import JOB, scrape_config
 from edgewave.tasks.rollout.telemetry import prometheus_readings
 

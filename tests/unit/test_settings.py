@@ -85,15 +85,13 @@ def test_a_credential_in_a_url_setting_is_refused_naming_the_setting(monkeypatch
 
 
 def test_the_retry_schedule_of_server_steps_comes_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    from edgewave.tasks.platform.runs import with_retries
+    from edgewave.tasks.platform.runs import retried
     from edgewave.tasks.release import steps
 
     monkeypatch.setenv("EDGEWAVE_REMOTE_RETRY_DELAYS_SECONDS", "[0.5, 1]")
-    configured = with_retries(steps, Settings().remote_retry_delays_seconds)
-    assert (configured.register.retries, configured.register.retry_delay_seconds) == (2, [0.5, 1])
+    configured = retried(steps.register, Settings())
+    assert (configured.retries, configured.retry_delay_seconds) == (2, [0.5, 1])
+    assert configured.fn is steps.register.fn and configured.name == steps.register.name
     assert (steps.register.retries, steps.register.retry_delay_seconds) == (4, [2, 5, 15, 30]), "module untouched"
-    assert configured.fit_trees.task is steps.fit_trees and configured.fit_trees.retries == 0, \
-        "local work never retried"
-    assert configured.split_data is steps.split_data, "plain functions pass through"
-    assert with_retries(steps, []).store_bundle.retries == 0
-
+    monkeypatch.setenv("EDGEWAVE_REMOTE_RETRY_DELAYS_SECONDS", "[]")
+    assert retried(steps.store_bundle, Settings()).retries == 0

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from edgewave.tasks.drift.checks import ColumnDrift, SiteCheck, summarise
-from edgewave.tasks.drift.store import EVENTS, REPORTS, MonitoringStore
+from edgewave.tasks.fleet.status import checked_at, describe_rollout, drift_status, rollout_in_progress
+from edgewave.tasks.platform.fleetfile import DriftPolicy
+from edgewave.tasks.platform.monitoring import EVENTS, REPORTS, MonitoringStore
 from edgewave.tasks.platform.settings import Settings
-from edgewave.tasks.platform.status import checked_at, describe_rollout, drift_status, rollout_in_progress
 from edgewave.tasks.rollout.gitops import DesiredStateRepo
 from edgewave.tasks.rollout.lease import Owner, new_lease
 from edgewave.tasks.rollout.lease import path as lease_path
-from edgewave.tasks.rollout.policy import DriftPolicy
 from edgewave.tasks.rollout.record import RolloutRecord, WaveRecord
 
-NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 
 def _check(site: str, drifted: bool, confirmed: bool) -> SiteCheck:

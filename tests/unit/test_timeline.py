@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import matplotlib.image
@@ -12,7 +12,7 @@ from edgewave.tasks.rollout.timeline import MAX_SITE_ROWS, render, rows
 
 
 def record(n_sites: int) -> RolloutRecord:
-    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
     sites = [f"s{i:04d}" for i in range(n_sites)]
     cut = [0, max(1, n_sites // 10), n_sites // 2, n_sites]
     waves = []

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from edgewave.tasks.release.data import FEATURES, TARGET, generate
+from edgewave.tasks.data.ai4i import FEATURES, TARGET, generate
 from edgewave.tasks.release.features import Features
 from edgewave.tasks.release.train import pick_champion, split_data, train_trees
 

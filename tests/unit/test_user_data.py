@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from edgewave.tasks.release.data import FEATURES, TARGET, generate
-from edgewave.tasks.release.spec import load_spec
-from edgewave.tasks.release.userdata import DataValidationError, load_user_data
+from edgewave.tasks.data.ai4i import FEATURES, TARGET, generate
+from edgewave.tasks.data.spec import load_spec
+from edgewave.tasks.data.userdata import DataValidationError, load_user_data
 
 SPEC = load_spec(Path(__file__).resolve().parents[2] / "deployments" / "dataset.yaml")
 PUBLISHED = ["UDI", "Product ID", "Type", "Air temperature [K]", "Process temperature [K]", "Rotational speed [rpm]",

@@ -11,16 +11,17 @@ its store account), as a per-site Secret would on Kubernetes.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgewave.serving.redact import redact
+from edgewave.tasks.platform.fleetfile import Site
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.release.bundle import trusted_public_keys
 from edgewave.tasks.rollout.gitops import is_local
-from edgewave.tasks.rollout.policy import Site
 
 STATE = "/var/lib/edgewave"
 LABEL = "io.edgewave.site"
@@ -119,17 +120,15 @@ def run(settings: Settings, site: Site, image: str, extra_env: dict[str, str] | 
 
     client = docker_client(settings)
     try:
-        try:
+        with contextlib.suppress(docker.errors.NotFound):
             client.containers.get(container_name(site.id)).remove(force=True)
-        except docker.errors.NotFound:
-            pass
         container = client.containers.run(
             image, command=["--site", site.id], name=container_name(site.id), detach=True,
             network_mode="host", read_only=True, tmpfs={"/tmp": "rw,size=64m"},
             volumes={container_name(site.id): {"bind": STATE, "mode": "rw"}},
             environment=environment(settings, site, extra_env),
             labels={LABEL: site.id, "io.edgewave.home": str(settings.home)})
-        return container.id
+        return str(container.id)
     except docker.errors.DockerException as exc:
         raise ContainerSiteError(redact(f"site {site.id}: the container did not start: {exc}")) from None
     finally:

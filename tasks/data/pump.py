@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from edgewave.tasks.release.data import DriftScenario, configured, sensor_calibration_offset
+from edgewave.tasks.data.ai4i import DriftScenario, configured, sensor_calibration_offset
 
 FEATURES: tuple[str, ...] = ("flow_m3h", "discharge_pressure_bar", "motor_current_a", "vibration_mm_s",
                              "bearing_temperature_c", "impeller")

@@ -128,7 +128,7 @@ def start_metrics(settings: Settings, port: int = 9090, agent_port: int | None =
     alert rules loaded). Configs under EDGEWAVE_HOME/prometheus; returns the central URL."""
     import yaml
 
-    from edgewave.tasks.rollout.policy import load_fleet_file
+    from edgewave.tasks.platform.fleetfile import load_fleet_file
     from edgewave.tasks.rollout.prometheus import agent_config, alert_rules_yaml
 
     fleet_file = load_fleet_file(settings.fleet_path)

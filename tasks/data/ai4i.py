@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import TypeVar, cast
 
 import numpy as np
 import pandas as pd
@@ -26,9 +27,10 @@ FEATURES: tuple[str, ...] = (
 """Model inputs, in the order the ONNX graph takes them. Quality is L=0, M=1, H=2."""
 
 TARGET = "machine_failure"
+Config = TypeVar("Config")
 FAILURE_MODES: tuple[str, ...] = ("twf", "hdf", "pwf", "osf", "rnf")
 QUALITY_CODES = {"L": 0, "M": 1, "H": 2}
-CLASS_LABELS: tuple[str, ...] = ("ok", "failure")
+CLASS_LABELS: tuple[str, str] = ("ok", "failure")
 
 
 @dataclass(frozen=True)
@@ -164,11 +166,12 @@ def scenario(name: str, **params: float | str) -> DriftScenario:
     return build_scenario(SCENARIOS, name, params)
 
 
-def configured(generator: str, n: int, config, scenario: DriftScenario | None):
+def configured(generator: str, n: int, config: Config, scenario: DriftScenario | None) -> Config:
     """A generator's config for `n` rows with the scenario's process change applied."""
     if n <= 0:
         raise ValueError(f"{generator}: n must be positive, got {n}")
-    return scenario.process(config) if scenario is not None else config
+    # a scenario of a machine changes that machine's config (DriftScenario.process is typed for the mill's)
+    return cast(Config, scenario.process(cast(GeneratorConfig, config))) if scenario is not None else config
 
 
 def _tool_wear(quality: np.ndarray, cfg: GeneratorConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from edgewave.serving.errors import Actionable
-from edgewave.tasks.release.spec import Column, DatasetSpec
+from edgewave.tasks.data.spec import Column, DatasetSpec
 
 MISSING = ["nan", "na", "null", "none", ""]
 
@@ -26,14 +26,24 @@ class DataValidationError(ValueError, Actionable):
 
 
 def _read_table(path: Path) -> pd.DataFrame:
+    """The file's cells as text; a missing, unreadable, empty or malformed file is refused naming it."""
     suffix = path.suffix.lower()
-    if not path.exists():
-        raise DataValidationError(f"{path}: no such file")
-    if suffix == ".csv":
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
-    if suffix in {".parquet", ".pq"}:
+    if suffix not in {".csv", ".parquet", ".pq"}:
+        raise DataValidationError(f"{path}: unsupported file type {suffix!r}; use .csv or .parquet")
+    if path.is_file() and path.stat().st_size == 0:
+        raise DataValidationError(f"{path}: the file is empty (0 bytes); expected a header row and data rows")
+    try:
+        if suffix == ".csv":
+            return pd.read_csv(path, dtype=str, keep_default_na=False)
         return pd.read_parquet(path).astype("string").fillna("")
-    raise DataValidationError(f"{path}: unsupported file type {suffix!r}; use .csv or .parquet")
+    except FileNotFoundError:
+        raise DataValidationError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataValidationError(f"{path}: cannot read: {exc.__class__.__name__}: {exc}") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise DataValidationError(f"{path}: not a readable {suffix[1:]} table: {exc}") from None
+    except ValueError as exc:  # pyarrow's errors for a file that is not Parquet derive from it
+        raise DataValidationError(f"{path}: not a readable {suffix[1:]} table: {exc}") from None
 
 
 def _examples(text: pd.Series, bad: pd.Series) -> list[str]:

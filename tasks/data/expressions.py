@@ -58,11 +58,12 @@ class Expression:
         def run(node: ast.expr) -> np.ndarray:
             if isinstance(node, ast.Name):
                 return np.asarray(values[node.id], dtype=np.float32)
-            if isinstance(node, ast.Constant):
-                return np.float32(node.value)
+            if isinstance(node, ast.Constant):  # the parser admits numbers only
+                return np.asarray(node.value, dtype=np.float32)
             if isinstance(node, ast.UnaryOp):
                 operand = run(node.operand)
                 return -operand if isinstance(node.op, ast.USub) else operand
+            assert isinstance(node, ast.BinOp)  # the parser admits nothing else
             left, right = run(node.left), run(node.right)
             op = _OPS[type(node.op)]
             result = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}[op](left, right)
@@ -87,6 +88,7 @@ class Expression:
                 inner = emit(node.operand)
                 nodes.append(helper.make_node("Neg" if isinstance(node.op, ast.USub) else "Identity", [inner], [name]))
             else:
+                assert isinstance(node, ast.BinOp)  # the parser admits nothing else
                 left, right = emit(node.left), emit(node.right)
                 nodes.append(helper.make_node(_OPS[type(node.op)], [left, right], [name]))
             return name

@@ -10,6 +10,7 @@ reads each site's /readyz and the desired state it was given; `logs` shows what 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -22,11 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgewave.serving.redact import redact
-from edgewave.tasks.platform import containers, processes
+from edgewave.tasks.fleet import containers
+from edgewave.tasks.platform import processes
+from edgewave.tasks.platform.fleetfile import Fleet, Site
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.release.bundle import trusted_public_keys
 from edgewave.tasks.rollout.gitops import DesiredStateRepo, HistoryRewritten
-from edgewave.tasks.rollout.policy import Fleet, Site
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ def up(settings: Settings, fleet: Fleet, count: int | None = None, extra_env: di
     for site in sites:
         if _running(settings, site.id):
             continue
-        if in_containers:
+        if in_containers and image is not None:
             starting.append((site, _start_container(settings, site, image, extra_env)))
         else:
             starting.append((site, _start_process(settings, site, extra_env)))
@@ -171,10 +173,8 @@ def desired_versions(settings: Settings, site_ids: list[str]) -> dict[str, int]:
     repo = DesiredStateRepo.of(settings)
     if not (repo.path / ".git").exists():
         return {}
-    try:
+    with contextlib.suppress(ConnectionError, HistoryRewritten):  # else show what the clone last saw
         repo.sync()
-    except (ConnectionError, HistoryRewritten):
-        pass  # show what the controller's clone last saw
     states = {site: repo.read(site) for site in site_ids}
     return {site: state.version for site, state in states.items() if state is not None}
 

@@ -22,7 +22,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from edgewave.serving.redact import redact
-from edgewave.tasks.drift.store import MonitoringStore, last_drift_check
+from edgewave.tasks.platform.monitoring import MonitoringStore, last_drift_check
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.rollout.gitops import DesiredStateRepo
 from edgewave.tasks.rollout.record import Status

@@ -1,5 +1,6 @@
-"""What `edgewave status` tells besides the registry and the sites: the last drift check and its
-cooldown, the rollout in progress, and where the UIs are.
+"""The fleet's read model, what `edgewave status` tells: the registry's versions and aliases, each
+site's desired and reported version, the rollout in progress and the last one, the last drift check
+and its cooldown, and where the UIs are.
 
 Each reads what the flows already write (the monitoring store's drift summaries and events, the
 desired-state clone's lease and rollout record, the servers' pid records), so status needs no
@@ -9,23 +10,28 @@ server of its own and shows a rollout another machine is running.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-from edgewave.tasks.drift.store import EVENTS, MonitoringStore, last_drift_check
+from edgewave.tasks.fleet import local
+from edgewave.tasks.fleet.servers import links
+from edgewave.tasks.platform.fleetfile import PolicyError, load_fleet_file
+from edgewave.tasks.platform.monitoring import EVENTS, MonitoringStore, last_drift_check
+from edgewave.tasks.platform.settings import Settings
+from edgewave.tasks.release.registry import check_reachable, registry_state
 from edgewave.tasks.rollout.gitops import DesiredStateRepo
 from edgewave.tasks.rollout.lease import Lease
 from edgewave.tasks.rollout.lease import path as lease_path
 
 
 def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
 
 
 def checked_at(check_id: str) -> str | None:
     """When a check ran, from its id (`drift-20261127T120000123`)."""
     try:
         return datetime.strptime(check_id.removeprefix("drift-")[:15], "%Y%m%dT%H%M%S").replace(
-            tzinfo=timezone.utc).isoformat(timespec="seconds")
+            tzinfo=UTC).isoformat(timespec="seconds")
     except ValueError:
         return None
 
@@ -86,3 +92,28 @@ def describe_rollout(progress: dict) -> str:
                  f"{len(wave['converged'])} of {len(wave['sites'])} sites converged, "
                  f"{wave['measurements']} of {wave['measurements_planned']} measurements")
     return text + f"; lease held by {progress['holder']} since {progress['since']}"
+
+
+def fleet_state(settings: Settings) -> dict:
+    """Each site's desired and reported version, the last rollout with its decisions, the rollout in
+    progress, and the last drift check with its cooldown (or the fleet file's error)."""
+    from dataclasses import asdict
+
+    try:
+        fleet_file = load_fleet_file(settings.fleet_path)
+    except PolicyError as exc:
+        return {"error": str(exc)}
+    sites = [asdict(s) for s in local.status(settings, fleet_file.fleet)]  # syncs the controller's clone
+    repo = DesiredStateRepo.of(settings)
+    cloned = (repo.path / ".git").exists()
+    return {"fleet_file": str(settings.fleet_path), "sites": sites,
+            "last_rollout": repo.last_record(settings.model_name) if cloned else None,
+            "rollout_in_progress": rollout_in_progress(repo, settings.model_name) if cloned else None,
+            "drift": drift_status(MonitoringStore.of(settings), settings.model_name,
+                                  fleet_file.drift.cooldown_minutes)}
+
+
+def whole_state(settings: Settings) -> dict:
+    """The registry (refused at once, naming it, when MLflow does not answer), the fleet and the UI links."""
+    check_reachable(settings)
+    return {"registry": registry_state(settings), "fleet": fleet_state(settings), "links": links(settings)}

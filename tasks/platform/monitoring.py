@@ -51,7 +51,7 @@ class SiteLedger(BaseModel):
 
     seen: dict[str, int] = Field(default_factory=dict, description="window file name → its start (ms)")
     history: list[WindowCheck] = Field(default_factory=list)
-    generation: int = Field(0, description="Bumped by every save: a save from a stale read is refused.")
+    generation: int = Field(default=0, description="Bumped by every save: a save from a stale read is refused.")
 
     def consecutive_drifted(self, version: int) -> int:
         """Drifted windows in a row at the end of the history, all on `version`."""

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from edgewave.tasks.release import data, pump
-from edgewave.tasks.release.data import DriftScenario, build_scenario
-from edgewave.tasks.release.spec import DatasetSpec
+from edgewave.tasks.data import ai4i, pump
+from edgewave.tasks.data.ai4i import DriftScenario, build_scenario
+from edgewave.tasks.data.spec import DatasetSpec
 
 Generator = Callable[..., pd.DataFrame]  # (rows, seed, scenario=None) -> raw columns + target
 
@@ -32,7 +32,7 @@ class Machine:
 
 
 MACHINES: dict[str, Machine] = {
-    "ai4i": Machine("ai4i", data.generate, data.SCENARIOS,
+    "ai4i": Machine("ai4i", ai4i.generate, ai4i.SCENARIOS,
                     (("sensor_calibration_offset", {"feature": "process_temperature_k", "offset": 5.0}),
                      ("worn_tool_regime", {"life_factor": 1.6}))),
     "pump": Machine("pump", pump.generate_pump, pump.SCENARIOS,

@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgewave.serving.errors import Actionable, validated_yaml_file
-from edgewave.tasks.release.expressions import Expression, ExpressionError
+from edgewave.tasks.data.expressions import Expression, ExpressionError
 
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
@@ -32,14 +32,14 @@ class _Strict(BaseModel):
 
 class Column(_Strict):
     name: Identifier
-    header: str | None = Field(None, description="The column's header in the source file (default: name).")
+    header: str | None = Field(default=None, description="The column's header in the source file (default: name).")
     kind: Literal["float", "int", "category"] = "float"
     categories: list[str] = Field(default_factory=list, description="For kind category: its values, coded 0, 1, …")
     unit: str = ""
-    range: tuple[float, float] | None = Field(None, description="Physical range [min, max]: values outside are "
+    range: tuple[float, float] | None = Field(default=None, description="Physical range [min, max]: values outside are "
                                              "implausible readings, refused when loading.")
-    max_missing_share: float = Field(0.05, ge=0, le=1)
-    drift_threshold: float | None = Field(None, gt=0, description="This column's drift threshold (method units).")
+    max_missing_share: float = Field(default=0.05, ge=0, le=1)
+    drift_threshold: float | None = Field(default=None, gt=0, description="This column's drift threshold (method units).")
     description: str = ""
 
     @model_validator(mode="after")
@@ -60,8 +60,8 @@ class Column(_Strict):
 class Target(_Strict):
     name: Identifier
     header: str | None = None
-    values: tuple[str, str] = Field(("0", "1"), description="[negative, positive] as written in the file.")
-    max_missing_share: float = Field(0.0, ge=0, le=1)
+    values: tuple[str, str] = Field(default=("0", "1"), description="[negative, positive] as written in the file.")
+    max_missing_share: float = Field(default=0.0, ge=0, le=1)
 
     @field_validator("values")
     @classmethod
@@ -86,7 +86,7 @@ class DatasetSpec(_Strict):
     name: str = Field(min_length=1)
     description: str = ""
     generator: str | None = Field(
-        None, description="Which built-in simulated machine (tasks/release/machines.py) makes data of this shape "
+        default=None, description="Which built-in simulated machine (tasks/release/machines.py) makes data of this shape "
                           "when no EDGEWAVE_DATA_PATH is set.")
     columns: list[Column] = Field(min_length=1)
     target: Target
@@ -96,7 +96,7 @@ class DatasetSpec(_Strict):
     @field_validator("generator")
     @classmethod
     def _known_machine(cls, name: str | None) -> str | None:
-        from edgewave.tasks.release.machines import MACHINES
+        from edgewave.tasks.data.machines import MACHINES
 
         if name is not None and name not in MACHINES:
             raise ValueError(f"no simulated machine {name!r}; known: {sorted(MACHINES)}")

@@ -58,8 +58,8 @@ class Site(_Model):
     id: SiteId
     kind: Literal["local", "agent", "k8s"] = "local"
     labels: dict[str, str] = Field(default_factory=dict)
-    port: int | None = Field(None, ge=1024, le=65535, description="Loopback port of a local site.")
-    metrics_url: str | None = Field(None, description="Where its /metrics is scraped; local sites derive it.")
+    port: int | None = Field(default=None, ge=1024, le=65535, description="Loopback port of a local site.")
+    metrics_url: str | None = Field(default=None, description="Where its /metrics is scraped; local sites derive it.")
     pod_metrics_urls: dict[str, str] = Field(
         default_factory=dict, description="A site of several pods scraped without Kubernetes discovery: each "
         "pod's /metrics by pod name. Each is its own scrape target labelled `pod`; readings are summed per site, "
@@ -110,9 +110,9 @@ class Wave(_Model):
 
     name: str = Field(min_length=1)
     selector: dict[str, str] | None = None
-    count: int | None = Field(None, ge=1)
-    percent: float | None = Field(None, gt=0, le=100)
-    manual_gate: bool = Field(False, description="Pause for approval in the Prefect UI after this wave.")
+    count: int | None = Field(default=None, ge=1)
+    percent: float | None = Field(default=None, gt=0, le=100)
+    manual_gate: bool = Field(default=False, description="Pause for approval in the Prefect UI after this wave.")
 
     @model_validator(mode="after")
     def _one_rule(self) -> Wave:
@@ -122,40 +122,40 @@ class Wave(_Model):
 
 
 class Analysis(_Model):
-    interval_seconds: float = Field(5.0, gt=0)
-    measurements: int = Field(3, ge=1)
-    min_requests_per_site: int = Field(50, ge=1, description="Fewer requests in the window: inconclusive.")
-    max_error_rate: float = Field(0.01, ge=0, le=1, description="Share of 5xx among predict requests.")
-    max_p99_latency_ratio: float = Field(1.5, gt=0, description="Canary p99 / baseline p99.")
+    interval_seconds: float = Field(default=5.0, gt=0)
+    measurements: int = Field(default=3, ge=1)
+    min_requests_per_site: int = Field(default=50, ge=1, description="Fewer requests in the window: inconclusive.")
+    max_error_rate: float = Field(default=0.01, ge=0, le=1, description="Share of 5xx among predict requests.")
+    max_p99_latency_ratio: float = Field(default=1.5, gt=0, description="Canary p99 / baseline p99.")
     p99_floor_seconds: float = Field(
-        0.02, ge=0, description="A canary p99 below this passes the latency check whatever the ratio: over a "
+        default=0.02, ge=0, description="A canary p99 below this passes the latency check whatever the ratio: over a "
         "short window of millisecond requests one scheduling hiccup is the p99.")
-    min_confidence_ratio: float = Field(0.9, gt=0, description="Canary mean confidence / baseline.")
-    max_failure_rate_shift: float = Field(0.05, ge=0, le=1,
+    min_confidence_ratio: float = Field(default=0.9, gt=0, description="Canary mean confidence / baseline.")
+    max_failure_rate_shift: float = Field(default=0.05, ge=0, le=1,
                                           description="|canary - baseline| share of rows predicted 'failure'.")
-    inconclusive_limit: int = Field(3, ge=1, description="Inconclusive measurements before the fallback.")
+    inconclusive_limit: int = Field(default=3, ge=1, description="Inconclusive measurements before the fallback.")
     on_inconclusive: Literal["hold", "fail"] = "hold"
 
 
 class Abort(_Model):
-    max_failed_site_share: float = Field(0.0, ge=0, le=1, description="Failed / judged sites above this: roll back.")
-    min_sites_judged: int = Field(1, ge=1, description="Fewer judged sites: the wave is inconclusive.")
+    max_failed_site_share: float = Field(default=0.0, ge=0, le=1, description="Failed / judged sites above this: roll back.")
+    min_sites_judged: int = Field(default=1, ge=1, description="Fewer judged sites: the wave is inconclusive.")
 
 
 class Offline(_Model):
-    deadline_seconds: float = Field(60.0, gt=0, description="How long an unreachable site is waited for.")
-    then: Literal["fail", "skip"] = Field("skip", description="fail: count it failed; skip: re-queue it next wave.")
+    deadline_seconds: float = Field(default=60.0, gt=0, description="How long an unreachable site is waited for.")
+    then: Literal["fail", "skip"] = Field(default="skip", description="fail: count it failed; skip: re-queue it next wave.")
 
 
 class RolloutPolicy(_Model):
     waves: list[Wave] = Field(min_length=1)
     rounding: Literal["up", "down", "nearest"] = Field(
-        "up", description="How a percentage of the remaining sites becomes a site count.")
-    bake_seconds: float = Field(30.0, ge=0)
-    convergence_deadline_seconds: float = Field(60.0, gt=0)
+        default="up", description="How a percentage of the remaining sites becomes a site count.")
+    bake_seconds: float = Field(default=30.0, ge=0)
+    convergence_deadline_seconds: float = Field(default=60.0, gt=0)
     analysis: Analysis = Field(default_factory=Analysis)
     abort: Abort = Field(default_factory=Abort)
-    concurrency: int = Field(10, ge=1)
+    concurrency: int = Field(default=10, ge=1)
     offline: Offline = Field(default_factory=Offline)
 
     @field_validator("waves")
@@ -190,18 +190,18 @@ class DriftPolicy(_Model):
     same model version; the fleet event fires when `min_sites` sites are confirmed.
     """
 
-    drift_share: float = Field(0.15, gt=0, le=1, description="Share of input columns that must drift.")
-    min_samples: int = Field(500, ge=50, description="Fewer new rows: the site waits for the next check.")
-    max_rows: int = Field(5_000, ge=100, description="Most recent rows a check compares (all new rows count).")
-    consecutive_windows: int = Field(2, ge=1)
-    min_sites: int = Field(1, ge=1)
-    method: str = Field("wasserstein", min_length=1, description=(
+    drift_share: float = Field(default=0.15, gt=0, le=1, description="Share of input columns that must drift.")
+    min_samples: int = Field(default=500, ge=50, description="Fewer new rows: the site waits for the next check.")
+    max_rows: int = Field(default=5_000, ge=100, description="Most recent rows a check compares (all new rows count).")
+    consecutive_windows: int = Field(default=2, ge=1)
+    min_sites: int = Field(default=1, ge=1)
+    method: str = Field(default="wasserstein", min_length=1, description=(
         "Evidently stat test for every column, so thresholds keep their units whatever the sample size "
         "(Evidently's own default switches to K-S p-values under 1,000 reference rows)."))
-    threshold: float = Field(0.2, gt=0, description="Drift threshold (in the method's units) of a column without its own.")
+    threshold: float = Field(default=0.2, gt=0, description="Drift threshold (in the method's units) of a column without its own.")
     column_thresholds: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
-    cooldown_minutes: float = Field(60.0, ge=0, description="No second event for the model within this.")
-    reports_kept: int = Field(5, ge=1, description="Checks whose HTML reports stay in the state dir.")
+    cooldown_minutes: float = Field(default=60.0, ge=0, description="No second event for the model within this.")
+    reports_kept: int = Field(default=5, ge=1, description="Checks whose HTML reports stay in the state dir.")
 
 
 class FleetFile(_Model):
@@ -246,6 +246,7 @@ def plan_waves(fleet: Fleet, policy: RolloutPolicy) -> list[tuple[str, list[str]
         elif wave.count is not None:
             chosen = remaining[: wave.count]
         else:
+            assert wave.percent is not None, "a wave names a selector, a count or a percent (Wave's validator)"
             n = wave_size(wave.percent, len(remaining), policy.rounding)
             chosen = remaining[:n]
         if not chosen:

@@ -1,0 +1,107 @@
+"""How the `edgewave` command talks to a person: results on stdout, progress and refusals on stderr,
+every line plain text (a header such as `Rotational speed [rpm]` is printed as it is, never read as
+markup), and a refusal as one line with exit code 2.
+
+A command that runs a flow keeps Prefect's run log on disk (`EDGEWAVE_HOME/logs/runs.log`): the
+terminal shows edgewave's own lines (what a step decided, a skipped image) but not the engine's
+chatter or its tracebacks, so a refused rollout reads as one line, not as a crash. `--debug` (or
+EDGEWAVE_DEBUG=1) shows everything, tracebacks included.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import NoReturn
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from edgewave.serving.errors import Actionable, describe
+from edgewave.serving.redact import redact
+from edgewave.tasks.platform.fleetfile import FleetFile
+from edgewave.tasks.platform.settings import Settings
+
+console = Console(stderr=True, soft_wrap=True, markup=False, highlight=False, emoji=False)  # progress, notes, refusals
+out = Console(soft_wrap=True, markup=False, highlight=False, emoji=False)  # what a command answers (status, logs)
+DEBUG = {"on": False}
+# Loggers of third-party libraries whose INFO lines are not for the person at the terminal
+# (MLflow's "Creating initial MLflow database tables...", alembic's migrations).
+QUIET = ("mlflow", "alembic", "urllib3", "httpx", "git")
+
+
+def refuse(what: str, message: str) -> NoReturn:
+    """End the command with one plain line `what: message` (credentials redacted) and exit code 2."""
+    console.print(f"{what}: {redact(message)}", style="red")
+    raise typer.Exit(2)
+
+
+def failed(what: str, exc: BaseException) -> NoReturn:
+    """End a command whose flow run failed: one line; exit 2 for a failure a person can act on, else 1.
+    The traceback is in the run log (or on the terminal with --debug)."""
+    actionable = isinstance(exc, Actionable)
+    console.print(f"{what} failed: {type(exc).__name__}: {redact(str(exc))}"
+                  + ("" if actionable or DEBUG["on"] else " (traceback in the run log: EDGEWAVE_HOME/logs/runs.log)"),
+                  style="red")
+    raise typer.Exit(2 if actionable else 1)
+
+
+def settings() -> Settings:
+    """This command's settings, validated; third-party INFO lines kept off the terminal."""
+    try:
+        loaded = Settings()
+    except ValidationError as exc:
+        refuse("invalid settings", describe(exc))
+    if not DEBUG["on"]:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its loggers' level at import
+        for name in QUIET:
+            logging.getLogger(name).setLevel(logging.WARNING)
+    loaded.apply_runtime_environment()
+    return loaded
+
+
+def fleet_file(loaded: Settings) -> FleetFile:
+    """The fleet file, or a one-line refusal naming the field (before anything is deployed)."""
+    from edgewave.tasks.platform.fleetfile import PolicyError, load_fleet_file
+
+    try:
+        return load_fleet_file(loaded.fleet_path)
+    except PolicyError as exc:
+        refuse("invalid fleet file", str(exc))
+
+
+class _OwnLines(logging.Filter):
+    """Passes the lines edgewave's own code logs in a flow run; drops Prefect's engine lines and any
+    line with a traceback (both stay in the run log)."""
+
+    def __init__(self, prefect_dir: str) -> None:
+        super().__init__()
+        self.prefect_dir = prefect_dir
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.exc_info is None and not record.pathname.startswith(self.prefect_dir)
+
+
+def run_log(loaded: Settings) -> Path:
+    """From here to the end of the command, every line Prefect's loggers print goes to
+    `EDGEWAVE_HOME/logs/runs.log` too, and the terminal keeps only edgewave's own lines (all of
+    them with --debug). Returns the log's path."""
+    import prefect  # configures Prefect's logging, and so its console handlers
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    path = loaded.home / "logs" / "runs.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    on_disk = logging.FileHandler(path, encoding="utf-8")
+    on_disk.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    own_lines = _OwnLines(str(Path(prefect.__file__).parent))
+    loggers = [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict))]
+    attached = [(lg, h) for lg in loggers for h in list(getattr(lg, "handlers", []))
+                if isinstance(h, PrefectConsoleHandler)]
+    for logger in {id(lg): lg for lg, _ in attached}.values():
+        logger.addHandler(on_disk)
+    for _, handler in attached:
+        if not DEBUG["on"]:
+            handler.addFilter(own_lines)
+    return path

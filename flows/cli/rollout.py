@@ -1,0 +1,60 @@
+"""`edgewave rollout` and `edgewave rollback`: a version to the fleet in waves, or back."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from edgewave.flows.cli.console import console, failed, fleet_file, refuse, run_log, settings
+from edgewave.tasks.platform.progress import listening
+from edgewave.tasks.platform.settings import Settings, use
+
+
+def run_rollout(loaded: Settings, kind: str, **parameters) -> None:
+    """Run the rollout or rollback flow and print how it ended; exit 0 (succeeded, noop), 1 (rolled back,
+    held) or 2 (refused: another rollout runs, a version or alias missing)."""
+    fleet_file(loaded)  # a bad policy fails here, before anything is deployed
+    from rich.table import Table
+
+    from edgewave.flows.rollout import result_of
+    from edgewave.flows.rollout import rollback as rollback_flow
+    from edgewave.flows.rollout import rollout as rollout_flow
+    from edgewave.tasks.rollout.lease import RolloutBusy
+
+    run_log(loaded)
+    with use(loaded), listening(console):
+        state = (rollback_flow if kind == "rollback" else rollout_flow)(**parameters, return_state=True)
+    try:
+        result = result_of(state)
+    except (RolloutBusy, LookupError) as exc:
+        refuse(f"{kind} refused", str(exc))
+    except Exception as exc:  # the run log has the traceback; say what failed, plainly
+        failed(kind, exc)
+    table = Table("wave", "sites", "status", "decision", "reason", "deferred", "failed", title=result["rollout_id"])
+    for row in result["waves"]:
+        table.add_row(*(str(row[k]) for k in ("wave", "sites", "status", "decision", "reason", "deferred", "failed")))
+    console.print(table)
+    console.print(f"{result['kind']} of v{result['version']} {result['status']}: {result['reason']}")
+    print(json.dumps({"rollout_id": result["rollout_id"], "kind": result["kind"], "version": result["version"],
+                      "status": result["status"]}))
+    raise typer.Exit(0 if result["status"] in ("succeeded", "noop") else 1)
+
+
+def rollout(
+    version: Annotated[int, typer.Argument(help="Registered model version to roll out.")],
+    reason: Annotated[str, typer.Option(help="Why, for the record (Git, MLflow, the Prefect run).")] = "",
+    wait: Annotated[bool, typer.Option(help="If another rollout of the model runs, wait for it to end.")] = False,
+) -> None:
+    """Roll a model version out to the fleet in waves, with canary analysis and rollback."""
+    run_rollout(settings(), "rollout", version=version, reason=reason, wait=wait)
+
+
+def rollback(
+    to: Annotated[int | None, typer.Option(help="Version to return to (default: the one @previous points at).")] = None,
+    reason: Annotated[str, typer.Option(help="Why, for the record (Git, MLflow, the Prefect run).")] = "",
+    wait: Annotated[bool, typer.Option(help="If another rollout of the model runs, wait for it to end.")] = False,
+) -> None:
+    """Return the fleet to an older version through the same waves and analysis, marked as a rollback."""
+    run_rollout(settings(), "rollback", to=to, reason=reason, wait=wait)
