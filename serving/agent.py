@@ -15,6 +15,7 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,12 +83,14 @@ class Agent(Background):
     def __init__(self, site_id: str, site_dir: Path, remote: str | None, monitoring_store: str, slot: ModelSlot,
                  cache: BundleCache, trusted: dict[str, Ed25519PublicKey], metrics: SiteMetrics,
                  sampler: Sampler | None, interval: float, access: RemoteAccess | None = None,
-                 pinned: bool = False) -> None:
+                 pinned: bool = False, clock: Callable[[], float] = time.time) -> None:
         """`pinned`: the model comes from the image (a Kubernetes pod; Argo CD replaces pods to change
         it): the agent ships windows, reports and exposes its metrics, reads the desired state when
         a remote is given (to show what the fleet wants), and never swaps the model. `remote` None:
-        no desired state is read at all."""
+        no desired state is read at all. `clock`: wall time in seconds (when a refused bundle may be tried
+        again, when a model was applied); a test hands in its own."""
         self.site_id = site_id
+        self.clock = clock
         self.site_dir = site_dir
         self.access = access or RemoteAccess()
         self.pinned = pinned
@@ -133,7 +136,7 @@ class Agent(Background):
         try:
             return int(json.loads(record.read_text())["version"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            aside = record.with_name(f"{APPLIED}.corrupt-{int(time.time())}")
+            aside = record.with_name(f"{APPLIED}.corrupt-{int(self.clock())}")
             record.rename(aside)
             self.metrics.agent_errors.labels("state_corrupt").inc()
             log.error("%s was unreadable (%s): set aside as %s", record, type(exc).__name__, aside.name)
@@ -142,12 +145,12 @@ class Agent(Background):
     def _record_applied(self, desired: DesiredState) -> None:
         write_durably(self.site_dir / APPLIED, json.dumps({
             "version": desired.version, "sha256": desired.sha256, "rollout_id": desired.rollout_id,
-            "applied_at": time.time()}))
+            "applied_at": self.clock()}))
         self.metrics.agent_applied_version.set(desired.version)
 
     def _refuse(self, key: tuple, kind: str, reason: str) -> None:
         previous = self.refused.get(key)
-        refusal = Refusal(reason, time.time(), (previous.attempts if previous else 0) + 1)
+        refusal = Refusal(reason, self.clock(), (previous.attempts if previous else 0) + 1)
         self.refused[key] = refusal
         self.metrics.agent_errors.labels(kind).inc()
         log.error("not applying v%d, still serving %s: %s (tried again in %.0fs, or when its digest changes)",
@@ -161,7 +164,7 @@ class Agent(Background):
             return True
         key = (desired.version, desired.sha256, desired.bundle_url, desired.rollback)
         refusal = self.refused.get(key)
-        if refusal is not None and time.time() < refusal.retry_at(self.interval):
+        if refusal is not None and self.clock() < refusal.retry_at(self.interval):
             return False
         if current is not None and desired.version < current.version and not desired.rollback:
             self._refuse(key, "downgrade_refused", f"v{desired.version} is older than the served v{current.version} "

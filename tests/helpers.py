@@ -27,6 +27,28 @@ DEPLOYMENTS = Path(__file__).resolve().parents[1] / "deployments"
 BUSY_MACHINE_P99_FLOOR = 0.25
 
 
+CANARY_THEN_REST = [{"name": "canary", "count": 1}, {"name": "rest", "percent": 100}]
+ALL_AT_ONCE = [{"name": "all", "percent": 100}]
+
+
+def write_fleet_file(path: Path, sites: list[dict] | dict[str, int], waves: list[dict] | None = None,
+               analysis: dict | None = None, drift: dict | None = None, **rollout: object) -> Path:
+    """Write a fleet file (the one factory of the tests): `sites` as Site fields, or site id → port;
+    `waves` (default: a canary of one, then the rest), analysis thresholds and other rollout policy
+    fields, and a drift policy. Returns `path`."""
+    import yaml
+
+    listed = [{"id": s, "port": port} for s, port in sites.items()] if isinstance(sites, dict) else sites
+    policy: dict = {"waves": waves or CANARY_THEN_REST, **rollout}
+    if analysis:
+        policy["analysis"] = analysis
+    data: dict = {"fleet": {"sites": listed}, "rollout": policy}
+    if drift:
+        data["drift"] = drift
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
 def ai4i_traffic():
     """The traffic source of the shipped AI4I spec: its simulated milling machine."""
     from edgewave.tasks.data.spec import load_spec

@@ -84,12 +84,15 @@ class _OwnLines(logging.Filter):
         return record.exc_info is None and not record.pathname.startswith(self.prefect_dir)
 
 
-def run_log(loaded: Settings) -> Path:
-    """From here to the end of the command, every line Prefect's loggers print goes to
+def prepare_flows(loaded: Settings) -> Path:
+    """Before a command runs flows: from here to its end every line Prefect's loggers print goes to
     `EDGEWAVE_HOME/logs/runs.log` too, and the terminal keeps only edgewave's own lines (all of
-    them with --debug). Returns the log's path."""
+    them with --debug); and Prefect's temporary API is started, one command at a time per home
+    (tasks/platform/runs.py). Returns the log's path."""
     import prefect  # configures Prefect's logging, and so its console handlers
     from prefect.logging.handlers import PrefectConsoleHandler
+
+    from edgewave.tasks.platform.runs import start_temporary_api
 
     path = loaded.home / "logs" / "runs.log"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,4 +107,5 @@ def run_log(loaded: Settings) -> Path:
     for _, handler in attached:
         if not DEBUG["on"]:
             handler.addFilter(own_lines)
+    start_temporary_api()
     return path

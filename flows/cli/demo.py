@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from edgewave.flows.cli.console import console, failed, fleet_file, run_log, settings
+from edgewave.flows.cli.console import console, failed, fleet_file, prepare_flows, settings
 from edgewave.flows.cli.drift import print_drift
 from edgewave.tasks.platform.progress import listening
 from edgewave.tasks.platform.settings import use
@@ -44,7 +44,7 @@ def demo_loop(
     from edgewave.tasks.drift.checks import FleetDrift
 
     try:
-        run_log(loaded)
+        prepare_flows(loaded)
         with use(loaded), listening(console):
             result = loop(loaded, keep_fleet, rate, drift)
     except Exception as exc:  # the run log has the traceback; say what failed, plainly
@@ -77,7 +77,7 @@ def demo_rollback(
     from edgewave.flows.demo import bad_rollout
 
     try:
-        run_log(loaded)
+        prepare_flows(loaded)
         with use(loaded), listening(console):
             r = bad_rollout(loaded, keep_fleet, rate)
     except Exception as exc:  # the run log has the traceback; say what failed, plainly

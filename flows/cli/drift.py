@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from edgewave.flows.cli.console import console, failed, fleet_file, out, run_log, settings
+from edgewave.flows.cli.console import console, failed, fleet_file, out, prepare_flows, settings
 from edgewave.tasks.platform.settings import use
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def drift_check(
     from edgewave.flows.drift import drift_monitor
 
     try:
-        run_log(loaded)
+        prepare_flows(loaded)
         with use(loaded):
             summary = drift_monitor()
     except Exception as exc:  # the run log has the traceback; say what failed, plainly
@@ -62,7 +62,7 @@ def drift_retrain() -> None:
     from edgewave.flows.retrain import retrain_on_drift
 
     try:
-        run_log(loaded)
+        prepare_flows(loaded)
         with use(loaded):
             result = retrain_on_drift(reason="started by hand")
     except Exception as exc:  # the run log has the traceback; say what failed, plainly

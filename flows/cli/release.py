@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from edgewave.flows.cli.console import console, failed, out, refuse, run_log, settings
+from edgewave.flows.cli.console import console, failed, out, prepare_flows, refuse, settings
 from edgewave.serving import cli as edge_cli
 from edgewave.tasks.platform.progress import listening
 from edgewave.tasks.platform.settings import Settings, use
@@ -44,7 +44,7 @@ def release(
     from edgewave.flows.release import release as release_flow
 
     try:
-        run_log(loaded)
+        prepare_flows(loaded)
         with use(loaded), listening(console):
             result = release_flow(shuffle_labels, force)
     except Exception as exc:  # the run log has the traceback; say what failed, plainly

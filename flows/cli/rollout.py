@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edgewave.flows.cli.console import console, failed, fleet_file, refuse, run_log, settings
+from edgewave.flows.cli.console import console, failed, fleet_file, prepare_flows, refuse, settings
 from edgewave.tasks.platform.progress import listening
 from edgewave.tasks.platform.settings import Settings, use
 
@@ -23,7 +23,7 @@ def run_rollout(loaded: Settings, kind: str, **parameters) -> None:
     from edgewave.flows.rollout import rollout as rollout_flow
     from edgewave.tasks.rollout.lease import RolloutBusy
 
-    run_log(loaded)
+    prepare_flows(loaded)
     with use(loaded), listening(console):
         state = (rollback_flow if kind == "rollback" else rollout_flow)(**parameters, return_state=True)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, ParamSpec, TypedDict, TypeVar, cast
 
 from prefect import Task
@@ -99,3 +100,22 @@ def unwalked(value: R) -> R:
     from prefect.utilities.annotations import quote
 
     return cast(R, quote(value))
+
+
+def start_temporary_api() -> None:
+    """Start Prefect's temporary API now, one process at a time per Prefect home, unless a server is set
+    (PREFECT_API_URL). Every command without a server starts one on the home's SQLite database; two
+    starting at once raced its migrations ("duplicate column name: block_type_name"), and the loser's
+    flow ran a minute late. Prefect keeps one such server per process: the flows then use this one."""
+    import fcntl
+
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME
+
+    if PREFECT_API_URL.value():
+        return
+    home = Path(PREFECT_HOME.value())
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / "temporary-api.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        SubprocessASGIServer().start()

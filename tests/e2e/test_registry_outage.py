@@ -7,17 +7,24 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 from pathlib import Path
-
-import yaml
 
 from edgewave.tasks.platform.fleetfile import load_fleet_file
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.release import registry
 from edgewave.tasks.rollout.telemetry import scrape
 from edgewave.tasks.sim.traffic import Traffic
-from tests.helpers import BIN, ai4i_traffic, edgewave_env, free_port, http_ok, start_mlflow_server, stop, wait_for
+from tests.helpers import (
+    BIN,
+    ai4i_traffic,
+    edgewave_env,
+    free_port,
+    http_ok,
+    start_mlflow_server,
+    stop,
+    wait_for,
+    write_fleet_file,
+)
 
 
 def test_a_registry_outage_fails_release_and_rollout_naming_the_server_and_reruns_recover(tmp_path: Path) -> None:
@@ -33,12 +40,9 @@ def test_a_registry_outage_fails_release_and_rollout_naming_the_server_and_rerun
     home = tmp_path / "home"
     fleet = tmp_path / "fleet.yaml"
     ports = [free_port(), free_port()]
-    fleet.write_text(yaml.safe_dump({
-        "fleet": {"sites": [{"id": f"site-{i}", "port": p} for i, p in enumerate(ports)]},
-        "rollout": {"waves": [{"name": "canary", "count": 1}, {"name": "rest", "percent": 100}], "bake_seconds": 0,
-                    "convergence_deadline_seconds": 30,
-                    "analysis": {"interval_seconds": 1.5, "measurements": 2, "min_requests_per_site": 15}},
-    }))
+    write_fleet_file(fleet, {f"site-{i}": p for i, p in enumerate(ports)},
+               analysis={"interval_seconds": 1.5, "measurements": 2, "min_requests_per_site": 15},
+               bake_seconds=0, convergence_deadline_seconds=30)
     # a short retry schedule: the outage outlasts it all the same (the default waits 52 s per step)
     env = edgewave_env(home, EDGEWAVE_TRACKING_URI=uri, EDGEWAVE_FLEET_PATH=str(fleet), EDGEWAVE_TRAIN_ROWS="2000",
                        EDGEWAVE_REMOTE_RETRY_DELAYS_SECONDS="[1, 2]")
@@ -56,7 +60,9 @@ def test_a_registry_outage_fails_release_and_rollout_naming_the_server_and_rerun
 
         # a release while the server goes away
         releasing = edgewave("release", "--seed", "2", wait=False)
-        time.sleep(3)  # the release has started; the server goes away under it
+        run_log = home / "logs" / "runs.log"  # Prefect's run log of every command, on disk
+        wait_for(lambda: run_log.exists() and "data seed 2" in run_log.read_text(), 120, "the release to start")
+        # the release has started; the server goes away under it
         stop(server)
         out, err = releasing.communicate(timeout=600)
         assert releasing.returncode == 2, out + err  # an unreachable server: a failure a person can act on

@@ -8,7 +8,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
 from edgewave.tasks.fleet import local
 from edgewave.tasks.platform.fleetfile import load_fleet_file
@@ -18,7 +17,15 @@ from edgewave.tasks.release.bundle import build_manifest, load_or_create_signing
 from edgewave.tasks.rollout.gitops import DesiredStateRepo
 from edgewave.tasks.rollout.telemetry import scrape
 from edgewave.tasks.sim.traffic import Traffic
-from tests.helpers import BIN, BUSY_MACHINE_P99_FLOOR, ai4i_traffic, edgewave_env, free_port, register_bundle
+from tests.helpers import (
+    BIN,
+    BUSY_MACHINE_P99_FLOOR,
+    ai4i_traffic,
+    edgewave_env,
+    free_port,
+    register_bundle,
+    write_fleet_file,
+)
 
 
 def _world(bundles, split, trained, exported, tmp_path: Path):
@@ -39,19 +46,15 @@ def _world(bundles, split, trained, exported, tmp_path: Path):
     assert register_bundle(settings, "torch", store / "v2", exported["torch"].model) == 2
     assert register_bundle(settings, "sklearn", store / "v3", exported["sklearn"].model) == 3
 
-    settings.fleet_path.write_text(yaml.safe_dump({
-        "fleet": {"sites": [{"id": f"site-{i}", "port": free_port(), "labels": {"line": str(i)}} for i in range(6)]},
-        "rollout": {"waves": [{"name": "canary", "count": 1}, {"name": "half", "percent": 50},
-                              {"name": "rest", "percent": 100}],
-                    "bake_seconds": 1, "convergence_deadline_seconds": 30,
-                    # Two different good models (trees, MLP) differ in confidence and in how many rows
-                    # they flag; the bad one flags nearly all. Limits sit between the two.
-                    "analysis": {"interval_seconds": 2, "measurements": 2, "min_requests_per_site": 20,
-                                 "max_p99_latency_ratio": 5.0, "p99_floor_seconds": BUSY_MACHINE_P99_FLOOR,
-                                 "min_confidence_ratio": 0.7,
-                                 "max_failure_rate_shift": 0.3, "inconclusive_limit": 4},
-                    "offline": {"deadline_seconds": 5, "then": "skip"}},
-    }))
+    write_fleet_file(
+        settings.fleet_path, [{"id": f"site-{i}", "port": free_port(), "labels": {"line": str(i)}} for i in range(6)],
+        [{"name": "canary", "count": 1}, {"name": "half", "percent": 50}, {"name": "rest", "percent": 100}],
+        # Two different good models (trees, MLP) differ in confidence and in how many rows
+        # they flag; the bad one flags nearly all. Limits sit between the two.
+        {"interval_seconds": 2, "measurements": 2, "min_requests_per_site": 20, "max_p99_latency_ratio": 5.0,
+         "p99_floor_seconds": BUSY_MACHINE_P99_FLOOR, "min_confidence_ratio": 0.7, "max_failure_rate_shift": 0.3,
+         "inconclusive_limit": 4},
+        bake_seconds=1, convergence_deadline_seconds=30, offline={"deadline_seconds": 5, "then": "skip"})
     fleet_file = load_fleet_file(settings.fleet_path)
     env = {"EDGEWAVE_SYNC_INTERVAL_SECONDS": "0.5", "EDGEWAVE_SAMPLE_FRACTION": "0"}
     local.up(settings, fleet_file.fleet, extra_env=env)
@@ -171,11 +174,8 @@ def test_rollback_returns_every_site_in_waves_and_the_version_can_be_rolled_out_
 
 def test_a_bad_policy_fails_before_anything_is_deployed(tmp_path: Path) -> None:
     bad = tmp_path / "fleet.yaml"
-    bad.write_text(yaml.safe_dump({
-        "fleet": {"sites": [{"id": "s1", "port": 19999}]},
-        "rollout": {"waves": [{"name": "canary", "percent": 5}, {"name": "rest", "percent": 100}], "rounding": "down",
-                    "analysis": {"max_error_rate": -1}},
-    }))
+    write_fleet_file(bad, {"s1": 19999}, [{"name": "canary", "percent": 5}, {"name": "rest", "percent": 100}],
+               {"max_error_rate": -1}, rounding="down")
     result = subprocess.run([str(BIN / "edgewave"), "rollout", "1"], capture_output=True, text=True, timeout=120,
                             env=edgewave_env(tmp_path / "home", EDGEWAVE_FLEET_PATH=str(bad)))
     assert result.returncode == 2

@@ -15,7 +15,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
 from edgewave.flows.rollout import result_of, rollback, rollout
 from edgewave.serving.desired import DesiredState
@@ -27,7 +26,16 @@ from edgewave.tasks.rollout.controller import scrape_sites
 from edgewave.tasks.rollout.gitops import DesiredStateRepo
 from edgewave.tasks.rollout.telemetry import scrape
 from edgewave.tasks.sim.traffic import Traffic
-from tests.helpers import BIN, ai4i_traffic, edgewave_env, free_port, register_bundle, remote_subjects, wait_for
+from tests.helpers import (
+    BIN,
+    ai4i_traffic,
+    edgewave_env,
+    free_port,
+    register_bundle,
+    remote_subjects,
+    wait_for,
+    write_fleet_file,
+)
 
 
 def sha(bundle: Path) -> str:
@@ -43,16 +51,14 @@ def fleet_on_v1(bundles, exported, tmp_path: Path):
     settings.apply_runtime_environment()
 
     def write_policy(**rollout_policy) -> None:
-        settings.fleet_path.write_text(yaml.safe_dump({
-            "fleet": {"sites": [{"id": f"site-{i}", "port": ports[i], "labels": {"line": str(i)}} for i in range(3)]},
-            "rollout": {"waves": [{"name": "canary", "count": 1}, {"name": "rest", "percent": 100}],
-                        "bake_seconds": 0, "convergence_deadline_seconds": 8,
-                        # faults, not latency, are under test: millisecond jitter on 2 busy cores is no regression
-                        "analysis": {"interval_seconds": 1.5, "measurements": 2, "min_requests_per_site": 15,
-                                     "max_p99_latency_ratio": 5.0, "p99_floor_seconds": 0.5, "min_confidence_ratio": 0.7,
-                                     "max_failure_rate_shift": 0.3, "inconclusive_limit": 2},
-                        "offline": {"deadline_seconds": 3, "then": "fail"}, **rollout_policy},
-        }))
+        write_fleet_file(
+            settings.fleet_path, [{"id": f"site-{i}", "port": ports[i], "labels": {"line": str(i)}} for i in range(3)],
+            # faults, not latency, are under test: millisecond jitter on 2 busy cores is no regression
+            analysis={"interval_seconds": 1.5, "measurements": 2, "min_requests_per_site": 15,
+                      "max_p99_latency_ratio": 5.0, "p99_floor_seconds": 0.5, "min_confidence_ratio": 0.7,
+                      "max_failure_rate_shift": 0.3, "inconclusive_limit": 2},
+            **{"bake_seconds": 0, "convergence_deadline_seconds": 8, "offline": {"deadline_seconds": 3, "then": "fail"},
+               **rollout_policy})
 
     ports = [free_port() for _ in range(3)]
     write_policy()

@@ -18,13 +18,12 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from edgewave.tasks.platform.fleetfile import load_fleet_file
 from edgewave.tasks.rollout.telemetry import scrape
 from edgewave.tasks.sim.traffic import Traffic
 from tests import sshd
-from tests.helpers import BIN, BUSY_MACHINE_P99_FLOOR, ai4i_traffic, edgewave_env, free_port, wait_for
+from tests.helpers import BIN, BUSY_MACHINE_P99_FLOOR, ai4i_traffic, edgewave_env, free_port, wait_for, write_fleet_file
 
 SITES = ["site-0", "site-1", "site-2"]
 REGISTRY_PASSWORD = "reg-pw-4f7c1e9a2b"  # the registry here has no auth; the password must still never leak
@@ -69,17 +68,12 @@ def control_plane(engine, server, tmp_path: Path):
     home = tmp_path / "control-plane"
     fleet = tmp_path / "fleet.yaml"
     ports = {site: free_port() for site in SITES}
-    fleet.write_text(yaml.safe_dump({
-        "fleet": {"sites": [{"id": site, "port": port} for site, port in ports.items()]},
-        "rollout": {"waves": [{"name": "canary", "count": 1}, {"name": "rest", "percent": 100}],
-                    "bake_seconds": 2, "convergence_deadline_seconds": 90,
-                    "analysis": {"interval_seconds": 3, "measurements": 2, "min_requests_per_site": 30,
-                                 "max_p99_latency_ratio": 2.0, "p99_floor_seconds": BUSY_MACHINE_P99_FLOOR,
-                                 "min_confidence_ratio": 0.85,
-                                 "max_failure_rate_shift": 0.3, "inconclusive_limit": 4},
-                    "offline": {"deadline_seconds": 30, "then": "fail"}},
-        "drift": {"min_samples": 50, "min_sites": 1},
-    }))
+    write_fleet_file(fleet, ports, analysis={"interval_seconds": 3, "measurements": 2, "min_requests_per_site": 30,
+                                             "max_p99_latency_ratio": 2.0, "p99_floor_seconds": BUSY_MACHINE_P99_FLOOR,
+                                             "min_confidence_ratio": 0.85, "max_failure_rate_shift": 0.3,
+                                             "inconclusive_limit": 4},
+                     drift={"min_samples": 50, "min_sites": 1}, bake_seconds=2, convergence_deadline_seconds=90,
+                     offline={"deadline_seconds": 30, "then": "fail"})
     env_dir = tmp_path / "site-env"
     env_dir.mkdir()
     known_hosts = server.known_hosts.read_text().strip()

@@ -21,14 +21,25 @@ from edgewave.serving.metrics import SiteMetrics
 from edgewave.serving.model import BundleCache, ModelSlot
 from edgewave.serving.sampler import window_rows
 from edgewave.tasks.data.ai4i import FEATURES
-from tests.helpers import free_port, post_json, start_site, stop
+from tests.helpers import free_port, post_json, start_site, stop, wait_for
 
 
-def agent(bundles, folder: Path, interval: float = 10.0) -> Agent:
+class Clock:
+    """Wall time the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def agent(bundles, folder: Path, interval: float = 10.0, clock: Clock | None = None) -> Agent:
     metrics = SiteMetrics("s1")
     slot = ModelSlot(on_swap=lambda m: metrics.serving(m.manifest.name, m.version, m.sha256))
     return Agent("s1", folder, str(folder / "remote"), (folder / "store").as_uri(), slot,
-                 BundleCache(folder / "bundles"), load_trusted_keys(bundles.home / "keys"), metrics, None, interval)
+                 BundleCache(folder / "bundles"), load_trusted_keys(bundles.home / "keys"), metrics, None, interval,
+                 clock=clock or Clock())
 
 
 def desired(bundles, bundle: Path, version: int, **extra) -> DesiredState:
@@ -41,11 +52,13 @@ def errors(a: Agent, kind: str) -> float:
 
 
 def test_a_refused_bundle_is_retried_after_a_backoff_or_at_once_under_a_new_digest(bundles, tmp_path: Path) -> None:
-    a = agent(bundles, tmp_path, interval=0.05)
+    clock = Clock()
+    a = agent(bundles, tmp_path, interval=10.0, clock=clock)
     untrusted = desired(bundles, bundles.foreign, 3)
     assert not a.apply(untrusted) and errors(a, "bundle_refused") == 1
+    clock.now += 19.0  # the backoff after one refusal: the interval x 2
     assert not a.apply(untrusted) and errors(a, "bundle_refused") == 1, "within the backoff it is not tried again"
-    time.sleep(0.2)  # backoff: 0.05 s x 2
+    clock.now += 2.0
     assert not a.apply(untrusted) and errors(a, "bundle_refused") == 2, "after the backoff it is tried again"
     moved = untrusted.model_copy(update={"bundle_url": bundles.v1.as_uri(), "version": 1, "sha256": bundles.sha(bundles.v1)})
     assert a.apply(moved), "a new digest is tried at once"
@@ -111,7 +124,12 @@ def test_a_site_on_a_full_volume_keeps_serving_and_counts_every_lost_sample(bund
             if sum(dropped.values()) > 5000 and len(statuses) > 200:
                 break
         conn.close()
-        time.sleep(1.5)  # the writer closes the last window
+
+        def accounted() -> bool:  # the writer has closed the last window: each sampled row written or dropped
+            counts = metric(port, "edgewave_")
+            failed = counts.get('edgewave_samples_dropped_total{reason="write_failed"}', 0.0)
+            return counts["edgewave_samples_written_total"] + failed == counts["edgewave_predicted_rows_total"]
+        wait_for(accounted, 30, "the sampler to account for every sampled row")
         rows = metric(port, "edgewave_predicted_rows_total")["edgewave_predicted_rows_total"]
         written = metric(port, "edgewave_samples_written_total")["edgewave_samples_written_total"]
         dropped = metric(port, "edgewave_samples_dropped_total")

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 import urllib.request
 from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
-import yaml
 
 from edgewave.serving.desired import DesiredState
 from edgewave.tasks.fleet import local
@@ -22,7 +20,15 @@ from edgewave.tasks.rollout.gitops import DesiredStateRepo
 from edgewave.tasks.rollout.prometheus import JOB, scrape_config
 from edgewave.tasks.rollout.telemetry import prometheus_readings
 from edgewave.tasks.sim.traffic import Traffic
-from tests.helpers import DEPLOYMENTS, ai4i_traffic, free_port, running_prometheus, wait_for
+from tests.helpers import (
+    ALL_AT_ONCE,
+    DEPLOYMENTS,
+    ai4i_traffic,
+    free_port,
+    running_prometheus,
+    wait_for,
+    write_fleet_file,
+)
 
 pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None,
                                 reason="Debian's prometheus is not installed here (scripts/setup-system.sh could not install it)")
@@ -53,9 +59,7 @@ def test_every_dashboard_query_returns_a_series_per_site_of_a_live_fleet(bundles
     home = tmp_path / "home"
     shutil.copytree(bundles.home / "keys", home / "keys", ignore=shutil.ignore_patterns("*.key"))
     settings = Settings(home=home, fleet_path=tmp_path / "fleet.yaml")
-    settings.fleet_path.write_text(yaml.safe_dump({
-        "fleet": {"sites": [{"id": s, "port": free_port()} for s in SITES]},
-        "rollout": {"waves": [{"name": "all", "percent": 100}]}}))
+    write_fleet_file(settings.fleet_path, {s: free_port() for s in SITES}, ALL_AT_ONCE)
     fleet_file = load_fleet_file(settings.fleet_path)
     DesiredStateRepo.of(settings).ensure().commit(
         [DesiredState(site=s, model="machine-failure", version=1, bundle_url=bundles.v1.as_uri(),
@@ -67,16 +71,24 @@ def test_every_dashboard_query_returns_a_series_per_site_of_a_live_fleet(bundles
                 readings = prometheus_readings(url, SITES)
                 return all(r is not None and r.version == 1 for r in readings.values())
             wait_for(on_v1, 60, "both sites serving v1, as Prometheus sees them")
+            def shown() -> dict[str, set]:
+                """Each panel's sites: a rate needs two scrapes of the traffic in its window."""
+                found = {}
+                for title, expr in panels:
+                    promql = expr.replace("$__rate_interval", "30s").replace("$site", "|".join(SITES))
+                    found[title] = {series["metric"].get("site") for series in query(url, "/api/v1/query", query=promql)}
+                return found
+
             with Traffic(fleet_file.fleet.sites, ai4i_traffic(), rate_per_site=30):
-                time.sleep(6)
-            time.sleep(1)
+                try:
+                    wait_for(lambda: all(sites == set(SITES) for sites in shown().values()), 60,
+                             "every panel to show every site")
+                except TimeoutError:
+                    pass  # the assertion below names the panels that do not
 
             choices = query(url, "/api/v1/label/site/values", **{"match[]": f'edgewave_model_version{{job="{JOB}"}}'})
             assert sorted(choices) == SITES, "the `site` variable lists every site"
-            for title, expr in panels:
-                promql = expr.replace("$__rate_interval", "30s").replace("$site", "|".join(SITES))
-                result = query(url, "/api/v1/query", query=promql)
-                shown = {series["metric"].get("site") for series in result}
-                assert shown == set(SITES), f"{title}: {promql} returned {result}"
+            for title, sites in shown().items():
+                assert sites == set(SITES), f"{title}: shows {sites}"
     finally:
         local.down(settings, fleet_file.fleet)

@@ -11,7 +11,7 @@ import yaml
 from edgewave.serving.bundle import load_trusted_keys
 from edgewave.serving.model import load_model
 from edgewave.serving.stores import open_store
-from edgewave.tasks.data.ai4i import FEATURES, generate, scenario
+from edgewave.tasks.data.ai4i import generate, scenario
 from edgewave.tasks.drift.steps import check_one_site, policy_for
 from edgewave.tasks.platform.fleetfile import DriftPolicy, load_fleet_file
 from edgewave.tasks.platform.monitoring import (
@@ -152,11 +152,6 @@ def test_drift_policy_errors_name_the_field(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ValueError, match="drift.drift_share"):
         load_fleet_file(path)
-
-
-def test_features_constant_matches_the_bundle_inputs(world) -> None:
-    _, model = world
-    assert model.feature_names == FEATURES
 
 
 def test_a_window_read_while_it_is_being_uploaded_is_neither_lost_nor_counted_twice(world, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import time
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 
@@ -52,6 +53,21 @@ def write_drift_summary(settings: Settings) -> None:
 
 def metrics(port: int) -> str:
     return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+
+def query(url: str, promql: str) -> float | None:
+    """The value of an instant query with one series, else None."""
+    with urllib.request.urlopen(f"{url}/api/v1/query?{urlencode({'query': promql})}", timeout=5) as response:
+        result = json.loads(response.read())["data"]["result"]
+    return float(result[0]["value"][1]) if len(result) == 1 else None
+
+
+def evaluated_after(url: str, moment: float, times: int = 1) -> bool:
+    """Every rule group has been evaluated `times` intervals after `moment` (a Unix time)."""
+    with urllib.request.urlopen(f"{url}/api/v1/rules", timeout=5) as response:
+        groups = json.loads(response.read())["data"]["groups"]
+    return bool(groups) and all(
+        datetime.fromisoformat(g["lastEvaluation"]).timestamp() >= moment + (times - 1) * g["interval"] for g in groups)
 
 
 def firing(url: str) -> dict[str, list[dict]]:
@@ -100,7 +116,10 @@ def test_a_held_rollout_and_confirmed_drift_fire_their_alerts_from_the_exporter(
             remote.rename(remote.with_name("away"))  # the remote goes away: the last known state stays
             wait_for(lambda: 'edgewave_control_plane_read_errors{source="desired_state"} 1.0' in metrics(port), 30,
                      "the exporter to report the unreadable remote")
-            time.sleep(2)  # four scrapes and rule evaluations later
+            seen = time.time()
+            # Prometheus has scraped the exporter's error and evaluated the rules on it, twice
+            wait_for(lambda: query(url, 'edgewave_control_plane_read_errors{source="desired_state"}') == 1.0
+                     and evaluated_after(url, seen, times=2), 30, "two rule evaluations after the remote went away")
             assert "EdgewaveRolloutHeld" in firing(url), "an unreachable remote does not resolve the alert"
             remote.with_name("away").rename(remote)
 

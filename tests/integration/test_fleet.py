@@ -7,12 +7,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import yaml
-
 from edgewave.serving.desired import DesiredState
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.rollout.gitops import DesiredStateRepo
-from tests.helpers import BIN, edgewave_env, free_port, wait_for
+from tests.helpers import ALL_AT_ONCE, BIN, edgewave_env, free_port, wait_for, write_fleet_file
 
 
 def test_fleet_up_status_down_by_pid(bundles, tmp_path: Path) -> None:
@@ -20,10 +18,8 @@ def test_fleet_up_status_down_by_pid(bundles, tmp_path: Path) -> None:
     shutil.copytree(bundles.home / "keys", home / "keys", ignore=shutil.ignore_patterns("*.key"))
     fleet_file = tmp_path / "fleet.yaml"
     ports = [free_port(), free_port()]
-    fleet_file.write_text(yaml.safe_dump({
-        "fleet": {"sites": [{"id": f"site-{i}", "port": p, "labels": {"plant": "x"}} for i, p in enumerate(ports)]},
-        "rollout": {"waves": [{"name": "all", "percent": 100}]},
-    }))
+    write_fleet_file(fleet_file, [{"id": f"site-{i}", "port": p, "labels": {"plant": "x"}} for i, p in enumerate(ports)],
+                     ALL_AT_ONCE)
     env = edgewave_env(home, EDGEWAVE_FLEET_PATH=str(fleet_file), EDGEWAVE_SYNC_INTERVAL_SECONDS="0.5")
 
     def edgewave(*args: str) -> subprocess.CompletedProcess:
@@ -43,7 +39,7 @@ def test_fleet_up_status_down_by_pid(bundles, tmp_path: Path) -> None:
         def all_on_v1() -> bool:
             result = edgewave("status")
             return result.returncode == 0 and result.stderr.count("v1") == 4  # served and desired, both sites
-        wait_for(all_on_v1, 30, "both sites to serve v1")
+        wait_for(all_on_v1, 120, "both sites to serve v1")
         assert edgewave("up").returncode == 0  # idempotent: running sites are left alone
         assert {f.stem: json.loads(f.read_text())["pid"] for f in (home / "fleet").glob("*.json")} == pids
     finally:

@@ -14,7 +14,7 @@ from edgewave.tasks.platform.fleetfile import load_fleet_file
 from edgewave.tasks.rollout.controller import Controller, Io
 from edgewave.tasks.rollout.gitops import HistoryRewritten
 from edgewave.tasks.rollout.telemetry import Reading
-from tests.helpers import desired_repo, remote_subjects
+from tests.helpers import desired_repo, remote_subjects, write_fleet_file
 
 SHA = "c" * 64
 
@@ -112,8 +112,7 @@ def test_a_force_pushed_remote_is_refused_and_nothing_is_pushed(tmp_path: Path) 
 
 def test_a_rollout_whose_remote_was_rewritten_holds_and_says_why(tmp_path: Path) -> None:
     fleet = tmp_path / "fleet.yaml"
-    fleet.write_text("fleet: {sites: [{id: s0, port: 20001}, {id: s1, port: 20002}]}\n"
-                     "rollout: {waves: [{name: canary, count: 1}, {name: rest, percent: 100}]}\n")
+    write_fleet_file(fleet, {"s0": 20001, "s1": 20002})
     repo = desired_repo(tmp_path)
     log: list[str] = []
     io = Io(repo=repo, read=lambda sites: {s.id: Reading(version=1) for s in sites}, sleep=lambda s: None, log=log.append)

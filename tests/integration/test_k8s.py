@@ -18,7 +18,7 @@ from edgewave.serving.desired import DesiredState
 from edgewave.tasks.platform.settings import Settings, use
 from edgewave.tasks.rollout.gitops import git
 from edgewave.tasks.rollout.k8s import image_fields, overlay_path
-from tests.helpers import BIN, desired_repo, free_port, http_ok, register_versions, stop, wait_for
+from tests.helpers import BIN, desired_repo, free_port, http_ok, register_versions, stop, wait_for, write_fleet_file
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES_VERSION = "1.32.0"  # what the manifests are validated against (K3s v1.32 line)
@@ -127,14 +127,11 @@ def test_a_mixed_fleet_rollout_commits_k8s_overlays_wave_by_wave(sitesim, tmp_pa
     repo, port = sitesim
     sites = [("line-1", "local"), ("press-1", "k8s"), ("line-2", "local"), ("press-2", "k8s")]
     fleet_path = tmp_path / "fleet.yaml"
-    fleet_path.write_text(yaml.safe_dump({
-        "fleet": {"sites": [{"id": s, "kind": kind, "metrics_url": f"http://127.0.0.1:{port}/{s}/metrics"}
-                            for s, kind in sites]},
-        "rollout": {"waves": [{"name": "canary", "count": 1}, {"name": "half", "percent": 50},
-                              {"name": "rest", "percent": 100}],
-                    "bake_seconds": 0, "convergence_deadline_seconds": 20,
-                    "analysis": {"interval_seconds": 0.3, "measurements": 1, "min_requests_per_site": 5}},
-    }))
+    write_fleet_file(fleet_path, [{"id": s, "kind": kind, "metrics_url": f"http://127.0.0.1:{port}/{s}/metrics"}
+                            for s, kind in sites],
+               [{"name": "canary", "count": 1}, {"name": "half", "percent": 50}, {"name": "rest", "percent": 100}],
+               {"interval_seconds": 0.3, "measurements": 1, "min_requests_per_site": 5},
+               bake_seconds=0, convergence_deadline_seconds=20)
     v1 = "127.0.0.1:5000/edgewave-serving:machine-failure-v1"
     repo.commit([state(s, 1, v1 if kind == "k8s" else None, "ro-v1") for s, kind in sites], "v1 everywhere")
     image = f"127.0.0.1:5000/edgewave-serving@{DIGEST}"

@@ -8,7 +8,6 @@ pods)."""
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 from pathlib import Path
 
@@ -57,14 +56,15 @@ def test_an_image_pinned_pod_ships_windows_and_never_swaps_its_model(engine, bun
                                                  headers={"Content-Type": "application/json"})
                 with urllib.request.urlopen(request, timeout=10) as response:
                     assert json.loads(response.read())["model_version"] == 1
-                time.sleep(1)
 
             def shipped() -> list[Path]:
                 return sorted((server.store_root / SITE).glob(f"{SITE}-*.parquet"))
             wait_for(lambda: bool(shipped()), 60, "sample windows in the SFTP store")
             metrics = f"http://127.0.0.1:{port}/metrics"
             wait_for(lambda: "edgewave_agent_desired_version 2.0" in _text(metrics), 30, "the desired state read")
-            time.sleep(3)  # several more agent cycles with v2 desired
+            first = _gauge(metrics, "edgewave_agent_last_sync_timestamp_seconds")
+            wait_for(lambda: _gauge(metrics, "edgewave_agent_last_sync_timestamp_seconds") >= first + 3, 60,
+                     "three more agent cycles (1 s apart) with v2 desired")
             text = _text(metrics)
             assert scrape(metrics).version == 1, "the pod serves its image's model, whatever the desired state says"
             assert "edgewave_agent_offline 0.0" in text, "the store and the remote are reached"
@@ -76,6 +76,11 @@ def test_an_image_pinned_pod_ships_windows_and_never_swaps_its_model(engine, bun
         finally:
             container.remove(force=True)
             client.close()
+
+
+def _gauge(url: str, name: str) -> float:
+    """A gauge's value in the site's /metrics (0 when absent)."""
+    return next((float(line.rsplit(" ", 1)[1]) for line in _text(url).splitlines() if line.startswith(name + " ")), 0.0)
 
 
 def _text(url: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,28 @@ pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None,
                                 reason="Debian's prometheus is not installed here (scripts/setup-system.sh could not install it)")
 
 
+def serve(sites: list[Site], fleet_sites: list[Site], requests: int = 60) -> None:
+    """Send traffic to `sites` until every one of `fleet_sites` that answers has served `requests` more."""
+    start = {s: r.ok if r else 0.0 for s, r in scrape_sites(fleet_sites).items()}
+
+    def served() -> bool:
+        now = scrape_sites(fleet_sites)
+        return all(r is None or r.ok - start[s] >= requests for s, r in now.items())
+    with Traffic(sites, ai4i_traffic(), rate_per_site=40):
+        wait_for(served, 60, f"{requests} more requests served by every site")
+
+
+def scraped(url: str, ids: list[str], fleet_sites: list[Site]) -> tuple[dict, dict]:
+    """Prometheus' readings and the sites' own, once Prometheus has scraped what the sites last served
+    (the traffic has stopped, so the sites' counters stand still)."""
+    def caught_up() -> bool:
+        direct = scrape_sites(fleet_sites)
+        return all(p is None or (direct[s] is not None and p.ok == direct[s].ok)
+                   for s, p in prometheus_readings(url, ids).items())
+    wait_for(caught_up, 30, "Prometheus to scrape the sites' last requests")
+    return prometheus_readings(url, ids), scrape_sites(fleet_sites)
+
+
 def test_promql_readings_equal_direct_scrapes(bundles, tmp_path: Path) -> None:
     ports = [free_port() for _ in range(3)]
     fleet = Fleet.model_validate({"sites": [{"id": f"site-{i}", "port": p, "labels": {"line": str(i)}}
@@ -28,13 +49,10 @@ def test_promql_readings_equal_direct_scrapes(bundles, tmp_path: Path) -> None:
              for i, b in enumerate((bundles.v1, bundles.v2))]  # site-2 stays down on purpose
     try:
         with running_prometheus(scrape_config(fleet, interval_seconds=0.5), tmp_path) as url:
-            with Traffic(fleet.sites[:2], ai4i_traffic(), rate_per_site=40):
-                time.sleep(3)
-            time.sleep(2)  # at least two scrapes after the last request
+            serve(fleet.sites[:2], fleet.sites)
             ids = [s.id for s in fleet.sites]
             wait_for(lambda: all(prometheus_readings(url, ids)[s] is not None for s in ids[:2]), 30, "both sites scraped")
-            via_prometheus = prometheus_readings(url, ids)
-            direct = scrape_sites(fleet.sites)
+            via_prometheus, direct = scraped(url, ids, fleet.sites)
             assert via_prometheus["site-2"] is None and direct["site-2"] is None, "a down site reads as None"
             for site in ids[:2]:
                 p, d = via_prometheus[site], direct[site]
@@ -70,10 +88,8 @@ def test_a_site_of_two_pods_is_judged_on_their_sum_and_converges_only_when_both_
         processes[pod] = start_site(bundles.home, ports[pod], tmp_path / f"{pod}-v2.log", "--bundle", str(bundle))
 
     def serve_and_read(url: str) -> tuple[dict, dict]:
-        with Traffic(each_process, ai4i_traffic(), rate_per_site=40):
-            time.sleep(3)
-        time.sleep(2)  # at least two scrapes after the last request
-        return prometheus_readings(url, ids), scrape_sites(fleet.sites)
+        serve(each_process, fleet.sites)
+        return scraped(url, ids, fleet.sites)
 
     try:
         with running_prometheus(scrape_config(fleet, interval_seconds=0.5), tmp_path) as url:

