@@ -103,10 +103,11 @@ def unwalked(value: R) -> R:
 
 
 def start_temporary_api() -> None:
-    """Start Prefect's temporary API now, one process at a time per Prefect home, unless a server is set
-    (PREFECT_API_URL). Every command without a server starts one on the home's SQLite database; two
-    starting at once raced its migrations ("duplicate column name: block_type_name"), and the loser's
-    flow ran a minute late. Prefect keeps one such server per process: the flows then use this one."""
+    """Start Prefect's temporary API now, unless a server is set (PREFECT_API_URL). Every command without
+    a server starts one on the home's SQLite database; two starting at once on a new database raced its
+    migrations ("duplicate column name: block_type_name") and the loser's flow ran a minute late. So the
+    first start in a Prefect home (the one that creates and migrates the database) is one process at a
+    time; later ones start side by side. Prefect keeps one such server per process: the flows then use it."""
     import fcntl
 
     from prefect.server.api.server import SubprocessASGIServer
@@ -116,6 +117,11 @@ def start_temporary_api() -> None:
         return
     home = Path(PREFECT_HOME.value())
     home.mkdir(parents=True, exist_ok=True)
-    with open(home / "temporary-api.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        SubprocessASGIServer().start()
+    migrated = home / "temporary-api.migrated"
+    if not migrated.exists():
+        with open(home / "temporary-api.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            if not migrated.exists():
+                SubprocessASGIServer().start()
+                migrated.touch()
+    SubprocessASGIServer().start()  # nothing to do when this process started it above

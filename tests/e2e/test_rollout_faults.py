@@ -192,7 +192,8 @@ def test_another_writer_pushing_between_waves_keeps_a_linear_history_with_their_
 
 
 def test_two_rollouts_started_together_one_runs_and_the_other_is_refused_naming_it(fleet_on_v1) -> None:
-    settings, repo, _ = fleet_on_v1
+    settings, repo, write_policy = fleet_on_v1
+    write_policy(bake_seconds=15)  # the first attempt holds the lease longer than the second takes to start
     env = edgewave_env(settings.home, EDGEWAVE_FLEET_PATH=str(settings.fleet_path))
     with Traffic(load_fleet_file(settings.fleet_path).fleet.sites, ai4i_traffic(), rate_per_site=30):
         runs = [subprocess.Popen([str(BIN / "edgewave"), "rollout", "2"], env=env, stdout=subprocess.PIPE,
