@@ -48,12 +48,18 @@ def failed(what: str, exc: BaseException) -> NoReturn:
     raise typer.Exit(2 if actionable else 1)
 
 
-def settings() -> Settings:
-    """This command's settings, validated; third-party INFO lines kept off the terminal."""
+def read_settings() -> Settings:
+    """This command's settings, validated, and nothing else done (no folder made, no library set up)."""
     try:
-        loaded = Settings()
+        return Settings()
     except ValidationError as exc:
         refuse("invalid settings", describe(exc))
+
+
+def settings() -> Settings:
+    """This command's settings, validated and applied (state under EDGEWAVE_HOME; Prefect and MLflow
+    pointed at it); third-party INFO lines kept off the terminal."""
+    loaded = read_settings()
     if not DEBUG["on"]:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its loggers' level at import
         for name in QUIET:

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from edgewave.flows.cli.console import console, failed, out, prepare_flows, refuse, settings
+from edgewave.flows.cli.console import console, failed, out, prepare_flows, read_settings, refuse, settings
 from edgewave.serving import cli as edge_cli
 from edgewave.tasks.platform.progress import listening
 from edgewave.tasks.platform.settings import Settings, use
@@ -73,7 +73,7 @@ def serve(
         from edgewave.serving.bundle import parse_public_keys
         from edgewave.tasks.release.bundle import trusted_public_keys
 
-        loaded = settings()
+        loaded = read_settings()  # a site started in any folder makes no control-plane home there
         if loaded.signing_key_pem is not None or loaded.signing_key.exists():
             keys = trusted_public_keys(loaded)
             os.environ["EDGEWAVE_TRUSTED_PUBLIC_KEYS"] = keys

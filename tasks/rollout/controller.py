@@ -98,7 +98,8 @@ def scrape_sites(sites: list[Site], concurrency: int = 32) -> dict[str, Reading 
 
 class Controller:
     """What a rollout attempt knows before its first step: the version and its bundle, the fleet
-    file, the I/O, and the model's lease. Its steps return new records; it changes nothing of its own."""
+    file, the I/O, and the model's lease. Its steps return new records and change nothing of its own
+    but a memo of validated plans, which any process rebuilds from the record."""
 
     def __init__(self, fleet_file: FleetFile, model: str, version: int, bundle_url: str, sha256: str,
                  from_version: int | None, io: Io, image: str | None = None, kind: Kind = "rollout",
@@ -114,6 +115,13 @@ class Controller:
         self.wait_seconds = wait_seconds
         self.lease = ModelLease(io.repo, model, lease_seconds, io.now)
         self.id = attempt_id(model, version, kind, io.now())  # a new attempt's id; a resumed one keeps its own
+        self._plans: dict[str, tuple[Fleet, RolloutPolicy]] = {}  # a memo: an attempt's plan never changes
+
+    def plan(self, record: RolloutRecord) -> tuple[Fleet, RolloutPolicy]:
+        """The attempt's fleet and policy (`plan_of`), validated once per attempt: 0.16 s at 2,000 sites."""
+        if record.id not in self._plans:
+            self._plans[record.id] = plan_of(record)
+        return self._plans[record.id]
 
     # -- start: one rollout per model, resumed or planned ----------------------------------------
     def start(self) -> RolloutRecord:
@@ -212,7 +220,7 @@ class Controller:
         if record.waves[index].status != "pending":
             return record
         self.lease.renew(record.id)
-        fleet, policy = plan_of(record)
+        fleet, policy = self.plan(record)
         wave = record.waves[index]
         sites = {s.id: s for s in fleet.sites}
         deadline = time.monotonic() + policy.offline.deadline_seconds
@@ -252,7 +260,7 @@ class Controller:
         if wave.status != "pending":  # resumed: the states and the record went to Git in one commit
             self.io.log(f"{message} (already committed)")
             return record
-        fleet, _ = plan_of(record)
+        fleet, _ = self.plan(record)
         record = record.model_copy(deep=True)
         wave = record.waves[index]
         wave.status, wave.committed_at = "committed", self.io.now()
@@ -292,7 +300,7 @@ class Controller:
         missing = [s for s in wave.sites if s not in observed.own]
         if not missing:
             return observed
-        fleet, policy = plan_of(record)
+        fleet, policy = self.plan(record)
         rules, sites = policy.analysis, {s.id: s for s in fleet.sites}
         seconds = rules.interval_seconds * rules.measurements
         self.io.log(f"{record.id}: wave {wave.name}: watching {len(missing)} site(s) on v{self.from_version} for {seconds:g}s")
@@ -304,7 +312,7 @@ class Controller:
     def converge(self, record: RolloutRecord, index: int) -> RolloutRecord:
         """Wait until the wave's sites report the new version, up to the convergence deadline."""
         self.lease.renew(record.id)
-        fleet, policy = plan_of(record)
+        fleet, policy = self.plan(record)
         record = record.model_copy(deep=True)
         wave = record.waves[index]
         pending = self._wait_for_versions(fleet, policy, {s: self.version for s in wave.sites}, f"wave {wave.name}")
@@ -333,7 +341,7 @@ class Controller:
     def analyse(self, record: RolloutRecord, index: int, observed: Observed) -> tuple[RolloutRecord, Observed]:
         """Bake, then measure canary against baseline until a decision: the record with the wave's
         measurements and decision (`advance`, `rollback` or `hold`), and what was observed."""
-        fleet, policy = plan_of(record)
+        fleet, policy = self.plan(record)
         record = record.model_copy(deep=True)
         wave = record.waves[index]
         rules, sites = policy.analysis, {s.id: s for s in fleet.sites}
@@ -405,7 +413,7 @@ class Controller:
             return held
         self.io.log(message)
         self.show("waves", index, len(record.waves), f"rolled back at {wave.name}")
-        fleet, policy = plan_of(record)
+        fleet, policy = self.plan(record)
         pending = self._wait_for_versions(fleet, policy, {s.site: s.version for s in states}, "rollback")
         if pending:
             self.io.log(f"{record.id}: after rollback {pending} still do not report their previous version")

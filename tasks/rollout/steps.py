@@ -15,7 +15,7 @@ from edgewave.tasks.platform.fleetfile import Site, load_fleet_file
 from edgewave.tasks.platform.runs import LOCAL, REMOTE
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.release import registry
-from edgewave.tasks.rollout.controller import Controller, Io, Observed, plan_of, scrape_sites
+from edgewave.tasks.rollout.controller import Controller, Io, Observed, scrape_sites
 from edgewave.tasks.rollout.gitops import DesiredStateRepo
 from edgewave.tasks.rollout.lease import Lease, RolloutBusy
 from edgewave.tasks.rollout.lease import path as lease_path
@@ -141,7 +141,7 @@ def release(c: Controller, record: RolloutRecord) -> str | None:
 
 def manual_gate(c: Controller, record: RolloutRecord, wave: int) -> None:
     """Pause the flow run for approval in the Prefect UI after a wave whose policy asks for it."""
-    _, policy = plan_of(record)
+    _, policy = c.plan(record)
     if not policy.waves[wave].manual_gate:
         return
     from prefect.flow_runs import pause_flow_run
