@@ -47,7 +47,7 @@ LINT_PATHS := $(VENV)/lint-paths/edgewave
 lint: $(STAMP) contracts
 	$(BIN)/ruff check flows tasks serving tests bench
 	@mkdir -p $(LINT_PATHS) && for d in flows tasks serving; do ln -sfn $(CURDIR)/$$d $(LINT_PATHS)/$$d; done
-	$(BIN)/basedpyright
+	$(BIN)/basedpyright --project pyproject.toml
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
