@@ -27,7 +27,7 @@ from edgewave.tasks.platform.fleetfile import load_fleet_file
 from edgewave.tasks.platform.monitoring import MonitoringStore
 from edgewave.tasks.platform.settings import Settings, use
 from edgewave.tasks.release.registry import PRODUCTION, alias_version
-from edgewave.tasks.rollout.controller import scrape_sites
+from edgewave.tasks.rollout.telemetry import scrape_sites
 from edgewave.tasks.sim.traffic import Traffic, source_for
 
 # Sites sync every 2 s and keep every request for drift in 5 s windows, so a demo sees a

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Literal
@@ -33,7 +32,7 @@ from edgewave.tasks.rollout.analysis import Measurement, decide, measure
 from edgewave.tasks.rollout.gitops import DesiredStateRepo, HistoryRewritten, record_file
 from edgewave.tasks.rollout.lease import Lease, ModelLease, new_lease
 from edgewave.tasks.rollout.record import Kind, RolloutRecord, Status, WaveRecord, attempt_id
-from edgewave.tasks.rollout.telemetry import Reading, Window, combine, scrape, site_reading, window
+from edgewave.tasks.rollout.telemetry import Reading, Window, combine, window
 
 
 @dataclass
@@ -75,25 +74,6 @@ def next_wave(record: RolloutRecord) -> int:
 def plan_of(record: RolloutRecord) -> tuple[Fleet, RolloutPolicy]:
     """The fleet and policy the attempt was planned with."""
     return Fleet.model_validate(record.fleet), RolloutPolicy.model_validate(record.policy)
-
-
-def scrape_sites(sites: list[Site], concurrency: int = 32) -> dict[str, Reading | None]:
-    """Every site's /metrics at once; an unreachable site reads as None. A site of several pods
-    reads as their sum (`of_pods`), None only when no pod answers."""
-    targets = [(site.id, pod, url) for site in sites for pod, url in site.scrape_targets.items()]
-
-    def one(target: tuple[str, str, str]) -> Reading | None:
-        try:
-            return scrape(target[2], timeout=3)
-        except (OSError, ValueError):
-            return None
-
-    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(targets)))) as pool:
-        read = list(pool.map(one, targets))
-    by_site: dict[str, dict[str, Reading | None]] = {site.id: {} for site in sites}
-    for (site, pod, _), reading in zip(targets, read, strict=True):
-        by_site[site][pod] = reading
-    return {site: site_reading(pods) for site, pods in by_site.items()}
 
 
 class Controller:

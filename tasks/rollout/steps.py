@@ -15,12 +15,12 @@ from edgewave.tasks.platform.fleetfile import Site, load_fleet_file
 from edgewave.tasks.platform.runs import LOCAL, REMOTE
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.release import registry
-from edgewave.tasks.rollout.controller import Controller, Io, Observed, scrape_sites
+from edgewave.tasks.rollout.controller import Controller, Io, Observed
 from edgewave.tasks.rollout.gitops import DesiredStateRepo
 from edgewave.tasks.rollout.lease import Lease, RolloutBusy
 from edgewave.tasks.rollout.lease import path as lease_path
 from edgewave.tasks.rollout.record import Kind, RolloutRecord, Status, report_markdown, summary
-from edgewave.tasks.rollout.telemetry import Reading, prometheus_readings
+from edgewave.tasks.rollout.telemetry import Reading, prometheus_readings, scrape_sites
 
 
 def controller(settings: Settings, version: int, kind: Kind = "rollout", reason: str = "", wait: bool = False,

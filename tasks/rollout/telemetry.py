@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import math
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from edgewave.tasks.platform.fleetfile import Site
 from edgewave.tasks.rollout.prometheus import JOB
 
 PREDICT = "/v1/predict"
@@ -154,6 +156,25 @@ def scrape(url: str, timeout: float = 5.0) -> Reading:
     """Read a site's /metrics; raises OSError when the site is unreachable."""
     with urllib.request.urlopen(url, timeout=timeout) as response:
         return parse(response.read().decode())
+
+
+def scrape_sites(sites: list[Site], concurrency: int = 32) -> dict[str, Reading | None]:
+    """Every site's /metrics at once; an unreachable site reads as None. A site of several pods
+    reads as their sum (`of_pods`), None only when no pod answers."""
+    targets = [(site.id, pod, url) for site in sites for pod, url in site.scrape_targets.items()]
+
+    def one(target: tuple[str, str, str]) -> Reading | None:
+        try:
+            return scrape(target[2], timeout=3)
+        except (OSError, ValueError):
+            return None
+
+    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(targets)))) as pool:
+        read = list(pool.map(one, targets))
+    by_site: dict[str, dict[str, Reading | None]] = {site.id: {} for site in sites}
+    for (site, pod, _), reading in zip(targets, read, strict=True):
+        by_site[site][pod] = reading
+    return {site: site_reading(pods) for site, pods in by_site.items()}
 
 
 def window(before: Reading, after: Reading, site: str = "") -> Window:

@@ -22,9 +22,8 @@ from edgewave.tasks.fleet import local
 from edgewave.tasks.platform.fleetfile import load_fleet_file
 from edgewave.tasks.platform.settings import Settings, use
 from edgewave.tasks.release import registry
-from edgewave.tasks.rollout.controller import scrape_sites
 from edgewave.tasks.rollout.gitops import DesiredStateRepo
-from edgewave.tasks.rollout.telemetry import scrape
+from edgewave.tasks.rollout.telemetry import scrape, scrape_sites
 from edgewave.tasks.sim.traffic import Traffic
 from tests.helpers import (
     BIN,

@@ -22,7 +22,7 @@ from edgewave.tasks.fleet import local, servers
 from edgewave.tasks.platform.fleetfile import load_fleet_file
 from edgewave.tasks.platform.monitoring import EVENTS, MonitoringStore
 from edgewave.tasks.platform.settings import Settings
-from edgewave.tasks.rollout.controller import scrape_sites
+from edgewave.tasks.rollout.telemetry import scrape_sites
 from edgewave.tasks.sim.traffic import Traffic
 from edgewave.tasks.sim.windows import ship_windows
 from tests import browser

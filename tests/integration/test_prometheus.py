@@ -9,9 +9,8 @@ import pytest
 
 from edgewave.tasks.platform.fleetfile import Abort, Fleet, RolloutPolicy, Site
 from edgewave.tasks.rollout.analysis import measure
-from edgewave.tasks.rollout.controller import scrape_sites
 from edgewave.tasks.rollout.prometheus import scrape_config
-from edgewave.tasks.rollout.telemetry import MIXED, prometheus_readings, window
+from edgewave.tasks.rollout.telemetry import MIXED, prometheus_readings, scrape_sites, window
 from edgewave.tasks.sim.traffic import Traffic
 from tests.helpers import ai4i_traffic, free_port, running_prometheus, start_site, stop, wait_for
 

@@ -18,9 +18,8 @@ from urllib.parse import urlencode
 import pytest
 
 from edgewave.tasks.platform.fleetfile import Fleet
-from edgewave.tasks.rollout.controller import scrape_sites
 from edgewave.tasks.rollout.prometheus import agent_config
-from edgewave.tasks.rollout.telemetry import prometheus_readings
+from edgewave.tasks.rollout.telemetry import prometheus_readings, scrape_sites
 from edgewave.tasks.sim.traffic import Traffic
 from tests.helpers import (
     ALL_AT_ONCE,
