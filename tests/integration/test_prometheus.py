@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None,
                                 reason="Debian's prometheus is not installed here (scripts/setup-system.sh could not install it)")
 
 
-def serve(sites: list[Site], fleet_sites: list[Site], requests: int = 60) -> None:
+def serve(sites: list[Site], fleet_sites: list[Site], requests: int = 120) -> None:
     """Send traffic to `sites` until every one of `fleet_sites` that answers has served `requests` more."""
     start = {s: r.ok if r else 0.0 for s, r in scrape_sites(fleet_sites).items()}
 
@@ -34,8 +34,7 @@ def scraped(url: str, ids: list[str], fleet_sites: list[Site]) -> tuple[dict, di
     (the traffic has stopped, so the sites' counters stand still)."""
     def caught_up() -> bool:
         direct = scrape_sites(fleet_sites)
-        return all(p is None or (direct[s] is not None and p.ok == direct[s].ok)
-                   for s, p in prometheus_readings(url, ids).items())
+        return all(p is None or p == direct[s] for s, p in prometheus_readings(url, ids).items())
     wait_for(caught_up, 30, "Prometheus to scrape the sites' last requests")
     return prometheus_readings(url, ids), scrape_sites(fleet_sites)
 
