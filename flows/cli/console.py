@@ -79,15 +79,20 @@ def fleet_file(loaded: Settings) -> FleetFile:
 
 
 class _OwnLines(logging.Filter):
-    """Passes the lines edgewave's own code logs in a flow run; drops Prefect's engine lines and any
-    line with a traceback (both stay in the run log)."""
+    """Passes the lines edgewave's own code logs in a flow run; drops Prefect's engine lines, other
+    libraries' (urllib3's connection retries) and any line with a traceback (all stay in the run log)."""
 
-    def __init__(self, prefect_dir: str) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.prefect_dir = prefect_dir
+        import edgewave.flows
+        import edgewave.serving
+        import edgewave.tasks
+
+        self.ours = tuple(str(Path(package.__file__ or "").parent) + os.sep
+                          for package in (edgewave.flows, edgewave.tasks, edgewave.serving))
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.exc_info is None and not record.pathname.startswith(self.prefect_dir)
+        return record.exc_info is None and record.pathname.startswith(self.ours)
 
 
 def prepare_flows(loaded: Settings) -> Path:
@@ -95,7 +100,7 @@ def prepare_flows(loaded: Settings) -> Path:
     `EDGEWAVE_HOME/logs/runs.log` too, and the terminal keeps only edgewave's own lines (all of
     them with --debug); and Prefect's temporary API is started, one command at a time per home
     (tasks/platform/runs.py). Returns the log's path."""
-    import prefect  # configures Prefect's logging, and so its console handlers
+    import prefect  # noqa: F401  (configures Prefect's logging, and so its console handlers)
     from prefect.logging.handlers import PrefectConsoleHandler
 
     from edgewave.tasks.platform.runs import start_temporary_api
@@ -104,7 +109,7 @@ def prepare_flows(loaded: Settings) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     on_disk = logging.FileHandler(path, encoding="utf-8")
     on_disk.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    own_lines = _OwnLines(str(Path(prefect.__file__).parent))
+    own_lines = _OwnLines()
     loggers = [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict))]
     attached = [(lg, h) for lg in loggers for h in list(getattr(lg, "handlers", []))
                 if isinstance(h, PrefectConsoleHandler)]

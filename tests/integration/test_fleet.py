@@ -38,7 +38,7 @@ def test_fleet_up_status_down_by_pid(bundles, tmp_path: Path) -> None:
 
         def all_on_v1() -> bool:
             result = edgewave("status")
-            return result.returncode == 0 and result.stderr.count("v1") == 4  # served and desired, both sites
+            return result.returncode == 0 and result.stdout.count("v1") == 4  # served and desired, both sites
         wait_for(all_on_v1, 120, "both sites to serve v1")
         assert edgewave("up").returncode == 0  # idempotent: running sites are left alone
         assert {f.stem: json.loads(f.read_text())["pid"] for f in (home / "fleet").glob("*.json")} == pids
