@@ -110,14 +110,12 @@ def stop(process: subprocess.Popen, timeout: float = 15) -> None:
 
 def start_mlflow_server(state: Path, port: int, log: Path) -> subprocess.Popen:
     """A real `mlflow server` (one worker) on 127.0.0.1 with its own SQLite and artifacts."""
+    from edgewave.tasks.fleet.servers import MLFLOW_SERVER_ENV, mlflow_server_command
+
     state.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    return subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{state / 'mlflow.db'}",
-         "--artifacts-destination", str(state / "artifacts")],
-        stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
-    )
+    return subprocess.Popen(mlflow_server_command(port, state / "mlflow.db", state / "artifacts"),
+                            stdout=open(log, "ab"), stderr=subprocess.STDOUT, env={**os.environ, **MLFLOW_SERVER_ENV},
+                            start_new_session=True)
 
 
 def public_keys(folder: Path) -> str:
@@ -129,6 +127,9 @@ def edgewave_env(home: Path, **extra: str) -> dict[str, str]:
     """Environment for an `edgewave` subprocess whose state is all under `home`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGEWAVE_", "PREFECT_", "MLFLOW_"))}
     env.update({"EDGEWAVE_HOME": str(home), "EDGEWAVE_TRAIN_ROWS": "4000", **extra})
+    server = os.environ.get("EDGEWAVE_TEST_PREFECT_API_URL")  # the e2e session's server: tests/e2e/conftest.py
+    if server and "PREFECT_API_URL" not in extra:
+        env["PREFECT_API_URL"] = server
     return env
 
 

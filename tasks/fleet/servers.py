@@ -68,6 +68,19 @@ def _tail(log: Path, lines: int = 15) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else ""
 
 
+# MLflow 3's server starts a job runner with a dozen huey consumer processes by default (each one
+# importing all of MLflow) for GenAI scoring jobs edgewave never submits: on two cores one start
+# cost ~40 s of CPU and slowed everything else. Off.
+MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+
+def mlflow_server_command(port: int, database: Path, artifacts: Path) -> list[str]:
+    """A real `mlflow server` (one worker) on 127.0.0.1 with its SQLite database and artifact
+    folder; run it with MLFLOW_SERVER_ENV in its environment."""
+    return [_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{database}", "--artifacts-destination", str(artifacts)]
+
+
 def server_env(settings: Settings, prefect_api: str, mlflow_url: str) -> dict[str, str]:
     """What every process of the stack (and every flow run the worker starts) runs with."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
@@ -152,6 +165,18 @@ def start_metrics(settings: Settings, port: int = 9090, agent_port: int | None =
     return url
 
 
+def start_prefect(settings: Settings, port: int, env: dict[str, str], scheduler: bool = True,
+                  log: Callable[[str], None] = print, timeout: float = 120.0) -> str:
+    """Start (or find) a Prefect server with its UI on 127.0.0.1:port, its database under
+    EDGEWAVE_HOME/prefect (`env` from server_env); returns its API URL. `scheduler=False`: a
+    server that creates no scheduled runs."""
+    url = f"http://127.0.0.1:{port}"
+    quiet = {} if scheduler else {"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"}
+    _ensure(settings, "prefect", [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            url, {**env, **quiet}, timeout, log)
+    return f"{url}/api"
+
+
 def up(settings: Settings, prefect_port: int = 4200, mlflow_port: int = 5050, deployments: list[str] | None = None,
        scheduler: bool = True, extra_env: dict[str, str] | None = None, log: Callable[[str], None] = print,
        timeout: float = 120.0, prometheus_port: int = 9090) -> Servers:
@@ -167,14 +192,10 @@ def up(settings: Settings, prefect_port: int = 4200, mlflow_port: int = 5050, de
     prometheus = start_metrics(settings, prometheus_port, log=log) if settings.central_prometheus else None
     if prometheus:  # every flow run reads rollout telemetry from the central Prometheus
         env["EDGEWAVE_PROMETHEUS_URL"] = prometheus
-    server_env_extra = {} if scheduler else {"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"}
-    _ensure(settings, "mlflow", [
-        _bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{settings.home / 'mlflow.db'}",
-        "--artifacts-destination", str(settings.home / "mlartifacts-server")],
-        mlflow_url, env, timeout, log)
-    _ensure(settings, "prefect", [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
-            prefect_url, {**env, **server_env_extra}, timeout, log)
+    _ensure(settings, "mlflow", mlflow_server_command(mlflow_port, settings.home / "mlflow.db",
+                                                      settings.home / "mlartifacts-server"),
+            mlflow_url, {**env, **MLFLOW_SERVER_ENV}, timeout, log)
+    start_prefect(settings, prefect_port, env, scheduler, log, timeout)
     _prefect(["work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"], env)
     names = [arg for name in deployments for arg in ("--name", name)] if deployments else ["--all"]
     _prefect(["--no-prompt", "deploy", *names], env)

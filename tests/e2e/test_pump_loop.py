@@ -26,6 +26,7 @@ SPEC = DEPLOYMENTS / "pump-dataset.yaml"
 
 
 @pytest.mark.beside_engine  # local sites, no Docker engine: it evens out make test's two lanes
+@pytest.mark.temporary_api  # one command (`edgewave demo loop`) on Prefect's temporary API, as `make run` runs
 # Deadlines for a busy machine: the loop takes ~6 min alone, but with both test lanes and another load on
 # two cores its retraining (25,000 rows of feedback) alone took 7 min in one run, and 15 min ran out.
 @pytest.mark.timeout(2700)
