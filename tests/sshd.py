@@ -31,6 +31,7 @@ SSHD = Path("/usr/sbin/sshd")
 GIT_USER = "edgewave-git"
 CP_USER = "edgewave-cp"
 GROUP = "edgewave-store"
+ACCOUNT_HOME = "/var/tmp"
 GIT_ACCESS = """#!/bin/sh
 # forced command of every key of the desired-state account: only git's own transports,
 # pushes only for keys given "rw"
@@ -99,14 +100,19 @@ def _run(*args: str) -> None:
     subprocess.run(args, check=True, capture_output=True, timeout=60)
 
 
-def _account(user: str, home: Path, shell: str, in_group: bool) -> None:
-    """A Unix account sshd accepts keys for (password field '*': no password, not locked)."""
+def _account(user: str, shell: str, in_group: bool) -> None:
+    """A Unix account sshd accepts keys for (password field '*': no password, not locked), made once.
+    Its home is /var/tmp for every server: the URLs name absolute paths, and an account shared by two
+    servers at once (make test's two lanes) must not be changed under a live session (usermod
+    refuses, exit 8, while a process runs as the user)."""
     try:
-        pwd.getpwnam(user)
+        entry = pwd.getpwnam(user)
     except KeyError:
-        _run("useradd", "--system", "--no-create-home", "--home-dir", str(home), "--shell", shell,
-             *(["--groups", GROUP] if in_group else []), user)
-    _run("usermod", "--home", str(home), "--shell", shell, "--password", "*", user)
+        _run("useradd", "--system", "--no-create-home", "--home-dir", ACCOUNT_HOME, "--shell", shell,
+             "--password", "*", *(["--groups", GROUP] if in_group else []), user)
+        return
+    if (entry.pw_dir, entry.pw_shell) != (ACCOUNT_HOME, shell):  # an account made by an earlier version
+        _run("usermod", "--home", ACCOUNT_HOME, "--shell", shell, "--password", "*", user)
 
 
 def _keypair(folder: Path, name: str) -> Path:
@@ -142,12 +148,12 @@ def start(sites: list[str]) -> SshServer:
     access.write_text(GIT_ACCESS)
     os.chmod(access, 0o755)
 
-    _account(GIT_USER, base / "git", "/bin/sh", in_group=False)
-    _account(CP_USER, base / "store", "/usr/sbin/nologin", in_group=True)
+    _account(GIT_USER, "/bin/sh", in_group=False)
+    _account(CP_USER, "/usr/sbin/nologin", in_group=True)
     controller = Identity(CP_USER, _keypair(keys, "controller"))
     identities = {site: Identity(site_user(site), _keypair(keys, site)) for site in sites}
     for identity in identities.values():
-        _account(identity.user, base / "store", "/usr/sbin/nologin", in_group=False)
+        _account(identity.user, "/usr/sbin/nologin", in_group=False)
 
     git_keys = [f'command="{access} rw",restrict {Path(str(controller.key) + ".pub").read_text().strip()}']
     git_keys += [f'command="{access} ro",restrict {Path(str(i.key) + ".pub").read_text().strip()}'

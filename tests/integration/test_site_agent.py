@@ -169,3 +169,32 @@ def test_offline_site_keeps_serving_and_ships_every_buffered_sample_once(bundles
     assert len(set(ids)) == len(ids), "a sample was uploaded twice"
     site_dir = tmp_path / "site-home" / "sites" / SITE / "samples"
     assert not list(site_dir.glob("*.parquet")), "a shipped window was left behind"
+
+
+def test_sigterm_writes_and_ships_the_open_window_before_the_site_exits(bundles, split, tmp_path: Path) -> None:
+    """`docker stop` and a deleted pod send SIGTERM: the rows of the window still open are written and
+    shipped, and the site exits 0. (uvicorn raises the signal again after its own shutdown; under
+    Python's default handler that killed the site first and these rows were lost.)"""
+    repo = DesiredRepo(tmp_path / "remote" / "desired")
+    store = tmp_path / "remote" / "monitoring"
+    store.mkdir()
+    repo.set(SITE, 1, bundles.v1, bundles.sha(bundles.v1))
+    port = free_port()
+    log = tmp_path / "site.log"
+    site = start_site(site_home(bundles, tmp_path), port, log, "--site", SITE,
+                      EDGEWAVE_DESIRED_STATE_REMOTE=str(repo.path), EDGEWAVE_MONITORING_STORE_URL=store.as_uri(),
+                      EDGEWAVE_SYNC_INTERVAL_SECONDS="1", EDGEWAVE_SAMPLE_FRACTION="1",
+                      EDGEWAVE_SAMPLE_WINDOW_SECONDS="3600")  # no window closes by itself during the test
+    try:
+        wait_for(lambda: readyz(port).get("model_version") == 1, 30, "site to apply v1")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        rows = [dict(zip(FEATURES, map(float, r))) for r in split.x_test[:5]]
+        for _ in range(10):
+            assert post_json(conn, "/v1/predict", json.dumps({"instances": rows}))[0] == 200
+        conn.close()
+    finally:
+        stop(site, timeout=60)
+    assert site.returncode == 0, f"the site was killed by its signal ({site.returncode}):\n{log.read_text()[-2000:]}"
+    ids = [i for path in (store / SITE).glob("*.parquet") for i in pq.read_table(path, columns=["sample_id"]).column(0)]
+    assert len(ids) == 50, f"{len(ids)} of 50 rows shipped at stop:\n{log.read_text()[-2000:]}"
+    assert "stopped" in log.read_text().splitlines()[-1]
