@@ -110,11 +110,12 @@ def start_temporary_api() -> None:
     time; later ones start side by side. Prefect keeps one such server per process: the flows then use it."""
     import fcntl
 
-    from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME
 
     if PREFECT_API_URL.value():
         return
+    from prefect.server.api.server import SubprocessASGIServer  # Prefect's server code: seconds to import
+
     home = Path(PREFECT_HOME.value())
     home.mkdir(parents=True, exist_ok=True)
     migrated = home / "temporary-api.migrated"
