@@ -58,7 +58,7 @@ def _world(bundles, split, trained, exported, tmp_path: Path):
     fleet_file = load_fleet_file(settings.fleet_path)
     env = {"EDGEWAVE_SYNC_INTERVAL_SECONDS": "0.5", "EDGEWAVE_SAMPLE_FRACTION": "0"}
     local.up(settings, fleet_file.fleet, extra_env=env)
-    traffic = Traffic(fleet_file.fleet.sites, ai4i_traffic(), rate_per_site=40).start()
+    traffic = Traffic(fleet_file.fleet.sites, ai4i_traffic(), rate_per_site=25).start()
     yield settings, fleet_file
     traffic.stop()
     local.down(settings, fleet_file.fleet)
