@@ -36,6 +36,28 @@ def site_home(bundles, tmp_path: Path) -> Path:
     return home
 
 
+def sampling_site(bundles, tmp_path: Path, interval: float, window: float):
+    """A site on v1 of a local desired-state repo that samples every row and ships windows of `window`
+    seconds to a local store; returns (process, port, log, repo, store)."""
+    repo = DesiredRepo(tmp_path / "remote" / "desired")
+    store = tmp_path / "remote" / "monitoring"
+    store.mkdir()
+    repo.set(SITE, 1, bundles.v1, bundles.sha(bundles.v1))
+    port = free_port()
+    log = tmp_path / "site.log"
+    site = start_site(site_home(bundles, tmp_path), port, log, "--site", SITE,
+                      EDGEWAVE_DESIRED_STATE_REMOTE=str(repo.path), EDGEWAVE_MONITORING_STORE_URL=store.as_uri(),
+                      EDGEWAVE_SYNC_INTERVAL_SECONDS=str(interval), EDGEWAVE_SAMPLE_FRACTION="1",
+                      EDGEWAVE_SAMPLE_WINDOW_SECONDS=str(window))
+    return site, port, log, repo, store
+
+
+def shipped_ids(store: Path) -> list[str]:
+    """The sample ids of every window the site shipped to the store."""
+    return [i for path in sorted((store / SITE).glob("*.parquet"))
+            for i in pq.read_table(path, columns=["sample_id"]).column(0).to_pylist()]
+
+
 class Load:
     """N client threads posting single rows until stopped; records every (status, version)."""
 
@@ -117,16 +139,7 @@ def test_hot_swap_under_load_drops_nothing_and_refuses_bad_bundles(bundles, spli
 
 def test_offline_site_keeps_serving_and_ships_every_buffered_sample_once(bundles, split, tmp_path: Path) -> None:
     interval = 2.0
-    repo = DesiredRepo(tmp_path / "remote" / "desired")
-    store = tmp_path / "remote" / "monitoring"
-    store.mkdir()
-    repo.set(SITE, 1, bundles.v1, bundles.sha(bundles.v1))
-    port = free_port()
-    log = tmp_path / "site.log"
-    site = start_site(site_home(bundles, tmp_path), port, log, "--site", SITE,
-                      EDGEWAVE_DESIRED_STATE_REMOTE=str(repo.path), EDGEWAVE_MONITORING_STORE_URL=store.as_uri(),
-                      EDGEWAVE_SYNC_INTERVAL_SECONDS=str(interval), EDGEWAVE_SAMPLE_FRACTION="1",
-                      EDGEWAVE_SAMPLE_WINDOW_SECONDS="0.5")
+    site, port, log, repo, store = sampling_site(bundles, tmp_path, interval, window=0.5)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     sent = 0
 
@@ -162,9 +175,8 @@ def test_offline_site_keeps_serving_and_ships_every_buffered_sample_once(bundles
         # site's own shutdown allows its agent 30 s (Agent.join_timeout): a KILL before that would lose it
         stop(site, timeout=60)
 
-    uploaded = sorted((store / SITE).glob("*.parquet"))
-    assert uploaded
-    ids = [i for path in uploaded for i in pq.read_table(path, columns=["sample_id"]).column(0).to_pylist()]
+    ids = shipped_ids(store)
+    assert ids
     assert len(ids) == sent, f"{sent} rows sampled, {len(ids)} uploaded; the site said:\n{log.read_text()[-3000:]}"
     assert len(set(ids)) == len(ids), "a sample was uploaded twice"
     site_dir = tmp_path / "site-home" / "sites" / SITE / "samples"
@@ -175,16 +187,7 @@ def test_sigterm_writes_and_ships_the_open_window_before_the_site_exits(bundles,
     """`docker stop` and a deleted pod send SIGTERM: the rows of the window still open are written and
     shipped, and the site exits 0. (uvicorn raises the signal again after its own shutdown; under
     Python's default handler that killed the site first and these rows were lost.)"""
-    repo = DesiredRepo(tmp_path / "remote" / "desired")
-    store = tmp_path / "remote" / "monitoring"
-    store.mkdir()
-    repo.set(SITE, 1, bundles.v1, bundles.sha(bundles.v1))
-    port = free_port()
-    log = tmp_path / "site.log"
-    site = start_site(site_home(bundles, tmp_path), port, log, "--site", SITE,
-                      EDGEWAVE_DESIRED_STATE_REMOTE=str(repo.path), EDGEWAVE_MONITORING_STORE_URL=store.as_uri(),
-                      EDGEWAVE_SYNC_INTERVAL_SECONDS="1", EDGEWAVE_SAMPLE_FRACTION="1",
-                      EDGEWAVE_SAMPLE_WINDOW_SECONDS="3600")  # no window closes by itself during the test
+    site, port, log, _repo, store = sampling_site(bundles, tmp_path, 1.0, window=3600)  # no window closes by itself
     try:
         wait_for(lambda: readyz(port).get("model_version") == 1, 30, "site to apply v1")
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -195,6 +198,6 @@ def test_sigterm_writes_and_ships_the_open_window_before_the_site_exits(bundles,
     finally:
         stop(site, timeout=60)
     assert site.returncode == 0, f"the site was killed by its signal ({site.returncode}):\n{log.read_text()[-2000:]}"
-    ids = [i for path in (store / SITE).glob("*.parquet") for i in pq.read_table(path, columns=["sample_id"]).column(0)]
+    ids = shipped_ids(store)
     assert len(ids) == 50, f"{len(ids)} of 50 rows shipped at stop:\n{log.read_text()[-2000:]}"
     assert "stopped" in log.read_text().splitlines()[-1]
