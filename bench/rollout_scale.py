@@ -54,7 +54,8 @@ def one_size(n: int, work: Path) -> dict:
     repo = DesiredStateRepo.of(settings).ensure()
     register_versions(settings, {v: {"bundle_url": f"file:///sim/v{v}", "onnx_sha256": SHA} for v in (1, 2)},
                       production=1)
-    sim = subprocess.Popen([sys.executable, str(ROOT / "bench" / "sitesim.py"), repo.remote, str(port)],
+    sim = subprocess.Popen([sys.executable, str(ROOT / "bench" / "sitesim.py"), repo.remote, str(port),
+                            settings.fleet_identity()],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/sim-00000/metrics"), 30, "the simulator")

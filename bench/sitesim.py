@@ -4,7 +4,9 @@ Each simulated site serves /<site>/metrics in edgewave's exposition format with 
 healthy traffic (counters grow with time) and reports the version its desired-state file on
 the Git remote asks for, as a real agent would once it converged: the simulator keeps its own
 clone of the remote and fetches it every 0.2 s. It is a simulator, not a site: no model runs.
-Usage: python bench/sitesim.py GIT_REMOTE PORT
+Each states itself as its site of FLEET_ID (`edgewave_site_info`), as a real site started by
+that fleet's control plane does.
+Usage: python bench/sitesim.py GIT_REMOTE PORT FLEET_ID
 """
 
 from __future__ import annotations
@@ -40,9 +42,9 @@ def version(repo: Path, site: str) -> int:
     return cached[1]
 
 
-def exposition(v: int) -> bytes:
+def exposition(v: int, site: str, fleet: str) -> bytes:
     n = (time.time() - START) * RATE  # fractional counts: rates stay exact over short windows
-    lines = [f"edgewave_model_version {v}", f'edgewave_requests_total{{route="/v1/predict",status="200"}} {n}']
+    lines = [f'edgewave_site_info{{site_id="{site}",fleet_id="{fleet}"}} 1', f"edgewave_model_version {v}", f'edgewave_requests_total{{route="/v1/predict",status="200"}} {n}']
     lines += [f'edgewave_request_duration_seconds_bucket{{route="/v1/predict",le="{b}"}} {n * s}'
               for b, s in zip(BUCKETS, SHARE)]
     lines += [f'edgewave_request_duration_seconds_bucket{{route="/v1/predict",le="+Inf"}} {n}',
@@ -64,7 +66,7 @@ def follow(remote: str, checkout: Path, interval: float = 0.2) -> None:
 
 
 def main() -> None:
-    remote, port = sys.argv[1], int(sys.argv[2])
+    remote, port, fleet = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     repo = Path(tempfile.mkdtemp(prefix="edgewave-sitesim-")) / "desired-state"
     subprocess.run(["git", "clone", "--quiet", remote, str(repo)], check=True, capture_output=True, timeout=120)
     threading.Thread(target=follow, args=(remote, repo), daemon=True).start()
@@ -75,7 +77,7 @@ def main() -> None:
             if len(parts) != 2 or parts[1] != "metrics":
                 self.send_error(404)
                 return
-            body = exposition(version(repo, parts[0]))
+            body = exposition(version(repo, parts[0]), parts[0], fleet)
             self.send_response(200)
             self.send_header("Content-Type", "text/plain; version=0.0.4")
             self.send_header("Content-Length", str(len(body)))

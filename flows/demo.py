@@ -83,7 +83,7 @@ def _with_fleet(settings: Settings, keep_fleet: bool, rate: float, work: Callabl
 
 
 def served_versions(settings: Settings) -> dict[str, int | None]:
-    readings = scrape_sites(load_fleet_file(settings.fleet_path).fleet.sites)
+    readings = scrape_sites(load_fleet_file(settings.fleet_path).fleet.sites, settings.fleet_identity())
     return {site: reading.version if reading else None for site, reading in readings.items()}
 
 

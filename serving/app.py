@@ -27,7 +27,7 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 JSON = b"application/json"
-ROUTES = {"/v1/predict": "POST", "/v1/model": "GET", "/healthz": "GET", "/readyz": "GET", "/metrics": "GET",
+ROUTES = {"/v1/predict": "POST", "/v1/model": "GET", "/v1/site": "GET", "/healthz": "GET", "/readyz": "GET", "/metrics": "GET",
           "/openapi.json": "GET"}
 
 
@@ -72,8 +72,8 @@ class SiteApp:
             raise RequestError(405, f"{path} takes {method}, not {scope['method']}")
         if path == "/v1/predict":
             return 200, await self._predict(await self._body(scope, receive)), JSON
-        if path == "/healthz":
-            return 200, b'{"status":"alive"}', JSON
+        if path in ("/healthz", "/v1/site"):
+            return 200, orjson.dumps({"status": "alive", **self._identity()}), JSON
         if path == "/metrics":
             return 200, self.metrics.exposition(), b"text/plain; version=0.0.4; charset=utf-8"
         if path == "/openapi.json":
@@ -82,10 +82,14 @@ class SiteApp:
         if model is None:
             raise RequestError(503, "no verified model loaded yet")
         if path == "/readyz":
-            return 200, orjson.dumps({"status": "ready", "model": model.manifest.name, "model_version": model.version,
-                                      "sha256": model.sha256}), JSON
+            return 200, orjson.dumps({"status": "ready", **self._identity(), "model": model.manifest.name,
+                                      "model_version": model.version, "sha256": model.sha256}), JSON
         manifest = model.manifest.model_dump(mode="json", exclude={"reference": {"columns"}})
         return 200, orjson.dumps(manifest), JSON
+
+    def _identity(self) -> dict[str, str | None]:
+        """Who answers (the same as `edgewave_site_info` in /metrics): the control plane checks it."""
+        return {"site": self.metrics.site_id, "fleet": self.metrics.fleet_id}
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
         content_type = next((v for k, v in scope["headers"] if k == b"content-type"), b"")

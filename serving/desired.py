@@ -31,6 +31,8 @@ class DesiredState(BaseModel):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the bundle's model.onnx")
     rollout_id: str = Field(min_length=1)
     image: str | None = Field(default=None, description="Serving image, for Kubernetes sites.")
+    fleet: str | None = Field(default=None, description="The fleet whose controller wrote it (a Kubernetes site's "
+                              "overlay gives its pods this EDGEWAVE_FLEET_ID).")
     rollback: bool = Field(default=False, description="Returns the site to an older version on purpose: an agent applies a "
                            "version lower than the one it runs only when this is set.")
     reason: str | None = None

@@ -92,12 +92,18 @@ class HotPath(Collector):
 
 
 class SiteMetrics:
-    def __init__(self, site_id: str) -> None:
+    def __init__(self, site_id: str, fleet_id: str | None = None) -> None:
         disable_created_metrics()  # `_created` series double the scrape and nothing here reads them
         self.registry = r = CollectorRegistry(auto_describe=True)
         self.site_id = site_id
+        self.fleet_id = fleet_id
         self.hot = HotPath()
         r.register(self.hot)
+        # Who answers: the control plane reads it with every scrape and refuses an endpoint that is
+        # another site, or a site of another fleet. Labels `site_id`/`fleet_id`, not `site`: the
+        # scrape config labels each target `site`, and Prometheus would rename a clashing label.
+        Gauge("edgewave_site_info", "This site's id and the fleet it belongs to (value 1).", ["site_id", "fleet_id"],
+              registry=r).labels(site_id, fleet_id or "").set(1)
         self.model_info = Gauge("edgewave_model_info", "The model being served (value 1).",
                                 ["model", "version", "sha256"], registry=r)
         self.model_version = Gauge("edgewave_model_version", "Version being served (0: none).", registry=r)

@@ -6,6 +6,8 @@ from typing import Any
 
 from edgewave.serving.model import LoadedModel
 
+IDENTITY = {"type": "object", "required": ["site", "fleet"],
+            "properties": {"site": {"type": "string"}, "fleet": {"type": "string", "nullable": True}}}
 ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
 
 
@@ -51,7 +53,12 @@ def openapi(model: LoadedModel | None, max_batch: int) -> dict[str, Any]:
             "/v1/model": {"get": {"operationId": "model", "responses": {
                 "200": {"description": "Manifest of the served bundle",
                         "content": {"application/json": {"schema": json_body}}}, **_errors(503)}}},
-            "/healthz": {"get": {"operationId": "healthz", "responses": {"200": {"description": "Alive"}}}},
+            "/v1/site": {"get": {"operationId": "site", "responses": {"200": {
+                "description": "Who answers: this site's id and its fleet's (also on /healthz, /readyz and in "
+                               "/metrics as edgewave_site_info)",
+                "content": {"application/json": {"schema": IDENTITY}}}}}},
+            "/healthz": {"get": {"operationId": "healthz", "responses": {"200": {"description": "Alive",
+                "content": {"application/json": {"schema": IDENTITY}}}}}},
             "/readyz": {"get": {"operationId": "readyz", "responses": {
                 "200": {"description": "A verified model is loaded and warmed up"}, **_errors(503)}}},
             "/metrics": {"get": {"operationId": "metrics", "responses": {

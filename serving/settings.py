@@ -32,6 +32,9 @@ class EdgeSettings(BaseSettings):
     trusted_public_keys: str | None = Field(
         default=None, description="Trusted public keys as PEM text (one or more), e.g. from a container's environment.")
     site_id: str = Field(default="local", pattern=SITE_ID_PATTERN, description="This site's id.")
+    fleet_id: str | None = Field(
+        default=None, pattern=SITE_ID_PATTERN, description="The fleet (control plane) this site belongs to. The site "
+        "states it with its id on /v1/site and in /metrics; the control plane refuses a site that states another.")
     serve_host: str = Field(default="127.0.0.1", description="Address the site's HTTP service binds to.")
     serve_port: int = Field(default=8080, ge=0, le=65535)
     max_batch: int = Field(default=1_000, ge=1, description="Rows per request above which the answer is 413.")

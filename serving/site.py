@@ -70,7 +70,7 @@ def build_site(settings: EdgeSettings, bundle: Path | None = None, with_agent: b
     bundle, and its agent ships windows and reports but never swaps the model."""
     site_dir = settings.site_dir()
     site_dir.mkdir(parents=True, exist_ok=True)
-    metrics = SiteMetrics(settings.site_id)
+    metrics = SiteMetrics(settings.site_id, settings.fleet_id)
 
     def served(model: LoadedModel) -> None:
         metrics.serving(model.manifest.name, model.version, model.sha256)
@@ -119,7 +119,8 @@ def run_site(settings: EdgeSettings, bundle: Path | None, with_agent: bool) -> i
     except BundleError:  # the slot logged the refusal once: which bundle, which check, what it found
         return 2
     current = site.slot.current
-    log.info("site %s on http://%s:%d serving %s%s", settings.site_id, settings.serve_host, settings.serve_port,
+    log.info("site %s of fleet %s on http://%s:%d serving %s%s", settings.site_id, settings.fleet_id or "(none stated)",
+             settings.serve_host, settings.serve_port,
              f"{current.manifest.name} v{current.version}" if current else "no model yet",
              _agent_line(settings, site.agent))
     config = uvicorn.Config(site.app, host=settings.serve_host, port=settings.serve_port, loop="uvloop",

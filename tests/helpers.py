@@ -135,11 +135,16 @@ def edgewave_env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+TEST_FLEET = "test-fleet"  # the fleet id `start_site` gives its sites (readers check it: telemetry.wrong_site)
+
+
 def start_site(home: Path, port: int, log: Path, *args: str, **env: str) -> subprocess.Popen:
-    """A real site process (`edgewave serve ...`) on 127.0.0.1:port, trusting `home/keys`; waits until it listens."""
+    """A real site process (`edgewave serve ...`) on 127.0.0.1:port, trusting `home/keys`, of the fleet
+    TEST_FLEET; waits until it listens."""
     process = subprocess.Popen(
         [str(BIN / "edgewave"), "serve", "--port", str(port), "--host", "127.0.0.1", *args],
-        env=edgewave_env(home, **{"EDGEWAVE_TRUSTED_KEYS_DIR": str(home / "keys"), **env}), stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        env=edgewave_env(home, **{"EDGEWAVE_TRUSTED_KEYS_DIR": str(home / "keys"), "EDGEWAVE_FLEET_ID": TEST_FLEET,
+                                  **env}), stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
         wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/healthz") or process.poll() is not None, 30,

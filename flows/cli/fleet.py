@@ -25,6 +25,9 @@ def print_fleet(rows: list[SiteStatus]) -> None:
                       "yes" if r.ready else "no", f"v{r.version}" if r.version else "-",
                       f"v{r.desired}" if r.desired else "-")
     out.print(table)
+    for r in rows:  # something else answers on its address: never shown as the site
+        if r.problem:
+            out.print(f"{r.site}: not ready: {r.problem}")
 
 
 @fleet_app.command("up")

@@ -29,6 +29,7 @@ from edgewave.tasks.platform.fleetfile import Fleet, Site
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.release.bundle import trusted_public_keys
 from edgewave.tasks.rollout.gitops import DesiredStateRepo, HistoryRewritten
+from edgewave.tasks.rollout.telemetry import wrong_site
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class SiteStatus:
     version: int | None
     desired: int | None
     container: str | None = None  # short id, for a container site
+    problem: str | None = None  # what answers on its address is not this site (`wrong_site`)
 
 
 def _record(settings: Settings, site: str) -> Path:
@@ -56,16 +58,25 @@ def _markers(site: str) -> tuple[str, ...]:
     return ("serve", site)
 
 
-def _ready(site: Site) -> tuple[bool, int | None]:
+def _answer(site: Site, route: str, fleet: str) -> tuple[dict | None, str | None]:
+    """The site's answer on `route` (None when nothing answers 2xx), and why the endpoint is not
+    the site of this fleet (None when it is)."""
+    url = f"{site.base_url}{route}"
     try:
-        with urllib.request.urlopen(f"{site.base_url}/readyz", timeout=2) as response:
-            return True, json.loads(response.read())["model_version"]
-    except OSError:
-        return False, None
+        with urllib.request.urlopen(url, timeout=2) as response:
+            body = json.loads(response.read())
+    except (OSError, ValueError):
+        return None, None
+    if not isinstance(body, dict):
+        body = {}
+    return body, wrong_site(body.get("site"), body.get("fleet"), site, fleet, url)
 
 
-def _healthy(site: Site) -> bool:
-    return processes.http_ok(f"{site.base_url}/healthz")
+def _ready(site: Site, fleet: str) -> tuple[bool, int | None, str | None]:
+    body, problem = _answer(site, "/readyz", fleet)
+    if body is None or problem:
+        return False, None, problem
+    return True, body.get("model_version"), None
 
 
 def _running(settings: Settings, site: str) -> bool:
@@ -102,11 +113,16 @@ def up(settings: Settings, fleet: Fleet, count: int | None = None, extra_env: di
         else:
             starting.append((site, _start_process(settings, site, extra_env)))
     deadline = time.monotonic() + timeout
+    fleet_id = settings.fleet_identity()
     for site, exited in starting:
-        while not _healthy(site):
+        while True:
+            answer, problem = _answer(site, "/healthz", fleet_id)
+            if answer is not None and problem is None:
+                break
             why = exited()
             if why:
-                raise RuntimeError(f"site {site.id} {why}; see `edgewave fleet logs {site.id}`")
+                raise RuntimeError(f"site {site.id} {why}{f'; {problem}' if problem else ''}; "
+                                   f"see `edgewave fleet logs {site.id}`")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"site {site.id} not listening on port {site.port} after {timeout:.0f}s; "
                                    f"see `edgewave fleet logs {site.id}`")
@@ -118,6 +134,7 @@ def _start_process(settings: Settings, site: Site, extra_env: dict[str, str] | N
     executable = shutil.which("edgewave", path=str(Path(sys.executable).parent)) or "edgewave"
     env = {**os.environ, "EDGEWAVE_HOME": str(settings.home),
            "EDGEWAVE_TRUSTED_PUBLIC_KEYS": trusted_public_keys(settings),  # given: never the signer's folder
+           "EDGEWAVE_FLEET_ID": settings.fleet_identity(),  # stated by the site, checked by the controller
            **(extra_env or {})}
     process: subprocess.Popen = processes.start(
         [executable, "serve", "--site", site.id, "--port", str(site.port)], _record(settings, site.id),
@@ -181,11 +198,12 @@ def desired_versions(settings: Settings, site_ids: list[str]) -> dict[str, int]:
 
 def status(settings: Settings, fleet: Fleet) -> list[SiteStatus]:
     desired = desired_versions(settings, [s.id for s in fleet.sites])
+    fleet_id = settings.fleet_identity()
     result = []
     for site in fleet.sites:
         started = _started(settings, site.id) or {}
         container = started.get("container") if started.get("kind") == "container" else None
-        ready, version = _ready(site)
+        ready, version, problem = _ready(site, fleet_id)
         result.append(SiteStatus(site.id, site.port, started.get("pid"), _running(settings, site.id), ready, version,
-                                 desired.get(site.id), container[:12] if container else None))
+                                 desired.get(site.id), container[:12] if container else None, problem))
     return result

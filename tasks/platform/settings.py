@@ -11,8 +11,9 @@ object, and no credential in one, is ever stored as a flow-run parameter.
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from pathlib import Path
 
@@ -132,6 +133,25 @@ class Settings(EdgeSettings):
     def artifact_root(self) -> Path:
         """Where MLflow keeps artifacts when tracking is embedded (never the current folder)."""
         return self.home / "mlartifacts"
+
+    def fleet_identity(self) -> str:
+        """The id of the fleet this control plane runs: EDGEWAVE_FLEET_ID, else one drawn once for the
+        home (EDGEWAVE_HOME/fleet-id). Every site it starts states it, and the controller and `status`
+        refuse a site that states another: two homes with the same fleet file and ports never take
+        each other's sites for their own. Give EDGEWAVE_FLEET_ID to share one fleet between homes."""
+        if self.fleet_id:
+            return self.fleet_id
+        path = self.home / "fleet-id"
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            self.home.mkdir(parents=True, exist_ok=True)
+            drawn = path.with_name(f".fleet-id.{os.getpid()}")
+            drawn.write_text(f"fleet-{secrets.token_hex(4)}\n")
+            with suppress(FileExistsError):  # two commands starting together: the first link wins
+                os.link(drawn, path)
+            drawn.unlink()
+            return path.read_text().strip()
 
     @property
     def uses_tracking_server(self) -> bool:

@@ -83,7 +83,8 @@ class Controller:
 
     def __init__(self, fleet_file: FleetFile, model: str, version: int, bundle_url: str, sha256: str,
                  from_version: int | None, io: Io, image: str | None = None, kind: Kind = "rollout",
-                 reason: str = "", lease_seconds: float = 600.0, wait_seconds: float = 0.0) -> None:
+                 reason: str = "", lease_seconds: float = 600.0, wait_seconds: float = 0.0,
+                 fleet_id: str | None = None) -> None:
         self.fleet = fleet_file.fleet
         self.policy = fleet_file.rollout
         self.model, self.version, self.bundle_url, self.sha256 = model, version, bundle_url, sha256
@@ -93,6 +94,7 @@ class Controller:
         self.kind: Kind = kind
         self.reason = reason
         self.wait_seconds = wait_seconds
+        self.fleet_id = fleet_id  # written into each desired state (a Kubernetes site's pods state it)
         self.lease = ModelLease(io.repo, model, lease_seconds, io.now)
         self.id = attempt_id(model, version, kind, io.now())  # a new attempt's id; a resumed one keeps its own
         self._plans: dict[str, tuple[Fleet, RolloutPolicy]] = {}  # a memo: an attempt's plan never changes
@@ -186,6 +188,7 @@ class Controller:
             raise ValueError(f"site {site} runs on Kubernetes, but {self.model} v{self.version} has no serving image")
         return DesiredState(site=site, model=self.model, version=self.version, bundle_url=self.bundle_url,
                             sha256=self.sha256, rollout_id=record.id, image=self.image if k8s else None,
+                            fleet=self.fleet_id,
                             reason=reason, rollback=self.kind == "rollback", updated_at=self.io.now())
 
     def show(self, line: str, done: int, total: int, detail: str) -> None:

@@ -54,6 +54,8 @@ def overlay(state: DesiredState) -> str:
                      "patch": yaml.safe_dump([
                          {"op": "replace", "path": "/data/EDGEWAVE_SITE_ID", "value": state.site},
                          {"op": "replace", "path": "/data/EDGEWAVE_MODEL_VERSION", "value": str(state.version)},
+                         *([{"op": "add", "path": "/data/EDGEWAVE_FLEET_ID", "value": state.fleet}] if state.fleet
+                           else []),
                      ], sort_keys=False)}],
         "commonAnnotations": {"edgewave.io/rollout": state.rollout_id, "edgewave.io/bundle-sha256": state.sha256},
     }

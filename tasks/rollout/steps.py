@@ -20,7 +20,7 @@ from edgewave.tasks.rollout.gitops import DesiredStateRepo
 from edgewave.tasks.rollout.lease import Lease, RolloutBusy
 from edgewave.tasks.rollout.lease import path as lease_path
 from edgewave.tasks.rollout.record import Kind, RolloutRecord, Status, report_markdown, summary
-from edgewave.tasks.rollout.telemetry import Reading, prometheus_readings, scrape_sites
+from edgewave.tasks.rollout.telemetry import Reading, prometheus_readings, scrape_sites, warn_once
 
 
 def controller(settings: Settings, version: int, kind: Kind = "rollout", reason: str = "", wait: bool = False,
@@ -32,8 +32,8 @@ def controller(settings: Settings, version: int, kind: Kind = "rollout", reason:
     bundle_url, sha256 = registry.rollout_target(settings, version)
     if io is None:
         logger = get_run_logger()
-        io = Io(repo=DesiredStateRepo.of(settings, logger.info).ensure(), read=reader(settings, fleet_file),
-                log=logger.info)
+        io = Io(repo=DesiredStateRepo.of(settings, logger.info).ensure(),
+                read=reader(settings, fleet_file, warn_once(logger.warning)), log=logger.info)
     finish_interrupted_promotion(settings, io)
     production = registry.alias_version(settings, registry.PRODUCTION)
     k8s_sites = [s.id for s in fleet_file.fleet.sites if s.kind == "k8s"]
@@ -42,7 +42,8 @@ def controller(settings: Settings, version: int, kind: Kind = "rollout", reason:
         raise LookupError(f"{settings.model_name} v{version} has no serving image, but {k8s_sites} run on Kubernetes: "
                           "release it with a Docker engine reachable (EDGEWAVE_DOCKER_HOST)")
     return Controller(fleet_file, settings.model_name, version, bundle_url, sha256, production, io, image, kind,
-                      reason, settings.rollout_lease_seconds, settings.rollout_wait_seconds if wait else 0.0)
+                      reason, settings.rollout_lease_seconds, settings.rollout_wait_seconds if wait else 0.0,
+                      settings.fleet_identity())
 
 
 def finish_interrupted_promotion(settings: Settings, io: Io) -> None:
@@ -77,12 +78,15 @@ def rollback_target(settings: Settings, to: int | None) -> int:
     return previous
 
 
-def reader(settings: Settings, fleet_file) -> Callable[[list[Site]], dict[str, Reading | None]]:
-    """Telemetry from Prometheus (PromQL) when EDGEWAVE_PROMETHEUS_URL is set, else site scrapes."""
+def reader(settings: Settings, fleet_file,
+           warn: Callable[[str], None]) -> Callable[[list[Site]], dict[str, Reading | None]]:
+    """Telemetry from Prometheus (PromQL) when EDGEWAVE_PROMETHEUS_URL is set, else site scrapes;
+    either way only from endpoints that state they are the site, of this home's fleet."""
+    fleet = settings.fleet_identity()
     if settings.prometheus_url:
         url, age = settings.prometheus_url, settings.prometheus_max_age_seconds
-        return lambda sites: prometheus_readings(url, [s.id for s in sites], max_age_seconds=age)
-    return lambda sites: scrape_sites(sites, fleet_file.rollout.concurrency)
+        return lambda sites: prometheus_readings(url, sites, fleet, max_age_seconds=age, warn=warn)
+    return lambda sites: scrape_sites(sites, fleet, fleet_file.rollout.concurrency, warn)
 
 
 @task(name="start-rollout", **LOCAL)

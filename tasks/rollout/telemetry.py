@@ -8,8 +8,10 @@ compared over the same window. Parsing uses prometheus_client's own parser.
 
 from __future__ import annotations
 
+import logging
 import math
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
@@ -19,6 +21,7 @@ from edgewave.tasks.platform.fleetfile import Site
 from edgewave.tasks.rollout.prometheus import JOB
 
 PREDICT = "/v1/predict"
+log = logging.getLogger("edgewave.telemetry")
 
 
 @dataclass(frozen=True)
@@ -34,10 +37,34 @@ class Reading:
     rows: float = 0.0
     failures_predicted: float = 0.0
     pods: tuple[tuple[str, Reading], ...] = ()  # a site of several pods: each pod's own reading
+    site_id: str | None = None  # who answered (`edgewave_site_info`); None: it did not say
+    fleet_id: str | None = None
 
 
 MIXED = -1  # the version of a site whose pods do not all serve one version: not converged to any
 NO_POD = Reading(version=0)  # a pod that does not answer: serves nothing
+
+
+def wrong_site(site_id: str | None, fleet_id: str | None, site: Site, fleet: str, address: str) -> str | None:
+    """Why the endpoint at `address`, which states `site_id` of `fleet_id`, is not `site` of this
+    fleet; None when it is. Anything else answering on a site's address (another fleet's site left
+    running on the same port, another site, a process that is no site) never counts as the site."""
+    if site_id == site.id and fleet_id == fleet:
+        return None
+    found = "an endpoint that states no site id" if not site_id else (
+        f"{site_id} of fleet {fleet_id}" if fleet_id else f"{site_id} of no fleet (started without EDGEWAVE_FLEET_ID)")
+    return f"wrong site at {address}: expected {site.id} of fleet {fleet}, found {found}"
+
+
+def warn_once(warn: Callable[[str], None]) -> Callable[[str], None]:
+    """`warn`, saying each distinct message once: a reader polls every half second."""
+    said: set[str] = set()
+
+    def once(message: str) -> None:
+        if message not in said:
+            said.add(message)
+            warn(message)
+    return once
 
 
 def of_pods(pods: dict[str, Reading]) -> Reading:
@@ -47,6 +74,8 @@ def of_pods(pods: dict[str, Reading]) -> Reading:
     Each pod's reading is kept, so a window is taken pod by pod (see `window`)."""
     readings = list(pods.values())
     versions = {r.version for r in readings}
+    identities = {(r.site_id, r.fleet_id) for r in readings if r is not NO_POD}
+    site_id, fleet_id = identities.pop() if len(identities) == 1 else (None, None)
     return Reading(
         version=versions.pop() if len(versions) == 1 else MIXED,
         ok=sum(r.ok for r in readings), errors=sum(r.errors for r in readings),
@@ -54,7 +83,7 @@ def of_pods(pods: dict[str, Reading]) -> Reading:
         confidence_sum=sum(r.confidence_sum for r in readings),
         confidence_count=sum(r.confidence_count for r in readings),
         rows=sum(r.rows for r in readings), failures_predicted=sum(r.failures_predicted for r in readings),
-        pods=tuple(sorted(pods.items())),
+        pods=tuple(sorted(pods.items())), site_id=site_id, fleet_id=fleet_id,
     )
 
 
@@ -128,6 +157,7 @@ def parse(text: str) -> Reading:
     ok = errors = 0.0
     buckets: dict[float, float] = {}
     failures = 0.0
+    identity: tuple[str | None, str | None] = (None, None)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             name, labels, value = sample.name, sample.labels, sample.value
@@ -141,6 +171,8 @@ def parse(text: str) -> Reading:
                 buckets[float(labels["le"])] = value
             elif name == "edgewave_predictions_total" and labels.get("label") == "failure":
                 failures += value
+            elif name == "edgewave_site_info":
+                identity = labels.get("site_id") or None, labels.get("fleet_id") or None
             elif not labels:
                 values[name] = value
     return Reading(
@@ -149,6 +181,7 @@ def parse(text: str) -> Reading:
         confidence_sum=values.get("edgewave_prediction_confidence_sum", 0.0),
         confidence_count=values.get("edgewave_prediction_confidence_count", 0.0),
         rows=values.get("edgewave_predicted_rows_total", 0.0), failures_predicted=failures,
+        site_id=identity[0], fleet_id=identity[1],
     )
 
 
@@ -158,22 +191,30 @@ def scrape(url: str, timeout: float = 5.0) -> Reading:
         return parse(response.read().decode())
 
 
-def scrape_sites(sites: list[Site], concurrency: int = 32) -> dict[str, Reading | None]:
-    """Every site's /metrics at once; an unreachable site reads as None. A site of several pods
+def scrape_sites(sites: list[Site], fleet: str, concurrency: int = 32,
+                 warn: Callable[[str], None] = log.warning) -> dict[str, Reading | None]:
+    """Every site's /metrics at once; an unreachable site reads as None, and so does an endpoint
+    that is not the site of this fleet (`wrong_site`, said through `warn`). A site of several pods
     reads as their sum (`of_pods`), None only when no pod answers."""
-    targets = [(site.id, pod, url) for site in sites for pod, url in site.scrape_targets.items()]
+    targets = [(site, pod, url) for site in sites for pod, url in site.scrape_targets.items()]
 
-    def one(target: tuple[str, str, str]) -> Reading | None:
+    def one(target: tuple[Site, str, str]) -> Reading | None:
+        site, _, url = target
         try:
-            return scrape(target[2], timeout=3)
+            reading = scrape(url, timeout=3)
         except (OSError, ValueError):
             return None
+        problem = wrong_site(reading.site_id, reading.fleet_id, site, fleet, url)
+        if problem:
+            warn(problem)
+            return None
+        return reading
 
     with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(targets)))) as pool:
         read = list(pool.map(one, targets))
     by_site: dict[str, dict[str, Reading | None]] = {site.id: {} for site in sites}
     for (site, pod, _), reading in zip(targets, read, strict=True):
-        by_site[site][pod] = reading
+        by_site[site.id][pod] = reading
     return {site: site_reading(pods) for site, pods in by_site.items()}
 
 
@@ -228,6 +269,7 @@ PROMQL = {
     "confidence_count": "edgewave_prediction_confidence_count",
     "rows": "edgewave_predicted_rows_total",
     "failures": 'edgewave_predictions_total{label="failure"}',
+    "identity": "edgewave_site_info",
     "up": "up",
     "seen": "timestamp(up{})",  # when each target's latest sample was taken (a remote-written one may be old)
 }
@@ -246,8 +288,9 @@ def _query(base_url: str, promql: str, job: str, timeout: float) -> list[dict]:
     return body["data"]["result"]
 
 
-def prometheus_readings(base_url: str, site_ids: list[str], job: str = JOB, timeout: float = 10.0,
-                        max_age_seconds: float | None = None) -> dict[str, Reading | None]:
+def prometheus_readings(base_url: str, sites: list[Site], fleet: str, job: str = JOB, timeout: float = 10.0,
+                        max_age_seconds: float | None = None,
+                        warn: Callable[[str], None] = log.warning) -> dict[str, Reading | None]:
     """The same Readings as `scrape`, from a real Prometheus: one instant query per series for
     the whole fleet (targets carry a `site` label, see tasks/rollout/prometheus.py). A site whose
     targets are all down or absent reads as None. A site with several targets (its pods, told
@@ -255,10 +298,14 @@ def prometheus_readings(base_url: str, site_ids: list[str], job: str = JOB, time
 
     `max_age_seconds`: a target whose latest sample is older reads as not answering. A central
     Prometheus fed by remote write keeps a cut-off site's last samples for its 5-minute lookback:
-    without this, a site whose link is down would read as up and idle, not as offline."""
+    without this, a site whose link is down would read as up and idle, not as offline.
+
+    A target that does not state itself as the site its `site` label names, of this fleet
+    (`wrong_site`, said through `warn`), reads as not answering."""
     results = {key: _query(base_url, q, job, timeout) for key, q in PROMQL.items()}
-    wanted = set(site_ids)
-    pods: dict[str, dict[str, dict]] = {s: {} for s in site_ids}  # site → pod → its values
+    by_id = {s.id: s for s in sites}
+    wanted = set(by_id)
+    pods: dict[str, dict[str, dict]] = {s: {} for s in by_id}  # site → pod → its values
 
     def each(key: str):
         for item in results[key]:
@@ -271,6 +318,16 @@ def prometheus_readings(base_url: str, site_ids: list[str], job: str = JOB, time
 
     for values, _, value in each("up"):
         values["up"] = value == 1
+    for values, labels, _ in each("identity"):
+        values["identity"] = labels.get("site_id") or None, labels.get("fleet_id") or None
+    for site_id, by_pod in pods.items():
+        for pod, values in by_pod.items():
+            if values.get("up"):
+                stated_site, stated_fleet = values.get("identity", (None, None))
+                problem = wrong_site(stated_site, stated_fleet, by_id[site_id], fleet, pod or site_id)
+                if problem:
+                    warn(problem)
+                    values["up"] = False
     for values, _, age in each("seen"):
         if max_age_seconds is not None and age > max_age_seconds:
             values["up"] = False
@@ -294,6 +351,7 @@ def prometheus_readings(base_url: str, site_ids: list[str], job: str = JOB, time
         return Reading(
             version=v["version"], ok=v["ok"], errors=v["errors"], latency_buckets=tuple(sorted(v["buckets"].items())),
             confidence_sum=v.get("confidence_sum", 0.0), confidence_count=v.get("confidence_count", 0.0),
-            rows=v.get("rows", 0.0), failures_predicted=v.get("failures", 0.0))
+            rows=v.get("rows", 0.0), failures_predicted=v.get("failures", 0.0),
+            site_id=v["identity"][0], fleet_id=v["identity"][1])
 
     return {site: site_reading({pod: reading(v) for pod, v in by_pod.items()}) for site, by_pod in pods.items()}

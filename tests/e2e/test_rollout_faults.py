@@ -69,7 +69,7 @@ def fleet_on_v1(bundles, exported, tmp_path: Path):
     repo.commit([DesiredState(site=s.id, model="machine-failure", version=1, bundle_url=bundles.v1.as_uri(),
                               sha256=sha(bundles.v1), rollout_id="ro-initial") for s in fleet_file.fleet.sites], "initial")
     local.up(settings, fleet_file.fleet, extra_env={"EDGEWAVE_SYNC_INTERVAL_SECONDS": "0.5", "EDGEWAVE_SAMPLE_FRACTION": "0"})
-    wait_for(lambda: all(r and r.version == 1 for r in scrape_sites(fleet_file.fleet.sites).values()), 30,
+    wait_for(lambda: all(r and r.version == 1 for r in scrape_sites(fleet_file.fleet.sites, settings.fleet_identity()).values()), 30,
              "the fleet to serve v1")
     yield settings, repo, write_policy
     local.down(settings, fleet_file.fleet)
@@ -92,7 +92,7 @@ def served(settings: Settings) -> dict[str, int]:
 
 
 def served_alive(settings: Settings) -> dict[str, int]:
-    readings = scrape_sites(load_fleet_file(settings.fleet_path).fleet.sites)
+    readings = scrape_sites(load_fleet_file(settings.fleet_path).fleet.sites, settings.fleet_identity())
     return {site: r.version for site, r in readings.items() if r is not None}
 
 
@@ -113,6 +113,27 @@ def test_a_site_killed_mid_wave_is_counted_failed_and_the_wave_rolls_back(fleet_
     assert served_alive(settings) == {"site-0": 1, "site-1": 1}, "every reachable touched site is back on v1"
     assert repo.read(victim).version == 1, "the dead site's desired state is rolled back too"
     assert registry.alias_version(settings, "production") == 1
+
+
+def test_a_rollout_from_another_home_never_takes_the_sites_on_its_ports_for_its_own(fleet_on_v1, bundles, exported,
+                                                                                    tmp_path: Path) -> None:
+    """A second control plane with the same fleet file (same site ids and ports) while the first one's
+    sites still listen there: they state another fleet, so none converges, none is judged healthy."""
+    settings, repo, _ = fleet_on_v1
+    other = Settings(home=tmp_path / "other-home", fleet_path=settings.fleet_path)
+    shutil.copytree(bundles.home / "keys", other.home / "keys")
+    assert register_bundle(other, "sklearn", bundles.v1, exported["sklearn"].model) == 1
+    assert register_bundle(other, "torch", bundles.v2, exported["torch"].model) == 2
+    registry.promote(other, 1)
+    assert other.fleet_identity() != settings.fleet_identity()
+    with Traffic(load_fleet_file(settings.fleet_path).fleet.sites, ai4i_traffic(), rate_per_site=30), use(other):
+        state = rollout(2, return_state=True)
+    result = result_of(state)
+    assert result["status"] == "rolled_back" and state.is_failed(), result
+    record = DesiredStateRepo.of(other).record(result["rollout_id"])
+    assert record["waves"][0]["failed"] == ["site-0"] and record["waves"][0]["converged"] == [], record["waves"][0]
+    assert registry.alias_version(other, "production") == 1
+    assert served(settings) == {"site-0": 1, "site-1": 1, "site-2": 1}, "the first fleet's sites never moved"
 
 
 def test_a_canary_without_traffic_is_inconclusive_and_never_advanced(fleet_on_v1) -> None:

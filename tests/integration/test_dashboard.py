@@ -68,7 +68,7 @@ def test_every_dashboard_query_returns_a_series_per_site_of_a_live_fleet(bundles
     try:
         with running_prometheus(scrape_config(fleet_file.fleet, interval_seconds=0.5), tmp_path) as url:
             def on_v1() -> bool:
-                readings = prometheus_readings(url, SITES)
+                readings = prometheus_readings(url, fleet_file.fleet.sites, settings.fleet_identity())
                 return all(r is not None and r.version == 1 for r in readings.values())
             wait_for(on_v1, 60, "both sites serving v1, as Prometheus sees them")
             def shown() -> dict[str, set]:

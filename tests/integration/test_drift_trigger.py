@@ -108,7 +108,7 @@ def retrained(stack) -> dict:
             worker_log = settings.home / "servers" / "worker.log"
             drift_run = wait_for_run(servers_.prefect_api, "drift-monitor", 240, worker_log)
             retrain = wait_for_run(servers_.prefect_api, "retrain-on-drift", 420, worker_log)
-        served = {s: r.version if r else None for s, r in scrape_sites(fleet_file.fleet.sites).items()}
+        served = {s: r.version if r else None for s, r in scrape_sites(fleet_file.fleet.sites, settings.fleet_identity()).items()}
     finally:
         local.down(settings, fleet_file.fleet)
     return {"settings": settings, "drift_run": drift_run, "retrain": retrain, "served": served}

@@ -42,6 +42,21 @@ def test_fleet_up_status_down_by_pid(bundles, tmp_path: Path) -> None:
         wait_for(all_on_v1, 120, "both sites to serve v1")
         assert edgewave("up").returncode == 0  # idempotent: running sites are left alone
         assert {f.stem: json.loads(f.read_text())["pid"] for f in (home / "fleet").glob("*.json")} == pids
+
+        # A second home with the same fleet file (same site ids, same ports): these sites are not its own.
+        other = edgewave_env(tmp_path / "other-home", EDGEWAVE_FLEET_PATH=str(fleet_file))
+        ours = (home / "fleet-id").read_text().strip()
+        status = subprocess.run([str(BIN / "edgewave"), "fleet", "status"], env=other, capture_output=True, text=True,
+                                timeout=120)
+        theirs = (tmp_path / "other-home" / "fleet-id").read_text().strip()
+        assert theirs != ours
+        assert "v1" not in status.stdout, "never shown as ready or serving: " + status.stdout
+        for i, port in enumerate(ports):
+            assert (f"site-{i}: not ready: wrong site at http://127.0.0.1:{port}/readyz: expected site-{i} of fleet "
+                    f"{theirs}, found site-{i} of fleet {ours}") in status.stdout, status.stdout
+        started = subprocess.run([str(BIN / "edgewave"), "fleet", "up"], env=other, capture_output=True, text=True,
+                                 timeout=120)
+        assert started.returncode != 0 and "wrong site at" in started.stderr, started.stderr
     finally:
         down = edgewave("down")
     assert down.returncode == 0 and "stopped 2 site(s)" in down.stderr

@@ -18,7 +18,17 @@ from edgewave.serving.desired import DesiredState
 from edgewave.tasks.platform.settings import Settings, use
 from edgewave.tasks.rollout.gitops import git
 from edgewave.tasks.rollout.k8s import image_fields, overlay_path
-from tests.helpers import BIN, desired_repo, free_port, http_ok, register_versions, stop, wait_for, write_fleet_file
+from tests.helpers import (
+    BIN,
+    TEST_FLEET,
+    desired_repo,
+    free_port,
+    http_ok,
+    register_versions,
+    stop,
+    wait_for,
+    write_fleet_file,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES_VERSION = "1.32.0"  # what the manifests are validated against (K3s v1.32 line)
@@ -114,7 +124,7 @@ def sitesim(tmp_path: Path):
     """Simulated sites that report what the Git desired state asks for (as Argo CD and agents would)."""
     repo = desired_repo(tmp_path)
     port = free_port()
-    process = subprocess.Popen([sys.executable, str(ROOT / "bench" / "sitesim.py"), repo.remote, str(port)],
+    process = subprocess.Popen([sys.executable, str(ROOT / "bench" / "sitesim.py"), repo.remote, str(port), TEST_FLEET],
                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/x/metrics"), 15, "site simulator")
@@ -135,7 +145,8 @@ def test_a_mixed_fleet_rollout_commits_k8s_overlays_wave_by_wave(sitesim, tmp_pa
     v1 = "127.0.0.1:5000/edgewave-serving:machine-failure-v1"
     repo.commit([state(s, 1, v1 if kind == "k8s" else None, "ro-v1") for s, kind in sites], "v1 everywhere")
     image = f"127.0.0.1:5000/edgewave-serving@{DIGEST}"
-    settings = Settings(home=tmp_path / "home", fleet_path=fleet_path, desired_state_remote=repo.remote)
+    settings = Settings(home=tmp_path / "home", fleet_path=fleet_path, desired_state_remote=repo.remote,
+                        fleet_id=TEST_FLEET)
     settings.apply_runtime_environment()
     register_versions(settings, {1: {"bundle_url": "file:///b/v1", "onnx_sha256": SHA, "image": v1},
                                  2: {"bundle_url": "file:///b/v2", "onnx_sha256": SHA, "image": image}}, production=1)
@@ -151,4 +162,6 @@ def test_a_mixed_fleet_rollout_commits_k8s_overlays_wave_by_wave(sitesim, tmp_pa
     for site in ("press-1", "press-2"):
         doc = yaml.safe_load((repo.path / overlay_path(site)).read_text())
         assert doc["images"][0]["digest"] == DIGEST
+        assert {"op": "add", "path": "/data/EDGEWAVE_FLEET_ID", "value": TEST_FLEET} in \
+            yaml.safe_load(doc["patches"][0]["patch"]), "the site's pods state the fleet that rolled them out"
     assert not (repo.path / "k8s" / "overlays" / "line-1").exists()

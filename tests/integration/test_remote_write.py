@@ -17,12 +17,13 @@ from urllib.parse import urlencode
 
 import pytest
 
-from edgewave.tasks.platform.fleetfile import Fleet
+from edgewave.tasks.platform.fleetfile import Fleet, load_fleet_file
 from edgewave.tasks.rollout.prometheus import agent_config
 from edgewave.tasks.rollout.telemetry import prometheus_readings, scrape_sites
 from edgewave.tasks.sim.traffic import Traffic
 from tests.helpers import (
     ALL_AT_ONCE,
+    TEST_FLEET,
     ai4i_traffic,
     free_port,
     running_prometheus,
@@ -110,7 +111,7 @@ def raw_samples(url: str, site: str, seconds: int) -> list[float]:
 def test_a_cut_link_is_backfilled_once_restored_and_a_site_still_cut_off_reads_as_offline(bundles,
                                                                                           tmp_path: Path) -> None:
     ports = {site: free_port() for site in SITES}
-    sites = {site: start_site(bundles.home, port, tmp_path / f"{site}.log", "--bundle", str(bundles.v1))
+    sites = {site: start_site(bundles.home, port, tmp_path / f"{site}.log", "--bundle", str(bundles.v1), "--site", site)
              for site, port in ports.items()}
     fleet = Fleet.model_validate({"sites": [{"id": s, "port": p} for s, p in ports.items()]})
     links: dict[str, Link] = {}
@@ -121,7 +122,7 @@ def test_a_cut_link_is_backfilled_once_restored_and_a_site_still_cut_off_reads_a
             with running_prometheus(_agent(fleet, "site-a", links, central_port), tmp_path / "agent-a", "agent"), \
                     running_prometheus(_agent(fleet, "site-b", links, central_port), tmp_path / "agent-b", "agent"):
                 def read() -> dict:
-                    return prometheus_readings(central, SITES, max_age_seconds=FRESH)
+                    return prometheus_readings(central, fleet.sites, TEST_FLEET, max_age_seconds=FRESH)
                 wait_for(lambda: all(r is not None for r in read().values()), 60, "both sites in the central Prometheus")
                 before = read()
                 assert all(r.version == 1 and r.rows > 0 for r in before.values())
@@ -131,10 +132,10 @@ def test_a_cut_link_is_backfilled_once_restored_and_a_site_still_cut_off_reads_a
                     link.cut()
                 wait_for(lambda: all(r is None for r in read().values()), 30,
                          "both cut-off sites to read as offline (their last samples grow old)")
-                at_cut = scrape_sites(fleet.sites)["site-a"]
+                at_cut = scrape_sites(fleet.sites, TEST_FLEET)["site-a"]
                 assert at_cut is not None
                 # the sites keep serving through the outage; their agents keep the samples
-                wait_for(lambda: (now := scrape_sites(fleet.sites)["site-a"]) is not None
+                wait_for(lambda: (now := scrape_sites(fleet.sites, TEST_FLEET)["site-a"]) is not None
                          and now.rows >= at_cut.rows + 60, 60, "site-a to serve 60 more rows while cut off")
 
                 links["site-a"].restore()
@@ -181,12 +182,13 @@ def test_make_up_wires_an_agent_that_feeds_the_fleet_into_a_central_prometheus(b
     port = free_port()
     settings = Settings(home=tmp_path / "home", fleet_path=tmp_path / "fleet.yaml", central_prometheus=True)
     write_fleet_file(settings.fleet_path, {"line-0": port}, ALL_AT_ONCE)
-    site = start_site(bundles.home, port, tmp_path / "site.log", "--bundle", str(bundles.v1))
+    site = start_site(bundles.home, port, tmp_path / "site.log", "--bundle", str(bundles.v1), "--site", "line-0")
+    sites = load_fleet_file(settings.fleet_path).fleet.sites
     try:
         central = servers.start_metrics(settings, free_port(), free_port())
 
         def on_v1() -> bool:
-            reading = prometheus_readings(central, ["line-0"], max_age_seconds=FRESH)["line-0"]
+            reading = prometheus_readings(central, sites, TEST_FLEET, max_age_seconds=FRESH)["line-0"]
             return reading is not None and reading.version == 1
         wait_for(on_v1, 60, "line-0 read from the central Prometheus")
         with urllib.request.urlopen(f"{central}/api/v1/rules", timeout=10) as response:

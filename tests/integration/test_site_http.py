@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from edgewave.tasks.data.ai4i import FEATURES
 from edgewave.tasks.release.export import onnx_proba
-from tests.helpers import free_port, post_json, start_site, stop
+from tests.helpers import TEST_FLEET, free_port, post_json, start_site, stop
 
 
 @pytest.fixture(scope="module")
@@ -109,9 +109,13 @@ def test_a_body_over_the_limit_is_413(conn) -> None:
 def test_health_readiness_manifest_openapi_and_metrics(site, conn, split) -> None:
     port = site[0]
     base = f"http://127.0.0.1:{port}"
-    assert json.loads(urllib.request.urlopen(f"{base}/healthz").read()) == {"status": "alive"}
+    # who answers, on every route a reader checks: the site's id (`edgewave serve` without --site: "local") and fleet
+    identity = {"site": "local", "fleet": TEST_FLEET}
+    assert json.loads(urllib.request.urlopen(f"{base}/healthz").read()) == {"status": "alive", **identity}
+    assert json.loads(urllib.request.urlopen(f"{base}/v1/site").read()) == {"status": "alive", **identity}
     ready = json.loads(urllib.request.urlopen(f"{base}/readyz").read())
     assert ready["model_version"] == 2 and len(ready["sha256"]) == 64
+    assert (ready["site"], ready["fleet"]) == ("local", TEST_FLEET)
     manifest = json.loads(urllib.request.urlopen(f"{base}/v1/model").read())
     assert manifest["input"]["features"][0]["name"] == FEATURES[0] and "columns" not in manifest["reference"]
     spec = json.loads(urllib.request.urlopen(f"{base}/openapi.json").read())
@@ -127,7 +131,8 @@ def test_health_readiness_manifest_openapi_and_metrics(site, conn, split) -> Non
                    'edgewave_out_of_range_values_total{feature="torque_nm"}',
                    "edgewave_request_duration_seconds_bucket", "edgewave_inference_duration_seconds_bucket",
                    "edgewave_prediction_confidence_bucket", 'edgewave_predictions_total{label="ok"}',
-                   'edgewave_model_info{model="machine-failure"', "edgewave_model_swaps_total 1.0",
+                   'edgewave_model_info{model="machine-failure"', f'edgewave_site_info{{fleet_id="{TEST_FLEET}",site_id="local"}} 1.0',
+                   "edgewave_model_swaps_total 1.0",
                    "edgewave_model_version 2.0"):
         assert series in text, series
 

@@ -7,9 +7,9 @@ import math
 import pytest
 
 from edgewave.serving.metrics import SiteMetrics
-from edgewave.tasks.platform.fleetfile import Abort, Analysis
+from edgewave.tasks.platform.fleetfile import Abort, Analysis, Site
 from edgewave.tasks.rollout.analysis import decide, judge_site, measure
-from edgewave.tasks.rollout.telemetry import Window, combine, parse, quantile, window
+from edgewave.tasks.rollout.telemetry import Window, combine, parse, quantile, window, wrong_site
 
 RULES = Analysis(min_requests_per_site=50, max_error_rate=0.01, max_p99_latency_ratio=1.5, min_confidence_ratio=0.9,
                  max_failure_rate_shift=0.05, measurements=2, inconclusive_limit=2, on_inconclusive="hold")
@@ -48,6 +48,19 @@ def test_a_reading_parses_the_sites_real_exposition() -> None:
     assert reading.version == 7 and reading.ok == 100 and reading.errors == 3
     assert reading.rows == 100 and reading.failures_predicted == 10
     assert reading.confidence_sum / reading.confidence_count == pytest.approx(0.8)
+
+
+def test_a_reading_says_who_answered_and_only_the_site_of_this_fleet_is_taken_for_it() -> None:
+    site = Site(id="line-1", port=20001)
+    ours, theirs, unnamed = (parse(SiteMetrics("line-1", fleet).exposition().decode()) for fleet in ("f-a", "f-b", None))
+    assert (ours.site_id, ours.fleet_id, unnamed.fleet_id) == ("line-1", "f-a", None)
+    assert wrong_site(ours.site_id, ours.fleet_id, site, "f-a", "http://x/metrics") is None
+    assert wrong_site(theirs.site_id, theirs.fleet_id, site, "f-a", "http://x/metrics") == \
+        "wrong site at http://x/metrics: expected line-1 of fleet f-a, found line-1 of fleet f-b"
+    assert "found line-1 of no fleet" in (wrong_site(unnamed.site_id, unnamed.fleet_id, site, "f-a", "u") or "")
+    other = parse(SiteMetrics("line-2", "f-a").exposition().decode())
+    assert "found line-2 of fleet f-a" in (wrong_site(other.site_id, other.fleet_id, site, "f-a", "u") or "")
+    assert "states no site id" in (wrong_site(None, None, site, "f-a", "u") or ""), "a process that is no site"
 
 
 def test_window_differences_and_p99_follow_histogram_quantile() -> None:
