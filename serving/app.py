@@ -20,7 +20,13 @@ from edgewave.serving.metrics import SiteMetrics
 from edgewave.serving.model import ModelSlot
 from edgewave.serving.openapi import openapi
 from edgewave.serving.sampler import Sampler
-from edgewave.serving.validation import RequestError, out_of_range, parse_predict
+from edgewave.serving.validation import (
+    RequestError,
+    non_finite_output,
+    out_of_range,
+    outside_physical,
+    parse_predict,
+)
 
 log = logging.getLogger("edgewave.serving")
 Scope = dict[str, Any]
@@ -112,6 +118,9 @@ class SiteApp:
         if model is None:
             raise RequestError(503, "no verified model loaded yet")
         x = parse_predict(body, model, self.max_batch)
+        refusal = outside_physical(x, model)
+        if refusal is not None:
+            raise refusal
         hot = self.metrics.hot
         flagged = out_of_range(x, model)
         if flagged:
@@ -120,6 +129,9 @@ class SiteApp:
             if self.reject_out_of_range:
                 raise RequestError(422, f"values outside the training range: {flagged} (rows per feature)")
         proba = await self.batcher.predict(model, x)
+        refusal = non_finite_output(proba)
+        if refusal is not None:
+            raise refusal
         if self.sampler is not None:
             self.sampler.offer(x, proba, model.version, model.feature_names)
         negative, positive = model.labels

@@ -63,8 +63,11 @@ class _Strict(BaseModel):
 class FeatureSpec(_Strict):
     name: str = Field(min_length=1)
     dtype: Literal["float32"] = "float32"
-    min: float
-    max: float
+    min: float = Field(description="Lowest value seen in training: below it a row is served and counted.")
+    max: float = Field(description="Highest value seen in training: above it a row is served and counted.")
+    valid_min: float | None = Field(default=None, description="The dataset spec's physical range: a value "
+                                    "outside it is refused (422), never scored. None: no bound (older bundles).")
+    valid_max: float | None = None
 
 
 class InputSchema(_Strict):

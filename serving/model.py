@@ -43,6 +43,8 @@ class LoadedModel:
     labels: tuple[str, str]  # (negative, positive)
     min_bounds: tuple[float, ...]  # the same bounds as Python floats, for small batches
     max_bounds: tuple[float, ...]
+    valid_mins: np.ndarray  # the physical range (FeatureSpec.valid_min/max; ±inf where the bundle has none)
+    valid_maxs: np.ndarray
 
     @property
     def version(self) -> int:
@@ -85,6 +87,8 @@ def load_model(folder: Path, trusted: dict[str, Ed25519PublicKey]) -> LoadedMode
         manifest, session, folder, names, mins, maxs, manifest.threshold,
         (manifest.class_labels[1 - positive], manifest.class_labels[positive]),
         tuple(mins.tolist()), tuple(maxs.tolist()),
+        np.array([-np.inf if f.valid_min is None else f.valid_min for f in manifest.input.features], dtype=np.float64),
+        np.array([np.inf if f.valid_max is None else f.valid_max for f in manifest.input.features], dtype=np.float64),
     )
     columns = manifest.reference.columns
     missing = [n for n in names if n not in columns]

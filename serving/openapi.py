@@ -13,22 +13,26 @@ ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type
 
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "Malformed JSON or body", 413: "Batch or body too large", 415: "Not application/json",
-            422: "Rows do not match the input schema", 503: "No verified model loaded yet"}
+            422: "Rows do not match the input schema, a value is outside its physical range, or the model gives "
+                 "no finite probability for a row", 503: "No verified model loaded yet"}
     return {str(c): {"description": text[c], "content": {"application/json": {"schema": ERROR}}} for c in codes}
 
 
 def openapi(model: LoadedModel | None, max_batch: int) -> dict[str, Any]:
     names = list(model.feature_names) if model else []
-    number = {"type": "number"}
+    number: dict[str, dict[str, Any]] = {  # each feature's physical range, where the bundle carries one
+        f.name: {"type": "number", **({"minimum": f.valid_min} if f.valid_min is not None else {}),
+                 **({"maximum": f.valid_max} if f.valid_max is not None else {})}
+        for f in (model.manifest.input.features if model else [])}
     row = {"type": "object", "additionalProperties": False, "required": names,
-           "properties": {n: number for n in names}}
+           "properties": {n: number[n] for n in names}}
     request = {
         "oneOf": [
             {"type": "object", "additionalProperties": False, "required": ["instances"],
              "properties": {"instances": {"type": "array", "minItems": 1, "maxItems": max_batch, "items": row}}},
             {"type": "object", "additionalProperties": False, "required": ["columns"],
              "properties": {"columns": {"type": "object", "additionalProperties": False, "required": names,
-                                        "properties": {n: {"type": "array", "items": number, "minItems": 1,
+                                        "properties": {n: {"type": "array", "items": number[n], "minItems": 1,
                                                            "maxItems": max_batch} for n in names}}}},
         ]
     }

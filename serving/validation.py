@@ -148,3 +148,30 @@ def out_of_range(x: np.ndarray, model: LoadedModel) -> dict[str, int]:
     if not outside.any():
         return {}
     return {model.feature_names[j]: int(n) for j, n in enumerate(outside.sum(axis=0)) if n}
+
+
+def outside_physical(x: np.ndarray, model: LoadedModel) -> RequestError | None:
+    """A 422 naming the feature, its physical range and the first row outside it (the dataset spec's
+    range, carried by the bundle); None when every value is physically possible. A value like that
+    is a broken sensor or a bad client, not a reading: scoring it gives nonsense or NaN."""
+    outside = (x < model.valid_mins) | (x > model.valid_maxs)
+    if not outside.any():
+        return None
+    counts = outside.sum(axis=0)
+    j = int(np.flatnonzero(counts)[0])
+    i = int(np.flatnonzero(outside[:, j])[0])
+    others = sorted(model.feature_names[k] for k in np.flatnonzero(counts) if k != j)
+    return RequestError(422, f"{model.feature_names[j]}: {int(counts[j])} value(s) outside its physical range "
+                        f"[{model.valid_mins[j]:g}, {model.valid_maxs[j]:g}] (row {i}: {float(x[i, j]):g})"
+                        + (f"; also outside: {others}" if others else ""))
+
+
+def non_finite_output(proba: np.ndarray) -> RequestError | None:
+    """A 422 naming the rows the model gave no finite probability for (never `null` in an answer,
+    never a NaN in the site's metrics); None when all are finite."""
+    bad = ~np.isfinite(proba)
+    if not bad.any():
+        return None
+    rows = np.flatnonzero(bad)
+    return RequestError(422, f"the model gives no finite probability for {len(rows)} row(s) (first: row "
+                        f"{int(rows[0])}); their values are outside what it can score")

@@ -51,7 +51,8 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     return Settings(home=tmp_path / "home", train_rows=4000)
 
 
-AI4I = Features.of(load_spec(Path(__file__).resolve().parents[1] / "deployments" / "dataset.yaml"))
+AI4I_SPEC = load_spec(Path(__file__).resolve().parents[1] / "deployments" / "dataset.yaml")
+AI4I = Features.of(AI4I_SPEC)
 
 
 @pytest.fixture(scope="session")
@@ -104,6 +105,7 @@ def bundles(tmp_path_factory: pytest.TempPathFactory, split: Split, trained: dic
             name="machine-failure", version=version, family=family, model=e.model, int8_model=None,
             train_frame=split.train_frame, threshold=t.metrics.threshold, metrics=t.metrics.as_dict(),
             data_fingerprint=split.data_fingerprint, parity_max_abs_diff=e.parity_max_abs_diff, reference_rows=500,
+            physical=AI4I_SPEC.physical_ranges(),  # as a release writes them
         )
         return write_bundle(store / f"v{version}", manifest, e.model, None, signer)
 

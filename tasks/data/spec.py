@@ -129,6 +129,12 @@ class DatasetSpec(_Strict):
     def expressions(self) -> list[tuple[str, Expression]]:
         return [(d.name, Expression.parse(d.expression, set(self.features))) for d in self.derived]
 
+    def physical_ranges(self) -> dict[str, tuple[float, float]]:
+        """Each raw column's physical range, where the spec gives one (a category's: its codes): a site
+        refuses values outside."""
+        ranges = {c.name: (0.0, float(len(c.categories) - 1)) for c in self.columns if c.kind == "category"}
+        return ranges | {c.name: c.range for c in self.columns if c.range is not None}
+
     def drift_thresholds(self) -> dict[str, float]:
         return {c.name: c.drift_threshold for c in self.columns if c.drift_threshold is not None}
 

@@ -138,10 +138,14 @@ def model_file(name: str, content: bytes) -> ModelFile:
 def build_manifest(*, name: str, version: int, family: str, model: bytes, int8_model: bytes | None,
                    train_frame: pd.DataFrame, threshold: float, metrics: dict[str, float],
                    data_fingerprint: str, parity_max_abs_diff: float, reference_rows: int,
-                   features: tuple[str, ...] = FEATURES, class_labels: tuple[str, str] = CLASS_LABELS
-                   ) -> BundleManifest:
-    """The manifest of a bundle: the raw columns a site is sent, with the ranges seen in training."""
-    specs = [FeatureSpec(name=f, min=float(train_frame[f].min()), max=float(train_frame[f].max())) for f in features]
+                   features: tuple[str, ...] = FEATURES, class_labels: tuple[str, str] = CLASS_LABELS,
+                   physical: dict[str, tuple[float, float]] | None = None) -> BundleManifest:
+    """The manifest of a bundle: the raw columns a site is sent, with the ranges seen in training and
+    the physical ranges of the dataset spec (`physical`, by column), which the site enforces."""
+    bounds = physical or {}
+    specs = [FeatureSpec(name=f, min=float(train_frame[f].min()), max=float(train_frame[f].max()),
+                         valid_min=bounds[f][0] if f in bounds else None,
+                         valid_max=bounds[f][1] if f in bounds else None) for f in features]
     return BundleManifest(
         name=name,
         version=version,

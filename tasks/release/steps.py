@@ -168,13 +168,14 @@ def build_bundle(settings: Settings, version: registry.RegisteredVersion, champi
                  release_id: str) -> Path:
     """model.onnx + bundle.json + ed25519 signature, written under EDGEWAVE_HOME/work."""
     key = bundles.signing_key(settings)
+    spec = load_spec(settings.dataset)
     manifest = bundles.build_manifest(
         name=version.name, version=version.version, family=champion.trained.family,
         model=champion.exported.model, int8_model=champion.exported.quantized.model,
         train_frame=data.train_frame, threshold=champion.trained.metrics.threshold,
         metrics=champion.trained.metrics.as_dict(), data_fingerprint=data.data_fingerprint,
         parity_max_abs_diff=champion.exported.parity_max_abs_diff, reference_rows=settings.reference_rows,
-        features=data.features.raw, class_labels=load_spec(settings.dataset).class_labels,
+        features=data.features.raw, class_labels=spec.class_labels, physical=spec.physical_ranges(),
     )
     folder = settings.home / "work" / release_id / f"bundle-v{version.version}"
     bundles.write_bundle(folder, manifest, champion.exported.model, champion.exported.quantized.model, key)

@@ -13,8 +13,11 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from edgewave.tasks.data.ai4i import FEATURES
+from edgewave.tasks.data.spec import load_spec
 from edgewave.tasks.release.export import onnx_proba
-from tests.helpers import TEST_FLEET, free_port, post_json, start_site, stop
+from tests.helpers import DEPLOYMENTS, TEST_FLEET, free_port, post_json, start_site, stop
+
+PHYSICAL = load_spec(DEPLOYMENTS / "dataset.yaml").physical_ranges()  # what the test bundles carry (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +125,7 @@ def test_health_readiness_manifest_openapi_and_metrics(site, conn, split) -> Non
     assert spec["openapi"].startswith("3.") and "/v1/predict" in spec["paths"]
 
     # one out-of-range row is served and counted against its feature
-    row = {**rows(split, 1)[0], "torque_nm": 500.0}
+    row = {**rows(split, 1)[0], "torque_nm": 150.0}  # physically possible, never seen in training
     status, body = post_json(conn, "/v1/predict", json.dumps({"instances": [row]}))
     assert status == 200 and body["out_of_range"] == {"torque_nm": 1}
     text = urllib.request.urlopen(f"{base}/metrics").read().decode()
@@ -149,7 +152,10 @@ def payloads(draw) -> tuple[bytes, str]:
     """Valid-looking bodies with one thing wrong, random JSON, random bytes, odd content types."""
     kind = draw(st.sampled_from(["mutated_row", "mutated_columns", "random_json", "random_bytes"]))
     content_type = draw(st.sampled_from(["application/json"] * 8 + ["text/plain", "", "application/json; charset=utf-8"]))
-    row = {name: draw(st.floats(-1e6, 1e6) | st.integers(-10**6, 10**6)) for name in FEATURES}
+    # each value inside its physical range, or (1 in 4) anywhere: physically impossible values get 422
+    row = {name: draw(st.floats(*PHYSICAL[name]) | st.floats(-1e6, 1e6) | st.integers(-10**6, 10**6)
+                      if draw(st.integers(0, 3)) == 0 else st.floats(*PHYSICAL[name]))
+           for name in FEATURES}
     if kind == "mutated_row":
         key = draw(st.sampled_from(FEATURES + ("extra",)))
         row = {**row, key: draw(json_values)} if draw(st.booleans()) else {k: v for k, v in row.items() if k != key}
@@ -234,7 +240,7 @@ def test_out_of_range_rows_are_refused_when_configured(bundles, split) -> None:
     slot = ModelSlot()
     slot.swap(bundles.v2, load_trusted_keys(bundles.home / "keys"))
     strict = SiteApp(slot, SiteMetrics("s"), reject_out_of_range=True)
-    row = {**rows(split, 1)[0], "air_temperature_k": 400.0}
+    row = {**rows(split, 1)[0], "air_temperature_k": 340.0}  # physically possible, never seen in training
     status, body = asgi_post(strict, json.dumps({"instances": [rows(split, 1)[0], row]}).encode())
     assert status == 422 and "outside the training range: {'air_temperature_k': 1}" in body["error"]
     lenient = SiteApp(slot, SiteMetrics("s"))
@@ -268,3 +274,56 @@ def test_concurrent_requests_share_onnx_calls_and_each_gets_its_own_rows(bundles
         np.testing.assert_allclose([p["probability"] for p in answer["predictions"]], expected, atol=1e-6)
     onnx_calls = sum(metrics.hot.inference.counts)
     assert onnx_calls < len(bodies), f"{onnx_calls} ONNX calls for {len(bodies)} concurrent requests: no batching"
+
+
+@pytest.mark.parametrize("family", ["sklearn", "torch", "ensemble"])
+def test_impossible_values_are_refused_by_their_physical_range_and_no_answer_or_metric_is_ever_nan(
+        family: str, trained, exported, split, tmp_path) -> None:
+    """Every family the release can ship, in a bundle as a release writes it (the spec's physical
+    ranges) and in one without them (an older release): values that fit float32 but no machine
+    reads are refused naming the feature and its range, and whatever gets through is never
+    answered with a null probability nor counted as NaN."""
+    from edgewave.serving.app import SiteApp
+    from edgewave.serving.bundle import key_id
+    from edgewave.serving.metrics import SiteMetrics
+    from edgewave.serving.model import ModelSlot
+    from edgewave.tasks.release.bundle import build_manifest, load_or_create_signing_key, write_bundle
+
+    key = load_or_create_signing_key(tmp_path / "signing.key")
+    trusted = {key_id(key.public_key()): key.public_key()}
+
+    def app_for(physical: dict | None) -> tuple[SiteApp, SiteMetrics]:
+        t, e = trained[family], exported[family]
+        manifest = build_manifest(
+            name="machine-failure", version=1, family=family, model=e.model, int8_model=None,
+            train_frame=split.train_frame, threshold=t.metrics.threshold, metrics=t.metrics.as_dict(),
+            data_fingerprint=split.data_fingerprint, parity_max_abs_diff=e.parity_max_abs_diff, reference_rows=300,
+            physical=physical)
+        slot, metrics = ModelSlot(), SiteMetrics("s")
+        slot.swap(write_bundle(tmp_path / f"bundle-{physical is not None}", manifest, e.model, None, key), trusted)
+        return SiteApp(slot, metrics), metrics
+
+    good = rows(split, 1)[0]
+    absurd = [{name: 3.4e38 for name in FEATURES}, {**good, "rotational_speed_rpm": 1e20, "torque_nm": 1e20}]
+    app, metrics = app_for(PHYSICAL)
+    for row in absurd:
+        status, body = asgi_post(app, json.dumps({"instances": [good, row]}).encode())
+        name = next(n for n in FEATURES if row[n] != good[n])
+        low, high = PHYSICAL[name]
+        assert status == 422 and body["error"].startswith(f"{name}: 1 value(s) outside its physical range "
+                                                          f"[{low:g}, {high:g}] (row 1: "), body
+    status, body = asgi_post(app, json.dumps({"columns": {n: [good[n], 3.4e38] for n in FEATURES}}).encode())
+    assert status == 422 and "outside its physical range" in body["error"], body
+    assert asgi_post(app, json.dumps({"instances": [good]}).encode())[0] == 200
+
+    older, older_metrics = app_for(None)  # no ranges in the bundle: the model's own output is the last guard
+    for row in absurd:
+        status, body = asgi_post(older, json.dumps({"instances": [good, row]}).encode())
+        if status == 200:
+            assert all(0.0 <= p["probability"] <= 1.0 for p in body["predictions"]), body
+        else:
+            assert status == 422 and "no finite probability for 1 row(s) (first: row 1)" in body["error"], body
+        if family != "sklearn":  # an MLP's activations overflow: this is the NaN that was served as "ok"
+            assert status == 422, body
+    for exposition in (metrics.exposition(), older_metrics.exposition()):
+        assert b"NaN" not in exposition
