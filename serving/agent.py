@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgewave.serving.access import RemoteAccess
 from edgewave.serving.background import Background
-from edgewave.serving.bundle import BundleError, HashMismatchError, ManifestInvalidError
+from edgewave.serving.bundle import BundleError, HashMismatchError, ManifestInvalidError, check_plain_files
 from edgewave.serving.desired import DesiredState, DesiredStateError, parse_desired, site_file
 from edgewave.serving.gitmirror import GitMirror
 from edgewave.serving.metrics import SiteMetrics
@@ -59,6 +59,15 @@ class Refusal:
 
     def retry_at(self, interval: float) -> float:
         return self.at + min(REFUSAL_BACKOFF_MAX, interval * 2 ** self.attempts)
+
+
+def owner_only(folder: Path) -> None:
+    """A fetched bundle is readable by the site's own user only (its model is the plant's asset);
+    plain files only, checked first (a chmod follows a link)."""
+    check_plain_files(folder)
+    folder.chmod(0o700)
+    for path in folder.iterdir():
+        path.chmod(0o600)
 
 
 def write_durably(path: Path, text: str) -> None:
@@ -179,6 +188,12 @@ class Agent(Background):
             shutil.rmtree(partial, ignore_errors=True)
             try:
                 download_bundle(desired.bundle_url, partial, self.access)
+                owner_only(partial)
+            except BundleError as exc:  # the store answered with something no site applies: a refusal, not an outage
+                shutil.rmtree(partial, ignore_errors=True)
+                self.metrics.load_failures.labels(type(exc).__name__).inc()
+                self._refuse(key, "bundle_refused", f"{type(exc).__name__}: {exc}")
+                return False
             except OSError as exc:  # store unreachable or bundle not there (yet): retry later
                 shutil.rmtree(partial, ignore_errors=True)
                 raise ConnectionError(redact(f"bundle v{desired.version} not fetched from {desired.bundle_url}: "

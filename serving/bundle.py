@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
+import stat
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -54,6 +56,25 @@ class ManifestInvalidError(BundleError):
 
 class HashMismatchError(BundleError):
     """A model file's content does not match the sha256 in the manifest."""
+
+
+class BundleUnsafeError(BundleError):
+    """A bundle entry that is not a plain file of its own: a symbolic link, a hard link, a folder or
+    a device. Reading through one reads outside the bundle (a signed bundle whose `extra.txt` links
+    to /etc/shadow would have the site copy that file)."""
+
+
+def check_plain_files(folder: Path) -> None:
+    """Every entry of the bundle folder is a regular file with one link; raise naming the first that is not."""
+    for path in sorted(folder.iterdir()):
+        info = path.lstat()  # never follows a link
+        if stat.S_ISLNK(info.st_mode):
+            raise BundleUnsafeError(f"{path}: a symbolic link (to {os.readlink(path)}); a bundle holds plain files only")
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a folder" if stat.S_ISDIR(info.st_mode) else "a special file"
+            raise BundleUnsafeError(f"{path}: {kind}; a bundle holds plain files only")
+        if info.st_nlink > 1:
+            raise BundleUnsafeError(f"{path}: has {info.st_nlink} hard links; a bundle's files must be its own")
 
 
 class _Strict(BaseModel):
@@ -174,6 +195,7 @@ def verify_bundle(folder: str | Path, trusted: dict[str, Ed25519PublicKey]) -> B
     manifest_path = folder / MANIFEST
     if not manifest_path.exists():
         raise BundleIncompleteError(f"{folder}: no {MANIFEST}")
+    check_plain_files(folder)  # before reading anything through a link
     manifest_bytes = manifest_path.read_bytes()
     signer, signature = _read_signature(folder)
     key = trusted.get(signer)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgewave.serving.access import RemoteAccess
-from edgewave.serving.bundle import MANIFEST, SIGNATURE
+from edgewave.serving.bundle import MANIFEST, SIGNATURE, BundleError, BundleUnsafeError, HashMismatchError
 from edgewave.serving.errors import Actionable
 
 SCHEME = "oci://"
@@ -119,14 +119,14 @@ def pull_bundle(url: str, folder: Path, access: RemoteAccess) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         for layer in manifest.get("layers", []):
             name = (layer.get("annotations") or {}).get("org.opencontainers.image.title", "")
-            if not name or "/" in name or name.startswith("."):
-                raise OciError(f"{url}: layer {layer.get('digest')} has no usable file name ({name!r})")
+            if not name or "/" in name or name.startswith("."):  # a refusal of the artifact, not an outage
+                raise BundleUnsafeError(f"{url}: layer {layer.get('digest')} has no usable file name ({name!r})")
             target = folder / name
             oras_client.download_blob(ref.target, layer["digest"], str(target))
             actual = "sha256:" + hashlib.sha256(target.read_bytes()).hexdigest()
             if actual != layer["digest"]:
-                raise OciError(f"{url}: {name} has digest {actual}, the manifest says {layer['digest']}")
-    except OciError:
+                raise HashMismatchError(f"{url}: {name} has digest {actual}, the manifest says {layer['digest']}")
+    except (OciError, BundleError):
         raise
     except Exception as exc:
         raise OciError(f"pull of {url} failed: {type(exc).__name__}: {exc}") from None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import subprocess
 import time
 import urllib.request
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from edgewave.serving.agent import APPLIED, Agent
-from edgewave.serving.bundle import load_trusted_keys
+from edgewave.serving.bundle import BundleUnsafeError, load_trusted_keys, verify_bundle
 from edgewave.serving.desired import DesiredState
 from edgewave.serving.metrics import SiteMetrics
 from edgewave.serving.model import BundleCache, ModelSlot
@@ -63,6 +64,36 @@ def test_a_refused_bundle_is_retried_after_a_backoff_or_at_once_under_a_new_dige
     moved = untrusted.model_copy(update={"bundle_url": bundles.v1.as_uri(), "version": 1, "sha256": bundles.sha(bundles.v1)})
     assert a.apply(moved), "a new digest is tried at once"
     assert "UnknownKeyError" in next(iter(a.refused.values())).reason
+
+
+@pytest.mark.parametrize("link", ["symbolic", "hard"])
+def test_a_signed_bundle_holding_a_link_is_refused_never_read_through_and_is_no_outage(bundles, tmp_path: Path,
+                                                                                      link: str) -> None:
+    """A correctly signed `file://` bundle folder with `extra.txt` linked to a file outside it."""
+    secret = tmp_path / "shadow"
+    secret.write_text("root:$6$never-a-sites-to-read")
+    folder = tmp_path / "bundle"
+    shutil.copytree(bundles.v1, folder)
+    if link == "symbolic":
+        (folder / "extra.txt").symlink_to(secret)
+    else:
+        os.link(secret, folder / "extra.txt")
+    with pytest.raises(BundleUnsafeError, match="extra.txt"):  # `edgewave serve --bundle` refuses it too
+        verify_bundle(folder, load_trusted_keys(bundles.home / "keys"))
+    site = tmp_path / "site"
+    a = agent(bundles, site)
+    assert not a.apply(desired(bundles, folder, 1)), "refused"
+    assert errors(a, "bundle_refused") == 1 and errors(a, "remote_unreachable") == 0, "a refusal, not an outage"
+    assert a.metrics.load_failures.labels("BundleUnsafeError")._value.get() == 1
+    reason = next(iter(a.refused.values())).reason
+    assert "BundleUnsafeError" in reason and "extra.txt" in reason, reason
+    copied = [p for p in site.rglob("*") if p.is_file() and "never-a-sites-to-read" in p.read_text(errors="replace")]
+    assert not copied, f"the link's target was copied: {copied}"
+
+    assert a.apply(desired(bundles, bundles.v1, 1))  # a plain bundle: cached readable by the site's user only
+    cached = a.cache.folder(1)
+    assert cached.stat().st_mode & 0o777 == 0o700
+    assert {p.name: p.stat().st_mode & 0o777 for p in cached.iterdir()} == {p.name: 0o600 for p in bundles.v1.iterdir()}
 
 
 def test_a_lower_version_is_applied_only_when_the_desired_state_marks_a_rollback(bundles, tmp_path: Path) -> None:
@@ -113,7 +144,9 @@ def test_a_site_on_a_full_volume_keeps_serving_and_counts_every_lost_sample(bund
     site = start_site(home, port, tmp_path / "site.log", "--bundle", str(bundles.v1),
                       EDGEWAVE_SAMPLE_FRACTION="1", EDGEWAVE_SAMPLE_WINDOW_SECONDS="0.3")
     try:
-        row = {name: 1.0 for name in FEATURES}
+        row = {"air_temperature_k": 300.0, "process_temperature_k": 310.0, "rotational_speed_rpm": 1500.0,
+               "torque_nm": 40.0, "tool_wear_min": 100.0, "product_quality": 1.0}
+        assert set(row) == set(FEATURES)
         body = json.dumps({"instances": [row] * 50}).encode()
         statuses = []
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
