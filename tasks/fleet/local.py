@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgewave.serving.redact import redact
+from edgewave.serving.settings import EdgeSettings
 from edgewave.tasks.fleet import containers
 from edgewave.tasks.platform import processes
 from edgewave.tasks.platform.fleetfile import Fleet, Site
 from edgewave.tasks.platform.settings import Settings
-from edgewave.tasks.release.bundle import trusted_public_keys
 from edgewave.tasks.rollout.gitops import DesiredStateRepo, HistoryRewritten
 from edgewave.tasks.rollout.telemetry import wrong_site
 
@@ -130,15 +130,30 @@ def up(settings: Settings, fleet: Fleet, count: int | None = None, extra_env: di
     return status(settings, fleet)
 
 
+SYSTEM_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+SECRET_SETTINGS = {"ssh_key", "ssh_key_path", "git_token", "git_token_file", "registry_password",
+                   "registry_password_file"}
+
+
+def process_environment(settings: Settings, site: Site, extra_env: dict[str, str] | None) -> dict[str, str]:
+    """All a local site process is told: the system's basics, the edge's own settings that are no
+    secret (EDGEWAVE_SYNC_INTERVAL_SECONDS, …) from this environment, and what a container site is
+    told (remotes, trusted keys, fleet id, its own <site>.env). Never this process's credentials:
+    the control plane's push-capable Git key, its store and registry accounts, AWS_* or MLflow's."""
+    edge = {f"EDGEWAVE_{name.upper()}" for name in EdgeSettings.model_fields if name not in SECRET_SETTINGS}
+    inherited = {k: v for k, v in os.environ.items() if k in SYSTEM_VARIABLES or k in edge}
+    return {**inherited, **containers.environment(settings, site, extra_env), "EDGEWAVE_HOME": str(settings.home),
+            "EDGEWAVE_SERVE_PORT": str(site.port)}
+
+
 def _start_process(settings: Settings, site: Site, extra_env: dict[str, str] | None) -> Callable[[], str | None]:
     executable = shutil.which("edgewave", path=str(Path(sys.executable).parent)) or "edgewave"
-    env = {**os.environ, "EDGEWAVE_HOME": str(settings.home),
-           "EDGEWAVE_TRUSTED_PUBLIC_KEYS": trusted_public_keys(settings),  # given: never the signer's folder
-           "EDGEWAVE_FLEET_ID": settings.fleet_identity(),  # stated by the site, checked by the controller
-           **(extra_env or {})}
-    process: subprocess.Popen = processes.start(
+    folder = settings.site_dir(site.id)
+    folder.mkdir(parents=True, exist_ok=True)
+    process: subprocess.Popen = processes.start(  # in its own folder: never reads the control plane's .env
         [executable, "serve", "--site", site.id, "--port", str(site.port)], _record(settings, site.id),
-        _log(settings, site.id), env, port=site.port, kind="process")
+        _log(settings, site.id), process_environment(settings, site, extra_env), cwd=folder, port=site.port,
+        kind="process")
     return lambda: f"exited with {process.returncode}" if process.poll() is not None else None
 
 

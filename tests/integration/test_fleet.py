@@ -20,7 +20,10 @@ def test_fleet_up_status_down_by_pid(bundles, tmp_path: Path) -> None:
     ports = [free_port(), free_port()]
     write_fleet_file(fleet_file, [{"id": f"site-{i}", "port": p, "labels": {"plant": "x"}} for i, p in enumerate(ports)],
                      ALL_AT_ONCE)
-    env = edgewave_env(home, EDGEWAVE_FLEET_PATH=str(fleet_file), EDGEWAVE_SYNC_INTERVAL_SECONDS="0.5")
+    # the control plane's own credentials in its environment: a site is never given them
+    env = edgewave_env(home, EDGEWAVE_FLEET_PATH=str(fleet_file), EDGEWAVE_SYNC_INTERVAL_SECONDS="0.5",
+                       EDGEWAVE_GIT_TOKEN="control-plane-push-token", AWS_SECRET_ACCESS_KEY="control-plane-aws-key",
+                       MLFLOW_TRACKING_PASSWORD="control-plane-mlflow")
 
     def edgewave(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([str(BIN / "edgewave"), "fleet", *args], env=env, capture_output=True, text=True,
@@ -31,6 +34,11 @@ def test_fleet_up_status_down_by_pid(bundles, tmp_path: Path) -> None:
     pids = {f.stem: json.loads(f.read_text())["pid"] for f in (home / "fleet").glob("*.json")}
     try:
         assert set(pids) == {"site-0", "site-1"}
+        for pid in pids.values():
+            told = dict(v.split("=", 1) for v in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in v)
+            assert not [k for k, v in told.items() if v.startswith("control-plane-")], sorted(told)
+            assert told["EDGEWAVE_SYNC_INTERVAL_SECONDS"] == "0.5" and told["EDGEWAVE_FLEET_ID"].startswith("fleet-")
+            assert not [k for k in told if k.startswith(("PREFECT_", "MLFLOW_", "AWS_"))], sorted(told)
         repo = DesiredStateRepo.of(Settings(home=home)).ensure()
         repo.commit([DesiredState(site=f"site-{i}", model="machine-failure", version=1,
                                   bundle_url=bundles.v1.as_uri(), sha256=bundles.sha(bundles.v1), rollout_id="ro-t")
