@@ -7,6 +7,7 @@ No route changes which model is served: swaps come from the agent, in-process.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,7 @@ from edgewave.serving.openapi import openapi
 from edgewave.serving.sampler import Sampler
 from edgewave.serving.validation import (
     RequestError,
+    check_body_headers,
     non_finite_output,
     out_of_range,
     outside_physical,
@@ -40,13 +42,14 @@ ROUTES = {"/v1/predict": "POST", "/v1/model": "GET", "/v1/site": "GET", "/health
 class SiteApp:
     def __init__(self, slot: ModelSlot, metrics: SiteMetrics, sampler: Sampler | None = None, *,
                  max_batch: int = 1000, max_body_bytes: int = 4 * 1024 * 1024,
-                 reject_out_of_range: bool = False) -> None:
+                 reject_out_of_range: bool = False, body_seconds: float = 10.0) -> None:
         self.slot = slot
         self.metrics = metrics
         self.sampler = sampler
         self.max_batch = max_batch
         self.max_body_bytes = max_body_bytes
         self.reject_out_of_range = reject_out_of_range
+        self.body_seconds = body_seconds  # a body not received whole within this gets 408 (a slow or stuck client)
         self.batcher = MicroBatcher(metrics.hot.inference)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -65,8 +68,10 @@ class SiteApp:
         except Exception:  # a bug must not take the site down or leak a trace to the client
             log.exception("unhandled error on %s %s", scope.get("method"), path)
             status, body, content_type = 500, _error("internal error; see the site log"), JSON
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]})
+        headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+        if status in (408, 413):  # the rest of the body was never read: the connection cannot carry another request
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         self.metrics.observe_request(route, status, time.perf_counter() - start)
 
@@ -98,13 +103,16 @@ class SiteApp:
         return {"site": self.metrics.site_id, "fleet": self.metrics.fleet_id}
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
-        content_type = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
-        if not content_type.split(b";")[0].strip().lower() == JSON:
-            raise RequestError(415, f"content-type must be application/json, got {content_type.decode(errors='replace') or 'none'}")
+        check_body_headers(scope["headers"], self.max_body_bytes)
         chunks: list[bytes] = []
         size = 0
+        deadline = time.monotonic() + self.body_seconds
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise RequestError(408, f"the body was not received within {self.body_seconds:g}s "
+                                   f"({size} bytes arrived); the connection is closed") from None
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:

@@ -39,6 +39,8 @@ class EdgeSettings(BaseSettings):
     serve_port: int = Field(default=8080, ge=0, le=65535)
     max_batch: int = Field(default=1_000, ge=1, description="Rows per request above which the answer is 413.")
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="Request bodies above this get 413.")
+    request_body_seconds: float = Field(default=10.0, gt=0, description="A request body not received whole within "
+                                        "this gets 408 and its connection is closed.")
     reject_out_of_range: bool = Field(
         default=False, description="Refuse (422) rows outside the training range instead of only counting them."
     )

@@ -83,6 +83,7 @@ def build_site(settings: EdgeSettings, bundle: Path | None = None, with_agent: b
     sampler = Sampler(site_dir / "samples", settings.site_id, settings.sample_fraction,
                       settings.sample_window_seconds, settings.sample_buffer_max_bytes, metrics)
     app = SiteApp(slot, metrics, sampler, max_batch=settings.max_batch, max_body_bytes=settings.max_body_bytes,
+                  body_seconds=settings.request_body_seconds,
                   reject_out_of_range=settings.reject_out_of_range)
     agent = None
     pinned = with_agent and bundle is not None  # the model comes from the image; the agent never swaps it

@@ -7,6 +7,7 @@ matrix. Every refusal names the field it is about.
 
 from __future__ import annotations
 
+import json
 from typing import cast
 
 import numpy as np
@@ -15,6 +16,7 @@ import orjson
 from edgewave.serving.model import LoadedModel
 
 _NUMBER = (int, float)
+JSON = b"application/json"
 F32_MAX = float(np.finfo(np.float32).max)  # JSON has no NaN/inf; this also keeps the float32 cast finite
 
 
@@ -105,6 +107,28 @@ def _from_columns(columns: object, model: LoadedModel, max_batch: int) -> np.nda
     return np.ascontiguousarray(np.array([columns[n] for n in names], dtype=np.float32).T)
 
 
+def _no_repeated_keys(body: bytes, expected: dict[str, int]) -> None:
+    """400 when an object repeats a key (JSON parsers keep the last one silently: a client that sent
+    two torque readings would be scored on one it did not mean). Run once the body parsed into
+    numbers only, so every quoted name in it is a key: counting them is a C-speed scan. A body
+    with escapes (never needed for numbers and plain names) is checked by a full parse instead."""
+    if b"\\" in body:
+        def pairs(items: list[tuple[str, object]]) -> dict:
+            seen: set[str] = set()
+            for key, _ in items:
+                if key in seen:
+                    raise RequestError(400, f"duplicate key {key!r}: a JSON object must not repeat a key")
+                seen.add(key)
+            return dict(items)
+        json.loads(body, object_pairs_hook=pairs)
+        return
+    for key, count in expected.items():
+        found = body.count(b'"' + key.encode() + b'"')
+        if found > count:
+            raise RequestError(400, f"duplicate key {key!r}: a JSON object must not repeat a key "
+                               f"({found} times for {count} object(s))")
+
+
 def _check_size(where: str, n: int, max_batch: int) -> None:
     if n == 0:
         raise RequestError(422, f"{where}: empty batch; send at least one row")
@@ -122,9 +146,13 @@ def parse_predict(body: bytes, model: LoadedModel, max_batch: int) -> np.ndarray
         raise RequestError(400, f"body: expected a JSON object with 'instances' or 'columns', got {_type_name(payload)}")
     keys = set(payload)
     if keys == {"instances"}:
-        return _from_instances(payload["instances"], model, max_batch)
+        x = _from_instances(payload["instances"], model, max_batch)
+        _no_repeated_keys(body, {"instances": 1, **dict.fromkeys(model.feature_names, len(x))})
+        return x
     if keys == {"columns"}:
-        return _from_columns(payload["columns"], model, max_batch)
+        x = _from_columns(payload["columns"], model, max_batch)
+        _no_repeated_keys(body, {"columns": 1, **dict.fromkeys(model.feature_names, 1)})
+        return x
     unknown = sorted(keys - {"instances", "columns"})
     if unknown:
         raise RequestError(400, f"body: unknown field(s) {unknown}; send 'instances' or 'columns'")
@@ -175,3 +203,25 @@ def non_finite_output(proba: np.ndarray) -> RequestError | None:
     rows = np.flatnonzero(bad)
     return RequestError(422, f"the model gives no finite probability for {len(rows)} row(s) (first: row "
                         f"{int(rows[0])}); their values are outside what it can score")
+
+
+def check_body_headers(headers: list[tuple[bytes, bytes]], max_body_bytes: int) -> None:
+    """Refuse, before reading a byte of it, a body the site would not decode as sent or that is declared
+    too large: JSON only, UTF-8 (the only charset JSON has, RFC 8259), no Content-Encoding, and a
+    Content-Length within the limit (413 at once, not after the client sent gigabytes)."""
+    found = {k.lower(): v for k, v in headers if k.lower() in (b"content-type", b"content-encoding", b"content-length")}
+    content_type = found.get(b"content-type", b"")
+    media, *params = (p.strip().lower() for p in content_type.split(b";"))
+    if media != JSON:
+        raise RequestError(415, f"content-type must be application/json, got {content_type.decode(errors='replace') or 'none'}")
+    for param in params:
+        name, _, value = param.partition(b"=")
+        if name.strip() == b"charset" and value.strip().strip(b'"') not in (b"utf-8", b"utf8"):
+            raise RequestError(415, f"charset {value.decode(errors='replace')} is not decoded here; send UTF-8 JSON")
+    encoding = found.get(b"content-encoding", b"identity").strip().lower()
+    if encoding not in (b"", b"identity"):
+        raise RequestError(415, f"content-encoding {encoding.decode(errors='replace')} is not decoded here; "
+                           "send the body uncompressed")
+    declared = found.get(b"content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > max_body_bytes:
+        raise RequestError(413, f"body of {int(declared)} bytes declared; the limit is {max_body_bytes} bytes")
