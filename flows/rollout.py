@@ -13,8 +13,9 @@ from prefect.states import Completed, Failed
 from edgewave.tasks.platform.runs import name_run, retried, run_logger, unwalked
 from edgewave.tasks.platform.settings import Settings, active
 from edgewave.tasks.rollout import steps
-from edgewave.tasks.rollout.controller import Observed, next_wave
-from edgewave.tasks.rollout.record import Kind
+from edgewave.tasks.rollout.controller import Controller, Observed, next_wave
+from edgewave.tasks.rollout.gitops import HistoryRewritten
+from edgewave.tasks.rollout.record import Kind, RolloutRecord
 
 
 def _rollback_name() -> str:
@@ -50,29 +51,40 @@ def run(settings: Settings, version: int, kind: Kind, reason: str, wait: bool) -
         log.info("%s: %s (%s); nothing to do", record.id, record.status, record.reason)
         return retried(steps.report, settings)(settings, unwalked(record), noop=True)
 
-    observed = Observed()
-    for wave in range(next_wave(record), len(record.waves)):
-        record = steps.defer_unreachable(controller, unwalked(record), wave)
-        observed = steps.observe_before(controller, unwalked(record), wave, unwalked(observed))
-        record = steps.commit_wave(controller, unwalked(record), wave)
-        if record.status == "held":  # the desired-state remote's history was rewritten: nothing guessed
-            break
-        record = steps.converge(controller, unwalked(record), wave)
-        record, observed = steps.analyse(controller, unwalked(record), wave, unwalked(observed))
-        decision = record.waves[wave].decision
-        if decision == "rollback":
-            record = steps.rollback(controller, unwalked(record), wave)
-            break
-        if decision == "hold":
-            record = steps.finish(controller, unwalked(record), "held", record.waves[wave].reason or "held")
-            break
-        steps.manual_gate(controller, record, wave)
-    else:
-        record = steps.finish(controller, unwalked(record), "succeeded", f"all {len(record.waves)} waves advanced")
-        if record.status == "succeeded":
-            retried(steps.promote, settings)(settings, unwalked(record))
-            steps.release(controller, unwalked(record))
+    record = _waves(controller, settings, record)
     return retried(steps.report, settings)(settings, unwalked(record))
+
+
+def _waves(controller: Controller, settings: Settings, record: RolloutRecord) -> RolloutRecord:
+    """Each wave in turn until the attempt ends: the record as it ended. A remote whose history was
+    rewritten, met on the way, holds the attempt as it stands: nothing more is pushed. (Met at the
+    start, it refuses the run before anything: `steps.start`.)"""
+    observed = Observed()
+    try:
+        for wave in range(next_wave(record), len(record.waves)):
+            record = steps.defer_unreachable(controller, unwalked(record), wave)
+            observed = steps.observe_before(controller, unwalked(record), wave, unwalked(observed))
+            record = steps.commit_wave(controller, unwalked(record), wave)
+            if record.status == "held":  # the desired-state remote's history was rewritten: nothing guessed
+                break
+            record = steps.converge(controller, unwalked(record), wave)
+            record, observed = steps.analyse(controller, unwalked(record), wave, unwalked(observed))
+            decision = record.waves[wave].decision
+            if decision == "rollback":
+                record = steps.rollback(controller, unwalked(record), wave)
+                break
+            if decision == "hold":
+                record = steps.finish(controller, unwalked(record), "held", record.waves[wave].reason or "held")
+                break
+            steps.manual_gate(controller, record, wave)
+        else:
+            record = steps.finish(controller, unwalked(record), "succeeded", f"all {len(record.waves)} waves advanced")
+            if record.status == "succeeded":
+                retried(steps.promote, settings)(settings, unwalked(record))
+                steps.release(controller, unwalked(record))
+    except HistoryRewritten as exc:  # met renewing the lease or rolling back: held as it stands
+        record = controller.held_by_rewrite(record, exc)
+    return record
 
 
 def outcome(result: dict) -> State:

@@ -2,7 +2,7 @@
 commands, so `edgewave serve` at the edge never loads the control plane.
 
     release, serve, data check          flows/cli/release.py
-    rollout, rollback                   flows/cli/rollout.py
+    rollout, rollback, reconcile        flows/cli/rollout.py
     drift check, drift retrain          flows/cli/drift.py
     demo loop, demo rollback            flows/cli/demo.py
     fleet …, exporter                   flows/cli/fleet.py
@@ -38,6 +38,7 @@ app.command()(release.serve)
 app.add_typer(release.data_app, name="data")
 app.command()(rollout.rollout)
 app.command()(rollout.rollback)
+app.command()(rollout.reconcile)
 app.add_typer(drift.drift_app, name="drift")
 app.add_typer(demo.demo_app, name="demo")
 app.add_typer(fleet.fleet_app, name="fleet")

@@ -14,13 +14,14 @@ from edgewave.tasks.platform.settings import Settings, use
 
 def run_rollout(loaded: Settings, kind: str, **parameters) -> None:
     """Run the rollout or rollback flow and print how it ended; exit 0 (succeeded, noop), 1 (rolled back,
-    held) or 2 (refused: another rollout runs, a version or alias missing)."""
+    held) or 2 (refused: another rollout runs, a version or alias missing, the remote's history rewritten)."""
     fleet_file(loaded)  # a bad policy fails here, before anything is deployed
     from rich.table import Table
 
     from edgewave.flows.rollout import result_of
     from edgewave.flows.rollout import rollback as rollback_flow
     from edgewave.flows.rollout import rollout as rollout_flow
+    from edgewave.tasks.rollout.gitops import HistoryRewritten
     from edgewave.tasks.rollout.lease import RolloutBusy
 
     prepare_flows(loaded)
@@ -28,7 +29,7 @@ def run_rollout(loaded: Settings, kind: str, **parameters) -> None:
         state = (rollback_flow if kind == "rollback" else rollout_flow)(**parameters, return_state=True)
     try:
         result = result_of(state)
-    except (RolloutBusy, LookupError) as exc:
+    except (RolloutBusy, LookupError, HistoryRewritten) as exc:
         refuse(f"{kind} refused", str(exc))
     except Exception as exc:  # the run log has the traceback; say what failed, plainly
         failed(kind, exc)
@@ -58,3 +59,15 @@ def rollback(
 ) -> None:
     """Return the fleet to an older version through the same waves and analysis, marked as a rollback."""
     run_rollout(settings(), "rollback", to=to, reason=reason, wait=wait)
+
+
+def reconcile() -> None:
+    """After someone rewrote the desired-state remote's history (and you looked at what they did):
+    accept it, and release the lease of a rollout that held because of it."""
+    loaded = settings()
+    from edgewave.tasks.rollout.steps import reconcile as accept
+
+    try:
+        accept(loaded, console.print)
+    except (OSError, RuntimeError) as exc:
+        refuse("reconcile failed", str(exc))

@@ -267,8 +267,15 @@ class Controller:
                                          precondition=lambda _repo: self.lease.ensure_ours(record.id))
             return commit, None
         except HistoryRewritten as exc:
-            self.io.log(f"{record.id}: held: {exc}")
-            return None, record.model_copy(update={"status": "held", "reason": str(exc), "finished_at": self.io.now()})
+            return None, self.held_by_rewrite(record, exc)
+
+    def held_by_rewrite(self, record: RolloutRecord, exc: HistoryRewritten) -> RolloutRecord:
+        """The attempt held because the remote's history was rewritten under it: nothing more is pushed
+        (its lease too stays where it is), and `edgewave reconcile` releases it once a person accepted
+        the new history."""
+        self.io.log(f"{record.id}: held: {exc}")
+        self.io.repo.note_held_by_rewrite(record.id)
+        return record.model_copy(update={"status": "held", "reason": str(exc), "finished_at": self.io.now()})
 
     def observe_before(self, record: RolloutRecord, index: int, observed: Observed) -> Observed:
         """Before a wave changes its sites, know how they behave on the old model.
@@ -347,9 +354,16 @@ class Controller:
             observed = observed.with_own([s for s in sites if s not in touched], before, after, self.from_version)
             if baseline_windows:
                 observed = replace(observed, baseline=combine(baseline_windows))
-            canaries = {s: windows[s] for s in canary_ids}
+            # a canary judged must still serve the wave's version: one that went back (its desired state
+            # changed under the rollout, a rewritten history) is a failed site, never a pass
+            went_back = {s: a.version for s in canary_ids if (a := after.get(s)) is not None and a.version != self.version}
+            canaries = {s: windows[s] for s in canary_ids if s not in went_back}
             first_rollout = self.from_version is None
             m = measure(canaries, observed.baseline, rules, policy.abort, absolute_only=first_rollout, own=observed.own)
+            if went_back:
+                serving = ", ".join(f"{s} serves v{v}" for s, v in sorted(went_back.items()))
+                m = Measurement("fail", f"{serving}, not the wave's v{self.version}; {m.reason}", m.sites,
+                                m.baseline_sites)
             if wave.failed:  # sites the offline policy counts failed weigh in the abort share
                 judged = [j for j in m.sites if j.verdict != "inconclusive"]
                 share = len(wave.failed) / max(1, len(judged) + len(wave.failed))

@@ -38,6 +38,7 @@ from edgewave.tasks.rollout import k8s
 AUTHOR = ["-c", "user.name=edgewave", "-c", "user.email=edgewave@localhost"]
 PUSH_ATTEMPTS = 5
 KNOWN_HEAD = "edgewave-known-head"  # in the clone's .git: the last remote head this controller saw
+HELD_BY_REWRITE = "edgewave-held-by-rewrite"  # in the clone's .git: attempts held because the history was rewritten
 README = ("# edgewave desired state\n\n`sites/<site>.yaml`: what each site should run (written by the rollout "
           "flow, applied by agents, Argo CD or Flux).\n`rollouts/<id>.json`: each rollout's waves and decisions.\n")
 
@@ -59,8 +60,9 @@ class GitError(ConnectionError, Actionable):
     """A git command failed; the message (redacted) is git's own."""
 
 
-class HistoryRewritten(RuntimeError):
-    """The remote's history no longer contains what the controller pushed or saw (a force push)."""
+class HistoryRewritten(RuntimeError, Actionable):
+    """The remote's history no longer contains what the controller pushed or saw (a force push).
+    Nothing is pushed on a guess: a person looks, then accepts the new history (`edgewave reconcile`)."""
 
 
 class PushRejected(RuntimeError):
@@ -206,10 +208,35 @@ class DesiredStateRepo:
             raise HistoryRewritten(
                 f"the history of {redact(self.remote)} ({BRANCH}) was rewritten: its head {head[:12]} does not "
                 f"contain {known[:12]}, the last commit this controller saw. Nothing was pushed. Check what "
-                f"happened to the remote; to accept its new history, remove {self.path} (the controller's clone).")
+                f"happened to the remote; to accept its new history, run `edgewave reconcile`.")
         self._move_to_origin()
         self._remember(head)
         return head
+
+    @_one_at_a_time
+    def accept_remote(self) -> tuple[str | None, str]:
+        """Take the remote's history as it is now, rewritten or not (`edgewave reconcile`, after a
+        person looked): the last head this controller saw, and the remote's head it now stands on."""
+        known = self._known()
+        self._git("fetch", "--quiet", "origin", BRANCH)
+        self._move_to_origin()
+        head = self.head()
+        self._remember(head)
+        return known, head
+
+    def note_held_by_rewrite(self, rollout_id: str) -> None:
+        """Remember an attempt that held because the history was rewritten (its lease could not be
+        released on a history this controller did not accept); `edgewave reconcile` releases it."""
+        path = self.path / ".git" / HELD_BY_REWRITE
+        noted = self.held_by_rewrite()
+        path.write_text("".join(f"{r}\n" for r in sorted({*noted, rollout_id})))
+
+    def held_by_rewrite(self, forget: bool = False) -> list[str]:
+        path = self.path / ".git" / HELD_BY_REWRITE
+        noted = path.read_text().split() if path.exists() else []
+        if forget:
+            path.unlink(missing_ok=True)
+        return noted
 
     # -- reading (the clone as of the last sync) ----------------------------------------------------
     def read(self, site: str) -> DesiredState | None:

@@ -68,6 +68,37 @@ def finish_interrupted_promotion(settings: Settings, io: Io) -> None:
     io.log(f"{lease.rollout_id}: its controller stopped before moving @production; moved it to v{record['version']}")
 
 
+def reconcile(settings: Settings, log: Callable[[str], None]) -> None:
+    """`edgewave reconcile`: accept the desired-state remote's history as it is now (after a person
+    looked at what rewrote it), and release the lease of each attempt that held because of the
+    rewrite, marking its record held, in one commit on the new history. Nothing else is changed:
+    the desired state stays what the new history says, and the next rollout plans from it."""
+    repo = DesiredStateRepo.of(settings, log)
+    if not (repo.path / ".git").exists():
+        repo.ensure()  # no clone yet: the remote's history is the only one there is
+    before, head = repo.accept_remote()
+    if before and before != head:
+        log(f"accepted the remote's history: {settings.model_name}'s desired state now stands on {head[:12]} "
+            f"(this controller last saw {before[:12]})")
+    else:
+        log(f"the remote's history is the one this controller saw ({head[:12]}); nothing to accept")
+    held = repo.held_by_rewrite()
+    text = repo.read_file(lease_path(settings.model_name))
+    lease = Lease.model_validate_json(text) if text else None
+    if lease is not None and lease.rollout_id in held:
+        record = repo.record(lease.rollout_id)
+        reason = "held: the remote's history was rewritten; lease released by `edgewave reconcile`"
+        if record is not None and record.get("status") == "running":
+            record = {**record, "status": "held", "reason": reason}
+        repo.commit([], f"{lease.rollout_id}: {reason}", (lease.rollout_id, record) if record else None,
+                     extra={lease_path(settings.model_name): None})
+        log(f"released the lease of {lease.rollout_id} (held when the history was rewritten)")
+    elif lease is not None:
+        log(f"the lease of {lease.rollout_id} stays: that attempt did not hold here (it ends, or expires "
+            f"at {lease.expires_at:%H:%M:%S} UTC)")
+    repo.held_by_rewrite(forget=True)
+
+
 def rollback_target(settings: Settings, to: int | None) -> int:
     """The version a rollback returns the fleet to: `to`, else the one @previous points at."""
     if to is not None:

@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from edgewave.flows.rollout import result_of, rollback, rollout
 from edgewave.serving.desired import DesiredState
@@ -134,6 +135,58 @@ def test_a_rollout_from_another_home_never_takes_the_sites_on_its_ports_for_its_
     assert record["waves"][0]["failed"] == ["site-0"] and record["waves"][0]["converged"] == [], record["waves"][0]
     assert registry.alias_version(other, "production") == 1
     assert served(settings) == {"site-0": 1, "site-1": 1, "site-2": 1}, "the first fleet's sites never moved"
+
+
+def test_a_rewrite_mid_rollout_holds_it_a_canary_sent_back_is_no_pass_and_reconcile_frees_the_model(
+        fleet_on_v1, bundles, tmp_path: Path) -> None:
+    """Once the canary serves v2, a person force-pushes the remote back to before the canary's commit,
+    sending site-0 back to v1 (marked as a rollback, so its agent applies it)."""
+    settings, repo, write_policy = fleet_on_v1
+    write_policy(bake_seconds=4)
+    person = tmp_path / "person"
+    subprocess.run(["git", "clone", "--quiet", repo.remote, str(person)], check=True, capture_output=True)
+
+    def rewrite() -> None:
+        wait_for(lambda: served(settings)["site-0"] == 2, 30, "the canary to serve v2")
+
+        def run(*args: str) -> None:
+            subprocess.run(["git", "-c", "user.name=person", "-c", "user.email=p@example.invalid", *args], cwd=person,
+                           check=True, capture_output=True)
+        run("fetch", "--quiet", "origin", "main")
+        run("reset", "--quiet", "--hard", "origin/main~1")  # the commit before the canary's
+        back = DesiredState(site="site-0", model="machine-failure", version=1, bundle_url=bundles.v1.as_uri(),
+                            sha256=sha(bundles.v1), rollout_id="person-rewrite", rollback=True)
+        (person / "sites" / "site-0.yaml").write_text(yaml.safe_dump(back.model_dump(mode="json", exclude_none=True)))
+        run("commit", "--quiet", "-am", "person: site-0 back to v1, history rewritten")
+        run("push", "--quiet", "--force", "origin", "HEAD:main")
+        wait_for(lambda: served(settings)["site-0"] == 1, 30, "site-0 to follow the rewritten history back to v1")
+
+    rewriter = when_pushed(repo, "wave 1/2 (canary)", rewrite)
+    with Traffic(load_fleet_file(settings.fleet_path).fleet.sites, ai4i_traffic(), rate_per_site=30), use(settings):
+        state = rollout(2, return_state=True)
+    rewriter.join(5)
+    result = result_of(state)
+    assert result["status"] == "held" and state.name == "Held", result
+    assert "rewritten" in result["reason"] and "edgewave reconcile" in result["reason"], result["reason"]
+    canary = result["waves"][0]
+    assert canary["decision"] == "rollback" and "site-0 serves v1, not the wave's v2" in canary["reason"], canary
+    assert remote_subjects(repo.remote)[0] == "person: site-0 back to v1, history rewritten", "nothing pushed after"
+
+    env = edgewave_env(settings.home, EDGEWAVE_FLEET_PATH=str(settings.fleet_path))
+    again = subprocess.run([str(BIN / "edgewave"), "rollout", "2"], env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2, again.stdout + again.stderr
+    assert "rollout refused" in again.stderr and "edgewave reconcile" in again.stderr, again.stderr[-2000:]
+
+    reconciled = subprocess.run([str(BIN / "edgewave"), "reconcile"], env=env, capture_output=True, text=True,
+                                timeout=300)
+    assert reconciled.returncode == 0, reconciled.stdout + reconciled.stderr
+    assert f"released the lease of {result['rollout_id']}" in reconciled.stderr, reconciled.stderr
+    assert subprocess.run(["git", "--git-dir", repo.remote, "cat-file", "-e", "main:leases/machine-failure.json"],
+                          capture_output=True).returncode != 0, "the held attempt's lease is gone from the remote"
+    with Traffic(load_fleet_file(settings.fleet_path).fleet.sites, ai4i_traffic(), rate_per_site=30), use(settings):
+        after = result_of(rollout(2, return_state=True))
+    assert after["status"] == "succeeded", after
+    assert served(settings) == {"site-0": 2, "site-1": 2, "site-2": 2}
 
 
 def test_a_canary_without_traffic_is_inconclusive_and_never_advanced(fleet_on_v1) -> None:
