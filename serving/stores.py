@@ -70,6 +70,27 @@ def open_store(url: str, access: RemoteAccess | None = None) -> tuple[fsspec.Abs
     return fsspec.core.url_to_fs(url)
 
 
+def plain_files(fs, folder: str) -> tuple[list[str], dict[str, str]]:
+    """The regular files of a store folder, and what else is there (name → what it is), never followed.
+
+    Whoever can write a folder can plant a symbolic link there (a site in its own prefix, to another
+    site's windows or /etc/shadow; a bundle folder, to anything): a reader that follows it reads
+    outside the folder. SFTP lists a link as type "link"; a local or mounted store says `islink` and
+    its link count."""
+    files, skipped = [], {}
+    for entry in fs.ls(folder, detail=True):
+        name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+        if entry.get("islink") or entry.get("type") == "link":
+            skipped[name] = "a symbolic link, not followed"
+        elif entry.get("type") != "file":
+            skipped[name] = f"a {entry.get('type') or 'special file'}, not a plain file"
+        elif entry.get("nlink", 1) > 1:
+            skipped[name] = f"a file with {entry['nlink']} hard links, not read"
+        else:
+            files.append(entry["name"])
+    return sorted(files), skipped
+
+
 def put_atomic(fs: fsspec.AbstractFileSystem, local: Path, target: str) -> str:
     """Upload `local` to `target` so that readers see all of it or nothing; confirm its size first."""
     folder, name = target.rsplit("/", 1)

@@ -9,7 +9,7 @@ from edgewave.serving.access import RemoteAccess
 from edgewave.serving.bundle import MANIFEST, BundleUnsafeError
 from edgewave.serving.oci import SCHEME as OCI
 from edgewave.serving.oci import pull_bundle
-from edgewave.serving.stores import open_store, put_atomic
+from edgewave.serving.stores import open_store, plain_files, put_atomic
 
 
 def download_bundle(url: str, folder: Path, access: RemoteAccess | None = None) -> Path:
@@ -19,16 +19,13 @@ def download_bundle(url: str, folder: Path, access: RemoteAccess | None = None) 
     fs, root = open_store(url, access)
     if not fs.exists(f"{root}/{MANIFEST}"):
         raise FileNotFoundError(f"{url}: no {MANIFEST} there")
+    files, other = plain_files(fs, root)
+    if other:  # never read through: a bundle holds plain files only
+        raise BundleUnsafeError(f"{url}: " + "; ".join(f"{name} is {what}" for name, what in sorted(other.items()))
+                                + "; a bundle holds plain files only")
     folder.mkdir(parents=True, exist_ok=True)
-    for entry in fs.ls(root, detail=True):
-        name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
-        # a link or anything but a plain file is never read through (what the store says of it:
-        # a local or mounted store tells links and link counts, a remote one at least the type)
-        if entry.get("islink") or entry.get("type") != "file" or entry.get("nlink", 1) > 1:
-            what = "a symbolic link" if entry.get("islink") else (
-                f"{entry.get('nlink')} hard links" if entry.get("nlink", 1) > 1 else f"a {entry.get('type')}")
-            raise BundleUnsafeError(f"{url}: {name} is {what}; a bundle holds plain files only")
-        fs.get_file(entry["name"], str(folder / name))
+    for path in files:
+        fs.get_file(path, str(folder / path.rstrip("/").rsplit("/", 1)[-1]))
     return folder
 
 

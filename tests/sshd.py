@@ -3,12 +3,18 @@ config and host key, key authentication only. It serves
 
 - the desired-state repository over SSH, as Unix user `edgewave-git`: the controller's key may
   push, a site's key may only fetch (a forced command lets git-upload-pack through);
-- the monitoring store over SFTP (`internal-sftp`): the control plane's account owns the store
-  root, each site's own account may write only its own prefix (Unix permissions), no shell.
+- the monitoring store over SFTP (`internal-sftp`, no shell): every store account is chrooted to
+  the store (nothing of the host is there to read: not /etc/passwd, not sshd_config, not the Git
+  repository or other accounts' keys). In it, a site's account can enter only its own prefix, to
+  read and write (`<site>/`, mode 2770, its own); it cannot list the store's root (root-owned,
+  0751) or enter another site's prefix or the control plane's `_drift/` and `_feedback/`. The
+  control plane's account is in the store's group: it reads every prefix and writes its own.
+  Store URLs are `sftp://<account>@127.0.0.1:<port>/` (the chroot's root is the store's).
 
 Unix accounts are created once (idempotent) and left in place; everything else lives in one
-folder under /var/tmp (traversable by those accounts, unlike pytest's 0700 temp folders) and
-goes away with `stop()`. Needs root.
+folder under /var/lib/edgewave-test-sshd (root-owned all the way down, as sshd's ChrootDirectory
+requires; traversable by those accounts, unlike pytest's 0700 temp folders) and goes away with
+`stop()`. Needs root.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ GIT_USER = "edgewave-git"
 CP_USER = "edgewave-cp"
 GROUP = "edgewave-store"
 ACCOUNT_HOME = "/var/tmp"
+SERVERS = Path("/var/lib/edgewave-test-sshd")  # root-owned, 0755: a chroot's every component must be
+CONTROL_PLANE_FOLDERS = ("_drift", "_feedback")  # what the control plane writes at the store's root
 GIT_ACCESS = """#!/bin/sh
 # forced command of every key of the desired-state account: only git's own transports,
 # pushes only for keys given "rw"
@@ -83,7 +91,7 @@ class SshServer:
         return f"ssh://{GIT_USER}@127.0.0.1:{self.port}{self.repo}"
 
     def store_url(self, identity: Identity) -> str:
-        return f"sftp://{identity.user}@127.0.0.1:{self.port}{self.store_root}"
+        return f"sftp://{identity.user}@127.0.0.1:{self.port}/"  # chrooted: the store is the account's /
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -137,7 +145,10 @@ def start(sites: list[str]) -> SshServer:
         grp.getgrnam(GROUP)
     except KeyError:
         _run("groupadd", "--system", GROUP)
-    base = Path(tempfile.mkdtemp(prefix="edgewave-sshd-", dir="/var/tmp"))
+    SERVERS.mkdir(mode=0o755, exist_ok=True)
+    os.chown(SERVERS, 0, 0)
+    os.chmod(SERVERS, 0o755)
+    base = Path(tempfile.mkdtemp(prefix="edgewave-sshd-", dir=SERVERS))
     os.chmod(base, 0o755)
     keys, auth = base / "keys", base / "authorized_keys"
     for folder in (keys, auth, base / "git", base / "store"):
@@ -167,13 +178,18 @@ def start(sites: list[str]) -> SshServer:
     _run("git", "init", "--quiet", "--bare", "--initial-branch", "main", str(repo))
     _run("chown", "-R", f"{GIT_USER}:{GIT_USER}", str(base / "git"))
     store = base / "store"
-    _run("chown", f"{CP_USER}:{GROUP}", str(store))
-    os.chmod(store, 0o755)  # sites cannot create anything at the root
+    _run("chown", f"root:{GROUP}", str(store))
+    os.chmod(store, 0o751)  # the chroot: root's; the control plane (group) lists it, sites only pass through
+    for name in CONTROL_PLANE_FOLDERS:
+        folder = store / name
+        folder.mkdir()
+        _run("chown", f"{CP_USER}:{GROUP}", str(folder))
+        os.chmod(folder, 0o2770)
     for site, identity in identities.items():
         folder = store / site
         folder.mkdir()
         _run("chown", f"{identity.user}:{GROUP}", str(folder))
-        os.chmod(folder, 0o2775)  # the site writes; the control plane (group) reads and tidies
+        os.chmod(folder, 0o2770)  # the site reads and writes; the control plane (group) reads and tidies; no one else
 
     port = _free_port()
     config = base / "sshd_config"
@@ -196,6 +212,7 @@ PrintMotd no
 LogLevel VERBOSE
 Subsystem sftp internal-sftp
 Match User {CP_USER},{",".join(i.user for i in identities.values())}
+    ChrootDirectory {store}
     ForceCommand internal-sftp
 """)
     Path("/run/sshd").mkdir(parents=True, exist_ok=True)

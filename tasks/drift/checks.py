@@ -156,12 +156,17 @@ def check_site(site: str, check_id: str, store: MonitoringStore, ledger: SiteLed
     rows the site waits, and those rows count in the next check together with what arrives.
     """
     windows: NewWindows = store.new_windows(site, ledger)
+    not_windows = (f"{len(windows.skipped)} entr{'y' if len(windows.skipped) == 1 else 'ies'} of {site}/ skipped: "
+                   + "; ".join(f"{name}: {why}" for name, why in sorted(windows.skipped.items()))) \
+        if windows.skipped else ""
     if not windows.files:
         detail = f"{windows.too_old} windows older than the ledger horizon ignored" if windows.too_old else ""
-        return SiteCheck(site=site, check_id=check_id, status="no-data", detail=detail), ledger
+        return SiteCheck(site=site, check_id=check_id, status="no-data",
+                         detail="; ".join(filter(None, [detail, not_windows]))), ledger
     frame, unreadable = store.read_windows(windows)
-    note = (f"{len(unreadable)} unreadable window(s) skipped and left in the store: "
-            + "; ".join(f"{name}: {why}" for name, why in unreadable.items())) if unreadable else ""
+    note = "; ".join(filter(None, [not_windows, (f"{len(unreadable)} unreadable window(s) skipped and left in the "
+                                                 "store: " + "; ".join(f"{name}: {why}" for name, why in
+                                                                      unreadable.items())) if unreadable else ""]))
     if len(frame) < policy.min_samples:
         return SiteCheck(site=site, check_id=check_id, status="waiting", rows_new=len(frame),
                          windows=len(windows.files) - len(unreadable),

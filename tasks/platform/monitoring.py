@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 from edgewave.serving.access import RemoteAccess
 from edgewave.serving.redact import redact
 from edgewave.serving.sampler import WINDOW_RE
-from edgewave.serving.stores import PARTIAL_PREFIX, open_store, put_atomic
+from edgewave.serving.stores import PARTIAL_PREFIX, open_store, plain_files, put_atomic
 
 LEDGER_HORIZON_DAYS = 30
 FEEDBACK_ROOT = "_feedback"  # site ids start with a letter or digit, so these never clash
@@ -74,6 +74,7 @@ class NewWindows:
     files: dict[str, int]  # name → start (ms)
     paths: list[str]
     too_old: int  # windows older than the ledger horizon, ignored
+    skipped: dict[str, str] = field(default_factory=dict)  # name → why it is no window (a link, a folder, …)
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,8 @@ class MonitoringStore:
         files: dict[str, int] = {}
         paths: list[str] = []
         too_old = 0
-        for entry in sorted(fs.ls(folder, detail=False)):
+        entries, skipped = plain_files(fs, folder)
+        for entry in entries:
             name = entry.rstrip("/").rsplit("/", 1)[-1]
             match = WINDOW_RE.match(name)
             if name.startswith(PARTIAL_PREFIX) or not match or match["site"] != site_id or name in ledger.seen:
@@ -119,7 +121,7 @@ class MonitoringStore:
                 continue
             files[name] = int(match["start"])
             paths.append(entry)
-        return NewWindows(files, paths, too_old)
+        return NewWindows(files, paths, too_old, {n: why for n, why in skipped.items() if n not in ledger.seen})
 
     def read_windows(self, windows: NewWindows) -> tuple[pd.DataFrame, dict[str, str]]:
         """All rows of the windows, each sample id once (a re-uploaded window is not counted twice),
@@ -161,7 +163,7 @@ class MonitoringStore:
         frames = []
         for site_folder in sorted(fs.ls(base, detail=False)):
             rows = 0
-            for path in sorted(fs.ls(site_folder, detail=False), reverse=True):
+            for path in reversed(plain_files(fs, site_folder)[0]):  # never through a link a site planted
                 name = path.rsplit("/", 1)[-1]
                 if rows >= max_rows_per_site or not name.endswith(".parquet") or name.startswith(PARTIAL_PREFIX):
                     continue

@@ -85,3 +85,51 @@ def test_each_site_writes_only_its_own_prefix_and_the_control_plane_reads_all(se
     assert list(windows.files) == [window.name] and len(frame) == 3 and not unreadable
     control.write_json({"ok": True}, "_drift", "ledgers", "site-a.json")
     assert control.read_json("_drift", "ledgers", "site-a.json") == {"ok": True}
+
+
+def window_file(folder: Path, site: str, n: int = 3) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = folder / f"{site}-{int(time.time() * 1000)}-000001-n{n}.parquet"
+    pq.write_table(pa.table({"sample_id": [f"{site}-{i}" for i in range(n)], "timestamp": [1.0] * n,
+                             "probability": [0.1] * n, "model_version": [2] * n}), path)
+    return path
+
+
+def test_a_site_account_sees_only_its_own_prefix_and_what_it_plants_there_is_never_followed(server,
+                                                                                         tmp_path: Path) -> None:
+    """What site-a's stolen key gets on the store: its own prefix, nothing of site-b, of the control
+    plane or of the host; a link it plants in its prefix is skipped (and named) by the drift reader."""
+    from edgewave.serving.stores import open_store
+
+    b_window = window_file(tmp_path, "site-b")
+    upload_confirmed(b_window, server.store_url(server.sites["site-b"]), f"site-b/{b_window.name}",
+                     access(server, server.sites["site-b"]))
+    control = MonitoringStore(server.store_url(server.controller), access(server, server.controller))
+    control.write_json({"site": "site-b"}, "_drift", "ledgers", "site-b.json")
+
+    fs, root = open_store(server.store_url(server.sites["site-a"]), access(server, server.sites["site-a"]))
+    assert root == "/"
+    for forbidden in ("/", "/site-b", "/_drift", "/_drift/ledgers"):  # listing
+        with pytest.raises(OSError):
+            fs.ls(forbidden)
+    for forbidden in (f"/site-b/{b_window.name}", "/_drift/ledgers/site-b.json",  # reading
+                      "/etc/passwd", "/etc/ssh/sshd_config", f"{server.repo}/HEAD", f"{server.base}/sshd_config"):
+        with pytest.raises(OSError):
+            fs.cat_file(forbidden)
+    a_window = window_file(tmp_path, "site-a")
+    upload_confirmed(a_window, server.store_url(server.sites["site-a"]), f"site-a/{a_window.name}",
+                     access(server, server.sites["site-a"]))
+    assert fs.cat_file(f"/site-a/{a_window.name}") == a_window.read_bytes(), "its own prefix: read and write"
+
+    # links named like windows, planted in its own prefix: to site-b's window, to the host's shadow file
+    planted = {f"site-a-{int(time.time() * 1000) + 1}-000002-n3.parquet": f"/site-b/{b_window.name}",
+               f"site-a-{int(time.time() * 1000) + 2}-000003-n3.parquet": "/etc/shadow"}
+    for name, target in planted.items():
+        fs.ftp.symlink(target, f"/site-a/{name}")
+    windows = control.new_windows("site-a", SiteLedger())
+    assert a_window.name in windows.files and not set(planted) & set(windows.files), windows
+    assert windows.skipped == dict.fromkeys(planted, "a symbolic link, not followed")
+    frame, _ = control.read_windows(windows)
+    assert not [i for i in frame["sample_id"] if i.startswith("site-b-")], "none of site-b's rows through a link"
