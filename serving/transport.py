@@ -36,8 +36,16 @@ def upload_confirmed(local: Path, store_url: str, key: str, access: RemoteAccess
     unreachable, and creating it would hide that.
     """
     fs, root = open_store(store_url, access)
-    if not fs.exists(root):
-        raise ConnectionError(f"monitoring store {store_url} is not reachable (its root does not exist)")
+    # An object store's bucket is no folder a site may look at or make (its identity may write its own
+    # prefix only), and prefixes need no making: a missing bucket fails the upload itself, naming it.
     target = f"{root.rstrip('/')}/{key}"
-    fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+    if not _object_store(fs):
+        if not fs.exists(root):
+            raise ConnectionError(f"monitoring store {store_url} is not reachable (its root does not exist)")
+        fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
     return put_atomic(fs, local, target)
+
+
+def _object_store(fs) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,)
+    return bool({"s3", "s3a", "gs", "gcs", "az", "abfs"} & set(protocols))
