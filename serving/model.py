@@ -45,6 +45,7 @@ class LoadedModel:
     max_bounds: tuple[float, ...]
     valid_mins: np.ndarray  # the physical range (FeatureSpec.valid_min/max; ±inf where the bundle has none)
     valid_maxs: np.ndarray
+    valid_bounds: tuple[tuple[float, float], ...]  # the same as Python floats, for small batches
 
     @property
     def version(self) -> int:
@@ -83,12 +84,13 @@ def load_model(folder: Path, trusted: dict[str, Ed25519PublicKey]) -> LoadedMode
     mins = np.array([f.min for f in manifest.input.features], dtype=np.float32)
     maxs = np.array([f.max for f in manifest.input.features], dtype=np.float32)
     positive = manifest.output.positive_index
+    valid_mins = np.array([-np.inf if f.valid_min is None else f.valid_min for f in manifest.input.features])
+    valid_maxs = np.array([np.inf if f.valid_max is None else f.valid_max for f in manifest.input.features])
     model = LoadedModel(
         manifest, session, folder, names, mins, maxs, manifest.threshold,
         (manifest.class_labels[1 - positive], manifest.class_labels[positive]),
         tuple(mins.tolist()), tuple(maxs.tolist()),
-        np.array([-np.inf if f.valid_min is None else f.valid_min for f in manifest.input.features], dtype=np.float64),
-        np.array([np.inf if f.valid_max is None else f.valid_max for f in manifest.input.features], dtype=np.float64),
+        valid_mins, valid_maxs, tuple(zip(valid_mins.tolist(), valid_maxs.tolist(), strict=True)),
     )
     columns = manifest.reference.columns
     missing = [n for n in names if n not in columns]

@@ -12,7 +12,9 @@ ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    text = {400: "Malformed JSON or body", 413: "Batch or body too large", 415: "Not application/json",
+    text = {400: "Malformed JSON or body, or an object repeating a key", 408: "The body did not arrive in time",
+            413: "Batch or body too large (a declared length: at once)",
+            415: "Not application/json, or an encoding or charset the site does not decode",
             422: "Rows do not match the input schema, a value is outside its physical range, or the model gives "
                  "no finite probability for a row", 503: "No verified model loaded yet"}
     return {str(c): {"description": text[c], "content": {"application/json": {"schema": ERROR}}} for c in codes}
@@ -53,7 +55,7 @@ def openapi(model: LoadedModel | None, max_batch: int) -> dict[str, Any]:
                 "requestBody": {"required": True, "content": {"application/json": {"schema": request}}},
                 "responses": {"200": {"description": "Failure probability and label per row",
                                       "content": {"application/json": {"schema": response}}},
-                              **_errors(400, 413, 415, 422, 503)}}},
+                              **_errors(400, 408, 413, 415, 422, 503)}}},
             "/v1/model": {"get": {"operationId": "model", "responses": {
                 "200": {"description": "Manifest of the served bundle",
                         "content": {"application/json": {"schema": json_body}}}, **_errors(503)}}},
