@@ -223,7 +223,8 @@ def payloads(draw) -> tuple[bytes, str]:
            for name in FEATURES}
     if kind == "mutated_row":
         key = draw(st.sampled_from(FEATURES + ("extra",)))
-        row = {**row, key: draw(json_values)} if draw(st.booleans()) else {k: v for k, v in row.items() if k != key}
+        value = draw(st.floats(*PHYSICAL[key]) | json_values) if key in PHYSICAL else draw(json_values)
+        row = {**row, key: value} if draw(st.booleans()) else {k: v for k, v in row.items() if k != key}
         body = json.dumps({"instances": draw(st.lists(st.just(row), min_size=0, max_size=3))})
     elif kind == "mutated_columns":
         columns = {k: [v] for k, v in row.items()}
