@@ -96,6 +96,12 @@ def log_to_mlflow(settings: Settings, summary: drift.FleetDrift) -> dict[str, st
     Returns where each logged report can be opened. The HTML of undrifted sites stays in the
     monitoring store only, for the last `reports_kept` checks (an Evidently page is ~4 MB).
     """
+    from edgewave.tasks.release import registry
+
+    return registry.speaks_to_registry("logging the drift check")(_log_drift_run)(settings, summary)
+
+
+def _log_drift_run(settings: Settings, summary: drift.FleetDrift) -> dict[str, str]:
     from mlflow.entities import Metric
 
     from edgewave.tasks.release import registry

@@ -7,11 +7,13 @@ half-done call does not create a second run or version.
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import mlflow
 import mlflow.artifacts
@@ -48,6 +50,26 @@ def _unavailable(settings: Settings, what: str, exc: MlflowException) -> Registr
                                f"({exc.error_code}): {redact(exc.message)[:300]}")
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def speaks_to_registry(what: str) -> Callable[[Callable[Concatenate[Settings, P], R]],
+                                             Callable[Concatenate[Settings, P], R]]:
+    """Any MLflow error a call lets through (refused connection, 5xx, timeout, a refused request)
+    becomes RegistryUnavailable naming the server and `what`: the command ends in one line a person
+    acts on, whichever call of a step met the outage first. "Absent" is decided inside the call."""
+    def wrap(call: Callable[Concatenate[Settings, P], R]) -> Callable[Concatenate[Settings, P], R]:
+        @functools.wraps(call)
+        def guarded(settings: Settings, *args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return call(settings, *args, **kwargs)
+            except MlflowException as exc:
+                raise _unavailable(settings, what, exc) from None
+        return guarded
+    return wrap
+
+
 def check_reachable(settings: Settings, timeout: float = 3.0) -> None:
     """Raise RegistryUnavailable at once when an MLflow server does not answer its health check
     (its client would retry each call for minutes); an embedded sqlite registry always answers."""
@@ -79,6 +101,7 @@ def client(settings: Settings) -> MlflowClient:
     return MlflowClient(settings.mlflow_tracking_uri)
 
 
+@speaks_to_registry("finding the release experiment")
 def ensure_experiment(settings: Settings, name: str | None = None) -> str:
     """The release experiment (or `name`); embedded artifacts go under EDGEWAVE_HOME, never the cwd."""
     mlc = client(settings)
@@ -89,13 +112,16 @@ def ensure_experiment(settings: Settings, name: str | None = None) -> str:
     location = None if settings.uses_tracking_server else f"{settings.artifact_root.as_uri()}/{name}"
     try:
         return mlc.create_experiment(name, artifact_location=location)
-    except MlflowException:  # created meanwhile by a concurrent or retried call
-        experiment = mlc.get_experiment_by_name(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":  # an outage is not "created meanwhile"
+            raise
+        experiment = mlc.get_experiment_by_name(name)  # created meanwhile by a concurrent or retried call
         if experiment is None:
             raise
         return experiment.experiment_id
 
 
+@speaks_to_registry("logging the training run")
 def log_training_run(settings: Settings, release_id: str, family: str, params: dict[str, Any],
                      metrics: dict[str, float], data_fingerprint: str, parity_max_abs_diff: float) -> str:
     """One MLflow run per trained candidate; returns the existing run on a retry."""
@@ -124,6 +150,7 @@ def _version_for_run(mlc: MlflowClient, name: str, run_id: str) -> ModelVersion 
     return versions[0] if versions else None
 
 
+@speaks_to_registry("registering the candidate")
 def register_candidate(settings: Settings, run_id: str, model: bytes, tags: dict[str, str]) -> RegisteredVersion:
     """Log the ONNX model to the run, register it, tag it and point @candidate at it.
 
@@ -154,6 +181,7 @@ def register_candidate(settings: Settings, run_id: str, model: bytes, tags: dict
     return RegisteredVersion(name, number, run_id)
 
 
+@speaks_to_registry("attaching the bundle")
 def attach_bundle(settings: Settings, registered: RegisteredVersion, folder: Path, url: str) -> None:
     """Log the signed bundle as run artifacts and record where the edge fetches it."""
     mlc = client(settings)
@@ -161,6 +189,7 @@ def attach_bundle(settings: Settings, registered: RegisteredVersion, folder: Pat
     mlc.set_model_version_tag(registered.name, str(registered.version), "bundle_url", url)
 
 
+@speaks_to_registry("reading the baseline version")
 def baseline_version(settings: Settings, exclude: int) -> tuple[str, ModelVersion] | None:
     """The version a challenger must not be worse than: @production, else @staging."""
     mlc = client(settings)
@@ -176,6 +205,7 @@ def baseline_version(settings: Settings, exclude: int) -> tuple[str, ModelVersio
     return None
 
 
+@speaks_to_registry("downloading a version's ONNX model")
 def download_onnx(settings: Settings, version: ModelVersion) -> bytes:
     """The ONNX graph of a registered version, as logged by `register_candidate`."""
     client(settings)
@@ -187,6 +217,7 @@ def download_onnx(settings: Settings, version: ModelVersion) -> bytes:
         return found[0].read_bytes()
 
 
+@speaks_to_registry("recording the gate decision")
 def record_gate(settings: Settings, registered: RegisteredVersion, tags: dict[str, str], passed: bool) -> None:
     """Tag the decision on the version; move @staging only when it passed."""
     mlc = client(settings)
@@ -196,6 +227,7 @@ def record_gate(settings: Settings, registered: RegisteredVersion, tags: dict[st
         mlc.set_registered_model_alias(registered.name, STAGING, str(registered.version))
 
 
+@speaks_to_registry("reading the registry")
 def registry_state(settings: Settings) -> dict[str, Any]:
     """Model name, aliases and every version with its tags: what `edgewave status` prints."""
     mlc = client(settings)
@@ -227,6 +259,7 @@ def registry_state(settings: Settings) -> dict[str, Any]:
     }
 
 
+@speaks_to_registry("reading a run")
 def run_link(settings: Settings, run_id: str, experiment_id: str | None = None) -> str:
     """Where a person opens an MLflow run: the server UI, or the command to browse SQLite."""
     if settings.uses_tracking_server:
@@ -254,6 +287,7 @@ def artifact_link(settings: Settings, run_id: str, experiment_id: str, path: str
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}/artifactPath/{path}" if base else None
 
 
+@speaks_to_registry("reading an alias")
 def alias_version(settings: Settings, alias: str) -> int | None:
     """The version @alias points at; None only when the model or the alias does not exist."""
     try:
@@ -264,6 +298,7 @@ def alias_version(settings: Settings, alias: str) -> int | None:
         raise _unavailable(settings, f"reading @{alias} of {settings.model_name}", exc) from None
 
 
+@speaks_to_registry("reading a version's bundle")
 def rollout_target(settings: Settings, version: int) -> tuple[str, str]:
     """(where sites get the bundle, model.onnx sha256) of a registered version, as the release tagged them:
     the OCI artifact by digest when one was pushed, else the bundle store URL."""
@@ -280,6 +315,7 @@ def rollout_target(settings: Settings, version: int) -> tuple[str, str]:
     return tags.get("bundle_ref") or tags["bundle_url"], tags["onnx_sha256"]
 
 
+@speaks_to_registry("finding the newest serving image")
 def newest_image(settings: Settings) -> str | None:
     """The serving image of the newest version that has one (what container sites run)."""
     versions = client(settings).search_model_versions(f"name='{settings.model_name}'")
@@ -289,17 +325,20 @@ def newest_image(settings: Settings) -> str | None:
     return None
 
 
+@speaks_to_registry("reading a version's serving image")
 def serving_image(settings: Settings, version: int) -> str | None:
     """The serving image with this version baked in (`image` tag, by digest), if one was built."""
     return client(settings).get_model_version(settings.model_name, str(version)).tags.get("image")
 
 
+@speaks_to_registry("tagging a version")
 def tag_version(settings: Settings, version: int, tags: dict[str, str]) -> None:
     mlc = client(settings)
     for key, value in tags.items():
         mlc.set_model_version_tag(settings.model_name, str(version), key, value)
 
 
+@speaks_to_registry("moving @production")
 def promote(settings: Settings, version: int) -> int | None:
     """@production → `version`, @previous → the old production; returns the old one."""
     mlc = client(settings)

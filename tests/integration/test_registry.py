@@ -85,3 +85,37 @@ def test_a_release_of_another_kind_of_machine_under_the_same_model_name_fails_be
         step.check_model_inputs.fn(pump)
     step.check_model_inputs.fn(pump.model_copy(update={"model_name": "pump-failure"}))
     assert load_spec(pump.dataset).features != FEATURES
+
+
+def test_every_registry_call_against_a_server_that_does_not_answer_names_it(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whichever call of a release or rollout meets the outage first, the command ends in
+    RegistryUnavailable naming the server (a refused connection once read as "the experiment was
+    created meanwhile" and surfaced as MLflow's own exception)."""
+    from edgewave.tasks.drift import steps as drift_steps
+    from edgewave.tasks.drift.checks import FleetDrift
+    from tests.helpers import free_port
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    down = settings.model_copy(update={"tracking_uri": f"http://{address}"})
+    version = registry.RegisteredVersion(down.model_name, 1, "0" * 32)
+    calls = {
+        "ensure_experiment": lambda: registry.ensure_experiment(down),
+        "log_training_run": lambda: registry.log_training_run(down, "rel-1", "sklearn", {}, {}, "f", 0.0),
+        "register_candidate": lambda: registry.register_candidate(down, "0" * 32, b"", {}),
+        "attach_bundle": lambda: registry.attach_bundle(down, version, settings.home, "file:///x"),
+        "baseline_version": lambda: registry.baseline_version(down, exclude=0),
+        "record_gate": lambda: registry.record_gate(down, version, {"gate.passed": "True"}, True),
+        "registry_state": lambda: registry.registry_state(down),
+        "alias_version": lambda: registry.alias_version(down, registry.STAGING),
+        "rollout_target": lambda: registry.rollout_target(down, 1),
+        "tag_version": lambda: registry.tag_version(down, 1, {"a": "b"}),
+        "promote": lambda: registry.promote(down, 1),
+        "log_drift": lambda: drift_steps.log_to_mlflow.fn(down, FleetDrift.model_construct(check_id="c", sites=[])),
+    }
+    for name, call in calls.items():
+        with pytest.raises(registry.RegistryUnavailable) as raised:
+            call()
+        assert f"MLflow at http://{address}" in str(raised.value), (name, raised.value)
