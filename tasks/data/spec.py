@@ -12,12 +12,15 @@ simulator all follow it. A bad spec fails at load with the field path, like the 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from edgewave.serving.errors import Actionable, validated_yaml_file
+from edgewave.serving.errors import Actionable, validated_yaml
 from edgewave.tasks.data.expressions import Expression, ExpressionError
+
+if TYPE_CHECKING:
+    from edgewave.tasks.data.images import ImageSpec
 
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
@@ -83,6 +86,7 @@ class Derived(_Strict):
 
 
 class DatasetSpec(_Strict):
+    kind: Literal["table"] = Field(default="table", description="A table of readings; `images` for a camera (images.py).")
     name: str = Field(min_length=1)
     description: str = ""
     generator: str | None = Field(
@@ -140,5 +144,27 @@ class DatasetSpec(_Strict):
 
 
 def load_spec(path: str | Path) -> DatasetSpec:
-    """Load and validate a dataset spec; SpecError names the file and the field."""
-    return validated_yaml_file(path, DatasetSpec, SpecError)
+    """Load and validate a table spec; SpecError names the file and the field (or says it is an image spec)."""
+    spec = load_any_spec(path)
+    if not isinstance(spec, DatasetSpec):
+        raise SpecError(f"{path}: an image dataset spec (kind: images); this step takes a table of readings "
+                        "(kind: table)")
+    return spec
+
+
+def load_any_spec(path: str | Path) -> DatasetSpec | ImageSpec:
+    """A table spec or an image spec (`kind: images`), validated; SpecError names the file and the field."""
+    import yaml
+
+    from edgewave.tasks.data.images import ImageSpec
+
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read: {exc}") from None
+    try:
+        peek = yaml.safe_load(text)
+    except yaml.YAMLError:
+        peek = None  # validated_yaml says what is wrong with it
+    images = isinstance(peek, dict) and peek.get("kind") == "images"
+    return validated_yaml(text, str(path), ImageSpec if images else DatasetSpec, SpecError)
