@@ -17,8 +17,9 @@ import numpy as np
 import orjson
 
 from edgewave.serving.batching import MicroBatcher
-from edgewave.serving.metrics import SiteMetrics
-from edgewave.serving.model import ModelSlot
+from edgewave.serving.images import DESCRIPTORS, MEDIA_TYPES, decode, decode_batch, descriptors
+from edgewave.serving.metrics import HotPath, SiteMetrics
+from edgewave.serving.model import LoadedModel, ModelSlot
 from edgewave.serving.openapi import openapi
 from edgewave.serving.sampler import Sampler
 from edgewave.serving.validation import (
@@ -82,7 +83,14 @@ class SiteApp:
         if scope["method"] != method and not (method == "GET" and scope["method"] == "HEAD"):
             raise RequestError(405, f"{path} takes {method}, not {scope['method']}")
         if path == "/v1/predict":
-            return 200, await self._predict(await self._body(scope, receive)), JSON
+            model = self.slot.current  # read once: a swap during this request does not affect it
+            if model is None:
+                raise RequestError(503, "no verified model loaded yet")
+            if model.image is not None:
+                media = check_body_headers(scope["headers"], self.max_body_bytes, MEDIA_TYPES)
+                return 200, await self._predict_images(model, await self._body(scope, receive), media), JSON
+            check_body_headers(scope["headers"], self.max_body_bytes)
+            return 200, await self._predict(model, await self._body(scope, receive)), JSON
         if path in ("/healthz", "/v1/site"):
             return 200, orjson.dumps({"status": "alive", **self._identity()}), JSON
         if path == "/metrics":
@@ -103,7 +111,6 @@ class SiteApp:
         return {"site": self.metrics.site_id, "fleet": self.metrics.fleet_id}
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
-        check_body_headers(scope["headers"], self.max_body_bytes)
         chunks: list[bytes] = []
         size = 0
         deadline = time.monotonic() + self.body_seconds
@@ -121,10 +128,7 @@ class SiteApp:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    async def _predict(self, body: bytes) -> bytes:
-        model = self.slot.current  # read once: a swap during this request does not affect it
-        if model is None:
-            raise RequestError(503, "no verified model loaded yet")
+    async def _predict(self, model: LoadedModel, body: bytes) -> bytes:
         x = parse_predict(body, model, self.max_batch)
         refusal = outside_physical(x, model)
         if refusal is not None:
@@ -150,18 +154,60 @@ class SiteApp:
         hot.rows += len(probabilities)
         hot.predicted[positive] = hot.predicted.get(positive, 0) + n_pos
         hot.predicted[negative] = hot.predicted.get(negative, 0) + len(probabilities) - n_pos
-        if len(probabilities) <= 16:
-            for p in probabilities:
-                hot.confidence.observe(p if p >= 0.5 else 1.0 - p)
-        else:
-            confidence = np.maximum(proba, 1 - proba)
-            counts = np.bincount(np.searchsorted(hot.confidence.bounds, confidence), minlength=len(hot.confidence.counts))
-            hot.confidence.add(counts.tolist(), float(confidence.sum()))
+        _observe_confidence(hot, proba, probabilities)
         response: dict[str, Any] = {"model": model.manifest.name, "model_version": model.version,
                                     "predictions": predictions}
         if flagged:
             response["out_of_range"] = flagged
         return orjson.dumps(response)
+
+    async def _predict_images(self, model: LoadedModel, body: bytes, media: bytes) -> bytes:
+        """One PNG or JPEG body, or `{"images": [base64, …]}`: per image the defect probability, the
+        label (the good class below the threshold, else the likeliest defect) and every class's score.
+        Images of one size share an ONNX call, with other requests' too."""
+        schema = model.image
+        assert schema is not None  # noqa: S101 - the caller routes only image models here
+        if media == JSON:
+            payload = _json_object(body)
+            if set(payload) != {"images"}:
+                raise RequestError(400, f"body: expected an object with 'images' only, got {sorted(payload)}")
+            images = decode_batch(payload["images"], schema)
+        else:
+            images = [decode(body, schema)]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, image in enumerate(images):
+            groups.setdefault(image.shape, []).append(i)
+        stacked = [np.stack([images[i] for i in members]) for members in groups.values()]
+        scored_groups = await asyncio.gather(*(self.batcher.predict(model, pixels) for pixels in stacked))
+        order = np.concatenate([np.array(members) for members in groups.values()])
+        scored = np.empty((len(images), scored_groups[0].shape[1]), dtype=np.float64)
+        scored[order] = np.concatenate(scored_groups)
+        classes = model.classes
+        scores, embedding = scored[:, :len(classes)], scored[:, len(classes):]
+        ok = model.manifest.output.ok_index or 0
+        defect = 1.0 - scores[:, ok]
+        refusal = non_finite_output(defect)
+        if refusal is not None:
+            raise refusal
+        if self.sampler is not None:
+            found = np.empty((len(images), len(DESCRIPTORS)), dtype=np.float32)
+            found[order] = np.concatenate([descriptors(pixels) for pixels in stacked])
+            self.sampler.offer(np.hstack([found, embedding.astype(np.float32)]), defect, model.version,
+                               model.feature_names)
+        others = scores.copy()
+        others[:, ok] = -1.0
+        likeliest = others.argmax(axis=1)
+        threshold, hot = model.threshold, self.metrics.hot
+        predictions = []
+        for p, row, worst in zip(defect.tolist(), scores.tolist(), likeliest.tolist(), strict=True):
+            label = classes[worst] if p >= threshold else classes[ok]
+            hot.predicted[label] = hot.predicted.get(label, 0) + 1
+            predictions.append({"defect_probability": p, "label": label,
+                                "scores": dict(zip(classes, row, strict=True))})
+        hot.rows += len(images)
+        _observe_confidence(hot, defect, defect.tolist())
+        return orjson.dumps({"model": model.manifest.name, "model_version": model.version,
+                             "predictions": predictions})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -171,6 +217,27 @@ class SiteApp:
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _observe_confidence(hot: HotPath, proba: np.ndarray, probabilities: list[float]) -> None:
+    """The confidence histogram (max(p, 1 - p)): a plain loop for a few values, numpy for a batch."""
+    if len(probabilities) <= 16:
+        for p in probabilities:
+            hot.confidence.observe(p if p >= 0.5 else 1.0 - p)
+        return
+    confidence = np.maximum(proba, 1 - proba)
+    counts = np.bincount(np.searchsorted(hot.confidence.bounds, confidence), minlength=len(hot.confidence.counts))
+    hot.confidence.add(counts.tolist(), float(confidence.sum()))
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(400, f"malformed JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise RequestError(400, "body: expected a JSON object")
+    return payload
 
 
 def _error(message: str) -> bytes:

@@ -37,15 +37,15 @@ class MicroBatcher:
     def _flush(self) -> None:
         self._scheduled = False
         batch, self._pending = self._pending, []
-        by_model: dict[int, list[tuple[LoadedModel, np.ndarray, asyncio.Future]]] = {}
-        for item in batch:
-            by_model.setdefault(id(item[0]), []).append(item)
+        by_model: dict[tuple[int, tuple[int, ...]], list[tuple[LoadedModel, np.ndarray, asyncio.Future]]] = {}
+        for item in batch:  # images of one size share a call; rows of a table always do
+            by_model.setdefault((id(item[0]), item[1].shape[1:]), []).append(item)
         for items in by_model.values():
             model = items[0][0]
             try:
                 x = items[0][1] if len(items) == 1 else np.concatenate([i[1] for i in items])
                 t0 = time.perf_counter()
-                proba = model.failure_probability(x)
+                proba = model.score(x)
                 self.inference_seconds.observe(time.perf_counter() - t0)
             except Exception as exc:  # hand the failure to every waiting request
                 for _, _, future in items:

@@ -16,12 +16,12 @@ import re
 import stat
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
 from edgewave.serving.errors import Actionable, describe
 
@@ -100,9 +100,34 @@ class InputSchema(_Strict):
         return [f.name for f in self.features]
 
 
+class ImageInput(_Strict):
+    """An image model's input: decoded pixels, uint8 [batch, height, width, channels] of any size near
+    the trained one (the graph resizes and normalises), and the limits a site holds a request to."""
+
+    kind: Literal["image"] = "image"
+    name: str = "image"
+    width: int = Field(ge=8, le=4096, description="The size the model was trained at.")
+    height: int = Field(ge=8, le=4096)
+    channels: Literal[1, 3]
+    size_tolerance: float = Field(gt=0, le=4, description="Width or height further than this share from the trained "
+                                  "size: refused (another camera or a wrong crop).")
+    max_bytes: int = Field(ge=1_000, description="Largest encoded image decoded.")
+    max_pixels: int = Field(ge=64, description="Largest width x height decoded: a decompression bomb is refused "
+                            "before its pixels are.")
+    max_batch: int = Field(ge=1, le=1024)
+
+    @property
+    def mode(self) -> str:
+        return "L" if self.channels == 1 else "RGB"
+
+
 class OutputSchema(_Strict):
     name: str = "probabilities"
     positive_index: int = Field(default=1, ge=0)
+    ok_index: int | None = Field(default=None, ge=0, description="Image models: the good class's column; "
+                                 "P(defect) = 1 - its probability, and each class is scored.")
+    embedding: str | None = Field(default=None, description="Image models: the output holding the image embedding "
+                                  "(the penultimate layer), which drift is measured on.")
 
 
 class ModelFile(_Strict):
@@ -118,6 +143,13 @@ class Reference(_Strict):
     columns: dict[str, list[float]]
 
 
+def _input_kind(value: object) -> str:
+    """`image` for an image model's input (its `kind` says so); a table's, as every bundle before them, has none."""
+    if isinstance(value, dict):
+        return "image" if value.get("kind") == "image" else "table"
+    return "image" if isinstance(value, ImageInput) else "table"
+
+
 class BundleManifest(_Strict):
     schema_version: Literal[1] = 1
     name: str = Field(min_length=1)
@@ -127,7 +159,8 @@ class BundleManifest(_Strict):
     family: str
     model: ModelFile
     variants: dict[str, ModelFile] = Field(default_factory=dict)
-    input: InputSchema
+    input: Annotated[Annotated[InputSchema, Tag("table")] | Annotated[ImageInput, Tag("image")],
+                     Discriminator(_input_kind)]
     output: OutputSchema
     class_labels: list[str] = Field(min_length=2)
     threshold: float = Field(ge=0, le=1)

@@ -12,14 +12,14 @@ import logging
 import shutil
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edgewave.serving.bundle import MODEL, BundleError, BundleManifest, verify_bundle
+from edgewave.serving.bundle import MODEL, BundleError, BundleManifest, ImageInput, verify_bundle
 
 log = logging.getLogger("edgewave.serving")
 
@@ -46,6 +46,8 @@ class LoadedModel:
     valid_mins: np.ndarray  # the physical range (FeatureSpec.valid_min/max; ±inf where the bundle has none)
     valid_maxs: np.ndarray
     valid_bounds: tuple[tuple[float, float], ...]  # the same as Python floats, for small batches
+    image: ImageInput | None = None  # an image model: what it takes; `feature_names` are then what it ships back
+    classes: tuple[str, ...] = ()  # an image model's classes, in its output's order
 
     @property
     def version(self) -> int:
@@ -64,6 +66,15 @@ class LoadedModel:
         (out,) = self.session.run([self.manifest.output.name], {self.manifest.input.name: x})
         return np.asarray(out)[:, self.manifest.output.positive_index]
 
+    def score(self, x: np.ndarray) -> np.ndarray:
+        """One ONNX call for a batch: a table model's failure probability per row; an image model's
+        class probabilities and embedding side by side per image ([n, classes + embedding])."""
+        if self.image is None:
+            return self.failure_probability(x)
+        output = self.manifest.output
+        probabilities, embedding = self.session.run([output.name, output.embedding or ""], {self.image.name: x})
+        return np.hstack([np.clip(np.asarray(probabilities), 0.0, 1.0), np.asarray(embedding)])
+
 
 def _session(path: Path) -> ort.InferenceSession:
     options = ort.SessionOptions()
@@ -80,6 +91,8 @@ def load_model(folder: Path, trusted: dict[str, Ed25519PublicKey]) -> LoadedMode
         session = _session(folder / MODEL)
     except Exception as exc:  # ORT raises its own exception types for a bad graph
         raise ModelLoadError(f"{folder}: {MODEL} does not load in ONNX Runtime: {exc}") from None
+    if isinstance(manifest.input, ImageInput):
+        return _image_model(folder, manifest, manifest.input, session)
     names = tuple(manifest.input.names)
     mins = np.array([f.min for f in manifest.input.features], dtype=np.float32)
     maxs = np.array([f.max for f in manifest.input.features], dtype=np.float32)
@@ -108,6 +121,36 @@ def load_model(folder: Path, trusted: dict[str, Ed25519PublicKey]) -> LoadedMode
         raise ModelLoadError(f"{folder}: warm-up gave probabilities outside [0, 1] or not finite "
                              f"(min {proba.min():.6g}, max {proba.max():.6g})")
     return model
+
+
+def _image_model(folder: Path, manifest: BundleManifest, schema: ImageInput,
+                 session: ort.InferenceSession) -> LoadedModel:
+    """An image bundle, warmed up on a black, a mid-grey and a noisy image at the trained size: each
+    must get one finite probability per class summing to 1 and a finite embedding."""
+    from edgewave.serving.images import DESCRIPTORS
+
+    classes = tuple(manifest.class_labels)
+    if manifest.output.ok_index is None or manifest.output.ok_index >= len(classes) or not manifest.output.embedding:
+        raise ModelLoadError(f"{folder}: an image bundle names the good class (output.ok_index) among its "
+                             f"{len(classes)} class labels and its embedding output")
+    none = np.zeros(0, dtype=np.float32)
+    model = LoadedModel(manifest, session, folder, (), none, none, manifest.threshold,
+                        (classes[manifest.output.ok_index], "defect"), (), (), none, none, (), schema, classes)
+    shape = (schema.height, schema.width, schema.channels)
+    warm = np.stack([np.zeros(shape, np.uint8), np.full(shape, 128, np.uint8),
+                     np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)])
+    try:
+        scored = model.score(warm)
+        model.score(warm[:1])
+    except Exception as exc:
+        raise ModelLoadError(f"{folder}: warm-up inference failed: {exc}") from None
+    probabilities, embedding = scored[:, :len(classes)], scored[:, len(classes):]
+    if (not np.all(np.isfinite(scored)) or embedding.shape[1] == 0
+            or np.abs(probabilities.sum(axis=1) - 1).max() > 1e-3):
+        raise ModelLoadError(f"{folder}: warm-up gave no finite class probabilities summing to 1 for "
+                             f"{len(classes)} classes, or no finite embedding")
+    names = (*DESCRIPTORS, *(f"embedding_{i}" for i in range(embedding.shape[1])))
+    return replace(model, feature_names=names)
 
 
 class ModelSlot:

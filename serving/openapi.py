@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgewave.serving.bundle import ImageInput, InputSchema
 from edgewave.serving.model import LoadedModel
 
 IDENTITY = {"type": "object", "required": ["site", "fleet"],
@@ -13,19 +14,20 @@ ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type
 
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "Malformed JSON or body, or an object repeating a key", 408: "The body did not arrive in time",
-            413: "Batch or body too large (a declared length: at once)",
-            415: "Not application/json, or an encoding or charset the site does not decode",
-            422: "Rows do not match the input schema, a value is outside its physical range, or the model gives "
-                 "no finite probability for a row", 503: "No verified model loaded yet"}
+            413: "Batch, body or image too large (a declared length: at once; an image's pixels: before decoding)",
+            415: "Not a media type the model takes, or an encoding or charset the site does not decode",
+            422: "Rows or images do not match the input schema (a value outside its physical range, an image's "
+                 "mode or size), or the model gives no finite probability", 503: "No verified model loaded yet"}
     return {str(c): {"description": text[c], "content": {"application/json": {"schema": ERROR}}} for c in codes}
 
 
-def openapi(model: LoadedModel | None, max_batch: int) -> dict[str, Any]:
+def _table_predict(model: LoadedModel | None, max_batch: int) -> dict[str, Any]:
+    """/v1/predict of a table model: rows as `instances` or `columns`."""
     names = list(model.feature_names) if model else []
     number: dict[str, dict[str, Any]] = {  # each feature's physical range, where the bundle carries one
         f.name: {"type": "number", **({"minimum": f.valid_min} if f.valid_min is not None else {}),
                  **({"maximum": f.valid_max} if f.valid_max is not None else {})}
-        for f in (model.manifest.input.features if model else [])}
+        for f in (model.manifest.input.features if model and isinstance(model.manifest.input, InputSchema) else [])}
     row = {"type": "object", "additionalProperties": False, "required": names,
            "properties": {n: number[n] for n in names}}
     request = {
@@ -44,18 +46,49 @@ def openapi(model: LoadedModel | None, max_batch: int) -> dict[str, Any]:
     response = {"type": "object", "required": ["model", "model_version", "predictions"],
                 "properties": {"model": {"type": "string"}, "model_version": {"type": "integer"},
                                "predictions": {"type": "array", "items": prediction}}}
+    return {"operationId": "predict",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": request}}},
+            "responses": {"200": {"description": "Failure probability and label per row",
+                                  "content": {"application/json": {"schema": response}}},
+                          **_errors(400, 408, 413, 415, 422, 503)}}
+
+
+def _image_predict(schema: ImageInput, classes: tuple[str, ...]) -> dict[str, Any]:
+    """/v1/predict of an image model: one PNG or JPEG as the body, or a JSON batch of base64 images."""
+    scores = {"type": "object", "required": list(classes),
+              "properties": {c: {"type": "number", "minimum": 0, "maximum": 1} for c in classes}}
+    prediction = {"type": "object", "required": ["defect_probability", "label", "scores"],
+                  "properties": {"defect_probability": {"type": "number", "minimum": 0, "maximum": 1},
+                                 "label": {"type": "string", "enum": list(classes)}, "scores": scores}}
+    response = {"type": "object", "required": ["model", "model_version", "predictions"],
+                "properties": {"model": {"type": "string"}, "model_version": {"type": "integer"},
+                               "predictions": {"type": "array", "items": prediction}}}
+    binary = {"schema": {"type": "string", "format": "binary", "maxLength": schema.max_bytes}}
+    batch = {"type": "object", "additionalProperties": False, "required": ["images"],
+             "properties": {"images": {"type": "array", "minItems": 1, "maxItems": schema.max_batch,
+                                       "items": {"type": "string", "format": "byte"}}}}
+    return {"operationId": "predict",
+            "description": f"{schema.width}x{schema.height} pixels, {schema.channels} channel(s) (mode {schema.mode}), "
+                           f"within a share of {schema.size_tolerance:g} of that size (resized by the model); "
+                           f"at most {schema.max_pixels} pixels and {schema.max_bytes} bytes per image.",
+            "requestBody": {"required": True, "content": {"image/png": binary, "image/jpeg": binary,
+                                                           "application/json": {"schema": batch}}},
+            "responses": {"200": {"description": "Defect probability, label and every class's score per image",
+                                  "content": {"application/json": {"schema": response}}},
+                          **_errors(400, 408, 413, 415, 422, 503)}}
+
+
+def openapi(model: LoadedModel | None, max_batch: int) -> dict[str, Any]:
+    image = model.image if model else None
+    predict = _image_predict(image, model.classes) if model and image else _table_predict(model, max_batch)
+    what = "Defect detection on camera images" if image else "Failure prediction. Inputs are raw sensor readings"
     json_body = {"type": "object"}
     return {
         "openapi": "3.0.3",
         "info": {"title": "edgewave edge site", "version": str(model.version) if model else "none",
-                 "description": "Failure prediction at an edge site. Inputs are raw sensor readings."},
+                 "description": f"{what}, at an edge site."},
         "paths": {
-            "/v1/predict": {"post": {
-                "operationId": "predict",
-                "requestBody": {"required": True, "content": {"application/json": {"schema": request}}},
-                "responses": {"200": {"description": "Failure probability and label per row",
-                                      "content": {"application/json": {"schema": response}}},
-                              **_errors(400, 408, 413, 415, 422, 503)}}},
+            "/v1/predict": {"post": predict},
             "/v1/model": {"get": {"operationId": "model", "responses": {
                 "200": {"description": "Manifest of the served bundle",
                         "content": {"application/json": {"schema": json_body}}}, **_errors(503)}}},

@@ -210,16 +210,19 @@ def non_finite_output(proba: np.ndarray) -> RequestError | None:
                         f"{int(rows[0])}); their values are outside what it can score")
 
 
-def check_body_headers(headers: list[tuple[bytes, bytes]], max_body_bytes: int) -> None:
+def check_body_headers(headers: list[tuple[bytes, bytes]], max_body_bytes: int,
+                       also: tuple[bytes, ...] = ()) -> bytes:
     """Refuse, before reading a byte of it, a body the site would not decode as sent or that is declared
-    too large: JSON only, UTF-8 (the only charset JSON has, RFC 8259), no Content-Encoding, and a
-    Content-Length within the limit (413 at once, not after the client sent gigabytes)."""
+    too large: JSON (or one of the media types in `also`: an image model's PNG and JPEG), JSON in UTF-8
+    (the only charset JSON has, RFC 8259), no Content-Encoding, and a Content-Length within the limit
+    (413 at once, not after the client sent gigabytes). Returns the media type."""
     found = {k.lower(): v for k, v in headers if k.lower() in (b"content-type", b"content-encoding", b"content-length")}
     content_type = found.get(b"content-type", b"")
     media, *params = (p.strip().lower() for p in content_type.split(b";"))
-    if media != JSON:
-        raise RequestError(415, f"content-type must be application/json, got {content_type.decode(errors='replace') or 'none'}")
-    for param in params:
+    if media != JSON and media not in also:
+        accepted = " or ".join(m.decode() for m in (JSON, *also))
+        raise RequestError(415, f"content-type must be {accepted}, got {content_type.decode(errors='replace') or 'none'}")
+    for param in params if media == JSON else ():
         name, _, value = param.partition(b"=")
         if name.strip() == b"charset" and value.strip().strip(b'"') not in (b"utf-8", b"utf8"):
             raise RequestError(415, f"charset {value.decode(errors='replace')} is not decoded here; send UTF-8 JSON")
@@ -230,3 +233,4 @@ def check_body_headers(headers: list[tuple[bytes, bytes]], max_body_bytes: int) 
     declared = found.get(b"content-length")
     if declared is not None and declared.strip().isdigit() and int(declared) > max_body_bytes:
         raise RequestError(413, f"body of {int(declared)} bytes declared; the limit is {max_body_bytes} bytes")
+    return media

@@ -23,6 +23,7 @@ from edgewave.serving.bundle import (
     SIGNATURE,
     BundleManifest,
     FeatureSpec,
+    ImageInput,
     InputSchema,
     ModelFile,
     OutputSchema,
@@ -33,6 +34,7 @@ from edgewave.serving.bundle import (
 from edgewave.serving.errors import Actionable
 from edgewave.serving.transport import download_bundle  # noqa: F401  (one implementation, re-exported)
 from edgewave.tasks.data.ai4i import CLASS_LABELS, FEATURES
+from edgewave.tasks.data.images import ImageLimits, ImageShape
 from edgewave.tasks.release.export import INPUT_NAME, OUTPUT_NAME
 
 INT8_MODEL = "model.int8.onnx"
@@ -162,6 +164,28 @@ def build_manifest(*, name: str, version: int, family: str, model: bytes, int8_m
         data_fingerprint=data_fingerprint,
         parity_max_abs_diff=parity_max_abs_diff,
         reference=reference_from(train_frame, features, reference_rows),
+    )
+
+
+def build_image_manifest(*, name: str, version: int, family: str, model: bytes, int8_model: bytes | None,
+                         shape: ImageShape, limits: ImageLimits, classes: tuple[str, ...], threshold: float,
+                         metrics: dict[str, float], data_fingerprint: str, parity_max_abs_diff: float,
+                         reference: Reference) -> BundleManifest:
+    """The manifest of an image bundle: the size, channels and limits of the dataset spec, the
+    classes with the good one first, and the reference descriptors and embeddings drift compares with."""
+    from edgewave.tasks.release.vision import EMBEDDING_NAME
+    from edgewave.tasks.release.vision import INPUT_NAME as IMAGE_INPUT
+
+    return BundleManifest(
+        name=name, version=version, created_at=datetime.now(UTC), edgewave_version=edgewave_version(),
+        family=family, model=model_file(MODEL, model),
+        variants={"int8": model_file(INT8_MODEL, int8_model)} if int8_model else {},
+        input=ImageInput(name=IMAGE_INPUT, width=shape.width, height=shape.height, channels=shape.channels,
+                         size_tolerance=shape.size_tolerance, max_bytes=limits.max_bytes,
+                         max_pixels=limits.max_pixels, max_batch=limits.max_batch),
+        output=OutputSchema(name=OUTPUT_NAME, positive_index=1, ok_index=0, embedding=EMBEDDING_NAME),
+        class_labels=list(classes), threshold=threshold, metrics=metrics, data_fingerprint=data_fingerprint,
+        parity_max_abs_diff=parity_max_abs_diff, reference=reference,
     )
 
 

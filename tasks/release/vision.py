@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import onnx
 
+from edgewave.serving.bundle import Reference
 from edgewave.tasks.data.images import ImageSet
 from edgewave.tasks.platform.progress import report
 from edgewave.tasks.release.export import OPSET, ParityError, QuantizedVariant, session
@@ -304,6 +305,20 @@ def quantize_static(model: bytes, calibration: np.ndarray, images: np.ndarray, y
     reason = f"int8 (static, calibrated on {len(calibration)} training images): PR-AUC loss {delta:.4f} " \
              f"{'within' if kept else 'outside'} bound {max_delta:g}"
     return QuantizedVariant(quantized if kept else None, diff, float(delta), kept, reason)
+
+
+def image_reference(model: bytes, images: np.ndarray, max_rows: int = 500) -> Reference:
+    """What a site's shipped rows are compared with: for a sample of training images, the same
+    descriptors and embedding the site computes, and the defect probability the model gives."""
+    from edgewave.serving.images import DESCRIPTORS, descriptors
+
+    step = max(1, len(images) // max_rows)
+    sample = images[::step][:max_rows]
+    probabilities, embedding = onnx_predict(model, sample)
+    columns = dict(zip(DESCRIPTORS, descriptors(sample).astype(np.float64).T, strict=True))
+    columns |= {f"embedding_{i}": embedding[:, i] for i in range(embedding.shape[1])}
+    columns["probability"] = 1.0 - probabilities[:, 0]
+    return Reference(rows=len(sample), columns={k: np.round(v, 5).tolist() for k, v in columns.items()})
 
 
 @dataclass(frozen=True)

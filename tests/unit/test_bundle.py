@@ -119,7 +119,7 @@ def test_a_signed_manifest_with_missing_fields_is_refused_naming_them(bundle: Pa
     (bundle / SIGNATURE).write_bytes(sign(manifest_bytes, load_or_create_signing_key(key_path)))
     with pytest.raises(ManifestInvalidError) as refused:
         verify_bundle(bundle, trusted(key_path))
-    assert "input.features: Field required" in str(refused.value)
+    assert "input.table.features: Field required" in str(refused.value)  # a table input: no `kind: image`
     assert "threshold: Field required" in str(refused.value)
 
 
