@@ -20,13 +20,17 @@ data_app = typer.Typer(no_args_is_help=True, help="Your data set and its dataset
 def check_release_inputs(loaded: Settings) -> None:
     """Read the dataset spec and the data file as the release will, and find the engine a required
     image needs: refuse in one line what would otherwise fail minutes into the run."""
-    from edgewave.tasks.data.spec import load_spec
+    from edgewave.tasks.data.images import ImageSpec, load_images
+    from edgewave.tasks.data.spec import load_any_spec
     from edgewave.tasks.data.userdata import load_user_data
     from edgewave.tasks.platform import engine
 
-    spec = load_spec(loaded.dataset)
+    spec = load_any_spec(loaded.dataset)
     if loaded.data_path is not None:
-        load_user_data(loaded.data_path, spec)
+        if isinstance(spec, ImageSpec):
+            load_images(spec, loaded.data_path)
+        else:
+            load_user_data(loaded.data_path, spec)
     if loaded.image_required:
         engine.require(loaded)
 
@@ -84,22 +88,34 @@ def serve(
 
 @data_app.command("check")
 def data_check(
-    path: Annotated[Path | None, typer.Argument(help="CSV/Parquet file (default: EDGEWAVE_DATA_PATH).")] = None,
+    path: Annotated[Path | None, typer.Argument(help="CSV/Parquet file, or an image dataset's root folder "
+                                                     "(default: EDGEWAVE_DATA_PATH).")] = None,
 ) -> None:
     """Read a data file through the dataset spec (EDGEWAVE_DATASET) as a release would, and show what it holds."""
     from rich.table import Table
 
-    from edgewave.tasks.data.spec import SpecError, load_spec
+    from edgewave.tasks.data.images import ImageDataError, ImageSpec, load_images
+    from edgewave.tasks.data.spec import SpecError, load_any_spec
     from edgewave.tasks.data.userdata import DataValidationError, load_user_data
 
     loaded = settings()
     path = path or loaded.data_path
     try:
-        spec = load_spec(loaded.dataset)
+        spec = load_any_spec(loaded.dataset)
         if path is None:
             raise DataValidationError("no file: give one or set EDGEWAVE_DATA_PATH")
+        if isinstance(spec, ImageSpec):
+            images = load_images(spec, path)
+            table = Table("class", "images", "defect", title=f"{path} as {spec.name!r} ({spec.layout} layout)")
+            for index, name in enumerate(images.classes):
+                table.add_row(name, str(int((images.labels == index).sum())), "no" if index == 0 else "yes")
+            out.print(table)
+            out.print(f"{len(images.files)} images kept, {spec.image.width}x{spec.image.height} "
+                      f"({spec.image.channels} channel(s)); {int(images.defective.sum())} defective "
+                      f"({images.defective.mean():.2%})")
+            return
         frame = load_user_data(path, spec)
-    except (SpecError, DataValidationError) as exc:
+    except (SpecError, DataValidationError, ImageDataError) as exc:
         refuse("refused", str(exc))
     table = Table("column", "header in the file", "kind", "unit", "min", "max", title=f"{path} as {spec.name!r}")
     for column in spec.columns:

@@ -64,6 +64,10 @@ class Settings(EdgeSettings):
         default=0.5, ge=0, le=1, description="PR-AUC the first model must reach with no baseline."
     )
     reference_rows: int = Field(default=5_000, ge=100, le=5_000)
+    train_images: int = Field(default=2_400, ge=200, le=1_000_000, description="Parts the image generator makes for "
+                              "an image dataset (kind: images) with no EDGEWAVE_DATA_PATH.")
+    cnn_epochs: int = Field(default=10, ge=1, le=200, description="Epochs of the defect-detection CNN (the one with the "
+                            "best validation PR-AUC is kept).")
 
     # --- fleet and rollout ---------------------------------------------------------------
     fleet_path: Path = Field(default=Path("deployments/fleet.yaml"), description="Fleet and rollout policy file.")

@@ -20,8 +20,9 @@ from edgewave.serving.bundle import key_id
 from edgewave.serving.model import load_model
 from edgewave.serving.redact import redact
 from edgewave.tasks.data.ai4i import FEATURES, TARGET
+from edgewave.tasks.data.images import ImageSpec
 from edgewave.tasks.data.machines import simulate
-from edgewave.tasks.data.spec import load_spec
+from edgewave.tasks.data.spec import DatasetSpec, load_any_spec, load_spec
 from edgewave.tasks.data.userdata import load_user_data
 from edgewave.tasks.platform.monitoring import MonitoringStore
 from edgewave.tasks.platform.runs import LOCAL, REMOTE, markdown_link, run_logger
@@ -32,6 +33,7 @@ from edgewave.tasks.release.export import Export, export_model, onnx_proba
 from edgewave.tasks.release.features import Features
 from edgewave.tasks.release.gate import GateDecision, judge
 from edgewave.tasks.release.train import (
+    Metrics,
     Split,
     TrainedModel,
     candidates,
@@ -133,34 +135,55 @@ def log_run(settings: Settings, release_id: str, candidate: Candidate, data: Spl
 @task(name="check-model-inputs", **REMOTE)
 def check_model_inputs(settings: Settings) -> None:
     """Fail before training, not at the gate, when the model name's baseline takes other inputs
-    than this dataset has: one registered model serves one kind of machine."""
-    spec = load_spec(settings.dataset)
+    than this dataset has: one registered model serves one kind of machine (or one camera)."""
+    spec = load_any_spec(settings.dataset)
     baseline = registry.baseline_version(settings, exclude=0)
     if baseline is None:
         return
     alias, version = baseline
-    known = version.tags.get(registry.INPUT_FEATURES)
-    if known is not None and tuple(known.split(",")) != spec.features:
-        raise ValueError(f"{settings.model_name} @{alias} (v{version.version}) takes {known.split(',')}, but the "
-                         f"dataset {spec.name!r} ({settings.dataset}) has {list(spec.features)}: a registered model "
+    known, signature = version.tags.get(registry.INPUT_FEATURES), input_signature(spec)
+    if known is not None and known != signature:
+        raise ValueError(f"{settings.model_name} @{alias} (v{version.version}) takes {_shown(known)}, but the "
+                         f"dataset {spec.name!r} ({settings.dataset}) has {_shown(signature)}: a registered model "
                          "serves one kind of machine; set EDGEWAVE_MODEL_NAME to another name for this dataset")
+
+
+def input_signature(spec: DatasetSpec | ImageSpec) -> str:
+    """What a registered version takes, as its `input_features` tag: a table's raw columns in graph
+    order; an image model's size, channels and classes."""
+    if isinstance(spec, ImageSpec):
+        shape = spec.image
+        return f"image:{shape.width}x{shape.height}x{shape.channels}:{'|'.join((spec.ok_class, *spec.defect_classes))}"
+    return ",".join(spec.features)
+
+
+def _shown(signature: str) -> str:
+    return signature if signature.startswith("image:") else str(signature.split(","))
 
 
 @task(name="register-candidate", **REMOTE)
 def register(settings: Settings, run_id: str, champion: Candidate, data: Split) -> registry.RegisteredVersion:
     """Register the champion and move @candidate to it (keyed by its training run)."""
-    m = champion.trained.metrics
-    tags = {
-        "family": champion.trained.family,
-        "onnx_sha256": hashlib.sha256(champion.exported.model).hexdigest(),
-        "parity_max_abs_diff": f"{champion.exported.parity_max_abs_diff:.3g}",
+    tags = version_tags(champion.trained.family, champion.exported.model, champion.exported.parity_max_abs_diff,
+                        champion.trained.metrics, data.data_fingerprint, champion.exported.quantized.reason,
+                        ",".join(data.features.raw))
+    return registry.register_candidate(settings, run_id, champion.exported.model, tags)
+
+
+def version_tags(family: str, model: bytes, parity_max_abs_diff: float, m: Metrics, data_fingerprint: str,
+                 int8: str, inputs: str) -> dict[str, str]:
+    """The tags a registered version carries, whatever it takes (rows or images): what `status`, the
+    rollout (onnx_sha256) and the next release's input check (input_features) read."""
+    return {
+        "family": family,
+        "onnx_sha256": hashlib.sha256(model).hexdigest(),
+        "parity_max_abs_diff": f"{parity_max_abs_diff:.3g}",
         "metrics": json.dumps({"pr_auc": round(m.pr_auc, 4), "f1": round(m.f1, 4), "recall": round(m.recall, 4)}),
         "threshold": f"{m.threshold:.6g}",
-        "data_fingerprint": data.data_fingerprint,
-        "int8": champion.exported.quantized.reason,
-        registry.INPUT_FEATURES: ",".join(data.features.raw),
+        "data_fingerprint": data_fingerprint,
+        "int8": int8,
+        registry.INPUT_FEATURES: inputs,
     }
-    return registry.register_candidate(settings, run_id, champion.exported.model, tags)
 
 
 @task(name="build-signed-bundle", **LOCAL)

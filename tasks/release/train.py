@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal, Protocol, TypeVar, cast
 
 import numpy as np
 import pandas as pd
@@ -327,7 +327,14 @@ def flagging_every_row(model: TrainedModel, split: Split) -> TrainedModel:
                    params={**model.params, "threshold_forced": 0.0})
 
 
-def pick_champion(candidates: list[TrainedModel]) -> TrainedModel:
+class Scored(Protocol):
+    validation_pr_auc: float
+
+
+S = TypeVar("S", bound=Scored)
+
+
+def pick_champion(candidates: list[S]) -> S:
     """Higher PR-AUC on the validation split wins (the test split only reports); the first on a tie."""
     if not candidates:
         raise ValueError("pick_champion: no candidates")
