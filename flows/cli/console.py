@@ -113,7 +113,10 @@ def prepare_flows(loaded: Settings) -> Path:
     loggers = [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict))]
     attached = [(lg, h) for lg in loggers for h in list(getattr(lg, "handlers", []))
                 if isinstance(h, PrefectConsoleHandler)]
-    for logger in {id(lg): lg for lg, _ in attached}.values():
+    targets = {id(lg): lg for lg, _ in attached}
+    if id(logging.getLogger()) not in targets:  # edgewave's own errors (a site's failed drift check) on disk too
+        targets[id(logging.getLogger("edgewave"))] = logging.getLogger("edgewave")
+    for logger in targets.values():
         logger.addHandler(on_disk)
     for _, handler in attached:
         if not DEBUG["on"]:

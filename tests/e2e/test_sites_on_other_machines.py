@@ -163,7 +163,8 @@ def test_release_rollout_drift_and_rollback_with_sites_that_share_only_the_netwo
         drift = cli("drift", "check", "--json")
         assert drift.returncode == 0, drift.stdout + drift.stderr
         summary = json.loads(drift.stdout[drift.stdout.index("{"):])
-        assert {c["site"]: c["status"] for c in summary["sites"]} == {site: "checked" for site in SITES}
+        assert {c["site"]: c["status"] for c in summary["sites"]} == {site: "checked" for site in SITES}, \
+            [(c["site"], c.get("detail")) for c in summary["sites"]]
         assert all(c["rows_new"] >= 50 and c["model_version"] == 1 for c in summary["sites"])
 
         bad = cli("release", "--seed", "2", "--shuffle-labels", "--force")
