@@ -58,6 +58,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.rollout_scale
 	$(BIN)/python -m bench.drift
 	$(BIN)/python -m bench.image
+	$(BIN)/python -m bench.vision
 	$(BIN)/python -m bench.quality
 	$(BIN)/python -m bench.firstrun
 
