@@ -189,11 +189,11 @@ class SiteApp:
         refusal = non_finite_output(defect)
         if refusal is not None:
             raise refusal
-        if self.sampler is not None:
+        if self.sampler is not None and self.sampler.draw():
             found = np.empty((len(images), len(DESCRIPTORS)), dtype=np.float32)
             found[order] = np.concatenate([descriptors(pixels) for pixels in stacked])
             self.sampler.offer(np.hstack([found, embedding.astype(np.float32)]), defect, model.version,
-                               model.feature_names)
+                               model.feature_names, drawn=True)
         others = scores.copy()
         others[:, ok] = -1.0
         likeliest = others.argmax(axis=1)

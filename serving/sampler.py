@@ -58,8 +58,15 @@ class Sampler(Background):
         folder.mkdir(parents=True, exist_ok=True)
 
     # -- request path --------------------------------------------------------------------
-    def offer(self, x: np.ndarray, proba: np.ndarray, version: int, features: tuple[str, ...]) -> None:
-        if self.fraction <= 0 or (self.fraction < 1 and random.random() >= self.fraction):
+    def draw(self) -> bool:
+        """Whether this request is sampled: decided before its rows are put together (an image's
+        descriptors cost more than scoring it, so only the sampled ones are computed)."""
+        return self.fraction > 0 and (self.fraction >= 1 or random.random() < self.fraction)
+
+    def offer(self, x: np.ndarray, proba: np.ndarray, version: int, features: tuple[str, ...],
+              drawn: bool = False) -> None:
+        """Keep `x` (with `proba`) for the next window if this request is sampled (`drawn`: already decided)."""
+        if not (drawn or self.draw()):
             return
         if features != self.features:  # a new model with other inputs: close the window first
             self.flush()
