@@ -24,6 +24,7 @@ from edgewave.serving.validation import RequestError
 FORMATS = ("PNG", "JPEG")
 MEDIA_TYPES = (b"image/png", b"image/jpeg")
 DESCRIPTORS = ("brightness", "contrast", "sharpness")
+EMBEDDING_PREFIX = "embedding_"  # the embedding's columns in a sample window: embedding_0, embedding_1, …
 
 
 def decode(data: bytes, schema: ImageInput, where: str = "image") -> np.ndarray:

@@ -127,7 +127,7 @@ def _image_model(folder: Path, manifest: BundleManifest, schema: ImageInput,
                  session: ort.InferenceSession) -> LoadedModel:
     """An image bundle, warmed up on a black, a mid-grey and a noisy image at the trained size: each
     must get one finite probability per class summing to 1 and a finite embedding."""
-    from edgewave.serving.images import DESCRIPTORS
+    from edgewave.serving.images import DESCRIPTORS, EMBEDDING_PREFIX
 
     classes = tuple(manifest.class_labels)
     if manifest.output.ok_index is None or manifest.output.ok_index >= len(classes) or not manifest.output.embedding:
@@ -149,7 +149,7 @@ def _image_model(folder: Path, manifest: BundleManifest, schema: ImageInput,
             or np.abs(probabilities.sum(axis=1) - 1).max() > 1e-3):
         raise ModelLoadError(f"{folder}: warm-up gave no finite class probabilities summing to 1 for "
                              f"{len(classes)} classes, or no finite embedding")
-    names = (*DESCRIPTORS, *(f"embedding_{i}" for i in range(embedding.shape[1])))
+    names = (*DESCRIPTORS, *(f"{EMBEDDING_PREFIX}{i}" for i in range(embedding.shape[1])))
     return replace(model, feature_names=names)
 
 

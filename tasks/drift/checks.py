@@ -16,6 +16,7 @@ import math
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,8 @@ from edgewave.tasks.platform.fleetfile import DriftPolicy
 from edgewave.tasks.platform.monitoring import MonitoringStore, NewWindows, SiteLedger, WindowCheck
 
 PREDICTION = "probability"
+EMBEDDING = "embedding"  # an image model's embedding, one input of the drifted share
+EMBEDDING_THRESHOLD = 0.6  # ROC AUC of Evidently's classifier telling the site's embeddings from the reference's
 
 
 class ColumnDrift(BaseModel):
@@ -84,26 +87,37 @@ def mean_confidence(probability: np.ndarray | pd.Series) -> float:
 
 
 def thresholds(policy: DriftPolicy, columns: tuple[str, ...]) -> dict[str, float]:
-    """Per-column thresholds; a policy naming a column the model does not have is an error."""
-    unknown = sorted(set(policy.column_thresholds) - set(columns) - {PREDICTION})
+    """Per-column thresholds; a policy naming a column the model does not have is an error (`embedding`
+    is an image model's: its classifier's ROC AUC)."""
+    unknown = sorted(set(policy.column_thresholds) - set(columns) - {PREDICTION, EMBEDDING})
     if unknown:
         raise ValueError(f"drift.column_thresholds: {unknown} are not inputs of the model ({list(columns)})")
     return {c: policy.column_thresholds.get(c, policy.threshold) for c in (*columns, PREDICTION)}
 
 
 def run_evidently(current: pd.DataFrame, reference: pd.DataFrame, per_column: dict[str, float],
-                  drift_share: float, method: str):
-    """Evidently's data drift preset over the given columns; returns the snapshot."""
+                  drift_share: float, method: str, embedding: tuple[str, ...] = (),
+                  embedding_threshold: float = EMBEDDING_THRESHOLD):
+    """Evidently's data drift preset over the given columns, and for an image model its embeddings
+    drift metric (a classifier that tries to tell the site's embeddings from the reference's: ROC
+    AUC above `embedding_threshold` is drift); returns the snapshot."""
     from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import EmbeddingsDrift
+    from evidently.metrics.embeddings import ModelDriftMethod
     from evidently.presets import DataDriftPreset
 
     columns = list(per_column)
-    definition = DataDefinition(numerical_columns=columns)
-    report = Report([DataDriftPreset(columns=columns, drift_share=drift_share, num_method=method,
-                                     per_column_threshold=per_column)])
+    definition = DataDefinition(numerical_columns=columns, embeddings={EMBEDDING: list(embedding)} if embedding else None)
+    metrics: list = [DataDriftPreset(columns=columns, drift_share=drift_share, num_method=method,
+                                     per_column_threshold=per_column)]
+    if embedding:
+        metrics.append(EmbeddingsDrift(embeddings_name=EMBEDDING,
+                                       drift_method=cast(Any, ModelDriftMethod)(threshold=embedding_threshold)))
+    report = Report(metrics)
+    kept = [*columns, *embedding]
     # Evidently 0.7: current first, then reference.
-    return report.run(Dataset.from_pandas(current[columns], data_definition=definition),
-                      Dataset.from_pandas(reference[columns], data_definition=definition))
+    return report.run(Dataset.from_pandas(current[kept], data_definition=definition),
+                      Dataset.from_pandas(reference[kept], data_definition=definition))
 
 
 def column_results(snapshot_dict: dict) -> dict[str, ColumnDrift]:
@@ -111,6 +125,11 @@ def column_results(snapshot_dict: dict) -> dict[str, ColumnDrift]:
     out: dict[str, ColumnDrift] = {}
     for metric in snapshot_dict["metrics"]:
         config = metric["config"]
+        if config.get("type", "").endswith(":EmbeddingsDrift"):
+            threshold, score = float(config["drift_method"]["threshold"]), float(metric["value"])
+            out[EMBEDDING] = ColumnDrift(column=EMBEDDING, method="classifier ROC AUC", score=score,
+                                         threshold=threshold, drifted=score > threshold)
+            continue
         if not config.get("type", "").endswith(":ValueDrift"):
             continue
         method, threshold, score = config["method"], float(config["threshold"]), float(metric["value"])
@@ -132,10 +151,12 @@ def compare(site: str, check_id: str, rows: pd.DataFrame, reference: ReferenceDa
     started = time.perf_counter()
     recent = rows.sort_values("timestamp").tail(policy.max_rows)
     per_column = thresholds(policy, reference.features)
-    snapshot = run_evidently(recent, reference.frame, per_column, policy.drift_share, policy.method)
+    snapshot = run_evidently(recent, reference.frame, per_column, policy.drift_share, policy.method,
+                             reference.embedding, policy.column_thresholds.get(EMBEDDING, EMBEDDING_THRESHOLD))
     results = column_results(snapshot.dict())
-    inputs = [results[c] for c in reference.features if c in results]
-    share = sum(c.drifted for c in inputs) / len(reference.features)
+    judged = (*reference.features, *((EMBEDDING,) if reference.embedding else ()))
+    inputs = [results[c] for c in judged if c in results]
+    share = sum(c.drifted for c in inputs) / len(judged)
     if report_path is not None:
         report_path.parent.mkdir(parents=True, exist_ok=True)
         snapshot.save_html(str(report_path))

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from edgewave.serving.bundle import BundleError, parse_public_keys
+from edgewave.serving.images import EMBEDDING_PREFIX
 from edgewave.serving.model import load_model
 from edgewave.serving.settings import EdgeSettings
 from edgewave.serving.transport import download_bundle
@@ -29,9 +30,10 @@ class ReferenceData:
     """The training reference of one model version, scored by that version's own model."""
 
     version: int
-    features: tuple[str, ...]
-    frame: pd.DataFrame  # feature columns + "probability"
+    features: tuple[str, ...]  # columns judged one by one (an image model's descriptors)
+    frame: pd.DataFrame  # feature columns (+ embedding columns) + "probability"
     threshold: float
+    embedding: tuple[str, ...] = ()  # an image model's embedding columns, judged together
 
 
 def cache_home(settings) -> Path:
@@ -57,6 +59,12 @@ def _reference(home: str, store: str, keys: str, model_name: str, version: int) 
         shutil.rmtree(folder, ignore_errors=True)
         model = load_model(_fetch(folder, bundle_url(store, model_name, version)), trusted)
     columns = model.manifest.reference.columns
+    if model.image is not None:  # the release scored its reference images: descriptors, embedding, probability
+        frame = pd.DataFrame({name: np.asarray(columns[name], dtype=np.float32)
+                              for name in (*model.feature_names, "probability")})
+        embedding = tuple(n for n in model.feature_names if n.startswith(EMBEDDING_PREFIX))
+        return ReferenceData(version, tuple(n for n in model.feature_names if n not in embedding), frame,
+                             model.threshold, embedding)
     frame = pd.DataFrame({name: np.asarray(columns[name], dtype=np.float32) for name in model.feature_names})
     frame["probability"] = model.failure_probability(frame.to_numpy(dtype=np.float32)).astype(np.float32)
     return ReferenceData(version, model.feature_names, frame, model.threshold)

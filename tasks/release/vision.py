@@ -310,13 +310,13 @@ def quantize_static(model: bytes, calibration: np.ndarray, images: np.ndarray, y
 def image_reference(model: bytes, images: np.ndarray, max_rows: int = 500) -> Reference:
     """What a site's shipped rows are compared with: for a sample of training images, the same
     descriptors and embedding the site computes, and the defect probability the model gives."""
-    from edgewave.serving.images import DESCRIPTORS, descriptors
+    from edgewave.serving.images import DESCRIPTORS, EMBEDDING_PREFIX, descriptors
 
     step = max(1, len(images) // max_rows)
     sample = images[::step][:max_rows]
     probabilities, embedding = onnx_predict(model, sample)
     columns = dict(zip(DESCRIPTORS, descriptors(sample).astype(np.float64).T, strict=True))
-    columns |= {f"embedding_{i}": embedding[:, i] for i in range(embedding.shape[1])}
+    columns |= {f"{EMBEDDING_PREFIX}{i}": embedding[:, i] for i in range(embedding.shape[1])}
     columns["probability"] = 1.0 - probabilities[:, 0]
     return Reference(rows=len(sample), columns={k: np.round(v, 5).tolist() for k, v in columns.items()})
 
