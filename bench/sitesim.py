@@ -50,6 +50,7 @@ def exposition(v: int, site: str, fleet: str) -> bytes:
     lines += [f'edgewave_request_duration_seconds_bucket{{route="/v1/predict",le="+Inf"}} {n}',
               f"edgewave_prediction_confidence_sum {n * 0.95}", f"edgewave_prediction_confidence_count {n}",
               f"edgewave_predicted_rows_total {n}", f'edgewave_predictions_total{{label="failure"}} {n * 0.04}',
+              f"edgewave_positive_predictions_total {n * 0.04}",
               f'edgewave_predictions_total{{label="ok"}} {n * 0.96}', "edgewave_agent_offline 0"]
     return ("\n".join(lines) + "\n").encode()
 

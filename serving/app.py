@@ -153,6 +153,7 @@ class SiteApp:
         n_pos = sum(1 for p in probabilities if p >= threshold)
         hot.rows += len(probabilities)
         hot.predicted[positive] = hot.predicted.get(positive, 0) + n_pos
+        hot.positive += n_pos
         hot.predicted[negative] = hot.predicted.get(negative, 0) + len(probabilities) - n_pos
         _observe_confidence(hot, proba, probabilities)
         response: dict[str, Any] = {"model": model.manifest.name, "model_version": model.version,
@@ -205,6 +206,7 @@ class SiteApp:
             predictions.append({"defect_probability": p, "label": label,
                                 "scores": dict(zip(classes, row, strict=True))})
         hot.rows += len(images)
+        hot.positive += int((defect >= threshold).sum())
         _observe_confidence(hot, defect, defect.tolist())
         return orjson.dumps({"model": model.manifest.name, "model_version": model.version,
                              "predictions": predictions})

@@ -53,6 +53,11 @@ class MicroBatcher:
         self.inference_seconds.observe(time.perf_counter() - t0)
         return scored
 
+    @staticmethod
+    def _timed(model: LoadedModel, x: np.ndarray) -> tuple[np.ndarray, float]:
+        t0 = time.perf_counter()
+        return model.score(x), time.perf_counter() - t0
+
     def _flush(self) -> None:
         self._scheduled = False
         batch, self._pending = self._pending, []
@@ -74,12 +79,13 @@ class MicroBatcher:
             job = loop.run_in_executor(self._thread, self._score_all, images)
             job.add_done_callback(lambda done: self._scored(loop, images, done))
 
-    def _score_all(self, groups: list[list[Item]]) -> list[np.ndarray | Exception]:
-        """On the inference thread: every group's call; a failing group fails only its own requests."""
-        results: list[np.ndarray | Exception] = []
+    def _score_all(self, groups: list[list[Item]]) -> list[tuple[np.ndarray, float] | Exception]:
+        """On the inference thread: every group's call and its time (observed back on the loop, which
+        alone writes the metrics); a failing group fails only its own requests."""
+        results: list[tuple[np.ndarray, float] | Exception] = []
         for items in groups:
             try:
-                results.append(self._score(items[0][0], _stacked(items)))
+                results.append(self._timed(items[0][0], _stacked(items)))
             except Exception as exc:  # noqa: BLE001 - handed to the group's requests below
                 results.append(exc)
         return results
@@ -92,7 +98,8 @@ class MicroBatcher:
             if isinstance(result, BaseException):
                 _fail(items, result)
             else:
-                _deliver(items, result)
+                self.inference_seconds.observe(result[1])
+                _deliver(items, result[0])
         if self._pending:
             self._schedule(loop)
 

@@ -62,6 +62,7 @@ class HotPath(Collector):
         self.inference = Buckets(LATENCY_BUCKETS)
         self.confidence = Buckets(CONFIDENCE_BUCKETS)
         self.rows = 0
+        self.positive = 0  # rows or images predicted positive: a failure, a defect
         self.predicted: dict[str, int] = {}
         self.out_of_range: dict[str, int] = {}
 
@@ -79,6 +80,8 @@ class HotPath(Collector):
         yield self.inference.family("edgewave_inference_duration_seconds", "ONNX Runtime time per call (one call scores a micro-batch of requests).")
         yield self.confidence.family("edgewave_prediction_confidence", "max(p, 1-p) per scored row.")
         yield CounterMetricFamily("edgewave_predicted_rows", "Rows scored.", value=self.rows)
+        yield CounterMetricFamily("edgewave_positive_predictions", "Rows or images predicted positive (a failure, a "
+                                  "defect): what the canary's predicted-positive rate is made of.", value=self.positive)
         yield self._by("edgewave_predictions", "Scored rows by predicted class.", "label", self.predicted)
         yield self._by("edgewave_out_of_range_values", "Values outside the training range.", "feature",
                        self.out_of_range)

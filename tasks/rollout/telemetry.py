@@ -157,6 +157,7 @@ def parse(text: str) -> Reading:
     ok = errors = 0.0
     buckets: dict[float, float] = {}
     failures = 0.0
+    positives: float | None = None
     identity: tuple[str | None, str | None] = (None, None)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -170,7 +171,9 @@ def parse(text: str) -> Reading:
             elif name == "edgewave_request_duration_seconds_bucket" and labels.get("route") == PREDICT:
                 buckets[float(labels["le"])] = value
             elif name == "edgewave_predictions_total" and labels.get("label") == "failure":
-                failures += value
+                failures += value  # a site older than edgewave_positive_predictions_total: a table model's
+            elif name == "edgewave_positive_predictions_total":
+                positives = value
             elif name == "edgewave_site_info":
                 identity = labels.get("site_id") or None, labels.get("fleet_id") or None
             elif not labels:
@@ -180,7 +183,8 @@ def parse(text: str) -> Reading:
         ok=ok, errors=errors, latency_buckets=tuple(sorted(buckets.items())),
         confidence_sum=values.get("edgewave_prediction_confidence_sum", 0.0),
         confidence_count=values.get("edgewave_prediction_confidence_count", 0.0),
-        rows=values.get("edgewave_predicted_rows_total", 0.0), failures_predicted=failures,
+        rows=values.get("edgewave_predicted_rows_total", 0.0),
+        failures_predicted=failures if positives is None else positives,
         site_id=identity[0], fleet_id=identity[1],
     )
 
@@ -268,7 +272,7 @@ PROMQL = {
     "confidence_sum": "edgewave_prediction_confidence_sum",
     "confidence_count": "edgewave_prediction_confidence_count",
     "rows": "edgewave_predicted_rows_total",
-    "failures": 'edgewave_predictions_total{label="failure"}',
+    "failures": "edgewave_positive_predictions_total",
     "identity": "edgewave_site_info",
     "up": "up",
     "seen": "timestamp(up{})",  # when each target's latest sample was taken (a remote-written one may be old)

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from edgewave.serving.images import DESCRIPTORS
 from edgewave.tasks.data.images import ImageLimits, ImageSet, ImageShape
@@ -23,6 +24,7 @@ from edgewave.tasks.data.surfaces import DEFECTS, OK, generate
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.release import vision
 from edgewave.tasks.release.bundle import build_image_manifest, load_or_create_signing_key, write_bundle
+from edgewave.tasks.rollout.telemetry import parse
 from tests.helpers import free_port, start_site, stop, wait_for
 
 CLASSES = (OK, *DEFECTS)
@@ -155,6 +157,11 @@ def test_the_site_says_what_it_takes_and_ships_descriptors_and_embeddings(site: 
     with urllib.request.urlopen(f"http://127.0.0.1:{site.port}/metrics", timeout=10) as response:
         metrics = response.read().decode()
     assert any(f'edgewave_predictions_total{{label="{c}"}}' in metrics for c in CLASSES)
+    reading = parse(metrics)  # what the canary analysis reads: a defect counts as a positive prediction
+    by_label = {s.labels["label"]: s.value for f in text_string_to_metric_families(metrics) for s in f.samples
+                if s.name == "edgewave_predictions_total"}
+    assert reading.failures_predicted == sum(n for label, n in by_label.items() if label != OK)
+    assert reading.rows == sum(by_label.values()) > 0
 
     samples = site.home / "sites" / SITE / "samples"
     wait_for(lambda: any(samples.glob("*.parquet")), 30, "a sample window")

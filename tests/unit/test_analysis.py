@@ -27,6 +27,7 @@ def traffic(metrics: SiteMetrics, n: int, latency: float, confidence: float, fai
     failures = round(n * failure_share)
     hot.predicted["failure"] = hot.predicted.get("failure", 0) + failures
     hot.predicted["ok"] = hot.predicted.get("ok", 0) + n - failures
+    hot.positive += failures  # as serving/app.py counts them
 
 
 def site_window(n: int, latency: float = 0.002, confidence: float = 0.95, failure_share: float = 0.03,
@@ -146,3 +147,14 @@ def test_a_site_unlike_the_baseline_is_judged_against_its_own_history() -> None:
     assert judged.verdict == "pass" and judged.sites[0].compared_with == "own"
     broken = site_window(100, name="worn", failure_share=0.30, confidence=0.6)
     assert measure({"worn": broken}, healthy_fleet, RULES, abort, own={"worn": worn_before}).verdict == "fail"
+
+
+def test_positive_predictions_count_defects_and_an_older_sites_failure_label_still_reads() -> None:
+    from edgewave.tasks.rollout.telemetry import parse
+
+    common = "edgewave_model_version 3\nedgewave_predicted_rows_total 50\n"
+    newer = parse(common + 'edgewave_predictions_total{label="scratch"} 4\nedgewave_predictions_total{label="good"} 46\n'
+                  "edgewave_positive_predictions_total 4\n")
+    older = parse(common + 'edgewave_predictions_total{label="failure"} 6\nedgewave_predictions_total{label="ok"} 44\n')
+    assert (newer.failures_predicted, older.failures_predicted) == (4, 6)
+    assert newer.rows == older.rows == 50
