@@ -37,14 +37,15 @@ class Scenario:
     shift_px: float = 0.0  # camera moved
     rotate_deg: float = 0.0
     new_defect_share: float = 0.0  # share of defective parts that are dents
+    description: str = "the line as trained"
 
 
 SCENARIOS: dict[str, Scenario] = {
     "none": Scenario(),
-    "lighting": Scenario(gain=1.45, gradient=0.35),
-    "defocus": Scenario(blur_sigma=1.8),
-    "shifted": Scenario(shift_px=5.0, rotate_deg=9.0),
-    "new_defect": Scenario(new_defect_share=0.6),
+    "lighting": Scenario(gain=1.45, gradient=0.35, description="the lamp replaced: 45 % brighter, lit from one side"),
+    "defocus": Scenario(blur_sigma=1.8, description="the lens knocked out of focus (blur of 1.8 px)"),
+    "shifted": Scenario(shift_px=5.0, rotate_deg=9.0, description="the camera moved: 5 px and 9 degrees"),
+    "new_defect": Scenario(new_defect_share=0.6, description="a defect nobody trained on: dents"),
 }
 
 

@@ -10,11 +10,17 @@ random from the stream, so any short window is a fair sample of that site's dist
 
 With a feedback store, each site also reports what happened to the machines it scored: the
 rows it sent with their true outcome, as a maintenance log would, which retraining uses.
+
+A camera line (a spec of kind images) sends images instead: generated parts (tasks/data/
+surfaces.py), one PNG per request or a JSON batch of them, through the line's scenarios
+(lighting, defocus, a moved camera, a new defect type).
 """
 
 from __future__ import annotations
 
+import base64
 import http.client
+import io
 import json
 import threading
 import time
@@ -26,12 +32,54 @@ import numpy as np
 import pandas as pd
 
 from edgewave.tasks.data.ai4i import DriftScenario
+from edgewave.tasks.data.images import ImageSpec
 from edgewave.tasks.data.machines import simulate
-from edgewave.tasks.data.spec import DatasetSpec, load_spec
+from edgewave.tasks.data.spec import DatasetSpec, load_any_spec
 from edgewave.tasks.platform.fleetfile import Site
 from edgewave.tasks.platform.monitoring import MonitoringStore
 
 STREAM_ROWS = 5000
+STREAM_IMAGES = 400
+
+
+@dataclass(frozen=True)
+class RowStream:
+    """One site's rows: a request body of some of them, and what really happened to them."""
+
+    frame: pd.DataFrame
+    features: tuple[str, ...]
+    target: str | None
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def body(self, picks: np.ndarray) -> tuple[bytes, str]:
+        batch = self.frame[list(self.features)].iloc[picks].to_dict("records")
+        return json.dumps({"instances": batch}).encode(), "application/json"
+
+    def outcomes(self, picks: list[int]) -> pd.DataFrame:
+        """The picked rows (by position) with their true outcome: a maintenance log's entries."""
+        return self.frame.iloc[picks][[*self.features, *([self.target] if self.target else [])]]
+
+
+@dataclass(frozen=True)
+class ImageStream:
+    """One camera's parts, encoded as PNG files: one per request, or a JSON batch of base64."""
+
+    pngs: tuple[bytes, ...]
+    labels: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.pngs)
+
+    def body(self, picks: np.ndarray) -> tuple[bytes, str]:
+        if len(picks) == 1:
+            return self.pngs[int(picks[0])], "image/png"
+        return json.dumps({"images": [base64.b64encode(self.pngs[int(i)]).decode() for i in picks]}).encode(), \
+            "application/json"
+
+    def outcomes(self, picks: list[int]) -> pd.DataFrame:
+        raise NotImplementedError("labelled images are not reported as feedback rows")
 
 
 @dataclass(frozen=True)
@@ -52,6 +100,9 @@ class Simulated:
     def rows(self, seed: int, scenario: DriftScenario | None) -> pd.DataFrame:
         return simulate(self.spec, STREAM_ROWS, seed, scenario)
 
+    def stream(self, seed: int, scenario: DriftScenario | None) -> RowStream:
+        return RowStream(self.rows(seed, scenario), self.features, self.target)
+
 
 @dataclass(frozen=True)
 class ReferenceRows:
@@ -65,14 +116,53 @@ class ReferenceRows:
     def rows(self, seed: int, scenario: DriftScenario | None) -> pd.DataFrame:
         return self.frame
 
+    def stream(self, seed: int, scenario: DriftScenario | None) -> RowStream:
+        return RowStream(self.frame, self.features, None)
 
-RowSource = Simulated | ReferenceRows
+
+@dataclass(frozen=True)
+class Parts:
+    """Generated parts of an image spec's camera line, through a scenario of tasks/data/surfaces.py."""
+
+    spec: ImageSpec
+    target = None
+    can_drift = True
+
+    def stream(self, seed: int, scenario: DriftScenario | None) -> ImageStream:
+        from PIL import Image
+
+        from edgewave.tasks.data.surfaces import generate
+
+        shape = self.spec.image
+        images, labels = generate(STREAM_IMAGES, seed, size=(shape.height, shape.width),
+                                  scenario=scenario.name if scenario else "none", defects=self.spec.defect_classes)
+        encoded = []
+        for pixels in images:
+            buffer = io.BytesIO()
+            Image.fromarray(pixels[:, :, 0]).convert(shape.mode).save(buffer, "PNG")
+            encoded.append(buffer.getvalue())
+        return ImageStream(tuple(encoded), tuple(labels))
+
+    def scenario(self, name: str) -> DriftScenario:
+        """A scenario of the camera line by name (`lighting`, `defocus`, `shifted`, `new_defect`)."""
+        from edgewave.tasks.data.surfaces import SCENARIOS
+
+        if name not in SCENARIOS or name == "none":
+            raise ValueError(f"no image scenario {name!r}; known: {sorted(set(SCENARIOS) - {'none'})}")
+        return DriftScenario(name, SCENARIOS[name].description)
+
+
+RowSource = Simulated | ReferenceRows | Parts
 
 
 def source_for(settings, version: int | None = None) -> RowSource:
     """The spec's simulated machine if it names one, else the reference rows of model `version`
     (default: the version in production) fetched from the bundle store and verified."""
-    spec = load_spec(settings.dataset)
+    spec = load_any_spec(settings.dataset)
+    if isinstance(spec, ImageSpec):
+        if spec.generator is None:
+            raise ValueError(f"{settings.dataset}: the image dataset {spec.name!r} has no generator: traffic needs one")
+        return Parts(spec)
     if spec.generator is not None:
         return Simulated(spec)
     from edgewave.tasks.drift.reference import reference_for
@@ -124,11 +214,11 @@ class Traffic:
                              "scenarios need a dataset spec with a simulated machine (generator:)")
         return scenario
 
-    def _stream(self, index: int, site: Site) -> pd.DataFrame:
-        return self.source.rows(self.seed + index + 1000 * self._generation, self.scenarios.get(site.id))
+    def _stream(self, index: int, site: Site) -> RowStream | ImageStream:
+        return self.source.stream(self.seed + index + 1000 * self._generation, self.scenarios.get(site.id))
 
     def _run(self, index: int, site: Site) -> None:
-        generation, frame = self._generation, self._stream(index, site)
+        generation, stream = self._generation, self._stream(index, site)
         rng = np.random.default_rng(self.seed + index)
         url = urlparse(site.base_url)
         conn: http.client.HTTPConnection | None = None
@@ -138,40 +228,39 @@ class Traffic:
             started = time.monotonic()
             if generation != self._generation:  # the scenario changed: report rows of the old stream first
                 if answered:
-                    self._report(site, frame, answered)
+                    self._report(site, stream, answered)
                     answered = []
-                generation, frame = self._generation, self._stream(index, site)
-            picks = rng.integers(0, len(frame), self.rows_per_request)
-            batch = frame[list(self.source.features)].iloc[picks].to_dict("records")
+                generation, stream = self._generation, self._stream(index, site)
+            picks = rng.integers(0, len(stream), self.rows_per_request)
+            body, content_type = stream.body(picks)
             try:
                 conn = conn or http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=5)
-                conn.request("POST", "/v1/predict", body=json.dumps({"instances": batch}),
-                             headers={"Content-Type": "application/json"})
+                conn.request("POST", "/v1/predict", body=body, headers={"Content-Type": content_type})
                 response = conn.getresponse()
                 response.read()
                 self.statuses[site.id][response.status] += 1
                 if response.status == 200 and self.feedback_store:
-                    answered.extend(frame.index[picks])
+                    answered.extend(int(i) for i in picks)
             except (OSError, http.client.HTTPException):
                 self.statuses[site.id]["unreachable"] += 1
                 if conn is not None:
                     conn.close()
                 conn = None
             if answered and time.monotonic() - last_feedback >= self.feedback_seconds:
-                self._report(site, frame, answered)
+                self._report(site, stream, answered)
                 answered, last_feedback = [], time.monotonic()
             self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
         if answered:
-            self._report(site, frame, answered)
+            self._report(site, stream, answered)
         if conn is not None:
             conn.close()
 
-    def _report(self, site: Site, frame: pd.DataFrame, rows: list[int]) -> None:
+    def _report(self, site: Site, stream: RowStream | ImageStream, rows: list[int]) -> None:
         """The maintenance log of the scored machines: inputs and what really happened."""
         if self.feedback_store is None:
             return
         try:
-            self.feedback_store.write_feedback(site.id, frame.loc[rows, [*self.source.features, self.source.target]])
+            self.feedback_store.write_feedback(site.id, stream.outcomes(rows))
             self.feedback_rows[site.id] += len(rows)
         except OSError as exc:  # a full disk or an unmounted store must not stop the traffic
             self.statuses[site.id][f"feedback failed: {exc}"] += 1

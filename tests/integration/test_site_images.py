@@ -168,3 +168,23 @@ def test_the_site_says_what_it_takes_and_ships_descriptors_and_embeddings(site: 
     table = pq.read_table(sorted(samples.glob("*.parquet"))[0]).to_pandas()
     assert set(DESCRIPTORS) | {"embedding_0", "embedding_31", "probability", "model_version"} <= set(table.columns)
     assert table["brightness"].between(0, 1).all() and (table["sharpness"] > 0).all()
+
+
+def test_generated_camera_traffic_is_scored_and_follows_a_scenario_change(site: ImageSite) -> None:
+    from edgewave.tasks.data.images import ImageSpec
+    from edgewave.tasks.platform.fleetfile import Site
+    from edgewave.tasks.sim.traffic import Parts, Traffic
+
+    spec = ImageSpec(kind="images", name="parts", generator="surfaces", classes=list(CLASSES),
+                     image=ImageShape(width=32, height=32, channels=1))
+    camera = Site(id=SITE, port=site.port)
+    source = Parts(spec)
+    with pytest.raises(ValueError, match=r"no image scenario 'fog'; known: \['defocus', 'lighting'"):
+        source.scenario("fog")
+    traffic = Traffic([camera], source, rate_per_site=40, rows_per_request=2)
+    with traffic:
+        wait_for(lambda: traffic.statuses[SITE][200] >= 10, 60, "ten answered batches")
+        traffic.set_scenario(SITE, source.scenario("lighting"))
+        before = traffic.statuses[SITE][200]
+        wait_for(lambda: traffic.statuses[SITE][200] >= before + 10, 60, "ten more after the lamp changed")
+    assert set(traffic.statuses[SITE]) == {200}, traffic.statuses

@@ -3,8 +3,11 @@ physics, its drift scenarios move what they say; traffic refuses what its source
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -95,3 +98,14 @@ def test_reference_rows_cannot_drift_or_give_feedback_and_say_so(tmp_path: Path)
     with pytest.raises(ValueError, match="'bearing_wear': ReferenceRows rows cannot drift"):
         traffic.set_scenario("s1", MACHINES["pump"].scenario("bearing_wear"))
     assert Traffic(sites, Simulated(spec)).set_scenario("s1", MACHINES["pump"].scenario("bearing_wear")) is None
+
+
+def test_feedback_reports_the_rows_that_were_sent_with_their_outcome() -> None:
+    from edgewave.tasks.sim.traffic import RowStream
+
+    frame = pd.DataFrame({"a": [1.0, 2.0, 3.0], "b": [4.0, 5.0, 6.0], "y": [0, 1, 0]}, index=[10, 20, 30])
+    stream = RowStream(frame, ("a", "b"), "y")
+    body, content_type = stream.body(np.array([2, 0]))
+    assert content_type == "application/json"
+    assert json.loads(body) == {"instances": [{"a": 3.0, "b": 6.0}, {"a": 1.0, "b": 4.0}]}
+    assert stream.outcomes([2, 0]).to_dict("list") == {"a": [3.0, 1.0], "b": [6.0, 4.0], "y": [0, 0]}
