@@ -172,9 +172,9 @@ class SiteApp:
             payload = _json_object(body)
             if set(payload) != {"images"}:
                 raise RequestError(400, f"body: expected an object with 'images' only, got {sorted(payload)}")
-            images = decode_batch(payload["images"], schema)
+            images, files = decode_batch(payload["images"], schema)
         else:
-            images = [decode(body, schema)]
+            images, files = [decode(body, schema)], [body]
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, image in enumerate(images):
             groups.setdefault(image.shape, []).append(i)
@@ -194,7 +194,7 @@ class SiteApp:
             found = np.empty((len(images), len(DESCRIPTORS)), dtype=np.float32)
             found[order] = np.concatenate([descriptors(pixels) for pixels in stacked])
             self.sampler.offer(np.hstack([found, embedding.astype(np.float32)]), defect, model.version,
-                               model.feature_names, drawn=True)
+                               model.feature_names, drawn=True, images=files, threshold=model.threshold)
         others = scores.copy()
         others[:, ok] = -1.0
         likeliest = others.argmax(axis=1)

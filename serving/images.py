@@ -59,15 +59,16 @@ def decode(data: bytes, schema: ImageInput, where: str = "image") -> np.ndarray:
     return pixels.reshape(height, width, schema.channels)
 
 
-def decode_batch(encoded: object, schema: ImageInput) -> list[np.ndarray]:
-    """The `images` array of a JSON batch: base64 strings of PNG or JPEG files."""
+def decode_batch(encoded: object, schema: ImageInput) -> tuple[list[np.ndarray], list[bytes]]:
+    """The `images` array of a JSON batch (base64 strings of PNG or JPEG files): the decoded images and
+    their files."""
     if not isinstance(encoded, list):
         raise RequestError(422, f"images: expected an array of base64 strings, got {type(encoded).__name__}")
     if not encoded:
         raise RequestError(422, "images: empty batch; send at least one image")
     if len(encoded) > schema.max_batch:
         raise RequestError(413, f"images: batch of {len(encoded)} images exceeds the maximum of {schema.max_batch}")
-    images = []
+    images, files = [], []
     for i, item in enumerate(encoded):
         if not isinstance(item, str):
             raise RequestError(422, f"images[{i}]: expected a base64 string, got {type(item).__name__}")
@@ -76,7 +77,8 @@ def decode_batch(encoded: object, schema: ImageInput) -> list[np.ndarray]:
         except (binascii.Error, ValueError):
             raise RequestError(422, f"images[{i}]: not valid base64") from None
         images.append(decode(data, schema, f"images[{i}]"))
-    return images
+        files.append(data)
+    return images, files
 
 
 def descriptors(images: np.ndarray) -> np.ndarray:

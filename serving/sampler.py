@@ -10,6 +10,7 @@ dropped. Every lost row is counted in `edgewave_samples_dropped_total{reason}`, 
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import random
@@ -19,6 +20,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +40,8 @@ class Sampler(Background):
     thread_name = "sampler"
 
     def __init__(self, folder: Path, site_id: str, fraction: float,
-                 window_seconds: float, max_bytes: int, metrics: SiteMetrics, max_pending_rows: int = 200_000) -> None:
+                 window_seconds: float, max_bytes: int, metrics: SiteMetrics, max_pending_rows: int = 200_000,
+                 image_bytes: int = 1_000_000) -> None:
         self.folder = folder
         self.site_id = site_id
         self.features: tuple[str, ...] = ()
@@ -53,6 +56,11 @@ class Sampler(Background):
         self._seq = 0
         self._row_seq = 0
         self._bytes_per_row = 64.0  # measured after the first window
+        self.image_bytes = image_bytes
+        # The window's images kept so far, as a heap whose first entry is the most certain one (the first
+        # to go when the budget is exceeded): (-distance from the threshold, row in the window, bytes).
+        self._images: list[tuple[float, int, bytes]] = []
+        self._image_total = 0
         self._lock = threading.Lock()
         super().__init__()
         folder.mkdir(parents=True, exist_ok=True)
@@ -64,8 +72,9 @@ class Sampler(Background):
         return self.fraction > 0 and (self.fraction >= 1 or random.random() < self.fraction)
 
     def offer(self, x: np.ndarray, proba: np.ndarray, version: int, features: tuple[str, ...],
-              drawn: bool = False) -> None:
-        """Keep `x` (with `proba`) for the next window if this request is sampled (`drawn`: already decided)."""
+              drawn: bool = False, images: list[bytes] | None = None, threshold: float = 0.5) -> None:
+        """Keep `x` (with `proba`) for the next window if this request is sampled (`drawn`: already decided);
+        an image model's encoded `images` compete for the window's image budget, nearest `threshold` first."""
         if not (drawn or self.draw()):
             return
         if features != self.features:  # a new model with other inputs: close the window first
@@ -75,8 +84,21 @@ class Sampler(Background):
             if self._pending_rows + len(x) > self.max_pending_rows:
                 self.metrics.samples_dropped.labels("memory").inc(len(x))
                 return
+            if images and self.image_bytes > 0:
+                for j, (data, p) in enumerate(zip(images, proba.tolist(), strict=True)):
+                    self._keep_image(-abs(p - threshold), self._pending_rows + j, data)
             self._pending.append((time.time(), x, proba, version))
             self._pending_rows += len(x)
+
+    def _keep_image(self, certainty: float, row: int, data: bytes) -> None:
+        """Under the lock: add an image and drop the most certain ones while over the budget."""
+        if len(data) > self.image_bytes:
+            return
+        heapq.heappush(self._images, (certainty, row, data))
+        self._image_total += len(data)
+        while self._image_total > self.image_bytes:
+            _, _, dropped = heapq.heappop(self._images)
+            self._image_total -= len(dropped)
 
     # -- writer --------------------------------------------------------------------------
     def flush(self) -> Path | None:
@@ -84,6 +106,7 @@ class Sampler(Background):
         with self._lock:
             batch, n = self._pending, self._pending_rows
             self._pending, self._pending_rows = [], 0
+            kept, self._images, self._image_total = self._images, [], 0
             if not batch:
                 return None
             self._seq += 1
@@ -93,13 +116,18 @@ class Sampler(Background):
         import pyarrow.parquet as pq
 
         x = np.concatenate([b[1] for b in batch])
-        columns = {
+        columns: dict[str, Any] = {
             "sample_id": [f"{self.site_id}-{self.boot}-{i}" for i in range(first, first + n)],
             "timestamp": np.concatenate([np.full(len(b[1]), b[0]) for b in batch]),
             **{name: x[:, j] for j, name in enumerate(self.features)},
             "probability": np.concatenate([b[2] for b in batch]).astype(np.float32),
             "model_version": np.concatenate([np.full(len(b[1]), b[3], dtype=np.int64) for b in batch]),
         }
+        if kept:  # the images people will label, by row; the other rows carry none
+            images: list[bytes | None] = [None] * n
+            for _, row, data in kept:
+                images[row] = data
+            columns["image"] = pa.array(images, type=pa.binary())
         start = int(batch[0][0] * 1000)
         path = self.folder / f"{self.site_id}-{start}-{seq:06d}-n{n}.parquet"
         tmp = self.folder / f".{path.name}.tmp"

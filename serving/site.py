@@ -81,7 +81,8 @@ def build_site(settings: EdgeSettings, bundle: Path | None = None, with_agent: b
         log.warning("no trusted keys (folder %s, EDGEWAVE_TRUSTED_PUBLIC_KEYS unset): every bundle will be refused",
                     settings.trusted_keys)
     sampler = Sampler(site_dir / "samples", settings.site_id, settings.sample_fraction,
-                      settings.sample_window_seconds, settings.sample_buffer_max_bytes, metrics)
+                      settings.sample_window_seconds, settings.sample_buffer_max_bytes, metrics,
+                      image_bytes=settings.sample_image_bytes)
     app = SiteApp(slot, metrics, sampler, max_batch=settings.max_batch, max_body_bytes=settings.max_body_bytes,
                   body_seconds=settings.request_body_seconds,
                   reject_out_of_range=settings.reject_out_of_range)

@@ -168,6 +168,8 @@ def test_the_site_says_what_it_takes_and_ships_descriptors_and_embeddings(site: 
     table = pq.read_table(sorted(samples.glob("*.parquet"))[0]).to_pandas()
     assert set(DESCRIPTORS) | {"embedding_0", "embedding_31", "probability", "model_version"} <= set(table.columns)
     assert table["brightness"].between(0, 1).all() and (table["sharpness"] > 0).all()
+    kept = table["image"].dropna()  # every image fits the default budget here: people can label them
+    assert len(kept) > 0 and all(Image.open(io.BytesIO(data)).format in ("PNG", "JPEG") for data in kept)
 
 
 def test_generated_camera_traffic_is_scored_and_follows_a_scenario_change(site: ImageSite) -> None:

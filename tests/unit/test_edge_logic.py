@@ -86,6 +86,25 @@ def test_sample_windows_hold_inputs_prediction_version_and_unique_ids(tmp_path: 
     assert s.windows() == [first, second]
 
 
+def test_a_window_keeps_the_images_nearest_the_threshold_within_its_byte_budget(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    s = sampler(tmp_path, image_bytes=1000)
+    probabilities = np.linspace(0, 1, 40, dtype=np.float32)  # threshold 0.3: rows 11 and 12 are nearest
+    files = [f"image {i:02d}".encode().ljust(100, b".") for i in range(40)]  # 100 bytes each: 10 fit
+    for start in range(0, 40, 8):
+        s.offer(np.zeros((8, 2), np.float32), probabilities[start:start + 8], 3, FEATURES,
+                images=files[start:start + 8], threshold=0.3)
+    s.offer(np.zeros((1, 2), np.float32), np.array([0.3], np.float32), 3, FEATURES,
+            images=[b"x" * 1001], threshold=0.3)  # on the threshold, but alone bigger than the budget
+    table = pq.read_table(s.flush()).to_pydict()
+    kept = [i for i, data in enumerate(table["image"]) if data is not None]
+    nearest = sorted(np.argsort(np.abs(probabilities - 0.3), kind="stable")[:10].tolist())
+    assert kept == nearest and all(table["image"][i] == files[i] for i in kept)
+    s.offer(np.zeros((1, 2), np.float32), np.array([0.5], np.float32), 3, FEATURES)
+    assert "image" not in pq.read_table(s.flush()).column_names, "a window without images has no image column"
+
+
 def test_fraction_zero_samples_nothing_and_bounds_count_what_they_drop(tmp_path: Path) -> None:
     none = sampler(tmp_path / "none", fraction=0.0)
     none.offer(np.ones((3, 2), np.float32), np.ones(3, np.float32), 1, FEATURES)
