@@ -56,7 +56,7 @@ def release(shuffle_labels: bool = False, force: bool = False, with_feedback: bo
 
     retried(steps.check_model_inputs, settings)(settings)
     if isinstance(load_any_spec(settings.dataset), ImageSpec):
-        return _images(settings, release_id, seed, shuffle_labels, force)
+        return _images(settings, release_id, seed, shuffle_labels, force, with_feedback)
     return _tables(settings, release_id, seed, shuffle_labels, force, with_feedback)
 
 
@@ -92,11 +92,12 @@ def _tables(settings: Settings, release_id: str, seed: int, shuffle_labels: bool
                      {c.trained.family: c.trained.metrics.as_dict() for c in candidates})
 
 
-def _images(settings: Settings, release_id: str, seed: int, shuffle_labels: bool, force: bool) -> ReleaseResult:
+def _images(settings: Settings, release_id: str, seed: int, shuffle_labels: bool, force: bool,
+            with_feedback: bool) -> ReleaseResult:
     """Camera images: a CNN trained from scratch against a plain baseline, chosen on validation."""
     progress = Steps("release", IMAGE_STEPS)
     progress.start("read images")
-    data = image_steps.split(image_steps.load_training_images(settings, seed, shuffle_labels))
+    data = image_steps.split(image_steps.load_training_images(settings, seed, shuffle_labels, with_feedback))
     progress.start("train CNN")
     cnn = image_steps.fit_cnn(data, seed, settings.cnn_epochs)
     progress.start("train baseline")

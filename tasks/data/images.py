@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -156,13 +156,16 @@ def _from_csv(spec: ImageSpec, root: Path) -> list[tuple[Path, str]]:
     return found
 
 
-def read_image(path: Path, spec: ImageSpec) -> np.ndarray:
-    """One image as uint8 [height, width, channels] at the declared size; ImageDataError says why not."""
+def read_image(path: Path | str, spec: ImageSpec, data: bytes | None = None) -> np.ndarray:
+    """One image (the file at `path`, or its encoded `data` named `path`) as uint8 [height, width,
+    channels] at the declared size; ImageDataError says why not."""
+    import io
+
     from PIL import Image, UnidentifiedImageError
 
     shape = spec.image
     try:
-        with Image.open(path) as image:
+        with Image.open(path if data is None else io.BytesIO(data)) as image:
             if image.width * image.height > spec.limits.max_pixels:
                 raise ImageDataError(f"{path}: {image.width}x{image.height} pixels, more than limits.max_pixels "
                                      f"({spec.limits.max_pixels})")
@@ -186,6 +189,29 @@ def read_image(path: Path, spec: ImageSpec) -> np.ndarray:
     except OSError as exc:  # "image file is truncated", a broken deflate stream
         raise ImageDataError(f"{path}: unreadable image: {exc}") from None
     return pixels.reshape(shape.height, shape.width, shape.channels)
+
+
+def labelled_images(spec: ImageSpec, frame: Any, where: str) -> ImageSet:
+    """Images people labelled (a frame of encoded `image` bytes and their class `label`, as sites'
+    feedback comes back through the monitoring store), decoded and checked like a dataset's files;
+    a row is named `where[i]` in an error."""
+    classes = (spec.ok_class, *spec.defect_classes)
+    unknown = sorted(set(frame["label"]) - set(classes))
+    if unknown:
+        raise ImageDataError(f"{where}: label(s) {unknown} are not classes of the spec {list(classes)}")
+    images = [read_image(f"{where}[{i}]", spec, bytes(data)) for i, data in enumerate(frame["image"])]
+    return ImageSet(np.stack(images) if images else np.zeros((0, spec.image.height, spec.image.width,
+                                                               spec.image.channels), np.uint8),
+                    np.array([classes.index(c) for c in frame["label"]], dtype=np.int64),
+                    tuple(f"{where}[{i}]" for i in range(len(images))), classes)
+
+
+def combined(first: ImageSet, second: ImageSet) -> ImageSet:
+    """Two image sets of the same classes as one (a dataset and the sites' labelled images)."""
+    if first.classes != second.classes:
+        raise ValueError(f"cannot combine images of classes {first.classes} and {second.classes}")
+    return ImageSet(np.concatenate([first.images, second.images]), np.concatenate([first.labels, second.labels]),
+                    first.files + second.files, first.classes)
 
 
 def load_images(spec: ImageSpec, root: Path) -> ImageSet:

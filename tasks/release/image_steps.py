@@ -15,10 +15,12 @@ from prefect import task
 
 from edgewave.serving.bundle import key_id
 from edgewave.serving.model import load_model
-from edgewave.tasks.data.images import ImageSet, ImageSpec, load_images
+from edgewave.serving.redact import redact
+from edgewave.tasks.data.images import ImageSet, ImageSpec, combined, labelled_images, load_images
 from edgewave.tasks.data.spec import load_any_spec
 from edgewave.tasks.data.surfaces import generate
-from edgewave.tasks.platform.runs import LOCAL, REMOTE, markdown_link
+from edgewave.tasks.platform.monitoring import MonitoringStore
+from edgewave.tasks.platform.runs import LOCAL, REMOTE, markdown_link, run_logger
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.release import bundle as bundles
 from edgewave.tasks.release import registry
@@ -52,8 +54,10 @@ def image_spec(settings: Settings) -> ImageSpec:
 
 
 @task(name="load-training-images", **LOCAL)
-def load_training_images(settings: Settings, seed: int, shuffle_labels: bool = False) -> ImageSet:
-    """The plant's images when EDGEWAVE_DATA_PATH is set (in the spec's layout), else generated parts.
+def load_training_images(settings: Settings, seed: int, shuffle_labels: bool = False,
+                         with_feedback: bool = False) -> ImageSet:
+    """The plant's images when EDGEWAVE_DATA_PATH is set (in the spec's layout), else generated parts;
+    plus the images people labelled at the sites (the monitoring store's feedback) when retraining.
 
     `shuffle_labels` breaks the link between images and classes on purpose: the rollback demo's model.
     """
@@ -71,6 +75,16 @@ def load_training_images(settings: Settings, seed: int, shuffle_labels: bool = F
         classes = (spec.ok_class, *spec.defect_classes)
         data = ImageSet(images, np.array([classes.index(c) for c in labels], dtype=np.int64),
                         tuple(f"generated/{seed}/{i}" for i in range(len(labels))), classes)
+    if with_feedback:
+        feedback = MonitoringStore.of(settings).read_feedback(settings.feedback_rows_per_site)
+        if not feedback.empty:
+            if not {"image", "label"} <= set(feedback.columns):
+                raise ValueError(f"feedback in {redact(settings.monitoring_store)} is not labelled images "
+                                 f"(columns {list(feedback.columns)}); an image release reads `image` and `label`")
+            labelled = labelled_images(spec, feedback, "site feedback")
+            run_logger().info("retraining with %d labelled images of site feedback + %d base images",
+                              len(labelled.files), len(data.files))
+            data = combined(data, labelled)
     if shuffle_labels:
         data = ImageSet(data.images, np.random.default_rng(seed).permutation(data.labels), data.files, data.classes)
     return data

@@ -79,7 +79,8 @@ class ImageStream:
             "application/json"
 
     def outcomes(self, picks: list[int]) -> pd.DataFrame:
-        raise NotImplementedError("labelled images are not reported as feedback rows")
+        """The picked parts as an inspector labelled them: the image files and their class."""
+        return pd.DataFrame({"image": [self.pngs[i] for i in picks], "label": [self.labels[i] for i in picks]})
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ class Parts:
     """Generated parts of an image spec's camera line, through a scenario of tasks/data/surfaces.py."""
 
     spec: ImageSpec
-    target = None
+    target = "label"  # an inspector's verdict on each part sent: labelled images for retraining
     can_drift = True
 
     def stream(self, seed: int, scenario: DriftScenario | None) -> ImageStream:

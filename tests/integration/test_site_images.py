@@ -190,3 +190,30 @@ def test_generated_camera_traffic_is_scored_and_follows_a_scenario_change(site: 
         before = traffic.statuses[SITE][200]
         wait_for(lambda: traffic.statuses[SITE][200] >= before + 10, 60, "ten more after the lamp changed")
     assert set(traffic.statuses[SITE]) == {200}, traffic.statuses
+
+
+def test_inspectors_labels_of_the_parts_sent_come_back_for_retraining(site: ImageSite, tmp_path) -> None:
+    import yaml
+
+    from edgewave.tasks.platform.fleetfile import Site
+    from edgewave.tasks.platform.monitoring import MonitoringStore
+    from edgewave.tasks.release import image_steps
+    from edgewave.tasks.sim.traffic import Parts, Traffic
+
+    spec_file = tmp_path / "camera.yaml"
+    spec_file.write_text(yaml.safe_dump({"kind": "images", "name": "parts", "generator": "surfaces",
+                                         "classes": list(CLASSES), "image": {"width": 32, "height": 32}}))
+    settings = Settings(home=tmp_path / "home", dataset=spec_file, train_images=200)
+    store = MonitoringStore.of(settings)
+    traffic = Traffic([Site(id=SITE, port=site.port)], Parts(image_steps.image_spec(settings)), rate_per_site=40,
+                      feedback_store=store, feedback_seconds=0.5)
+    with traffic:
+        wait_for(lambda: traffic.feedback_rows[SITE] >= 20, 60, "twenty labelled parts in the store")
+    labelled = store.read_feedback(1000)
+    assert set(labelled.columns) == {"image", "label"} and set(labelled["label"]) <= set(CLASSES)
+    assert len(labelled) == traffic.feedback_rows[SITE]
+
+    base = image_steps.load_training_images.fn(settings, seed=1)
+    retraining = image_steps.load_training_images.fn(settings, seed=1, with_feedback=True)
+    assert len(retraining.files) == len(base.files) + len(labelled) and len(base.files) == 200
+    assert list(retraining.labels[200:]) == [CLASSES.index(c) for c in labelled["label"]]
