@@ -143,3 +143,26 @@ def test_image_spec_errors_name_the_field_and_a_table_step_refuses_an_image_spec
         load_spec(ROOT / "deployments" / "inspection-dataset.yaml")
     shipped = load_any_spec(ROOT / "deployments" / "inspection-dataset.yaml")
     assert isinstance(shipped, ImageSpec) and shipped.defect_classes == ("scratch", "pit", "crack", "stain")
+
+
+def test_labelled_images_from_sites_are_checked_like_a_datasets_files(tmp_path: Path) -> None:
+    import io
+
+    import pandas as pd
+
+    from edgewave.tasks.data.images import combined, labelled_images
+
+    spec = _spec(tmp_path)
+    images, _ = _parts(3, 6)
+    files = []
+    for pixels in images:
+        buffer = io.BytesIO()
+        Image.fromarray(pixels[:, :, 0]).save(buffer, "PNG")
+        files.append(buffer.getvalue())
+    labelled = labelled_images(spec, pd.DataFrame({"image": files, "label": ["pit", "good", "pit"]}), "feedback")
+    assert list(labelled.labels) == [2, 0, 2] and np.array_equal(labelled.images, images)
+    assert len(combined(labelled, labelled).files) == 6
+    with pytest.raises(ImageDataError, match=r"feedback: label\(s\) \['dent'\] are not classes"):
+        labelled_images(spec, pd.DataFrame({"image": files[:1], "label": ["dent"]}), "feedback")
+    with pytest.raises(ImageDataError, match=r"feedback\[1\]: not an image Pillow can read"):
+        labelled_images(spec, pd.DataFrame({"image": [files[0], b"junk"], "label": ["pit", "pit"]}), "feedback")
