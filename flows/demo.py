@@ -19,8 +19,6 @@ from edgewave.flows.drift import drift_monitor
 from edgewave.flows.release import release
 from edgewave.flows.retrain import retrain_on_drift
 from edgewave.flows.rollout import result_of, rollout
-from edgewave.tasks.data.machines import machine_of
-from edgewave.tasks.data.spec import load_spec
 from edgewave.tasks.drift.checks import FleetDrift
 from edgewave.tasks.fleet import local
 from edgewave.tasks.platform.fleetfile import load_fleet_file
@@ -28,7 +26,7 @@ from edgewave.tasks.platform.monitoring import MonitoringStore
 from edgewave.tasks.platform.settings import Settings, use
 from edgewave.tasks.release.registry import PRODUCTION, alias_version
 from edgewave.tasks.rollout.telemetry import scrape_sites
-from edgewave.tasks.sim.traffic import Traffic, source_for
+from edgewave.tasks.sim.traffic import ReferenceRows, Traffic, source_for
 
 # Sites sync every 2 s and keep every request for drift in 5 s windows, so a demo sees a
 # drift check's worth of rows (500) within half a minute.
@@ -119,9 +117,10 @@ def _drift_and_retrain(settings: Settings, traffic: Traffic, phase: Phases, rate
     with phase("drift check before the drift"):
         baseline = drift_monitor()  # counts the pre-drift windows: no site may be flagged by them
     print(f"before the drift: {baseline.reason}")
-    machine = machine_of(load_spec(settings.dataset))
-    for index, (name, params) in zip(DRIFTING_SITES, machine.demo_drift, strict=True):
-        change = machine.scenario(name, **params)
+    source = traffic.source
+    if isinstance(source, ReferenceRows):  # the caller checked `can_drift`
+        raise ValueError("a bundle's reference rows cannot drift")
+    for index, change in zip(DRIFTING_SITES, source.demo_changes(), strict=True):
         traffic.set_scenario(traffic.sites[index].id, change)
         print(f"{traffic.sites[index].id}: now {change.description}")
     with phase("drift checks until found"):

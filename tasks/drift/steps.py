@@ -37,9 +37,10 @@ def new_check_id() -> str:
 def policy_for(settings: Settings, fleet_policy: DriftPolicy) -> DriftPolicy:
     """The fleet file's drift policy with the dataset spec's per-column thresholds under it: a
     column's threshold comes from the fleet file if it names one, else from the spec."""
-    from edgewave.tasks.data.spec import load_spec
+    from edgewave.tasks.data.spec import DatasetSpec, load_any_spec
 
-    spec = load_spec(settings.dataset).drift_thresholds()
+    loaded = load_any_spec(settings.dataset)
+    spec = loaded.drift_thresholds() if isinstance(loaded, DatasetSpec) else {}  # an image spec names none
     return fleet_policy.model_copy(update={"column_thresholds": {**spec, **fleet_policy.column_thresholds}})
 
 

@@ -33,7 +33,7 @@ import pandas as pd
 
 from edgewave.tasks.data.ai4i import DriftScenario
 from edgewave.tasks.data.images import ImageSpec
-from edgewave.tasks.data.machines import simulate
+from edgewave.tasks.data.machines import machine_of, simulate
 from edgewave.tasks.data.spec import DatasetSpec, load_any_spec
 from edgewave.tasks.platform.fleetfile import Site
 from edgewave.tasks.platform.monitoring import MonitoringStore
@@ -104,6 +104,11 @@ class Simulated:
     def stream(self, seed: int, scenario: DriftScenario | None) -> RowStream:
         return RowStream(self.rows(seed, scenario), self.features, self.target)
 
+    def demo_changes(self) -> list[DriftScenario]:
+        """The two changes of the world the demo's drifting sites go through (the machine names them)."""
+        machine = machine_of(self.spec)
+        return [machine.scenario(name, **params) for name, params in machine.demo_drift]
+
 
 @dataclass(frozen=True)
 class ReferenceRows:
@@ -143,6 +148,10 @@ class Parts:
             Image.fromarray(pixels[:, :, 0]).convert(shape.mode).save(buffer, "PNG")
             encoded.append(buffer.getvalue())
         return ImageStream(tuple(encoded), tuple(labels))
+
+    def demo_changes(self) -> list[DriftScenario]:
+        """The demo's two drifting cameras: a replaced lamp and a lens out of focus."""
+        return [self.scenario("lighting"), self.scenario("defocus")]
 
     def scenario(self, name: str) -> DriftScenario:
         """A scenario of the camera line by name (`lighting`, `defocus`, `shifted`, `new_defect`)."""
