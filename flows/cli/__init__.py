@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from edgewave.flows.cli import demo, drift, fleet, release, rollout, status
+from edgewave.flows.cli import demo, drift, fleet, label, release, rollout, status
 from edgewave.flows.cli.console import DEBUG, console
 from edgewave.serving.errors import Actionable
 from edgewave.serving.redact import redact
@@ -40,6 +40,7 @@ app.command()(rollout.rollout)
 app.command()(rollout.rollback)
 app.command()(rollout.reconcile)
 app.add_typer(drift.drift_app, name="drift")
+app.add_typer(label.label_app, name="label")
 app.add_typer(demo.demo_app, name="demo")
 app.add_typer(fleet.fleet_app, name="fleet")
 app.command()(fleet.exporter)
