@@ -31,6 +31,23 @@ CANARY_THEN_REST = [{"name": "canary", "count": 1}, {"name": "rest", "percent": 
 ALL_AT_ONCE = [{"name": "all", "percent": 100}]
 
 
+def demo_loop_fleet(path: Path) -> dict:
+    """The shipped fleet and policy for a `demo loop` test, written to `path`: every site on a free port,
+    two shorter waves and faster measurements (the loop's logic is the same, CI's clock is not)."""
+    import yaml
+
+    fleet = yaml.safe_load((DEPLOYMENTS / "fleet.yaml").read_text())
+    for site in fleet["fleet"]["sites"]:
+        site["port"] = free_port()
+    fleet["rollout"].update(waves=CANARY_THEN_REST, bake_seconds=2)
+    # a retrained model may flag a third more of a 20-request window at a drifted site (0.34 measured once on
+    # the pump, against 0.3 shipped); a broken model flags every row, a shift far above 0.5
+    fleet["rollout"]["analysis"].update(interval_seconds=2, measurements=2, min_requests_per_site=20,
+                                        p99_floor_seconds=BUSY_MACHINE_P99_FLOOR, max_failure_rate_shift=0.5)
+    path.write_text(yaml.safe_dump(fleet))
+    return fleet
+
+
 def write_fleet_file(path: Path, sites: list[dict] | dict[str, int], waves: list[dict] | None = None,
                analysis: dict | None = None, drift: dict | None = None, **rollout: object) -> Path:
     """Write a fleet file (the one factory of the tests): `sites` as Site fields, or site id → port;

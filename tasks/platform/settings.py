@@ -112,6 +112,9 @@ class Settings(EdgeSettings):
     feedback_rows_per_site: int = Field(
         default=5_000, ge=0, description="Most recent labelled rows per site that retraining adds to the data."
     )
+    feedback_images_per_site: int = Field(
+        default=300, ge=0, description="Most recent labelled images per site that an image model's retraining adds "
+        "(the same image labelled twice counts once).")
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -76,7 +76,9 @@ def load_training_images(settings: Settings, seed: int, shuffle_labels: bool = F
         data = ImageSet(images, np.array([classes.index(c) for c in labels], dtype=np.int64),
                         tuple(f"generated/{seed}/{i}" for i in range(len(labels))), classes)
     if with_feedback:
-        feedback = MonitoringStore.of(settings).read_feedback(settings.feedback_rows_per_site)
+        feedback = MonitoringStore.of(settings).read_feedback(settings.feedback_images_per_site)
+        if not feedback.empty and "image" in feedback.columns:  # a part inspected twice is one example
+            feedback = feedback[~feedback["image"].map(bytes).duplicated()].reset_index(drop=True)
         if not feedback.empty:
             if not {"image", "label"} <= set(feedback.columns):
                 raise ValueError(f"feedback in {redact(settings.monitoring_store)} is not labelled images "

@@ -14,13 +14,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
 from edgewave.serving.bundle import load_trusted_keys, verify_bundle
 from edgewave.tasks.data.machines import simulate
 from edgewave.tasks.data.pump import FEATURES as PUMP
 from edgewave.tasks.data.spec import load_spec
-from tests.helpers import BIN, BUSY_MACHINE_P99_FLOOR, DEPLOYMENTS, edgewave_env, free_port
+from tests.helpers import BIN, DEPLOYMENTS, demo_loop_fleet, edgewave_env
 
 SPEC = DEPLOYMENTS / "pump-dataset.yaml"
 
@@ -32,16 +31,7 @@ SPEC = DEPLOYMENTS / "pump-dataset.yaml"
 @pytest.mark.timeout(2700)
 def test_release_serve_rollout_drift_and_retrain_on_pumps(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    fleet = yaml.safe_load((DEPLOYMENTS / "fleet.yaml").read_text())
-    for site in fleet["fleet"]["sites"]:
-        site["port"] = free_port()
-    # the shipped policy, in two shorter waves (the loop's logic is the same, CI's clock is not)
-    fleet["rollout"].update(waves=[{"name": "canary", "count": 1}, {"name": "rest", "percent": 100}], bake_seconds=2)
-    # the retrained model may flag a third more rows of a 20-request window at the bearing-worn site
-    # (0.34 measured once, against 0.3 shipped); a broken model flags every row, a shift far above 0.5
-    fleet["rollout"]["analysis"].update(interval_seconds=2, measurements=2, min_requests_per_site=20,
-                                        p99_floor_seconds=BUSY_MACHINE_P99_FLOOR, max_failure_rate_shift=0.5)
-    (tmp_path / "fleet.yaml").write_text(yaml.safe_dump(fleet))
+    fleet = demo_loop_fleet(tmp_path / "fleet.yaml")
     env = {k: v for k, v in edgewave_env(home, EDGEWAVE_DATASET=str(SPEC), EDGEWAVE_MODEL_NAME="pump-failure",
                                          EDGEWAVE_FLEET_PATH=str(tmp_path / "fleet.yaml"), EDGEWAVE_TRAIN_ROWS="6000",
                                          # one data seed: the retrained model differs from v1 by the
