@@ -11,6 +11,7 @@ import io
 import logging
 import tempfile
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -222,6 +223,21 @@ def parity(trained: TrainedModel, model: bytes, x: np.ndarray, tolerance: float)
     return diff
 
 
+def quantized_bytes(model: bytes, quantizer: Callable[[Path, Path], object]) -> bytes:
+    """`model` through one of ONNX Runtime's quantisers, which read and write files; the hint they log
+    to the root logger about pre-processing is kept off the terminal."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
+        src.write_bytes(model)
+        root = logging.getLogger()
+        level, root.level = root.level, logging.ERROR
+        try:
+            quantizer(src, dst)
+        finally:
+            root.setLevel(level)
+        return dst.read_bytes()
+
+
 def quantize(model: bytes, x: np.ndarray, y: np.ndarray, threshold: float, max_delta: float) -> QuantizedVariant:
     """Dynamic int8 quantisation, kept only if it loses at most `max_delta` PR-AUC.
 
@@ -234,16 +250,7 @@ def quantize(model: bytes, x: np.ndarray, y: np.ndarray, threshold: float, max_d
     proto = onnx.load_from_string(model)
     if not any(node.op_type in {"MatMul", "Gemm"} for node in proto.graph.node):
         return QuantizedVariant(None, None, None, False, "no MatMul/Gemm to quantise (tree ensemble)")
-    with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
-        src.write_bytes(model)
-        root = logging.getLogger()
-        level, root.level = root.level, logging.ERROR  # ORT logs a pre-processing hint to root
-        try:
-            quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
-        finally:
-            root.setLevel(level)
-        quantized = dst.read_bytes()
+    quantized = quantized_bytes(model, lambda src, dst: quantize_dynamic(src, dst, weight_type=QuantType.QInt8))
     base, q = onnx_proba(model, x), onnx_proba(quantized, x)
     diff = float(np.max(np.abs(base - q)))
     delta = evaluate(y, base, threshold).pr_auc - evaluate(y, q, threshold).pr_auc

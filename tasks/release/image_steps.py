@@ -24,8 +24,8 @@ from edgewave.tasks.platform.runs import LOCAL, REMOTE, markdown_link, run_logge
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.release import bundle as bundles
 from edgewave.tasks.release import registry
-from edgewave.tasks.release.gate import GateDecision, judge
-from edgewave.tasks.release.steps import input_signature, version_tags
+from edgewave.tasks.release.gate import GateDecision
+from edgewave.tasks.release.steps import gate_against_baseline, input_signature, version_tags
 from edgewave.tasks.release.train import evaluate
 from edgewave.tasks.release.vision import (
     ImageExport,
@@ -159,13 +159,10 @@ def build_bundle(settings: Settings, version: registry.RegisteredVersion, champi
 def quality_gate(settings: Settings, version: registry.RegisteredVersion, champion: ImageCandidate,
                  data: ImageSplit) -> GateDecision:
     """Challenger vs the baseline version (@production, else @staging) on this release's test images."""
-    baseline = registry.baseline_version(settings, exclude=version.version)
-    scored = None
-    if baseline is not None:
-        alias, base = baseline
-        probabilities, _ = onnx_predict(registry.download_onnx(settings, base), data.x_test)
-        scored = (alias, int(base.version), evaluate(data.defective(data.y_test), 1 - probabilities[:, 0], 0.5).pr_auc)
-    return judge(champion.trained.metrics.pr_auc, scored, settings.gate_tolerance, settings.gate_floor_pr_auc)
+    defective = data.defective(data.y_test)
+    return gate_against_baseline(settings, version, champion.trained.metrics.pr_auc,
+                                 lambda model: evaluate(defective, 1 - onnx_predict(model, data.x_test)[0][:, 0],
+                                                        0.5).pr_auc)
 
 
 def summary_markdown(release_id: str, version: registry.RegisteredVersion, candidates: list[ImageCandidate],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -263,13 +264,20 @@ def build_image(settings: Settings, version: registry.RegisteredVersion, folder:
 def quality_gate(settings: Settings, version: registry.RegisteredVersion, champion: Candidate,
                  data: Split) -> GateDecision:
     """Challenger vs the baseline version (@production, else @staging) on this held-out split."""
+    return gate_against_baseline(settings, version, champion.trained.metrics.pr_auc,
+                                 lambda model: evaluate(data.y_test, onnx_proba(model, data.x_test), 0.5).pr_auc)
+
+
+def gate_against_baseline(settings: Settings, version: registry.RegisteredVersion, challenger_pr_auc: float,
+                          baseline_pr_auc: Callable[[bytes], float]) -> GateDecision:
+    """The gate's decision: the baseline version's ONNX graph (@production, else @staging) scored by
+    `baseline_pr_auc` on the challenger's held-out data, or the floor when there is none."""
     baseline = registry.baseline_version(settings, exclude=version.version)
     scored = None
     if baseline is not None:
         alias, base = baseline
-        proba = onnx_proba(registry.download_onnx(settings, base), data.x_test)
-        scored = (alias, int(base.version), evaluate(data.y_test, proba, 0.5).pr_auc)
-    return judge(champion.trained.metrics.pr_auc, scored, settings.gate_tolerance, settings.gate_floor_pr_auc)
+        scored = (alias, int(base.version), baseline_pr_auc(registry.download_onnx(settings, base)))
+    return judge(challenger_pr_auc, scored, settings.gate_tolerance, settings.gate_floor_pr_auc)
 
 
 @task(name="record-gate", **REMOTE)

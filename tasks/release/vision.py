@@ -14,11 +14,9 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -27,7 +25,7 @@ import onnx
 from edgewave.serving.bundle import Reference
 from edgewave.tasks.data.images import ImageSet
 from edgewave.tasks.platform.progress import report
-from edgewave.tasks.release.export import OPSET, ParityError, QuantizedVariant, session
+from edgewave.tasks.release.export import OPSET, ParityError, QuantizedVariant, quantized_bytes, session
 from edgewave.tasks.release.train import Metrics, best_f1_threshold, evaluate
 
 INPUT_NAME = "image"
@@ -285,19 +283,10 @@ def quantize_static(model: bytes, calibration: np.ndarray, images: np.ndarray, y
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.batches, None)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
-        src.write_bytes(model)
-        root = logging.getLogger()
-        level, root.level = root.level, logging.ERROR  # ORT logs a pre-processing hint to root
-        try:
-            ort_quantize_static(src, dst, Calibration(), quant_format=QuantFormat.QDQ,
-                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                                op_types_to_quantize=["Conv", "MatMul", "Gemm"],
-                                calibrate_method=CalibrationMethod.MinMax)
-        finally:
-            root.setLevel(level)
-        quantized = dst.read_bytes()
+    quantized = quantized_bytes(model, lambda src, dst: ort_quantize_static(
+        src, dst, Calibration(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+        calibrate_method=CalibrationMethod.MinMax))
     base, q = onnx_predict(model, images)[0], onnx_predict(quantized, images)[0]
     diff = float(np.max(np.abs(base - q)))
     delta = evaluate(y, 1 - base[:, 0], threshold).pr_auc - evaluate(y, 1 - q[:, 0], threshold).pr_auc
