@@ -17,14 +17,17 @@ import numpy as np
 import orjson
 
 from edgewave.serving.batching import MicroBatcher
+from edgewave.serving.bundle import ImageInput
 from edgewave.serving.images import DESCRIPTORS, MEDIA_TYPES, decode, decode_batch, descriptors
 from edgewave.serving.metrics import HotPath, SiteMetrics
 from edgewave.serving.model import LoadedModel, ModelSlot
 from edgewave.serving.openapi import openapi
 from edgewave.serving.sampler import Sampler
 from edgewave.serving.validation import (
+    JSON,
     RequestError,
     check_body_headers,
+    json_object,
     non_finite_output,
     out_of_range,
     outside_physical,
@@ -35,7 +38,6 @@ log = logging.getLogger("edgewave.serving")
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
-JSON = b"application/json"
 ROUTES = {"/v1/predict": "POST", "/v1/model": "GET", "/v1/site": "GET", "/healthz": "GET", "/readyz": "GET", "/metrics": "GET",
           "/openapi.json": "GET"}
 
@@ -88,7 +90,7 @@ class SiteApp:
                 raise RequestError(503, "no verified model loaded yet")
             if model.image is not None:
                 media = check_body_headers(scope["headers"], self.max_body_bytes, MEDIA_TYPES)
-                return 200, await self._predict_images(model, await self._body(scope, receive), media), JSON
+                return 200, await self._predict_images(model, model.image, await self._body(scope, receive), media), JSON
             check_body_headers(scope["headers"], self.max_body_bytes)
             return 200, await self._predict(model, await self._body(scope, receive)), JSON
         if path in ("/healthz", "/v1/site"):
@@ -162,14 +164,12 @@ class SiteApp:
             response["out_of_range"] = flagged
         return orjson.dumps(response)
 
-    async def _predict_images(self, model: LoadedModel, body: bytes, media: bytes) -> bytes:
+    async def _predict_images(self, model: LoadedModel, schema: ImageInput, body: bytes, media: bytes) -> bytes:
         """One PNG or JPEG body, or `{"images": [base64, …]}`: per image the defect probability, the
         label (the good class below the threshold, else the likeliest defect) and every class's score.
         Images of one size share an ONNX call, with other requests' too."""
-        schema = model.image
-        assert schema is not None  # noqa: S101 - the caller routes only image models here
         if media == JSON:
-            payload = _json_object(body)
+            payload = json_object(body, "'images'")
             if set(payload) != {"images"}:
                 raise RequestError(400, f"body: expected an object with 'images' only, got {sorted(payload)}")
             images, files = decode_batch(payload["images"], schema)
@@ -230,16 +230,6 @@ def _observe_confidence(hot: HotPath, proba: np.ndarray, probabilities: list[flo
     confidence = np.maximum(proba, 1 - proba)
     counts = np.bincount(np.searchsorted(hot.confidence.bounds, confidence), minlength=len(hot.confidence.counts))
     hot.confidence.add(counts.tolist(), float(confidence.sum()))
-
-
-def _json_object(body: bytes) -> dict[str, Any]:
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise RequestError(400, f"malformed JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise RequestError(400, "body: expected a JSON object")
-    return payload
 
 
 def _error(message: str) -> bytes:

@@ -136,14 +136,21 @@ def _check_size(where: str, n: int, max_batch: int) -> None:
         raise RequestError(413, f"{where}: batch of {n} rows exceeds the maximum of {max_batch}")
 
 
-def parse_predict(body: bytes, model: LoadedModel, max_batch: int) -> np.ndarray:
-    """The request's rows as a float32 matrix in the model's feature order, or a RequestError."""
+def json_object(body: bytes, holding: str = "") -> dict:
+    """The body as a JSON object, or a 400 saying it is malformed or not an object (of `holding`)."""
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise RequestError(400, f"malformed JSON: {exc}") from None
     if not isinstance(payload, dict):
-        raise RequestError(400, f"body: expected a JSON object with 'instances' or 'columns', got {_type_name(payload)}")
+        raise RequestError(400, f"body: expected a JSON object{' with ' + holding if holding else ''}, "
+                           f"got {_type_name(payload)}")
+    return payload
+
+
+def parse_predict(body: bytes, model: LoadedModel, max_batch: int) -> np.ndarray:
+    """The request's rows as a float32 matrix in the model's feature order, or a RequestError."""
+    payload = json_object(body, "'instances' or 'columns'")
     keys = set(payload)
     if keys == {"instances"}:
         x = _from_instances(payload["instances"], model, max_batch)
