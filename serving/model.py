@@ -84,13 +84,16 @@ def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def load_model(folder: Path, trusted: dict[str, Ed25519PublicKey]) -> LoadedModel:
-    """Verify, load, warm up and sanity-check a bundle; raise a `BundleError` on any failure."""
+def load_model(folder: Path, trusted: dict[str, Ed25519PublicKey], int8: bool = False) -> LoadedModel:
+    """Verify, load, warm up and sanity-check a bundle; raise a `BundleError` on any failure. With
+    `int8`, the bundle's int8 variant is served when it ships one (the release kept it only where its
+    quality held; its hash is verified like the model's)."""
     manifest = verify_bundle(folder, trusted)
+    graph = manifest.variants["int8"].path if int8 and "int8" in manifest.variants else MODEL
     try:
-        session = _session(folder / MODEL)
+        session = _session(folder / graph)
     except Exception as exc:  # ORT raises its own exception types for a bad graph
-        raise ModelLoadError(f"{folder}: {MODEL} does not load in ONNX Runtime: {exc}") from None
+        raise ModelLoadError(f"{folder}: {graph} does not load in ONNX Runtime: {exc}") from None
     if isinstance(manifest.input, ImageInput):
         return _image_model(folder, manifest, manifest.input, session)
     names = tuple(manifest.input.names)
@@ -157,16 +160,17 @@ class ModelSlot:
     """Holds the serving model; `swap` replaces it only with a model that passed every check."""
 
     def __init__(self, on_swap: Callable[[LoadedModel], None] | None = None,
-                 on_failure: Callable[[str], None] | None = None) -> None:
+                 on_failure: Callable[[str], None] | None = None, int8: bool = False) -> None:
         self.current: LoadedModel | None = None
         self._lock = threading.Lock()  # one swap at a time; readers never take it
         self._on_swap = on_swap
         self._on_failure = on_failure
+        self.int8 = int8  # serve a bundle's int8 variant when it ships one
 
     def swap(self, folder: Path, trusted: dict[str, Ed25519PublicKey]) -> LoadedModel:
         with self._lock:
             try:
-                model = load_model(folder, trusted)
+                model = load_model(folder, trusted, self.int8)
             except BundleError as exc:
                 reason = type(exc).__name__
                 log.error("refused bundle %s (%s): %s; still serving %s", folder, reason, exc,

@@ -49,6 +49,9 @@ class EdgeSettings(BaseSettings):
     sample_buffer_max_bytes: int = Field(
         default=256 * 1024 * 1024, ge=1024, description="Disk the site may use for unshipped sample windows."
     )
+    serve_int8: bool = Field(
+        default=False, description="Serve a bundle's int8 variant when it ships one (kept by the release only "
+        "where its PR-AUC held); the model's hash and version stay the bundle's.")
     sample_image_bytes: int = Field(
         default=1_000_000, ge=0, description="An image model's sampled images kept per window (encoded bytes), the "
         "ones nearest the decision threshold first: what people label. 0: none.")

@@ -221,3 +221,34 @@ def test_inspectors_labels_of_the_parts_sent_come_back_for_retraining(site: Imag
     capped = image_steps.load_training_images.fn(settings.model_copy(update={"feedback_images_per_site": 5}), seed=1,
                                                  with_feedback=True)
     assert len(capped.files) <= 205
+
+
+def test_a_site_told_to_serve_int8_serves_the_bundles_int8_variant(site: ImageSite, tmp_path) -> None:
+    pixels, labels = generate(300, seed=8, size=(32, 32), defect_rate=0.3)
+    split = vision.split_images(ImageSet(pixels, np.array([CLASSES.index(c) for c in labels]), (), CLASSES))
+    trained = vision.train_cnn(split, seed=0, epochs=1, widths=(6, 8, 12, 16))
+    fp32 = vision.to_onnx(trained, channels=1)
+    int8 = vision.quantize_static(fp32, split.x_train[:64], split.x_test, split.defective(split.y_test),
+                                  trained.metrics.threshold, max_delta=1.0).model
+    assert int8 is not None
+    manifest = build_image_manifest(
+        name="surface-defects", version=2, family="cnn", model=fp32, int8_model=int8,
+        shape=ImageShape(width=32, height=32, channels=1, size_tolerance=0.5), limits=LIMITS, classes=CLASSES,
+        threshold=0.5, metrics=trained.metrics.as_dict(), data_fingerprint=split.data_fingerprint,
+        parity_max_abs_diff=0.0, reference=vision.image_reference(fp32, split.x_train, 50))
+    bundle = write_bundle(tmp_path / "v2", manifest, fp32, int8,
+                          load_or_create_signing_key(Settings(home=site.home).signing_key))
+    image = split.x_test[0]
+    for serve_int8, graph in (("true", int8), ("false", fp32)):
+        port = free_port()
+        process = start_site(site.home, port, tmp_path / f"site-{serve_int8}.log", "--bundle", str(bundle),
+                             EDGEWAVE_SERVE_INT8=serve_int8, EDGEWAVE_SITE_ID=f"camera-{serve_int8}")
+        try:
+            status, body = _post(ImageSite(port, site.home, graph, split.x_test, 0.5), _encode(image), "image/png")
+        finally:
+            stop(process)
+        assert status == 200 and body["model_version"] == 2
+        np.testing.assert_allclose(list(body["predictions"][0]["scores"].values()),
+                                   vision.onnx_predict(graph, image[None])[0][0], atol=1e-6)
+    # the two graphs answer this image differently, so the answers above tell which one was served
+    assert np.abs(vision.onnx_predict(int8, image[None])[0] - vision.onnx_predict(fp32, image[None])[0]).max() > 1e-5
