@@ -31,9 +31,10 @@ CANARY_THEN_REST = [{"name": "canary", "count": 1}, {"name": "rest", "percent": 
 ALL_AT_ONCE = [{"name": "all", "percent": 100}]
 
 
-def demo_loop_fleet(path: Path) -> dict:
+def demo_loop_fleet(path: Path, drift: dict | None = None) -> dict:
     """The shipped fleet and policy for a `demo loop` test, written to `path`: every site on a free port,
-    two shorter waves and faster measurements (the loop's logic is the same, CI's clock is not)."""
+    two shorter waves and faster measurements (the loop's logic is the same, CI's clock is not); `drift`
+    overrides fields of the drift policy."""
     import yaml
 
     fleet = yaml.safe_load((DEPLOYMENTS / "fleet.yaml").read_text())
@@ -44,6 +45,7 @@ def demo_loop_fleet(path: Path) -> dict:
     # the pump, against 0.3 shipped); a broken model flags every row, a shift far above 0.5
     fleet["rollout"]["analysis"].update(interval_seconds=2, measurements=2, min_requests_per_site=20,
                                         p99_floor_seconds=BUSY_MACHINE_P99_FLOOR, max_failure_rate_shift=0.5)
+    fleet["drift"].update(drift or {})
     path.write_text(yaml.safe_dump(fleet))
     return fleet
 

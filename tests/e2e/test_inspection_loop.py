@@ -28,7 +28,9 @@ SPEC = DEPLOYMENTS / "inspection-dataset.yaml"
 @pytest.mark.timeout(2700)
 def test_release_serve_rollout_drift_and_retrain_on_camera_images(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    fleet = demo_loop_fleet(tmp_path / "fleet.yaml")
+    # one drifted window of 300 rows is enough here: the camera changes are large (brightness 4.5x its
+    # threshold), and two 500-row windows in a row took 187 s of the loop's 327 s
+    fleet = demo_loop_fleet(tmp_path / "fleet.yaml", drift={"min_samples": 300, "consecutive_windows": 1})
     env = {k: v for k, v in edgewave_env(home, EDGEWAVE_DATASET=str(SPEC), EDGEWAVE_MODEL_NAME="surface-defects",
                                          EDGEWAVE_FLEET_PATH=str(tmp_path / "fleet.yaml"), EDGEWAVE_DATA_SEED="11",
                                          EDGEWAVE_TRAIN_IMAGES="1600", EDGEWAVE_CNN_EPOCHS="8",
