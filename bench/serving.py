@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "serving.json"
 BIN = Path(sys.executable).parent
 
+from bench.common import write_results
 from edgewave.serving.bundle import BundleManifest
 from tests.helpers import free_port, http_ok, stop, wait_for
 
@@ -206,11 +207,7 @@ def main() -> None:
                     "when": datetime.now(UTC).isoformat(timespec="seconds"),
                     "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
                     "seconds_per_run": args.seconds, "load_generator": "wrk, 2 threads at 8 connections, 1 at 1"})
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    for target, met in results["targets"].items():
-        print(f"{'MET ' if met else 'MISS'} {target}")
-    print(f"written to {RESULTS}")
+    write_results(RESULTS, results)
 
 
 if __name__ == "__main__":

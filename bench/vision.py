@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import platform
 import subprocess
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import write_results
 from bench.serving import ensure_wrk, parse_wrk, rss_mb, start
 from tests.helpers import free_port, stop
 
@@ -222,12 +222,7 @@ def main() -> None:
                     "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
                     "images": args.images, "epochs": args.epochs, "seconds_per_run": args.seconds,
                     "load_generator": "wrk, one 64x64 grayscale PNG per request"})
-    results["targets"] = {k: bool(v) for k, v in results["targets"].items()}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    for target, met in results["targets"].items():
-        print(f"{'MET ' if met else 'MISS'} {target}")
-    print(f"written to {RESULTS}")
+    write_results(RESULTS, results)
 
 
 if __name__ == "__main__":
