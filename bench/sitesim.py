@@ -26,6 +26,8 @@ START = time.time()
 RATE = 50.0  # simulated requests per second per site
 BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 SHARE = (0.0, 0.2, 0.7, 0.95, 0.99, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)  # cumulative latency profile
+CONFIDENCE = ((0.5, 0.0), (0.6, 0.0), (0.7, 0.01), (0.8, 0.03), (0.9, 0.1), (0.95, 0.45), (0.99, 0.9), (1.0, 1.0),
+              ("+Inf", 1.0))  # cumulative share of max(p, 1-p) per bucket: mean about 0.95
 _versions: dict[str, tuple[float, int]] = {}
 
 
@@ -48,6 +50,7 @@ def exposition(v: int, site: str, fleet: str) -> bytes:
     lines += [f'edgewave_request_duration_seconds_bucket{{route="/v1/predict",le="{b}"}} {n * s}'
               for b, s in zip(BUCKETS, SHARE)]
     lines += [f'edgewave_request_duration_seconds_bucket{{route="/v1/predict",le="+Inf"}} {n}',
+              *(f'edgewave_prediction_confidence_bucket{{le="{b}"}} {n * s}' for b, s in CONFIDENCE),
               f"edgewave_prediction_confidence_sum {n * 0.95}", f"edgewave_prediction_confidence_count {n}",
               f"edgewave_predicted_rows_total {n}", f'edgewave_predictions_total{{label="failure"}} {n * 0.04}',
               f"edgewave_positive_predictions_total {n * 0.04}",

@@ -135,6 +135,20 @@ class Analysis(_Model):
                                           description="|canary - baseline| share of rows predicted 'failure'.")
     inconclusive_limit: int = Field(default=3, ge=1, description="Inconclusive measurements before the fallback.")
     on_inconclusive: Literal["hold", "fail"] = "hold"
+    judge: Literal["controls", "own"] = Field(
+        default="controls", description="controls: the wave's changed sites against sites that did not change, over "
+        "the same window, each against itself before the wave (difference in differences; see "
+        "tasks/rollout/controls.py). own: each changed site against its own past only, which blames the model when "
+        "the whole plant slows down. With no site left to be a control, `controls` judges as `own`.")
+    false_alarm_rate: float = Field(
+        default=0.01, gt=0, lt=0.5, description="The chance, accepted per wave, that a good model fails a "
+        "statistical test by luck: each test runs at false_alarm_rate / (3 x measurements).")
+    on_environment_shift: Literal["pass", "inconclusive"] = Field(
+        default="pass", description="When the controls shifted as much as the changed sites: pass (the difference "
+        "in differences has taken the shift out) or inconclusive (wait for calm). Never a rollback.")
+    max_p99_seconds: float | None = Field(
+        default=None, gt=0, description="An absolute ceiling (the plant's SLO): a changed site whose p99 is above "
+        "it fails, whatever the controls do.")
 
 
 class Abort(_Model):

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from edgewave.tasks.platform.fleetfile import Abort, Analysis
 from edgewave.tasks.rollout.telemetry import Window
+
+if TYPE_CHECKING:
+    from edgewave.tasks.rollout.controls import MetricJudgement
 
 Verdict = Literal["pass", "fail", "inconclusive"]
 Decision = Literal["advance", "rollback", "hold", "measure"]
@@ -34,7 +37,7 @@ class SiteJudgement:
     p99_ratio: float
     confidence_ratio: float
     failure_rate_shift: float
-    compared_with: str = "fleet"  # "own" (the site before it changed) or "fleet" (baseline sites now)
+    compared_with: str = "fleet"  # "own" (the site before it changed), "fleet" (baseline sites now), "controls"
 
     def as_dict(self) -> dict:
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
@@ -47,7 +50,8 @@ class Measurement:
     verdict: Verdict
     reason: str
     sites: list[SiteJudgement] = field(default_factory=list)
-    baseline_sites: tuple[str, ...] = ()
+    baseline_sites: tuple[str, ...] = ()  # the controls, or the fleet baseline
+    metrics: list[MetricJudgement] = field(default_factory=list)  # judged against concurrent controls
 
 
 def _ratio(a: float, b: float) -> float:

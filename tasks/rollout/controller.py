@@ -29,6 +29,7 @@ from edgewave.serving.desired import DesiredState
 from edgewave.tasks.platform import progress
 from edgewave.tasks.platform.fleetfile import Fleet, FleetFile, RolloutPolicy, Site, plan_waves
 from edgewave.tasks.rollout.analysis import Measurement, decide, measure
+from edgewave.tasks.rollout.controls import measure_with_controls
 from edgewave.tasks.rollout.gitops import DesiredStateRepo, HistoryRewritten, record_file
 from edgewave.tasks.rollout.lease import Lease, ModelLease, new_lease
 from edgewave.tasks.rollout.record import Kind, RolloutRecord, Status, WaveRecord, attempt_id
@@ -48,11 +49,14 @@ class Io:
 
 @dataclass(frozen=True)
 class Observed:
-    """What measurements saw of sites still on the old model: the latest baseline (untouched sites,
-    summed) and each untouched site's own behaviour before it changed (summed over time)."""
+    """What measurements saw: the latest baseline (untouched sites, summed), each untouched site's own
+    behaviour on the old model (summed over time), and every site's latest windows (`recent`)."""
 
     baseline: Window | None = None
     own: dict[str, Window] = field(default_factory=dict)
+    # every site's windows over the latest wave's measurements (or the watch before the first wave):
+    # what the next wave's changed sites and its controls did before it changed anything
+    recent: dict[str, Window] = field(default_factory=dict)
 
     def with_own(self, site_ids: list[str], before: dict, after: dict, version: int | None) -> Observed:
         own = dict(self.own)
@@ -287,17 +291,20 @@ class Controller:
         if self.from_version is None or wave.status != "pending":
             return observed
         self.lease.renew(record.id)
-        missing = [s for s in wave.sites if s not in observed.own]
-        if not missing:
-            return observed
         fleet, policy = self.plan(record)
         rules, sites = policy.analysis, {s.id: s for s in fleet.sites}
+        missing = [s for s in wave.sites if s not in observed.own]
+        # judged against controls, every site's recent past is the "before" of the difference in differences
+        watch = list(sites) if rules.judge == "controls" and not observed.recent else missing
+        if not watch:
+            return observed
         seconds = rules.interval_seconds * rules.measurements
-        self.io.log(f"{record.id}: wave {wave.name}: watching {len(missing)} site(s) on v{self.from_version} for {seconds:g}s")
-        before = self.io.read([sites[s] for s in missing])
+        self.io.log(f"{record.id}: wave {wave.name}: watching {len(watch)} site(s) for {seconds:g}s before changing any")
+        before = self.io.read([sites[s] for s in watch])
         self.io.sleep(seconds)
-        after = self.io.read([sites[s] for s in missing])
-        return observed.with_own(missing, before, after, self.from_version)
+        after = self.io.read([sites[s] for s in watch])
+        recent = {s: window(b, a, s) for s in watch if (b := before.get(s)) and (a := after.get(s))}
+        return replace(observed.with_own(missing, before, after, self.from_version), recent=recent)
 
     def converge(self, record: RolloutRecord, index: int) -> RolloutRecord:
         """Wait until the wave's sites report the new version, up to the convergence deadline."""
@@ -341,6 +348,9 @@ class Controller:
             self.io.sleep(policy.bake_seconds)
         touched = {s for w in record.waves[: index + 1] for s in w.sites}
         canary_ids = [s for w in record.waves[: index + 1] for s in w.converged]  # on the new version
+        earlier = {s for w in record.waves[:index] for s in w.converged}  # on the new version since earlier waves
+        before_wave = observed.recent  # every site before this wave changed anything
+        seen: dict[str, Window] = {}
         measurements: list[Measurement] = []
         while True:
             self.lease.renew(record.id)
@@ -349,6 +359,7 @@ class Controller:
             self.io.sleep(rules.interval_seconds)
             after = self.io.read(population)
             windows = {s: window(b, a, s) if (b := before.get(s)) and (a := after.get(s)) else None for s in sites}
+            seen = {s: combine([seen[s], w]) or w if s in seen else w for s, w in windows.items() if w is not None}
             baseline_windows = [w for s, w in windows.items() if w is not None and s not in touched
                                 and (a := after.get(s)) is not None and a.version == self.from_version]
             observed = observed.with_own([s for s in sites if s not in touched], before, after, self.from_version)
@@ -359,7 +370,15 @@ class Controller:
             went_back = {s: a.version for s in canary_ids if (a := after.get(s)) is not None and a.version != self.version}
             canaries = {s: windows[s] for s in canary_ids if s not in went_back}
             first_rollout = self.from_version is None
-            m = measure(canaries, observed.baseline, rules, policy.abort, absolute_only=first_rollout, own=observed.own)
+            own_rule = measure(canaries, observed.baseline, rules, policy.abort, absolute_only=first_rollout,
+                               own=observed.own)
+            # controls: sites this wave did not change, still serving what they served before it
+            controls = {s: w for s, w in windows.items() if w is not None and s not in wave.sites
+                        and (a := after.get(s)) is not None
+                        and a.version == (self.version if s in earlier else self.from_version)}
+            m = own_rule
+            if rules.judge == "controls" and not first_rollout:
+                m = self.judge_with_controls(wave.converged, windows, went_back, controls, before_wave, own_rule, policy)
             if went_back:
                 serving = ", ".join(f"{s} serves v{v}" for s, v in sorted(went_back.items()))
                 m = Measurement("fail", f"{serving}, not the wave's v{self.version}; {m.reason}", m.sites,
@@ -372,7 +391,10 @@ class Controller:
             measurements.append(m)
             wave.measurements.append({"at": self.io.now().isoformat(), "verdict": m.verdict, "reason": m.reason,
                                       "baseline_sites": list(m.baseline_sites),
-                                      "sites": [j.as_dict() for j in m.sites]})
+                                      "sites": [j.as_dict() for j in m.sites],
+                                      "metrics": [j.as_dict() for j in m.metrics],
+                                      # what judging each site against its own past alone said of the same window
+                                      "own_history": {"verdict": own_rule.verdict, "reason": own_rule.reason}})
             decision, reason = decide(measurements, rules)
             self.show("measurements", len(measurements), max(rules.measurements, len(measurements)),
                       f"wave {wave.name}: {m.verdict} → {decision}")
@@ -385,7 +407,18 @@ class Controller:
                     self.show("waves", index + 1, len(record.waves), f"{wave.name} advanced")
                 elif decision == "hold":
                     wave.status = "held"
-                return record, observed
+                return record, replace(observed, recent=seen)
+
+    @staticmethod
+    def judge_with_controls(changed: list[str], windows: dict[str, Window | None], went_back: dict[str, int],
+                            controls: dict[str, Window], before: dict[str, Window], own_rule: Measurement,
+                            policy: RolloutPolicy) -> Measurement:
+        """The wave's changed sites against the controls (tasks/rollout/controls.py); with no control left
+        (every site changed in this wave) each site against its own past, saying so."""
+        canaries = {s: windows.get(s) for s in changed if s not in went_back}
+        judged = measure_with_controls(canaries, controls, before, policy.analysis, policy.abort)
+        return judged or replace(own_rule, reason=f"no concurrent controls (every site changed in this wave or had "
+                                                  f"too little traffic): each site against its own past; {own_rule.reason}")
 
     def rollback(self, record: RolloutRecord, index: int) -> RolloutRecord:
         """One commit returning every touched site to its previous desired state; then wait for them."""

@@ -36,6 +36,7 @@ class Reading:
     confidence_count: float = 0.0
     rows: float = 0.0
     failures_predicted: float = 0.0
+    confidence_buckets: tuple[tuple[float, float], ...] = ()  # (le, cumulative count) of max class probability
     pods: tuple[tuple[str, Reading], ...] = ()  # a site of several pods: each pod's own reading
     site_id: str | None = None  # who answered (`edgewave_site_info`); None: it did not say
     fleet_id: str | None = None
@@ -80,6 +81,7 @@ def of_pods(pods: dict[str, Reading]) -> Reading:
         version=versions.pop() if len(versions) == 1 else MIXED,
         ok=sum(r.ok for r in readings), errors=sum(r.errors for r in readings),
         latency_buckets=summed_buckets(readings),
+        confidence_buckets=summed_buckets(readings, "confidence_buckets"),
         confidence_sum=sum(r.confidence_sum for r in readings),
         confidence_count=sum(r.confidence_count for r in readings),
         rows=sum(r.rows for r in readings), failures_predicted=sum(r.failures_predicted for r in readings),
@@ -87,10 +89,11 @@ def of_pods(pods: dict[str, Reading]) -> Reading:
     )
 
 
-def summed_buckets(parts: list) -> tuple[tuple[float, float], ...]:
+def summed_buckets(parts: list, histogram: str = "latency_buckets") -> tuple[tuple[float, float], ...]:
     """Cumulative histogram buckets of several readings or windows added bound by bound."""
-    bounds = sorted({le for p in parts for le, _ in p.latency_buckets})
-    return tuple((le, sum(dict(p.latency_buckets).get(le, 0.0) for p in parts)) for le in bounds)
+    each = [dict(getattr(p, histogram)) for p in parts]
+    bounds = sorted({le for buckets in each for le in buckets})
+    return tuple((le, sum(buckets.get(le, 0.0) for buckets in each)) for le in bounds)
 
 
 def site_reading(pods: dict[str, Reading | None]) -> Reading | None:
@@ -115,6 +118,7 @@ class Window:
     rows: float
     failures_predicted: float
     sites: tuple[str, ...] = field(default=())
+    confidence_buckets: tuple[tuple[float, float], ...] = ()
 
     @property
     def error_rate(self) -> float:
@@ -156,6 +160,7 @@ def parse(text: str) -> Reading:
     values: dict[str, float] = {}
     ok = errors = 0.0
     buckets: dict[float, float] = {}
+    confidence: dict[float, float] = {}
     failures = 0.0
     positives: float | None = None
     identity: tuple[str | None, str | None] = (None, None)
@@ -170,6 +175,8 @@ def parse(text: str) -> Reading:
                     errors += value
             elif name == "edgewave_request_duration_seconds_bucket" and labels.get("route") == PREDICT:
                 buckets[float(labels["le"])] = value
+            elif name == "edgewave_prediction_confidence_bucket":
+                confidence[float(labels["le"])] = value
             elif name == "edgewave_predictions_total" and labels.get("label") == "failure":
                 failures += value  # a site older than edgewave_positive_predictions_total: a table model's
             elif name == "edgewave_positive_predictions_total":
@@ -181,6 +188,7 @@ def parse(text: str) -> Reading:
     return Reading(
         version=int(values.get("edgewave_model_version", 0)),
         ok=ok, errors=errors, latency_buckets=tuple(sorted(buckets.items())),
+        confidence_buckets=tuple(sorted(confidence.items())),
         confidence_sum=values.get("edgewave_prediction_confidence_sum", 0.0),
         confidence_count=values.get("edgewave_prediction_confidence_count", 0.0),
         rows=values.get("edgewave_predicted_rows_total", 0.0),
@@ -236,12 +244,15 @@ def window(before: Reading, after: Reading, site: str = "") -> Window:
     def delta(a: float, b: float) -> float:
         return b - a if b >= a else b
 
-    before_buckets = dict(before.latency_buckets)
-    latency = tuple((le, delta(before_buckets.get(le, 0.0), count)) for le, count in after.latency_buckets)
+    def buckets(earlier: tuple[tuple[float, float], ...], later: tuple[tuple[float, float], ...]):
+        known = dict(earlier)
+        return tuple((le, delta(known.get(le, 0.0), count)) for le, count in later)
+
     return Window(
         requests=delta(before.ok + before.errors, after.ok + after.errors),
         errors=delta(before.errors, after.errors),
-        latency_buckets=latency,
+        latency_buckets=buckets(before.latency_buckets, after.latency_buckets),
+        confidence_buckets=buckets(before.confidence_buckets, after.confidence_buckets),
         confidence_sum=delta(before.confidence_sum, after.confidence_sum),
         confidence_count=delta(before.confidence_count, after.confidence_count),
         rows=delta(before.rows, after.rows),
@@ -257,6 +268,7 @@ def combine(windows: list[Window]) -> Window | None:
     return Window(
         requests=sum(w.requests for w in windows), errors=sum(w.errors for w in windows),
         latency_buckets=summed_buckets(windows),
+        confidence_buckets=summed_buckets(windows, "confidence_buckets"),
         confidence_sum=sum(w.confidence_sum for w in windows), confidence_count=sum(w.confidence_count for w in windows),
         rows=sum(w.rows for w in windows), failures_predicted=sum(w.failures_predicted for w in windows),
         sites=tuple(s for w in windows for s in w.sites),
@@ -269,6 +281,7 @@ PROMQL = {
     "version": "edgewave_model_version",
     "requests": 'edgewave_requests_total{route="/v1/predict"}',
     "latency": 'edgewave_request_duration_seconds_bucket{route="/v1/predict"}',
+    "confidence": "edgewave_prediction_confidence_bucket",
     "confidence_sum": "edgewave_prediction_confidence_sum",
     "confidence_count": "edgewave_prediction_confidence_count",
     "rows": "edgewave_predicted_rows_total",
@@ -316,7 +329,8 @@ def prometheus_readings(base_url: str, sites: list[Site], fleet: str, job: str =
             labels = item["metric"]
             if labels.get("site") in wanted:
                 pod = labels.get("pod") or labels.get("instance", "")
-                values = pods[labels["site"]].setdefault(pod, {"buckets": {}, "ok": 0.0, "errors": 0.0})
+                values = pods[labels["site"]].setdefault(pod, {"buckets": {}, "confidence": {}, "ok": 0.0,
+                                                                "errors": 0.0})
                 at, value = float(item["value"][0]), float(item["value"][1])
                 yield values, labels, at - value if key == "seen" else value  # "seen": the sample's age
 
@@ -345,6 +359,8 @@ def prometheus_readings(base_url: str, sites: list[Site], fleet: str, job: str =
             values["errors"] += value
     for values, labels, value in each("latency"):
         values["buckets"][float(labels["le"])] = value
+    for values, labels, value in each("confidence"):
+        values["confidence"][float(labels["le"])] = value
     for key in ("confidence_sum", "confidence_count", "rows", "failures"):
         for values, _, value in each(key):
             values[key] = values.get(key, 0.0) + value
@@ -354,6 +370,7 @@ def prometheus_readings(base_url: str, sites: list[Site], fleet: str, job: str =
             return None
         return Reading(
             version=v["version"], ok=v["ok"], errors=v["errors"], latency_buckets=tuple(sorted(v["buckets"].items())),
+            confidence_buckets=tuple(sorted(v["confidence"].items())),
             confidence_sum=v.get("confidence_sum", 0.0), confidence_count=v.get("confidence_count", 0.0),
             rows=v.get("rows", 0.0), failures_predicted=v.get("failures", 0.0),
             site_id=v["identity"][0], fleet_id=v["identity"][1])
