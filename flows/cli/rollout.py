@@ -37,6 +37,12 @@ def run_rollout(loaded: Settings, kind: str, **parameters) -> None:
     for row in result["waves"]:
         table.add_row(*(str(row[k]) for k in ("wave", "sites", "status", "decision", "reason", "deferred", "failed")))
     console.print(table)
+    if result.get("judgement"):
+        judged = Table(*result["judgement"][0], title="how each wave was judged: changed sites against controls, "
+                       "before the wave → now")
+        for row in result["judgement"]:
+            judged.add_row(*(str(v) for v in row.values()))
+        console.print(judged)
     console.print(f"{result['kind']} of v{result['version']} {result['status']}: {result['reason']}")
     print(json.dumps({"rollout_id": result["rollout_id"], "kind": result["kind"], "version": result["version"],
                       "status": result["status"]}))

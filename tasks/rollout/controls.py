@@ -72,13 +72,24 @@ class MetricJudgement:
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
 
     def line(self) -> str:
-        """`latency: changed 2.1→9.8 ms, controls 2.0→9.1 ms, effect 1.05 (limit > 2), p=0.41: pass (…)`."""
-        def show(v: float) -> str:
-            return "-" if math.isnan(v) else f"{v * 1000:.1f} ms" if self.metric == "latency" else f"{v:.3g}"
-        p = "-" if math.isnan(self.p_value) else f"{self.p_value:.2g}"
-        return (f"{self.metric}: changed {show(self.changed_before)}→{show(self.changed_now)}, controls "
-                f"{show(self.controls_before)}→{show(self.controls_now)}, effect {self.effect:.3g} (fails {self.limit}), "
-                f"p={p}: {self.verdict}" + (f" ({self.note})" if self.note else ""))
+        """`latency: changed 2.1→9.8 ms, controls 2.0→9.1 ms, effect 1.05 (fails > 2), p=0.41: pass (…)`."""
+        c = cells(self.as_dict())
+        return (f"{self.metric}: changed {c['changed']}, controls {c['controls']}, effect {c['effect']} "
+                f"(fails {self.limit}), p={c['p']}: {c['verdict']}")
+
+
+def cells(metric: dict) -> dict[str, str]:
+    """A judged metric as recorded (`MetricJudgement.as_dict`), as a person reads it in a table or a log line."""
+    def show(v: float | None) -> str:
+        return "-" if v is None else f"{v * 1000:.1f} ms" if metric["metric"] == "latency" else f"{v:.3g}"
+
+    def number(v: float | None, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+    return {"metric": metric["metric"],
+            "changed": f"{show(metric['changed_before'])}→{show(metric['changed_now'])}",
+            "controls": f"{show(metric['controls_before'])}→{show(metric['controls_now'])}",
+            "effect": number(metric["effect"], ".3g"), "fails if": metric["limit"], "p": number(metric["p_value"], ".2g"),
+            "verdict": metric["verdict"] + (f" ({metric['note']})" if metric["note"] else "")}
 
 
 def alpha(rules: Analysis) -> float:

@@ -64,6 +64,26 @@ def summary(record: RolloutRecord) -> list[dict]:
              "failed": ", ".join(w.failed)} for w in record.waves]
 
 
+def judgement(record: RolloutRecord) -> list[dict]:
+    """Per wave, how its last measurement judged each metric: the changed sites against the controls,
+    before the wave and now (tasks/rollout/controls.py). Waves judged another way have no rows."""
+    from edgewave.tasks.rollout.controls import cells
+
+    rows = []
+    for w in record.waves:
+        last = w.measurements[-1] if w.measurements else {}
+        for metric in last.get("metrics", []):
+            rows.append({"wave": w.name, **cells(metric)})
+    return rows
+
+
+def _table(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    return (["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+            + ["| " + " | ".join(str(v).replace("|", "\\|") or "-" for v in row.values()) + " |" for row in rows])
+
+
 def report_markdown(record: RolloutRecord, timeline_png: bytes | None, links: dict[str, str]) -> str:
     """The rollout as a person reads it in the Prefect UI's artifact view: outcome, the timeline
     picture itself (inline, so no one needs the control plane's disk), the waves, and links to the
@@ -76,10 +96,15 @@ def report_markdown(record: RolloutRecord, timeline_png: bytes | None, links: di
              + (f", finished {record.finished_at:%H:%M:%S}" if record.finished_at else ""), ""]
     if timeline_png:
         lines += [f"![timeline of {record.id}](data:image/png;base64,{base64.b64encode(timeline_png).decode()})", ""]
-    rows = summary(record)
-    if rows:
-        lines += ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-        lines += ["| " + " | ".join(str(v).replace("|", "\\|") or "-" for v in row.values()) + " |" for row in rows]
+    lines += _table(summary(record))
+    judged = judgement(record)
+    if judged:
+        lines += ["", "## How each wave was judged", "",
+                  "Each wave's last measurement: the sites it changed against the controls (sites it did not change) "
+                  "over the same window, and both before the wave. The effect is the changed sites' ratio to the "
+                  "controls now over that ratio before (for the positive rate: how much more it moved than the "
+                  "controls'); a metric fails only when the effect passes its limit and the test is significant.",
+                  "", *_table(judged)]
     if links:
         lines += ["", "MLflow: " + " · ".join(f"[{label}]({url})" for label, url in links.items())]
     return "\n".join(lines) + "\n"

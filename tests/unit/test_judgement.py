@@ -162,3 +162,23 @@ def test_the_false_alarm_rate_holds_over_many_good_waves() -> None:
 def test_pooled_windows_keep_the_confidence_histogram() -> None:
     pooled = combine([observed("a"), observed("b")])
     assert pooled is not None and pooled.confidence_buckets[-1][1] == 800
+
+
+def test_the_rollout_artifact_and_cli_rows_show_why_a_wave_was_judged() -> None:
+    from datetime import UTC, datetime
+
+    from edgewave.tasks.rollout.record import RolloutRecord, WaveRecord, judgement, report_markdown
+
+    m, _ = judged({"c1": {"latency": 0.01}, "c2": {"latency": 0.01}})
+    measured = {"at": "2026-01-01T00:00:05+00:00", "verdict": m.verdict, "reason": m.reason,
+                "sites": [j.as_dict() for j in m.sites], "metrics": [j.as_dict() for j in m.metrics]}
+    record = RolloutRecord(id="ro-x", model="m", version=2, from_version=1, status="rolled_back",
+                           started_at=datetime(2026, 1, 1, tzinfo=UTC),
+                           waves=[WaveRecord(index=0, name="canary", sites=["c1", "c2"], measurements=[measured])])
+    rows = judgement(record)
+    assert [(r["wave"], r["metric"], r["verdict"].split()[0]) for r in rows] == [
+        ("canary", "latency", "fail"), ("canary", "confidence", "pass"), ("canary", "positive rate", "pass")]
+    assert rows[0]["changed"].endswith(" ms") and "→" in rows[0]["controls"] and rows[0]["fails if"] == "> 2"
+    text = report_markdown(record, None, {})
+    assert "## How each wave was judged" in text
+    assert f"| canary | latency | {rows[0]['changed']} | {rows[0]['controls']} | {rows[0]['effect']} | > 2 |" in text
