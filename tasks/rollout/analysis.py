@@ -1,5 +1,9 @@
-"""Canary analysis: judge canary sites against their own behaviour on the old model, or
-against baseline sites over the same window when a site has no such history.
+"""Canary analysis: the verdicts and how a wave decides on them; and the judgement of each site
+against its own past (`judge: own`), which the judgement against concurrent controls
+(tasks/rollout/controls.py, the default) falls back to when no site is left to be a control.
+
+Own-history judgement: canary sites against their own behaviour on the old model, or against
+baseline sites over the same window when a site has no such history.
 
 Sites are not alike (a plant whose tools wear faster predicts more failures whatever the
 model), so a canary's confidence and predicted-failure rate are compared with what the same
@@ -15,16 +19,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from edgewave.tasks.platform.fleetfile import Abort, Analysis
 from edgewave.tasks.rollout.telemetry import Window
 
-if TYPE_CHECKING:
-    from edgewave.tasks.rollout.controls import MetricJudgement
-
 Verdict = Literal["pass", "fail", "inconclusive"]
 Decision = Literal["advance", "rollback", "hold", "measure"]
+
+
+def without_nan(fields: dict) -> dict:
+    """A judgement's fields for JSON (the rollout record): NaN, "no data", as null."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in fields.items()}
 
 
 @dataclass(frozen=True)
@@ -40,7 +46,47 @@ class SiteJudgement:
     compared_with: str = "fleet"  # "own" (the site before it changed), "fleet" (baseline sites now), "controls"
 
     def as_dict(self) -> dict:
-        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
+        return without_nan(asdict(self))
+
+
+@dataclass(frozen=True)
+class MetricJudgement:
+    """One metric of one measurement, with the four numbers a person checks the verdict against."""
+
+    metric: str
+    verdict: Verdict
+    changed_before: float
+    changed_now: float
+    controls_before: float
+    controls_now: float
+    effect: float  # ratio of ratios (latency, confidence) or difference in differences (positive rate)
+    limit: str
+    p_value: float
+    environment: bool  # the controls shifted beyond the limit too
+    note: str
+
+    def as_dict(self) -> dict:
+        return without_nan(asdict(self))
+
+    def line(self) -> str:
+        """`latency: changed 2.1→9.8 ms, controls 2.0→9.1 ms, effect 1.05 (fails > 2), p=0.41: pass (…)`."""
+        c = cells(self.as_dict())
+        return (f"{self.metric}: changed {c['changed']}, controls {c['controls']}, effect {c['effect']} "
+                f"(fails {self.limit}), p={c['p']}: {c['verdict']}")
+
+
+def cells(metric: dict) -> dict[str, str]:
+    """A judged metric as recorded (`MetricJudgement.as_dict`), as a person reads it in a table or a log line."""
+    def show(v: float | None) -> str:
+        return "-" if v is None else f"{v * 1000:.1f} ms" if metric["metric"] == "latency" else f"{v:.3g}"
+
+    def number(v: float | None, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+    return {"metric": metric["metric"],
+            "changed": f"{show(metric['changed_before'])}→{show(metric['changed_now'])}",
+            "controls": f"{show(metric['controls_before'])}→{show(metric['controls_now'])}",
+            "effect": number(metric["effect"], ".3g"), "fails if": metric["limit"], "p": number(metric["p_value"], ".2g"),
+            "verdict": metric["verdict"] + (f" ({metric['note']})" if metric["note"] else "")}
 
 
 @dataclass(frozen=True)

@@ -32,10 +32,10 @@ the shift out) or is inconclusive (wait for calm). Never a rollback.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from edgewave.tasks.platform.fleetfile import Abort, Analysis
-from edgewave.tasks.rollout.analysis import Measurement, SiteJudgement, Verdict
+from edgewave.tasks.rollout.analysis import Measurement, MetricJudgement, SiteJudgement, Verdict
 from edgewave.tasks.rollout.stats import mann_whitney, shift_in_shifts
 from edgewave.tasks.rollout.telemetry import Window, combine
 
@@ -50,46 +50,6 @@ class Groups:
     controls: Window
     changed_before: Window | None = None
     controls_before: Window | None = None
-
-
-@dataclass(frozen=True)
-class MetricJudgement:
-    """One metric of one measurement, with the four numbers a person checks the verdict against."""
-
-    metric: str
-    verdict: Verdict
-    changed_before: float
-    changed_now: float
-    controls_before: float
-    controls_now: float
-    effect: float  # ratio of ratios (latency, confidence) or difference in differences (positive rate)
-    limit: str
-    p_value: float
-    environment: bool  # the controls shifted beyond the limit too
-    note: str
-
-    def as_dict(self) -> dict:
-        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
-
-    def line(self) -> str:
-        """`latency: changed 2.1→9.8 ms, controls 2.0→9.1 ms, effect 1.05 (fails > 2), p=0.41: pass (…)`."""
-        c = cells(self.as_dict())
-        return (f"{self.metric}: changed {c['changed']}, controls {c['controls']}, effect {c['effect']} "
-                f"(fails {self.limit}), p={c['p']}: {c['verdict']}")
-
-
-def cells(metric: dict) -> dict[str, str]:
-    """A judged metric as recorded (`MetricJudgement.as_dict`), as a person reads it in a table or a log line."""
-    def show(v: float | None) -> str:
-        return "-" if v is None else f"{v * 1000:.1f} ms" if metric["metric"] == "latency" else f"{v:.3g}"
-
-    def number(v: float | None, spec: str) -> str:
-        return "-" if v is None else format(v, spec)
-    return {"metric": metric["metric"],
-            "changed": f"{show(metric['changed_before'])}→{show(metric['changed_now'])}",
-            "controls": f"{show(metric['controls_before'])}→{show(metric['controls_now'])}",
-            "effect": number(metric["effect"], ".3g"), "fails if": metric["limit"], "p": number(metric["p_value"], ".2g"),
-            "verdict": metric["verdict"] + (f" ({metric['note']})" if metric["note"] else "")}
 
 
 def alpha(rules: Analysis) -> float:

@@ -67,7 +67,7 @@ def summary(record: RolloutRecord) -> list[dict]:
 def judgement(record: RolloutRecord) -> list[dict]:
     """Per wave, how its last measurement judged each metric: the changed sites against the controls,
     before the wave and now (tasks/rollout/controls.py). Waves judged another way have no rows."""
-    from edgewave.tasks.rollout.controls import cells
+    from edgewave.tasks.rollout.analysis import cells
 
     rows = []
     for w in record.waves:
