@@ -56,6 +56,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.release
 	$(BIN)/python -m bench.serving
 	$(BIN)/python -m bench.rollout_scale
+	$(BIN)/python -m bench.judgement
 	$(BIN)/python -m bench.drift
 	$(BIN)/python -m bench.image
 	$(BIN)/python -m bench.vision

@@ -372,13 +372,15 @@ class Controller:
             first_rollout = self.from_version is None
             own_rule = measure(canaries, observed.baseline, rules, policy.abort, absolute_only=first_rollout,
                                own=observed.own)
-            # controls: sites this wave did not change, still serving what they served before it
-            controls = {s: w for s, w in windows.items() if w is not None and s not in wave.sites
-                        and (a := after.get(s)) is not None
+            # controls: sites this wave did not change, still serving what they served before it. Both groups
+            # are judged on every window of the wave so far: each measurement adds power, the tests' level
+            # already accounts for every look (controls.alpha)
+            controls = {s: w for s, w in seen.items() if s not in wave.sites and (a := after.get(s)) is not None
                         and a.version == (self.version if s in earlier else self.from_version)}
             m = own_rule
             if rules.judge == "controls" and not first_rollout:
-                m = self.judge_with_controls(wave.converged, windows, went_back, controls, before_wave, own_rule, policy)
+                m = self.judge_with_controls(wave.converged, {s: seen.get(s) for s in windows if windows[s]},
+                                             went_back, controls, before_wave, own_rule, policy)
             if went_back:
                 serving = ", ".join(f"{s} serves v{v}" for s, v in sorted(went_back.items()))
                 m = Measurement("fail", f"{serving}, not the wave's v{self.version}; {m.reason}", m.sites,

@@ -4,8 +4,9 @@ A site compared only with its own past blames the model for whatever slowed the 
 (another workload on the edge server, a network hiccup, a shift change in traffic). So each
 measurement compares the sites that changed in this wave ("changed") with sites whose version
 did not change in it ("controls": still on the old version, or upgraded in an earlier wave),
-over the same window, and both groups with themselves before the wave ("before": the previous
-wave's measurements, or a watch before the first wave). A shift the controls show too is the
+over the same windows (every window of the wave so far: each measurement adds power), and both
+groups with themselves before the wave ("before": the previous wave's measurements, or a watch
+before the first wave). A shift the controls show too is the
 environment's; only what the changed sites show beyond it is the model's.
 
 Per metric, a statistical test and an effect size must both speak (Kayenta judges the same way):
