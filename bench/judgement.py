@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,9 +51,10 @@ def shipped_analysis() -> dict:
     return {**analysis, "interval_seconds": 2, "measurements": 2, "min_requests_per_site": 30}
 
 
-def build(work: Path) -> tuple[object, object, dict[str, int], dict]:
-    """Signed bundles of the four models, registered; six local sites serving traffic; returns
-    (settings, fleet file, name → registered version, what the bad models are)."""
+def build(work: Path) -> tuple[object, object, Callable[[str], int], dict]:
+    """Four models exported (two good, two bad); six local sites in a fleet file. Returns (settings,
+    fleet file, `release`: model name → a newly registered version of it, what the bad models are).
+    Each try rolls out a version of its own: a site applies an older version only in a rollback."""
     from edgewave.tasks.data.ai4i import generate
     from edgewave.tasks.data.spec import load_spec
     from edgewave.tasks.platform.fleetfile import load_fleet_file
@@ -71,32 +73,38 @@ def build(work: Path) -> tuple[object, object, dict[str, int], dict]:
     split = splits[21]
     shuffled = replace(split, y_train=rng.permutation(split.y_train), y_val=rng.permutation(split.y_val))
     print("training two good models (a retrain on fresh data) and one on shuffled labels", flush=True)
-    models = {"good-a": (train_sklearn(split), split), "good-b": (train_sklearn(splits[22]), splits[22]),
-              "bad-shuffled": (train_sklearn(shuffled), shuffled)}
+    trained = {"good-a": (train_sklearn(split), split), "good-b": (train_sklearn(splits[22]), splits[22]),
+               "bad-shuffled": (train_sklearn(shuffled), shuffled)}
     # the subtle one: the good model, flagging SUBTLE_SHIFT more of the rows
-    good = models["good-a"][0]
+    good = trained["good-a"][0]
     p = good.predict_proba(split.x_test)  # held-out rows of the generator the traffic comes from
     base = float(np.mean(p >= good.metrics.threshold))
     subtle_threshold = float(np.quantile(p, 1 - base - SUBTLE_SHIFT))
-    versions, store = {}, settings.home / "bundles" / settings.model_name
-    plan = [("good-a", "good-a", None), ("good-b", "good-b", None),
-            ("bad-shuffled", "bad-shuffled", None), ("bad-subtle", "good-a", subtle_threshold)]
-    for n, (name, source, threshold) in enumerate(plan, start=1):
-        t, split = models[source]
-        exported = export_model(t, split.x_test, split.y_test, features=split.features)
+    models = {name: (t, s, export_model(t, s.x_test, s.y_test, features=s.features), t.metrics.threshold)
+              for name, (t, s) in trained.items()}
+    models["bad-subtle"] = (*models["good-a"][:3], subtle_threshold)
+    store = settings.home / "bundles" / settings.model_name
+    released = [0]
+
+    def release(name: str) -> int:
+        t, s, exported, threshold = models[name]
+        released[0] += 1
         manifest = build_manifest(
-            name=settings.model_name, version=n, family=t.family, model=exported.model, int8_model=None,
-            train_frame=split.train_frame, threshold=t.metrics.threshold if threshold is None else threshold,
-            metrics=t.metrics.as_dict(), data_fingerprint=split.data_fingerprint,
-            parity_max_abs_diff=exported.parity_max_abs_diff, reference_rows=500, physical=spec.physical_ranges())
-        bundle = write_bundle(store / f"v{n}", manifest, exported.model, None, key)
-        versions[name] = register_bundle(settings, t.family, bundle, exported.model)
+            name=settings.model_name, version=released[0], family=t.family, model=exported.model, int8_model=None,
+            train_frame=s.train_frame, threshold=threshold, metrics=t.metrics.as_dict(),
+            data_fingerprint=s.data_fingerprint, parity_max_abs_diff=exported.parity_max_abs_diff,
+            reference_rows=500, physical=spec.physical_ranges())
+        bundle = write_bundle(store / f"v{released[0]}", manifest, exported.model, None, key)
+        version = register_bundle(settings, t.family, bundle, exported.model)
+        assert version == released[0], (version, released[0])
+        return version
+
     sites = [{"id": f"site-{i}", "port": free_port(), "labels": {"line": str(i)}} for i in range(6)]
     write_fleet_file(settings.fleet_path, sites,
                      [{"name": "canary", "count": 1}, {"name": "half", "percent": 50}, {"name": "rest", "percent": 100}],
                      shipped_analysis(), bake_seconds=1, convergence_deadline_seconds=60,
                      offline={"deadline_seconds": 10, "then": "skip"})
-    return settings, load_fleet_file(settings.fleet_path), versions, {
+    return settings, load_fleet_file(settings.fleet_path), release, {
         "bad-shuffled": "scikit-learn trained on shuffled labels",
         "bad-subtle": f"good-a with threshold {subtle_threshold:.4f} instead of {good.metrics.threshold:.4f}: it flags "
                       f"{SUBTLE_SHIFT} more of the held-out rows"}
@@ -187,7 +195,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="edgewave-bench-judgement-"))
     rng = random.Random(args.seed)
-    settings, fleet_file, versions, bad_models = build(work)
+    settings, fleet_file, release, bad_models = build(work)
     server_settings = Settings(home=work / "prefect-server")
     env = {k: v for k, v in servers.server_env(server_settings, "", "").items()
            if k not in ("PREFECT_API_URL", "EDGEWAVE_TRACKING_URI")}
@@ -201,7 +209,7 @@ def main() -> None:
     tries: list[dict] = []
     started = time.monotonic()
     try:
-        record, _ = rollout(settings, api, versions["good-a"])  # the fleet's first model
+        record, _ = rollout(settings, api, release("good-a"))  # the fleet's first model
         production = "good-a"
         for n, (kind, loaded) in enumerate(plan, start=1):
             model = ("good-b" if production == "good-a" else "good-a") if kind == "good" else kind
@@ -209,9 +217,9 @@ def main() -> None:
             load = (rng.uniform(6.0, 20.0), rng.uniform(5.0, 9.0)) if loaded else None
             if load:
                 with Load(*load):
-                    record, seconds = rollout(settings, api, versions[model])
+                    record, seconds = rollout(settings, api, release(model))
             else:
-                record, seconds = rollout(settings, api, versions[model])
+                record, seconds = rollout(settings, api, release(model))
             own, why_own = own_history_outcome(record)
             new = {"succeeded": "succeeded", "rolled_back": "rolled_back"}.get(record["status"], "held")
             tries.append({"try": n, "model": model if kind == "good" else kind, "load": loaded,
@@ -224,7 +232,7 @@ def main() -> None:
             if record["status"] == "succeeded":
                 production = model
             if production.startswith("bad"):  # a missed bad model: back to a good one, not counted
-                rollout(settings, api, versions["good-a"])
+                rollout(settings, api, release("good-a"))
                 production = "good-a"
     finally:
         traffic.stop()
