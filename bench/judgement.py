@@ -10,9 +10,10 @@ both cores for part of a wave.
 Both rules judge the same windows of the same rollouts: the rollout is driven by the new rule
 (the wave's changed sites against concurrent controls, tasks/rollout/controls.py) and every
 measurement records what today's rule (each changed site against its own past, with the same
-thresholds) said of it (`own_history`). Today's rule "rolls back" a try when any of its
-measurements failed; it is "caught" the same way. One caveat, in its favour: it is only asked
-about the waves the new rule let happen.
+thresholds) said of it (`own_history`); today's shipped policy differed in one threshold (a
+positive-rate shift of 0.3, not 0.1), re-applied to the same per-site numbers (`todays_policy`).
+Today's rule "rolls back" a try when any of its measurements failed; a bad model is "caught" the
+same way. One caveat, in its favour: it is only asked about the waves the new rule let happen.
 
     .venv/bin/python -m bench.judgement [--good-tries 10] [--bad-tries 2] [--seed 7]
 """
@@ -43,6 +44,11 @@ from tests.helpers import BIN, ai4i_traffic, edgewave_env, free_port, register_b
 RESULTS = Path(__file__).parent / "results" / "judgement.json"
 ROOT = Path(__file__).resolve().parents[1]
 SUBTLE_SHIFT = 0.15
+RULES = {
+    "todays_policy": "today's rule as shipped: each changed site against its own past, positive-rate limit 0.3",
+    "own_history": "today's rule at the new policy's thresholds (positive-rate limit 0.1)",
+    "controls": "the new rule: changed sites against concurrent controls, difference in differences",
+}
 
 
 def shipped_analysis() -> dict:
@@ -154,17 +160,27 @@ def rollout(settings, api: str, version: int) -> tuple[dict, float]:
     return record, time.monotonic() - start
 
 
-def own_history_outcome(record: dict) -> tuple[str, str]:
+TODAYS_MAX_SHIFT = 0.3  # deployments/fleet.yaml's max_failure_rate_shift before the judgement against controls
+
+
+def own_history_outcome(record: dict, max_shift: float | None = None) -> tuple[str, str]:
     """What today's rule would have done on the measured windows: rolled back at its first failed
-    measurement, held after too many inconclusive ones in a wave, else advanced."""
+    measurement, held after too many inconclusive ones in a wave, else advanced. `max_shift`: judge
+    the positive-rate shift at that limit instead of the policy's (today's shipped policy had 0.3)."""
     limit = record["policy"]["analysis"]["inconclusive_limit"]
     for wave in record["waves"]:
         inconclusive = 0
         for m in wave["measurements"]:
             said = m.get("own_history", {})
-            if said.get("verdict") == "fail":
+            verdict = said.get("verdict")
+            if max_shift is not None and verdict == "fail" and "sites" in said:
+                failed = [s for s in said["sites"] if s["verdict"] == "fail" and (
+                    any(r.startswith(("error rate", "p99 ratio", "confidence ratio")) for r in s["reasons"])
+                    or (s["failure_rate_shift"] or 0) > max_shift)]
+                verdict = "fail" if failed or "not the wave's" in said.get("reason", "") else "pass"
+            if verdict == "fail":
                 return "rolled_back", f"wave {wave['name']}: {said.get('reason', '')[:300]}"
-            inconclusive += said.get("verdict") == "inconclusive"
+            inconclusive += verdict == "inconclusive"
             if inconclusive >= limit:
                 return "held", f"wave {wave['name']}: {said.get('reason', '')[:300]}"
     return "succeeded", ""
@@ -173,7 +189,7 @@ def own_history_outcome(record: dict) -> tuple[str, str]:
 def tally(tries: list[dict]) -> dict:
     """Per rule, model and load: tries, rollbacks, holds, successes."""
     table: dict = {}
-    for rule in ("own_history", "controls"):
+    for rule in RULES:
         for t in tries:
             key = f"{t['model']}, {'load' if t['load'] else 'quiet'}"
             row = table.setdefault(rule, {}).setdefault(key, {"tries": 0, "rolled_back": 0, "held": 0, "succeeded": 0})
@@ -221,14 +237,16 @@ def main() -> None:
             else:
                 record, seconds = rollout(settings, api, release(model))
             own, why_own = own_history_outcome(record)
+            today, why_today = own_history_outcome(record, TODAYS_MAX_SHIFT)
             new = {"succeeded": "succeeded", "rolled_back": "rolled_back"}.get(record["status"], "held")
             tries.append({"try": n, "model": model if kind == "good" else kind, "load": loaded,
                           "load_window_seconds": [round(v, 1) for v in load] if load else None,
                           "seconds": round(seconds, 1),
                           "controls": {"outcome": new, "reason": (record.get("reason") or "")[:400]},
-                          "own_history": {"outcome": own, "reason": why_own}})
+                          "own_history": {"outcome": own, "reason": why_own},
+                          "todays_policy": {"outcome": today, "reason": why_today}})
             print(f"try {n}/{len(plan)}: {model} {'under load' if loaded else 'quiet'}: new rule {new}, "
-                  f"today's rule {own} ({seconds:.0f} s)", flush=True)
+                  f"today's rule {today} (at the new thresholds {own}) ({seconds:.0f} s)", flush=True)
             if record["status"] == "succeeded":
                 production = model
             if production.startswith("bad"):  # a missed bad model: back to a good one, not counted
@@ -252,13 +270,13 @@ def main() -> None:
         "wrong_rollbacks_good_quiet": rate(count(rule, "good", False, "rolled_back")),
         "missed_bad": rate((sum(t[rule]["outcome"] != "rolled_back" for t in tries if t["model"].startswith("bad")),
                             sum(t["model"].startswith("bad") for t in tries))),
-    } for rule in ("own_history", "controls")}
+    } for rule in RULES}
     good_load = count("controls", "good", True, "rolled_back")
     results = {
         "benchmark": "canary judgement: today's rule (own history) vs concurrent controls, same rollouts",
         "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": f"{platform.machine()}, "
         f"{__import__('os').cpu_count()} cores", "seconds": round(time.monotonic() - started),
-        "policy": shipped_analysis(), "bad_models": bad_models,
+        "policy": shipped_analysis(), "rules": RULES, "bad_models": bad_models,
         "summary": summary, "by_model_and_load": table, "tries": tries,
         "targets": {
             f"0 wrong rollbacks of the good model under load in >= 10 tries (new rule: {good_load[0]} of {good_load[1]})":

@@ -396,7 +396,8 @@ class Controller:
                                       "sites": [j.as_dict() for j in m.sites],
                                       "metrics": [j.as_dict() for j in m.metrics],
                                       # what judging each site against its own past alone said of the same window
-                                      "own_history": {"verdict": own_rule.verdict, "reason": own_rule.reason}})
+                                      "own_history": {"verdict": own_rule.verdict, "reason": own_rule.reason,
+                                                      "sites": [j.as_dict() for j in own_rule.sites]}})
             decision, reason = decide(measurements, rules)
             self.show("measurements", len(measurements), max(rules.measurements, len(measurements)),
                       f"wave {wave.name}: {m.verdict} → {decision}")
