@@ -207,6 +207,7 @@ def main() -> None:
 
     from edgewave.tasks.fleet import local, servers
     from edgewave.tasks.platform.settings import Settings
+    from edgewave.tasks.rollout.record import RolloutRecord, judgement
     from edgewave.tasks.sim.traffic import Traffic
 
     work = Path(tempfile.mkdtemp(prefix="edgewave-bench-judgement-"))
@@ -244,7 +245,8 @@ def main() -> None:
                           "seconds": round(seconds, 1),
                           "controls": {"outcome": new, "reason": (record.get("reason") or "")[:400]},
                           "own_history": {"outcome": own, "reason": why_own},
-                          "todays_policy": {"outcome": today, "reason": why_today}})
+                          "todays_policy": {"outcome": today, "reason": why_today},
+                          "judgement": judgement(RolloutRecord.model_validate(record))})
             print(f"try {n}/{len(plan)}: {model} {'under load' if loaded else 'quiet'}: new rule {new}, "
                   f"today's rule {today} (at the new thresholds {own}) ({seconds:.0f} s)", flush=True)
             if record["status"] == "succeeded":
