@@ -203,6 +203,7 @@ def main() -> None:
     parser.add_argument("--good-tries", type=int, default=10, help="good-model rollouts under load (and half as many quiet)")
     parser.add_argument("--bad-tries", type=int, default=2, help="rollouts of each bad model, quiet and under load")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--note", default="", help="what else ran on the machine meanwhile, for the results")
     args = parser.parse_args()
 
     from edgewave.tasks.fleet import local, servers
@@ -278,7 +279,7 @@ def main() -> None:
         "benchmark": "canary judgement: today's rule (own history) vs concurrent controls, same rollouts",
         "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": f"{platform.machine()}, "
         f"{__import__('os').cpu_count()} cores", "seconds": round(time.monotonic() - started),
-        "policy": shipped_analysis(), "rules": RULES, "bad_models": bad_models,
+        "note": args.note, "policy": shipped_analysis(), "rules": RULES, "bad_models": bad_models,
         "summary": summary, "by_model_and_load": table, "tries": tries,
         "targets": {
             f"0 wrong rollbacks of the good model under load in >= 10 tries (new rule: {good_load[0]} of {good_load[1]})":
