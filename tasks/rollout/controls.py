@@ -17,7 +17,9 @@ Per metric, a statistical test and an effect size must both speak (Kayenta judge
   mean-confidence ratio changed/controls now over the ratio before; fails below
   `min_confidence_ratio`.
 - positive rate (rows predicted failure, images predicted defect): a z test of the difference
-  in differences of the two proportions; fails when it moved more than `max_failure_rate_shift`.
+  in differences of the two proportions, its variance the rows' sampling plus how much the
+  controls' rates moved on their own from site to site (a site's traffic changes over time);
+  fails when it moved more than `max_failure_rate_shift`.
 - absolute rules per changed site, no statistics: error rate above `max_error_rate`, and p99
   above `max_p99_seconds` (an SLO the plant sets) when set.
 
@@ -51,6 +53,31 @@ class Groups:
     controls: Window
     changed_before: Window | None = None
     controls_before: Window | None = None
+    changed_sites: int = 1
+    # each control site's own positive-rate change since before, and the part of its variance the
+    # sampling of rows explains
+    control_shifts: tuple[tuple[float, float], ...] = ()
+
+
+def between_sites(g: Groups) -> float:
+    """How much a site's positive rate moves on its own beyond the sampling of rows (a site's traffic
+    changes over time), learnt from the controls' own changes: their variance less what sampling
+    explains (DerSimonian–Laird's moment estimate, never below 0), for the difference of a mean of
+    `changed_sites` and one of the controls. 0 with fewer than two controls to learn it from."""
+    shifts = [shift for shift, _ in g.control_shifts]
+    if len(shifts) < 2:
+        return 0.0
+    mean = sum(shifts) / len(shifts)
+    spread = sum((x - mean) ** 2 for x in shifts) / (len(shifts) - 1)
+    sampling = sum(v for _, v in g.control_shifts) / len(shifts)
+    return max(0.0, spread - sampling) * (1 / g.changed_sites + 1 / len(shifts))
+
+
+def _shift(now: Window, before: Window) -> tuple[float, float]:
+    """A site's positive-rate change and its sampling variance."""
+    def var(w: Window) -> float:
+        return w.failure_rate * (1 - w.failure_rate) / w.rows
+    return now.failure_rate - before.failure_rate, var(now) + var(before)
 
 
 def alpha(rules: Analysis) -> float:
@@ -124,7 +151,7 @@ def positive_rate(g: Groups, rules: Analysis) -> MetricJudgement:
     level = alpha(rules)
     effect, p = shift_in_shifts((g.changed.failures_predicted, g.changed.rows),
                                 (g.controls.failures_predicted, g.controls.rows),
-                                _proportion(g.changed_before), _proportion(g.controls_before))
+                                _proportion(g.changed_before), _proportion(g.controls_before), between_sites(g))
     bad = abs(effect) > rules.max_failure_rate_shift
     shifted = False
     if g.controls_before:
@@ -194,7 +221,8 @@ def measure_with_controls(canaries: dict[str, Window | None], controls: dict[str
     changed = combine([w for s, w in canaries.items() if s in changed_ids and w is not None])
     assert changed is not None  # judged is not empty
     changed_before = combine([before[s] for s in changed_ids]) if all(s in before for s in changed_ids) else None
-    groups = Groups(changed, pooled_controls, changed_before, controls_before)
+    shifts = tuple(_shift(w, before[s]) for s, w in enough.items() if s in before and w.rows > 0 and before[s].rows > 0)
+    groups = Groups(changed, pooled_controls, changed_before, controls_before, len(changed_ids), shifts)
     metrics = [latency(groups, rules), confidence(groups, rules), positive_rate(groups, rules)]
     against = f"{len(changed_ids)} changed site(s) against {len(control_ids)} control(s)"
     failing = [m for m in metrics if m.verdict == "fail"]

@@ -55,17 +55,22 @@ Proportion = tuple[float, float]  # (positives, trials)
 
 
 def shift_in_shifts(changed_now: Proportion, controls_now: Proportion, changed_before: Proportion | None,
-                    controls_before: Proportion | None) -> tuple[float, float]:
+                    controls_before: Proportion | None, between_sites: float = 0.0) -> tuple[float, float]:
     """(difference in differences of two proportions, two-sided p-value of a z test): how much more the
     changed group's rate moved than the controls' did. Without a `before` on both sides, the plain
-    difference now. NaN and p = 1 when a group has no trials."""
+    difference now. NaN and p = 1 when a group has no trials.
+
+    `between_sites`: variance the sampling of rows does not explain (a site's traffic changes over
+    time: a worn tool, another product), added to the binomial one. Rates of 0 or 1 would claim no
+    variance at all, so each rate's variance is taken with one success and one failure added
+    (Agresti–Caffo)."""
     groups = [changed_now, controls_now] + ([changed_before, controls_before]
                                             if changed_before and controls_before else [])
     if any(n <= 0 for _, n in groups):
         return math.nan, 1.0
     rates = [k / n for k, n in groups]
     effect = rates[0] - rates[1] - (rates[2] - rates[3] if len(rates) == 4 else 0.0)
-    variance = sum(p * (1 - p) / n for p, (_, n) in zip(rates, groups, strict=True))
+    variance = between_sites + sum((k + 1) / (n + 2) * (1 - (k + 1) / (n + 2)) / (n + 2) for k, n in groups)
     if variance <= 0:
         return effect, 1.0 if effect == 0 else 0.0
     return effect, 2 * _upper_tail(abs(effect) / math.sqrt(variance))

@@ -182,3 +182,25 @@ def test_the_rollout_artifact_and_cli_rows_show_why_a_wave_was_judged() -> None:
     text = report_markdown(record, None, {})
     assert "## How each wave was judged" in text
     assert f"| canary | latency | {rows[0]['changed']} | {rows[0]['controls']} | {rows[0]['effect']} | > 2 |" in text
+
+
+def test_a_single_canary_is_not_failed_for_what_sites_traffic_does_on_its_own() -> None:
+    """Seen in bench/judgement.py: a good retrain's canary flagged 0 of 100 rows where it had flagged 9 %,
+    while the controls' rates moved by as much from site to site. The rate's test counts that movement;
+    the same shift against controls that hold still is the model's."""
+    changed = {"c1": observed("c1", n=150, positive=0.0, seed=2)}
+    before = {"c1": observed("c1", n=150, positive=0.2, seed=1)}
+    moving = {"k1": (0.02, 0.2), "k2": (0.2, 0.02), "k3": (0.05, 0.2), "k4": (0.2, 0.04)}
+    controls = {s: observed(s, n=150, positive=now, seed=2) for s, (_, now) in moving.items()}
+    before |= {s: observed(s, n=150, positive=then, seed=1) for s, (then, _) in moving.items()}
+    m = measure_with_controls(changed, controls, before, RULES, ABORT)
+    assert m is not None and m.verdict == "pass", m.reason
+    steady = {s: observed(s, n=150, positive=0.08, seed=2) for s in moving}
+    before |= {s: observed(s, n=150, positive=0.08, seed=1) for s in moving}
+    m = measure_with_controls(changed, steady, before, RULES, ABORT)
+    assert m is not None and m.verdict == "fail" and "positive rate" in m.reason, m.reason
+
+
+def test_a_rate_of_zero_still_has_a_variance() -> None:
+    _, p = shift_in_shifts((0, 100), (32, 400), (9, 100), (32, 400))
+    assert 1e-4 < p < 0.05
