@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from edgewave.flows.drift import drift_monitor
-from edgewave.flows.release import release
+from edgewave.flows.release import release, release_for_demo
 from edgewave.flows.retrain import retrain_on_drift
 from edgewave.flows.rollout import result_of, rollout
 from edgewave.tasks.drift.checks import FleetDrift
@@ -173,7 +173,7 @@ def bad_rollout(settings: Settings, keep_fleet: bool = False, rate: float = 20.0
     if alias_version(settings, PRODUCTION) is None:
         print("no model in production yet: running the loop first")
         loop(settings, keep_fleet=True, rate=rate, drift=False)
-    bad = release(shuffle_labels=True, force=True)
+    bad = release_for_demo(shuffle_labels=True, force=True)
     print(f"bad model v{bad.version} forced to @staging ({bad.gate_reason})")
 
     result = _with_fleet(settings, keep_fleet, rate, lambda _traffic: _rollout_and_look(settings, bad.version))

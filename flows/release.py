@@ -37,16 +37,26 @@ class ReleaseResult(BaseModel):
 
 
 @flow(name="release", log_prints=True, flow_run_name="release (training a new version)")
-def release(shuffle_labels: bool = False, force: bool = False, with_feedback: bool = False) -> ReleaseResult:
+def release(with_feedback: bool = False) -> ReleaseResult:
     """Train both families (and their blend; for camera images a CNN and a plain baseline), ship the best
-    on validation as a signed ONNX bundle, and gate it.
+    on validation as a signed ONNX bundle, and gate it: only a version that passes goes to @staging.
 
-    `with_feedback` adds the sites' recent labelled rows (maintenance-log feedback in the
-    monitoring store) to the training data: what retraining after drift does.
-
-    `shuffle_labels` and `force` exist for the rollback demo: a model that learned nothing,
-    pushed past the gate, so the canary analysis has something to catch.
+    Args:
+        with_feedback: Also train on the sites' recent labelled rows (maintenance-log feedback in the
+            monitoring store), as retraining after drift does. Off: the dataset alone.
     """
+    return _release(with_feedback=with_feedback)
+
+
+@flow(name="release", log_prints=True, flow_run_name="release (a deliberately bad model, for the demo)")
+def release_for_demo(shuffle_labels: bool = False, force: bool = False, with_feedback: bool = False) -> ReleaseResult:
+    """The release with the rollback demo's two switches, never a deployed form: `shuffle_labels` trains a
+    model that learned nothing and `force` stages it past the gate, so the canary analysis has something
+    to catch. Reached from `edgewave demo` and `edgewave release --shuffle-labels --force`."""
+    return _release(shuffle_labels, force, with_feedback)
+
+
+def _release(shuffle_labels: bool = False, force: bool = False, with_feedback: bool = False) -> ReleaseResult:
     settings = active()
     log = run_logger()
     seed = steps.draw_seed(settings)

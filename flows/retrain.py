@@ -20,7 +20,15 @@ def _retrain_name() -> str:
 
 @flow(name="retrain-on-drift", log_prints=True, flow_run_name=_retrain_name)
 def retrain_on_drift(model: str = "", sites: list[str] | None = None, reason: str = "", drift_event: str = "") -> dict:
-    """Release with feedback → rollout. The parameters are what the drift event said, for the record."""
+    """Release with the sites' feedback, then roll the new version out if it passed the gate. Started by
+    an `edgewave.drift.detected` event; the parameters are what the event said, for the record.
+
+    Args:
+        model: The model the event is about; must be this deployment's model (empty: this deployment's).
+        sites: The sites that drifted.
+        reason: The drift check's summary.
+        drift_event: The id of the event that started this run.
+    """
     settings = active()
     log = run_logger()
     if model and model != settings.model_name:

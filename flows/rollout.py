@@ -25,13 +25,27 @@ def _rollback_name() -> str:
 
 @flow(name="rollout", log_prints=True, flow_run_name="rollout v{version}")
 def rollout(version: int, reason: str = "", wait: bool = False) -> State:
-    """Roll `version` of the model out to the fleet in waves; resumable while its attempt runs."""
+    """Roll a version of the model out to the fleet in waves, each judged against the sites it did not
+    change, rolled back by itself when a wave fails; resumable while its attempt runs.
+
+    Args:
+        version: The registered model version to roll out (normally the one @staging points at, which
+            passed the quality gate; MLflow shows @staging and @production on the model's page).
+        reason: Why, for the record: kept in Git, on the MLflow version and on this run.
+        wait: If a rollout of the model is already running, wait for it to end instead of refusing.
+    """
     return outcome(run(active(), version, "rollout", reason, wait))
 
 
 @flow(name="rollback", log_prints=True, flow_run_name=_rollback_name)
 def rollback(to: int | None = None, reason: str = "", wait: bool = False) -> State:
-    """Return the fleet to version `to` (default: the one @previous points at) through the same waves and analysis."""
+    """Return the fleet to an older version through the same waves and analysis, marked as a rollback.
+
+    Args:
+        to: The version to return to; empty: the one @previous points at (production before the last rollout).
+        reason: Why, for the record: kept in Git, on the MLflow version and on this run.
+        wait: If a rollout of the model is already running, wait for it to end instead of refusing.
+    """
     settings = active()
     return outcome(run(settings, steps.rollback_target(settings, to), "rollback", reason, wait))
 

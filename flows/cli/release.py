@@ -46,11 +46,12 @@ def release(
         loaded = loaded.model_copy(update={"data_seed": seed})
     check_release_inputs(loaded)  # a bad spec or data file fails here, before a flow run starts
     from edgewave.flows.release import release as release_flow
+    from edgewave.flows.release import release_for_demo
 
     try:
         prepare_flows(loaded)
         with use(loaded), listening(console):
-            result = release_flow(shuffle_labels, force)
+            result = release_for_demo(shuffle_labels, force) if shuffle_labels or force else release_flow()
     except Exception as exc:  # the run log has the traceback; say what failed, plainly
         failed("release", exc)
     verdict = "PASSED → @staging" if result.staged else "REJECTED"

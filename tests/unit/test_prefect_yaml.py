@@ -55,3 +55,23 @@ def test_flow_parameters_are_what_a_person_chooses_never_settings() -> None:
         assert not names & {"settings", "config"}, f"{flow.name} takes settings as a parameter: {sorted(names)}"
     assert set(rollout.rollout.parameters.properties) == {"version", "reason", "wait"}
     assert set(rollout.rollback.parameters.properties) == {"to", "reason", "wait"}
+
+
+def test_every_deployed_form_explains_its_fields_and_offers_no_way_past_the_gate() -> None:
+    """A person fills these forms in the Prefect UI: each field says what it does, and the release's
+    form has no switch that trains a broken model or stages one the gate rejected (the demo reaches
+    those through `release_for_demo`, which no deployment runs)."""
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    for deployment in spec["deployments"]:
+        module_path, attr = deployment["entrypoint"].split(":")
+        flow = getattr(importlib.import_module("edgewave." + module_path.removesuffix(".py").replace("/", ".")), attr)
+        for name, field in flow.parameters.properties.items():
+            assert field.get("description"), f"{deployment['name']}: parameter {name!r} has no description"
+        assert deployment["entrypoint"] != "flows/release.py:release_for_demo"
+    from edgewave.flows.release import release, release_for_demo
+
+    assert set(release.parameters.properties) == {"with_feedback"}
+    assert {"shuffle_labels", "force"} <= set(release_for_demo.parameters.properties)
+    from edgewave.flows.rollout import rollout
+
+    assert "@staging" in rollout.parameters.properties["version"]["description"]
