@@ -15,7 +15,7 @@ from edgewave.tasks.platform.settings import Settings, active
 from edgewave.tasks.rollout import steps
 from edgewave.tasks.rollout.controller import Controller, Observed, next_wave
 from edgewave.tasks.rollout.gitops import HistoryRewritten
-from edgewave.tasks.rollout.record import Kind, RolloutRecord
+from edgewave.tasks.rollout.record import Kind, RolloutRecord, headline
 
 
 def _rollback_name() -> str:
@@ -66,6 +66,7 @@ def run(settings: Settings, version: int, kind: Kind, reason: str, wait: bool) -
         return retried(steps.report, settings)(settings, unwalked(record), noop=True)
 
     record = _waves(controller, settings, record)
+    name_run(headline(record))  # the runs list says how it ended: "rollout v4: rolled back at wave rest — p99"
     return retried(steps.report, settings)(settings, unwalked(record))
 
 

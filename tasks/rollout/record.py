@@ -64,6 +64,35 @@ def summary(record: RolloutRecord) -> list[dict]:
              "failed": ", ".join(w.failed)} for w in record.waves]
 
 
+SITE_CHECKS = ("error rate", "p99", "confidence", "failure-rate shift")  # how a site's failed checks begin
+
+
+def headline(record: RolloutRecord) -> str:
+    """How the attempt ended, in a few words, for the run's name and the artifact's description:
+    `rollout v4: rolled back at wave rest — p99`, `rollout v4 → 6 sites: succeeded`."""
+    what = f"{record.kind} {'to ' if record.kind == 'rollback' else ''}v{record.version}"
+    sites = sum(len(w.sites) for w in record.waves)
+    if record.status in ("succeeded", "noop", "running"):
+        return f"{what} → {sites} site{'s' * (sites != 1)}: {record.status.replace('noop', 'nothing to do')}"
+    decided = next((w for w in record.waves if w.status in ("rolled_back", "held")), None)
+    where = f" at wave {decided.name}" if decided else ""
+    return f"{what}: {record.status.replace('_', ' ')}{where}" + (f" — {_why(decided)}" if decided else "")
+
+
+def _why(wave: WaveRecord) -> str:
+    """What failed the wave: the metrics or site checks of its last failed measurement, else its reason."""
+    failed = next((m for m in reversed(wave.measurements) if m.get("verdict") == "fail"), None)
+    if failed:
+        metrics = [m["metric"] for m in failed.get("metrics", []) if m.get("verdict") == "fail"]
+        reasons = [r for s in failed.get("sites", []) if s.get("verdict") == "fail" for r in s.get("reasons", [])]
+        checks = [check for r in reasons for check in SITE_CHECKS if r.startswith(check)]
+        named = list(dict.fromkeys(metrics + checks))
+        if named:
+            return ", ".join(named)
+    reason = wave.reason or ""
+    return reason if len(reason) <= 80 else reason[:77] + "…"
+
+
 def judgement(record: RolloutRecord) -> list[dict]:
     """Per wave, how its last measurement judged each metric: the changed sites against the controls,
     before the wave and now (tasks/rollout/controls.py). Waves judged another way have no rows."""

@@ -19,7 +19,7 @@ from edgewave.tasks.rollout.controller import Controller, Io, Observed
 from edgewave.tasks.rollout.gitops import DesiredStateRepo
 from edgewave.tasks.rollout.lease import Lease, RolloutBusy
 from edgewave.tasks.rollout.lease import path as lease_path
-from edgewave.tasks.rollout.record import Kind, RolloutRecord, Status, judgement, report_markdown, summary
+from edgewave.tasks.rollout.record import Kind, RolloutRecord, Status, headline, judgement, report_markdown, summary
 from edgewave.tasks.rollout.telemetry import Reading, prometheus_readings, scrape_sites, warn_once
 
 
@@ -206,7 +206,7 @@ def report(settings: Settings, record: RolloutRecord, noop: bool = False) -> dic
                                            f"v{record.from_version} (before)": record.from_version})
     key = record.model.lower().replace("_", "-")
     create_markdown_artifact(report_markdown(record, timeline.read_bytes(), links), key=f"rollout-{key}",
-                             description=f"{record.id}: {record.status} ({record.reason})"[:500])
+                             description=f"{headline(record)} ({record.id})"[:500])
     if record.status in ("rolled_back", "held"):
         registry.tag_version(settings, record.version, {"rollout_id": record.id, "rollout_result": record.status,
                                                         "rollout_kind": record.kind})

@@ -142,7 +142,7 @@ def test_a_drift_event_starts_retraining_through_the_deployment_trigger(stack, r
     # The runs list of the Prefect UI names each run after what it did.
     names = {run["name"] for run in api(servers_.prefect_api, "/flow_runs/filter", {"limit": 100})}
     assert {"release v1", "drift check 3 sites", "retrain after drift at line-1, line-2", "release v2",
-            "rollout v2 → 3 sites"} <= names, names
+            "rollout v2 → 3 sites: succeeded"} <= names, names
 
 
 @pytest.mark.skipif(browser.executable() is None, reason="Chromium is not installed (scripts/setup-system.sh "
@@ -152,11 +152,11 @@ def test_a_person_sees_named_runs_and_the_rollout_and_drift_artifacts_in_the_pre
     """What a browser shows: the run page under the run's name, and the artifact pages with the
     timeline picture inline (not a path on the server's disk), the drift table, and links to MLflow."""
     settings, servers_, _ = stack
-    runs = api(servers_.prefect_api, "/flow_runs/filter", {"flow_runs": {"name": {"any_": ["rollout v2 → 3 sites"]}}})
+    runs = api(servers_.prefect_api, "/flow_runs/filter", {"flow_runs": {"name": {"any_": ["rollout v2 → 3 sites: succeeded"]}}})
     assert len(runs) == 1, runs
     run_page = browser.page(f"{servers_.prefect_url}/runs/flow-run/{runs[0]['id']}", tmp_path / "flow-run.png",
-                            expect=["rollout v2 → 3 sites", "Completed"])
-    assert "rollout v2 → 3 sites" in run_page and "Completed" in run_page
+                            expect=["rollout v2 → 3 sites: succeeded", "Completed"])
+    assert "rollout v2 → 3 sites: succeeded" in run_page and "Completed" in run_page
 
     def artifact(key: str) -> dict:
         found = api(servers_.prefect_api, "/artifacts/filter", {"artifacts": {"key": {"any_": [key]}},

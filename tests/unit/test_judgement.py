@@ -204,3 +204,28 @@ def test_a_single_canary_is_not_failed_for_what_sites_traffic_does_on_its_own() 
 def test_a_rate_of_zero_still_has_a_variance() -> None:
     _, p = shift_in_shifts((0, 100), (32, 400), (9, 100), (32, 400))
     assert 1e-4 < p < 0.05
+
+
+def test_a_rollouts_headline_says_how_it_ended_and_why() -> None:
+    from datetime import UTC, datetime
+
+    from edgewave.tasks.rollout.record import RolloutRecord, WaveRecord, headline
+
+    m, _ = judged({"c1": {"latency": 0.01}, "c2": {"latency": 0.01}})
+    failed = {"at": "2026-01-01T00:00:05+00:00", "verdict": "fail", "reason": m.reason,
+              "sites": [j.as_dict() for j in m.sites], "metrics": [j.as_dict() for j in m.metrics]}
+    waves = [WaveRecord(index=0, name="canary", sites=["c1"], status="advanced"),
+             WaveRecord(index=1, name="rest", sites=["c2", "c3"], status="rolled_back", measurements=[failed],
+                        reason=m.reason)]
+    record = RolloutRecord(id="ro-x", model="m", version=4, from_version=3, status="rolled_back", waves=waves,
+                           started_at=datetime(2026, 1, 1, tzinfo=UTC))
+    assert headline(record) == "rollout v4: rolled back at wave rest — latency"
+    site_failed = {**failed, "metrics": [], "sites": [{"site": "c2", "verdict": "fail",
+                                                       "reasons": ["p99 ratio 3.1 > 2 (p99 21 ms)"]}]}
+    waves[1] = waves[1].model_copy(update={"measurements": [site_failed]})
+    assert headline(record.model_copy(update={"waves": waves})).endswith("— p99")
+    held = record.model_copy(update={"status": "held", "waves": [waves[0].model_copy(update={
+        "status": "held", "reason": "3 inconclusive measurements (limit 3)"})]})
+    assert headline(held) == "rollout v4: held at wave canary — 3 inconclusive measurements (limit 3)"
+    done = record.model_copy(update={"status": "succeeded", "waves": waves[:1]})
+    assert headline(done) == "rollout v4 → 1 site: succeeded"
