@@ -37,6 +37,8 @@ def run_rollout(loaded: Settings, kind: str, **parameters) -> None:
     for row in result["waves"]:
         table.add_row(*(str(row[k]) for k in ("wave", "sites", "status", "decision", "reason", "deferred", "failed")))
     console.print(table)
+    for line in result.get("reasons", []):
+        console.print(line)
     if result.get("judgement"):
         judged = Table(*result["judgement"][0], title="how each wave was judged: changed sites against controls, "
                        "before the wave → now")

@@ -58,10 +58,16 @@ class RolloutRecord(BaseModel):
 
 
 def summary(record: RolloutRecord) -> list[dict]:
-    """One row per wave for tables and artifacts."""
+    """One row per wave for tables and artifacts; the reason in a few words (the whole of it: `reasons`)."""
     return [{"wave": f"{w.index + 1}/{len(record.waves)} {w.name}", "sites": len(w.sites), "status": w.status,
-             "decision": w.decision or "", "reason": (w.reason or "")[:200], "deferred": ", ".join(w.deferred),
-             "failed": ", ".join(w.failed)} for w in record.waves]
+             "decision": w.decision or "", "reason": _why(w) if w.decision in ("rollback", "hold") else (w.reason or ""),
+             "deferred": ", ".join(w.deferred), "failed": ", ".join(w.failed)} for w in record.waves]
+
+
+def reasons(record: RolloutRecord) -> list[str]:
+    """Each decided wave's whole reason, for below a table (a cell that long makes a table no screen fits)."""
+    return [f"{w.index + 1}/{len(record.waves)} {w.name}: {w.reason}" for w in record.waves
+            if w.decision in ("rollback", "hold") and w.reason]
 
 
 SITE_CHECKS = ("error rate", "p99", "confidence", "failure-rate shift")  # how a site's failed checks begin
@@ -126,6 +132,7 @@ def report_markdown(record: RolloutRecord, timeline_png: bytes | None, links: di
     if timeline_png:
         lines += [f"![timeline of {record.id}](data:image/png;base64,{base64.b64encode(timeline_png).decode()})", ""]
     lines += _table(summary(record))
+    lines += ["", *(f"- {line}" for line in reasons(record))] if reasons(record) else []
     judged = judgement(record)
     if judged:
         lines += ["", "## How each wave was judged", "",

@@ -19,7 +19,16 @@ from edgewave.tasks.rollout.controller import Controller, Io, Observed
 from edgewave.tasks.rollout.gitops import DesiredStateRepo
 from edgewave.tasks.rollout.lease import Lease, RolloutBusy
 from edgewave.tasks.rollout.lease import path as lease_path
-from edgewave.tasks.rollout.record import Kind, RolloutRecord, Status, headline, judgement, report_markdown, summary
+from edgewave.tasks.rollout.record import (
+    Kind,
+    RolloutRecord,
+    Status,
+    headline,
+    judgement,
+    reasons,
+    report_markdown,
+    summary,
+)
 from edgewave.tasks.rollout.telemetry import Reading, prometheus_readings, scrape_sites, warn_once
 
 
@@ -211,4 +220,5 @@ def report(settings: Settings, record: RolloutRecord, noop: bool = False) -> dic
         registry.tag_version(settings, record.version, {"rollout_id": record.id, "rollout_result": record.status,
                                                         "rollout_kind": record.kind})
     return {"rollout_id": record.id, "kind": record.kind, "version": record.version, "status": record.status,
-            "reason": record.reason, "waves": rows, "judgement": judgement(record), "timeline": str(timeline)}
+            "reason": record.reason, "waves": rows, "reasons": reasons(record), "judgement": judgement(record),
+            "timeline": str(timeline)}

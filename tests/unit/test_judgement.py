@@ -229,3 +229,21 @@ def test_a_rollouts_headline_says_how_it_ended_and_why() -> None:
     assert headline(held) == "rollout v4: held at wave canary — 3 inconclusive measurements (limit 3)"
     done = record.model_copy(update={"status": "succeeded", "waves": waves[:1]})
     assert headline(done) == "rollout v4 → 1 site: succeeded"
+
+
+def test_a_long_reason_goes_below_the_waves_table_not_into_a_cell() -> None:
+    from datetime import UTC, datetime
+
+    from edgewave.tasks.rollout.record import RolloutRecord, WaveRecord, report_markdown, summary
+
+    m, _ = judged({"c1": {"latency": 0.01}, "c2": {"latency": 0.01}})
+    failed = {"at": "2026-01-01T00:00:05+00:00", "verdict": "fail", "reason": m.reason,
+              "sites": [j.as_dict() for j in m.sites], "metrics": [j.as_dict() for j in m.metrics]}
+    wave = WaveRecord(index=0, name="canary", sites=["c1", "c2"], status="rolled_back", decision="rollback",
+                      reason=m.reason, measurements=[failed])
+    record = RolloutRecord(id="ro-x", model="m", version=4, from_version=3, status="rolled_back", waves=[wave],
+                           started_at=datetime(2026, 1, 1, tzinfo=UTC))
+    assert len(m.reason) > 150 and summary(record)[0]["reason"] == "latency"
+    text = report_markdown(record, None, {})
+    assert "| 1/1 canary | 2 | rolled_back | rollback | latency |" in text
+    assert f"- 1/1 canary: {m.reason}" in text and f"| {m.reason}" not in text
