@@ -137,24 +137,36 @@ def _log_drift_run(settings: Settings, summary: drift.FleetDrift) -> dict[str, s
     return links
 
 
+TOP_IN_CELL = 2  # drifted features named in a table cell; the rest below the table
+
+
 def summary_markdown(summary: drift.FleetDrift, links: dict[str, str]) -> str:
-    """The Prefect artifact: verdict, per-site table with top features, links to the reports."""
+    """The Prefect artifact: verdict, a per-site table narrow enough for a laptop screen (short cells:
+    a site's details and its whole list of drifted features go below the table), links to the reports."""
     lines = [f"# Drift check {summary.check_id}: {'DRIFT DETECTED' if summary.detected else 'no fleet drift'}",
              "", summary.reason, "", f"MLflow: {markdown_link('drift check run', links.get('run'))}", "",
-             "| site | status | rows | version | drifted share | top features (score/threshold) | prediction drift | "
-             "confidence ref→now | windows in a row | report |",
+             "| site | status | rows | version | drifted | top features (score/limit) | prediction drift | "
+             "confidence ref→now | in a row | report |",
              "|---|---|---|---|---|---|---|---|---|---|"]
+    notes: list[str] = []
     for c in summary.sites:
-        top = ", ".join(f"{col.column} ({col.score:.2f}/{col.threshold:g})"
-                        for col in sorted(c.columns, key=lambda col: -col.severity) if col.drifted) or "-"
+        drifted = [f"{col.column} ({col.score:.2f}/{col.threshold:g})"
+                   for col in sorted(c.columns, key=lambda col: -col.severity) if col.drifted]
+        top = ", ".join(drifted[:TOP_IN_CELL]) + (f" +{len(drifted) - TOP_IN_CELL} more" if len(drifted) > TOP_IN_CELL
+                                                  else "") or "-"
         prediction = f"{c.prediction.score:.3f}{' DRIFT' if c.prediction.drifted else ''}" if c.prediction else "-"
         confidence = (f"{c.confidence_reference:.3f}→{c.confidence_current:.3f}"
                       if c.confidence_current is not None else "-")
         report = markdown_link("Evidently report", links.get(c.site) or c.report)
         share = f"{c.drifted_share:.0%}" if c.status == "checked" else "-"
-        status = c.status if not c.detail else f"{c.status}: {c.detail}"
+        said = [part for part in (c.detail, f"drifted features: {', '.join(drifted)}"
+                                  if len(drifted) > TOP_IN_CELL else "") if part]
+        if said:
+            notes.append(f"- **{c.site}**: " + "; ".join(said))
+        status = c.status + (" (below)" if c.detail else "")
         lines.append(f"| {c.site} | {status} | {c.rows_new} | {c.model_version or '-'} | {share} | {top} | "
                      f"{prediction} | {confidence} | {c.consecutive} | {report} |")
+    lines += ["", *notes] if notes else []
     if summary.top_features:
         lines += ["", "Top drifted features across sites: "
                   + ", ".join(f"{f} ({n} site{'s' if n > 1 else ''})" for f, n in summary.top_features)]

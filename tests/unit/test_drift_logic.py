@@ -82,3 +82,27 @@ def test_feedback_rows_join_the_training_data_or_are_refused_by_column() -> None
     assert add_feedback(base, pd.DataFrame()) is base
     with pytest.raises(ValueError, match=r"lack columns \['machine_failure'\]"):
         add_feedback(base, feedback.drop(columns=[TARGET]))
+
+
+def test_the_drift_artifacts_table_keeps_short_cells_and_puts_long_details_below() -> None:
+    """A laptop screen (1366 px) fits the table only if no cell carries a paragraph: a site's detail and
+    its whole list of drifted features go below the table."""
+    from edgewave.tasks.drift.checks import ColumnDrift, FleetDrift, SiteCheck
+    from edgewave.tasks.drift.steps import summary_markdown
+
+    columns = [ColumnDrift(column=f"sensor_{i}", method="wasserstein", score=0.3 + i / 10, threshold=0.2, drifted=True)
+               for i in range(5)]
+    detail = "3 unreadable window(s) skipped and left in the store: " + "; ".join(f"w{i}.parquet: truncated"
+                                                                                 for i in range(3))
+    sites = [SiteCheck(site="line-1", check_id="c", status="checked", rows_new=900, model_version=2, drifted=True,
+                       drifted_share=1.0, columns=columns, detail=detail),
+             SiteCheck(site="line-2", check_id="c", status="waiting", rows_new=12, detail="12 new rows < min_samples 300")]
+    summary = FleetDrift(check_id="c", model="m", detected=True, reason="1 site drifted", sites_checked=2,
+                         sites_drifted=["line-1"], sites_confirmed=["line-1"], sites_waiting=["line-2"], sites_failed=[],
+                         top_features=[("sensor_4", 1)], sites=sites)
+    text = summary_markdown(summary, {"run": "http://127.0.0.1:5000/#/runs/1"})
+    rows = [line for line in text.splitlines() if line.startswith("| line-")]
+    assert len(rows) == 2 and all(len(cell) <= 60 for row in rows for cell in row.split("|")), rows
+    assert "sensor_4 (0.70/0.2), sensor_3 (0.60/0.2) +3 more" in rows[0] and "checked (below)" in rows[0]
+    assert f"- **line-1**: {detail}; drifted features: sensor_4" in text
+    assert "- **line-2**: 12 new rows < min_samples 300" in text
