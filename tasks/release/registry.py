@@ -253,6 +253,7 @@ def registry_state(settings: Settings) -> dict[str, Any]:
                 "run_id": v.run_id,
                 "created": v.creation_timestamp,
                 "tags": dict(sorted(v.tags.items())),
+                "description": v.description or "",
             }
             for v in versions
         ],
@@ -336,6 +337,22 @@ def tag_version(settings: Settings, version: int, tags: dict[str, str]) -> None:
     mlc = client(settings)
     for key, value in tags.items():
         mlc.set_model_version_tag(settings.model_name, str(version), key, value)
+
+
+def with_section(description: str, section: str, text: str) -> str:
+    """A version's description with its `section` line (`**Gate**: …`, `**Rollout**: …`) set to `text`:
+    the one thing MLflow shows on a version's page besides a wall of tags, kept to a line per subject."""
+    line = f"**{section}**: {text}"
+    kept = [existing for existing in description.splitlines() if not existing.startswith(f"**{section}**:")]
+    return "\n\n".join([*(k for k in kept if k.strip()), line])
+
+
+@speaks_to_registry("describing a version")
+def describe_version(settings: Settings, version: int, section: str, text: str) -> None:
+    """Set one section of the version's description (see `with_section`)."""
+    mlc = client(settings)
+    current = mlc.get_model_version(settings.model_name, str(version)).description or ""
+    mlc.update_model_version(settings.model_name, str(version), description=with_section(current, section, text))
 
 
 @speaks_to_registry("moving @production")

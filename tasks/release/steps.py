@@ -286,6 +286,8 @@ def record_gate(settings: Settings, version: registry.RegisteredVersion, decisio
     """Tag the decision on the version; @staging moves only on a pass, or when forced (tagged so)."""
     tags = {**decision.as_tags(), **({"gate.forced": "True"} if force and not decision.passed else {})}
     registry.record_gate(settings, version, tags, decision.passed or force)
+    verdict = "PASSED → @staging" if decision.passed else "REJECTED, FORCED to @staging" if force else "REJECTED"
+    registry.describe_version(settings, version.version, "Gate", f"{verdict}: {decision.reason}")
 
 
 def draw_seed(settings: Settings) -> int:

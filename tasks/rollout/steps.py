@@ -219,6 +219,7 @@ def report(settings: Settings, record: RolloutRecord, noop: bool = False) -> dic
     if record.status in ("rolled_back", "held"):
         registry.tag_version(settings, record.version, {"rollout_id": record.id, "rollout_result": record.status,
                                                         "rollout_kind": record.kind})
+    registry.describe_version(settings, record.version, "Rollout", f"{headline(record)} (`{record.id}`)")
     return {"rollout_id": record.id, "kind": record.kind, "version": record.version, "status": record.status,
             "reason": record.reason, "waves": rows, "reasons": reasons(record), "judgement": judgement(record),
             "timeline": str(timeline)}

@@ -103,6 +103,8 @@ def test_good_models_reach_every_site_wave_by_wave(world) -> None:
     assert (code, result.get("status")) == (0, "succeeded"), log
     assert set(versions(fleet_file).values()) == {2}
     assert (registry.alias_version(settings, "production"), registry.alias_version(settings, "previous")) == (2, 1)
+    described = registry.client(settings).get_model_version(settings.model_name, "2").description
+    assert described == f"**Rollout**: rollout v2 → 6 sites: succeeded (`{result['rollout_id']}`)", described
     record = repo.record(result["rollout_id"])
     assert [w["decision"] for w in record["waves"]] == ["advance", "advance", "advance"]
     canary = record["waves"][0]["measurements"][0]
@@ -131,6 +133,9 @@ def test_a_bad_model_is_caught_at_the_canary_and_every_touched_site_returns(worl
     code, result, log = rollout(settings, 3)
     assert (code, result.get("status")) == (1, "rolled_back"), log
     assert "positive rate: changed 0.0" in log and "fail (changed sites only)" in log, log
+    described = registry.client(settings).get_model_version(settings.model_name, "3").description
+    assert f"**Rollout**: rollout v3: rolled back at wave canary — positive rate (`{result['rollout_id']}`)" \
+        in described, described
     assert set(versions(fleet_file).values()) == {2}, "every touched site back on v2"
     assert registry.alias_version(settings, "production") == 2
     subjects = repo.log(result["rollout_id"])

@@ -30,3 +30,14 @@ def test_decision_becomes_version_tags() -> None:
     assert tags["gate.passed"] == "False"
     assert tags["gate.baseline_version"] == "1"
     assert "beyond the tolerance" in tags["gate.reason"]
+
+
+def test_a_versions_description_keeps_one_line_per_subject() -> None:
+    from edgewave.tasks.release.registry import with_section
+
+    gated = with_section("", "Gate", "PASSED → @staging: PR-AUC 0.91 ≥ v3's 0.90 - 0.02")
+    assert gated == "**Gate**: PASSED → @staging: PR-AUC 0.91 ≥ v3's 0.90 - 0.02"
+    first = with_section(gated, "Rollout", "rollout v4: rolled back at wave canary — positive rate (`ro-1`)")
+    again = with_section(first, "Rollout", "rollout v4 → 6 sites: succeeded (`ro-2`)")
+    assert again.split("\n\n") == ["**Gate**: PASSED → @staging: PR-AUC 0.91 ≥ v3's 0.90 - 0.02",
+                                   "**Rollout**: rollout v4 → 6 sites: succeeded (`ro-2`)"]
