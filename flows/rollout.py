@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from prefect import flow
 from prefect.client.schemas.objects import State
+from prefect.exceptions import Abort
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
@@ -102,17 +103,32 @@ def _waves(controller: Controller, settings: Settings, record: RolloutRecord) ->
     return record
 
 
+class RolloutEnded(Abort):
+    """What a rolled-back or held run's final state carries: the rollout's result. The run's state
+    (Failed, named RolledBack or Held, with the reason) is the outcome; nothing crashed. A deployed run's
+    engine asks the final state for its result and logs whatever that raises as "Engine execution exited
+    with unexpected exception" with a traceback; a dict raised a TypeError there, any exception its own
+    traceback. Only an `Abort` is passed on without a word, so this is one."""
+
+    def __init__(self, result: dict) -> None:
+        super().__init__(f"{result['rollout_id']}: {result['status']}: {result['reason']}")
+        self.result = result
+
+
 def outcome(result: dict) -> State:
     """The flow run's final state says how the rollout ended: the runs list shows which went wrong."""
     if result["status"] in ("succeeded", "noop"):
         return Completed(message=f"{result['rollout_id']}: {result['status']}", data=result)
     name = {"rolled_back": "RolledBack", "held": "Held"}.get(result["status"], "Failed")
-    return Failed(name=name, message=f"{result['rollout_id']}: {result['status']}: {result['reason']}", data=result)
+    ended = RolloutEnded(result)
+    return Failed(name=name, message=str(ended), data=ended)
 
 
 def result_of(state: State) -> dict:
     """A finished rollout's result dict, whatever its final state (raises the error of a crashed run)."""
     result = state.result(raise_on_failure=False)
+    if isinstance(result, RolloutEnded):
+        return result.result
     if isinstance(result, BaseException):
         raise result
     return result
