@@ -113,6 +113,7 @@ def test_every_registry_call_against_a_server_that_does_not_answer_names_it(
         "rollout_target": lambda: registry.rollout_target(down, 1),
         "tag_version": lambda: registry.tag_version(down, 1, {"a": "b"}),
         "promote": lambda: registry.promote(down, 1),
+        "describe_version": lambda: registry.describe_version(down, 1, "Gate", "PASSED"),
         "log_drift": lambda: drift_steps.log_to_mlflow.fn(down, FleetDrift.model_construct(check_id="c", sites=[])),
     }
     for name, call in calls.items():
