@@ -45,6 +45,27 @@ def demo_loop_fleet(path: Path, drift: dict | None = None) -> dict:
     return fleet
 
 
+def demo_loop_command(home: Path, fleet_path: Path, **settings: str) -> Callable[..., subprocess.CompletedProcess]:
+    """`edgewave ARGS…` for a `demo loop` test: its state under `home`, the fleet file at `fleet_path`, the
+    EDGEWAVE_ `settings`, tables wide enough to read in the output, and no Docker engine (local sites)."""
+    env = {k: v for k, v in edgewave_env(home, EDGEWAVE_FLEET_PATH=str(fleet_path), COLUMNS="250", **settings).items()
+           if k != "DOCKER_HOST"}
+
+    def edgewave(*args: str, timeout: float = 2400) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "edgewave"), *args], env=env, capture_output=True, text=True, timeout=timeout)
+    return edgewave
+
+
+def run_demo_loop(edgewave: Callable[..., subprocess.CompletedProcess]) -> str:
+    """`edgewave demo loop --keep-fleet`, printed whole (for `pytest -s` and a failure's report); its output,
+    once it exited 0."""
+    demo = edgewave("demo", "loop", "--keep-fleet")
+    out = demo.stdout + demo.stderr
+    print(out)
+    assert demo.returncode == 0, out[-6000:]
+    return out
+
+
 def write_fleet_file(path: Path, sites: list[dict] | dict[str, int], waves: list[dict] | None = None,
                analysis: dict | None = None, drift: dict | None = None, **rollout: object) -> Path:
     """Write a fleet file (the one factory of the tests): `sites` as Site fields, or site id → port;

@@ -10,7 +10,6 @@ import http.client
 import io
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from PIL import Image
 
 from edgewave.serving.bundle import ImageInput, load_trusted_keys, verify_bundle
 from edgewave.tasks.data.surfaces import generate
-from tests.helpers import BIN, DEPLOYMENTS, demo_loop_fleet, edgewave_env
+from tests.helpers import DEPLOYMENTS, demo_loop_command, demo_loop_fleet, run_demo_loop
 
 SPEC = DEPLOYMENTS / "inspection-dataset.yaml"
 
@@ -31,20 +30,11 @@ def test_release_serve_rollout_drift_and_retrain_on_camera_images(tmp_path: Path
     # one drifted window of 300 rows is enough here: the camera changes are large (brightness 4.5x its
     # threshold), and two 500-row windows in a row took 187 s of the loop's 327 s
     fleet = demo_loop_fleet(tmp_path / "fleet.yaml", drift={"min_samples": 300, "consecutive_windows": 1})
-    env = {k: v for k, v in edgewave_env(home, EDGEWAVE_DATASET=str(SPEC), EDGEWAVE_MODEL_NAME="surface-defects",
-                                         EDGEWAVE_FLEET_PATH=str(tmp_path / "fleet.yaml"), EDGEWAVE_DATA_SEED="11",
-                                         EDGEWAVE_TRAIN_IMAGES="1600", EDGEWAVE_CNN_EPOCHS="8",
-                                         COLUMNS="250").items()
-           if k != "DOCKER_HOST"}
-
-    def edgewave(*args: str, timeout: float = 2400) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BIN / "edgewave"), *args], env=env, capture_output=True, text=True, timeout=timeout)
-
+    edgewave = demo_loop_command(home, tmp_path / "fleet.yaml", EDGEWAVE_DATASET=str(SPEC),
+                                 EDGEWAVE_MODEL_NAME="surface-defects", EDGEWAVE_DATA_SEED="11",
+                                 EDGEWAVE_TRAIN_IMAGES="1600", EDGEWAVE_CNN_EPOCHS="8")
     try:
-        demo = edgewave("demo", "loop", "--keep-fleet")
-        out = demo.stdout + demo.stderr
-        print(out)  # the whole story, for `pytest -s` and for a failure's report
-        assert demo.returncode == 0, out[-6000:]
+        out = run_demo_loop(edgewave)
         assert re.search(r"released surface-defects v1: staged", out), out[-4000:]
         assert "DRIFT DETECTED" in out, out[-4000:]
         # the drift table of the check that fired: each site's top features (what moved), or "-"

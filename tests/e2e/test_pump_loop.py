@@ -10,7 +10,6 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from edgewave.serving.bundle import load_trusted_keys, verify_bundle
 from edgewave.tasks.data.machines import simulate
 from edgewave.tasks.data.pump import FEATURES as PUMP
 from edgewave.tasks.data.spec import load_spec
-from tests.helpers import BIN, DEPLOYMENTS, demo_loop_fleet, edgewave_env
+from tests.helpers import DEPLOYMENTS, demo_loop_command, demo_loop_fleet, run_demo_loop
 
 SPEC = DEPLOYMENTS / "pump-dataset.yaml"
 
@@ -32,22 +31,12 @@ SPEC = DEPLOYMENTS / "pump-dataset.yaml"
 def test_release_serve_rollout_drift_and_retrain_on_pumps(tmp_path: Path) -> None:
     home = tmp_path / "home"
     fleet = demo_loop_fleet(tmp_path / "fleet.yaml")
-    env = {k: v for k, v in edgewave_env(home, EDGEWAVE_DATASET=str(SPEC), EDGEWAVE_MODEL_NAME="pump-failure",
-                                         EDGEWAVE_FLEET_PATH=str(tmp_path / "fleet.yaml"), EDGEWAVE_TRAIN_ROWS="6000",
-                                         # one data seed: the retrained model differs from v1 by the
-                                         # sites' feedback, not by a fresh draw the gate would judge
-                                         EDGEWAVE_DATA_SEED="11",
-                                         COLUMNS="250").items()
-           if k != "DOCKER_HOST"}
-
-    def edgewave(*args: str, timeout: float = 2400) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BIN / "edgewave"), *args], env=env, capture_output=True, text=True, timeout=timeout)
-
+    # one data seed: the retrained model differs from v1 by the sites' feedback, not by a fresh draw the
+    # gate would judge
+    edgewave = demo_loop_command(home, tmp_path / "fleet.yaml", EDGEWAVE_DATASET=str(SPEC),
+                                 EDGEWAVE_MODEL_NAME="pump-failure", EDGEWAVE_TRAIN_ROWS="6000", EDGEWAVE_DATA_SEED="11")
     try:
-        demo = edgewave("demo", "loop", "--keep-fleet")
-        out = demo.stdout + demo.stderr
-        print(out)  # the whole story, for `pytest -s` and for a failure's report
-        assert demo.returncode == 0, out[-6000:]
+        out = run_demo_loop(edgewave)
 
         # release → rollout of v1, drift found at the two drifted sites, v2 retrained and rolled out
         assert re.search(r"released pump-failure v1: staged", out), out[-4000:]
