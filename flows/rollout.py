@@ -85,6 +85,8 @@ def _waves(controller: Controller, settings: Settings, record: RolloutRecord) ->
                 break
             record = steps.converge(controller, unwalked(record), wave)
             record, observed = steps.analyse(controller, unwalked(record), wave, unwalked(observed))
+            if record.waves[wave].decision == "advance":
+                record = steps.manual_gate(controller, record, wave)
             decision = record.waves[wave].decision
             if decision == "rollback":
                 record = steps.rollback(controller, unwalked(record), wave)
@@ -92,7 +94,6 @@ def _waves(controller: Controller, settings: Settings, record: RolloutRecord) ->
             if decision == "hold":
                 record = steps.finish(controller, unwalked(record), "held", record.waves[wave].reason or "held")
                 break
-            steps.manual_gate(controller, record, wave)
         else:
             record = steps.finish(controller, unwalked(record), "succeeded", f"all {len(record.waves)} waves advanced")
             if record.status == "succeeded":

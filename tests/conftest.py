@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +87,7 @@ class Bundles:
     v2: Path  # torch
     foreign: Path  # v3, signed by a key the site does not trust
     corrupt: Path  # v4, one byte of model.onnx changed after signing
+    make: Callable[[Path, int, str], Path]  # (folder, version, family) → another good bundle, signed alike
 
     def sha(self, folder: Path) -> str:
         return json.loads((folder / "bundle.json").read_text())["model"]["sha256"]
@@ -99,7 +101,7 @@ def bundles(tmp_path_factory: pytest.TempPathFactory, split: Split, trained: dic
     key = load_or_create_signing_key(settings.signing_key)
     store = home / "bundles" / "machine-failure"
 
-    def make(version: int, family: str, signer=key) -> Path:
+    def make(version: int, family: str, signer=key, folder: Path | None = None) -> Path:
         t, e = trained[family], exported[family]
         manifest = build_manifest(
             name="machine-failure", version=version, family=family, model=e.model, int8_model=None,
@@ -107,7 +109,7 @@ def bundles(tmp_path_factory: pytest.TempPathFactory, split: Split, trained: dic
             data_fingerprint=split.data_fingerprint, parity_max_abs_diff=e.parity_max_abs_diff, reference_rows=500,
             physical=AI4I_SPEC.physical_ranges(),  # as a release writes them
         )
-        return write_bundle(store / f"v{version}", manifest, e.model, None, signer)
+        return write_bundle(folder or store / f"v{version}", manifest, e.model, None, signer)
 
     v1, v2 = make(1, "sklearn"), make(2, "torch")
     foreign = make(3, "sklearn", Ed25519PrivateKey.generate())
@@ -115,7 +117,7 @@ def bundles(tmp_path_factory: pytest.TempPathFactory, split: Split, trained: dic
     data = bytearray((corrupt / "model.onnx").read_bytes())
     data[len(data) // 3] ^= 0xFF
     (corrupt / "model.onnx").write_bytes(bytes(data))
-    return Bundles(home, v1, v2, foreign, corrupt)
+    return Bundles(home, v1, v2, foreign, corrupt, lambda folder, version, family: make(version, family, folder=folder))
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,12 @@
 """The `edgewave` command line, one module per command group. Heavy packages are imported inside
 commands, so `edgewave serve` at the edge never loads the control plane.
 
-    release, serve, data check          flows/cli/release.py
-    rollout, rollback, reconcile        flows/cli/rollout.py
-    drift check, drift retrain          flows/cli/drift.py
-    demo loop, demo rollback            flows/cli/demo.py
-    fleet …, exporter                   flows/cli/fleet.py
-    status, up, down                    flows/cli/status.py
+    release, serve, data check                          flows/cli/release.py
+    rollout, rollback, reconcile, approve, reject       flows/cli/rollout.py
+    drift check, drift retrain                          flows/cli/drift.py
+    demo loop, demo rollback                            flows/cli/demo.py
+    fleet …, exporter                                   flows/cli/fleet.py
+    status, up, down                                    flows/cli/status.py
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ app.add_typer(release.data_app, name="data")
 app.command()(rollout.rollout)
 app.command()(rollout.rollback)
 app.command()(rollout.reconcile)
+app.command()(rollout.approve)
+app.command()(rollout.reject)
 app.add_typer(drift.drift_app, name="drift")
 app.add_typer(label.label_app, name="label")
 app.add_typer(demo.demo_app, name="demo")

@@ -79,3 +79,32 @@ def reconcile() -> None:
         accept(loaded, console.print)
     except (OSError, RuntimeError) as exc:
         refuse("reconcile failed", str(exc))
+
+
+def approve(
+    reason: Annotated[str, typer.Option(help="Why the next wave may go: kept in the rollout record and Git.")],
+    run: Annotated[str | None, typer.Option(help="The paused run's name or id (default: the only one paused).")] = None,
+) -> None:
+    """Let a rollout paused at a manual gate go on to its next wave (as Resume in the Prefect UI does)."""
+    answer(True, reason, run)
+
+
+def reject(
+    reason: Annotated[str, typer.Option(help="Why it must not go on: kept in the rollout record and Git.")],
+    run: Annotated[str | None, typer.Option(help="The paused run's name or id (default: the only one paused).")] = None,
+) -> None:
+    """Stop a rollout paused at a manual gate: it rolls back every site it changed."""
+    answer(False, reason, run)
+
+
+def answer(approved: bool, reason: str, run: str | None) -> None:
+    loaded = settings()
+    from edgewave.tasks.rollout.steps import answer_gate
+
+    prepare_flows(loaded)
+    try:
+        with use(loaded):
+            name = answer_gate(approved, reason, run)
+    except (LookupError, ValueError) as exc:
+        refuse("approve" if approved else "reject", str(exc))
+    console.print(f"{name}: {'approved, the next wave goes' if approved else 'rejected, it rolls back'}: {reason}")

@@ -112,7 +112,10 @@ class Wave(_Model):
     selector: dict[str, str] | None = None
     count: int | None = Field(default=None, ge=1)
     percent: float | None = Field(default=None, gt=0, le=100)
-    manual_gate: bool = Field(default=False, description="Pause for approval in the Prefect UI after this wave.")
+    manual_gate: bool = Field(default=False, description="After this wave advanced, pause until a person approves "
+                              "the next wave or rejects it (a rollback), with a reason, in the Prefect UI.")
+    manual_gate_timeout_seconds: float = Field(default=86_400, gt=0, description="No answer by then: the attempt is "
+                                               "held where it stands (sites keep what they run).")
 
     @model_validator(mode="after")
     def _one_rule(self) -> Wave:

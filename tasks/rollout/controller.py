@@ -32,7 +32,7 @@ from edgewave.tasks.rollout.analysis import Measurement, decide, measure
 from edgewave.tasks.rollout.controls import measure_with_controls
 from edgewave.tasks.rollout.gitops import DesiredStateRepo, HistoryRewritten, record_file
 from edgewave.tasks.rollout.lease import Lease, ModelLease, new_lease
-from edgewave.tasks.rollout.record import Kind, RolloutRecord, Status, WaveRecord, attempt_id
+from edgewave.tasks.rollout.record import Kind, RolloutRecord, Status, WaveRecord, attempt_id, with_approval
 from edgewave.tasks.rollout.telemetry import Reading, Window, combine, window
 
 
@@ -422,6 +422,23 @@ class Controller:
         judged = measure_with_controls(canaries, controls, before, policy.analysis, policy.abort)
         return judged or replace(own_rule, reason=f"no concurrent controls (every site changed in this wave or had "
                                                   f"too little traffic): each site against its own past; {own_rule.reason}")
+
+    # -- a manual gate: a person decides between waves ----------------------------------------------
+    def await_approval(self, record: RolloutRecord, index: int, timeout_seconds: float) -> None:
+        """Before the pause: the lease covers the whole wait (no other controller takes the model while a
+        person decides), and the log says where to answer."""
+        wave = record.waves[index]
+        self.lease.hold(record.id, timeout_seconds + self.lease.seconds, f"waiting for approval after wave {wave.name}")
+        self.io.log(f"{record.id}: wave {wave.name} advanced; waiting up to {timeout_seconds / 3600:g} h for a person "
+                    "to approve or reject the next wave (Resume in the Prefect UI, or `edgewave approve`)")
+
+    def approved(self, record: RolloutRecord, index: int, approved: bool | None, reason: str) -> RolloutRecord:
+        """The record after the answer (`record.with_approval`); the lease back to its usual length."""
+        self.lease.hold(record.id, self.lease.seconds, "the manual gate answered")
+        wave = record.waves[index]
+        answer = {True: "approved", False: "REJECTED", None: "not answered"}[approved]
+        self.io.log(f"{record.id}: the manual gate after wave {wave.name}: {answer}: {reason}")
+        return with_approval(record, index, approved, reason, self.io.now())
 
     def rollback(self, record: RolloutRecord, index: int) -> RolloutRecord:
         """One commit returning every touched site to its previous desired state; then wait for them."""

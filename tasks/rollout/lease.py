@@ -160,6 +160,15 @@ class ModelLease:
         renewed = lease.model_copy(update={"expires_at": now + timedelta(seconds=self.seconds)})
         self.commit(renewed, f"{rollout_id}: lease renewed until {renewed.expires_at:%H:%M:%S} UTC", rollout_id)
 
+    def hold(self, rollout_id: str, seconds: float, why: str) -> None:
+        """Set `rollout_id`'s lease to run out `seconds` from now: before a manual gate's pause (so no
+        other controller takes the model while a person decides) and after it (back to the usual)."""
+        lease = self.read()
+        if lease is None or lease.rollout_id != rollout_id:
+            return
+        held = lease.model_copy(update={"expires_at": self.now() + timedelta(seconds=seconds)})
+        self.commit(held, f"{rollout_id}: lease until {held.expires_at:%Y-%m-%d %H:%M:%S} UTC ({why})", rollout_id)
+
     def files(self, rollout_id: str, then: Literal["keep", "promoting", "release"]) -> dict[str, str | None]:
         """What a wave's commit writes of the lease: nothing (kept), the lease marked `promoting` (the
         waves are done, @production is to move), or its removal."""

@@ -24,6 +24,15 @@ def attempt_id(model: str, version: int, kind: Kind, at: datetime) -> str:
     return f"{'rb' if kind == 'rollback' else 'ro'}-{model}-v{version}-{at:%Y%m%dT%H%M%S%f}"[:-3] + "Z"
 
 
+class Approval(BaseModel):
+    """A person's answer at a wave's manual gate (the Prefect UI's Resume form); `approved` None: no
+    answer before the gate's timeout."""
+
+    approved: bool | None
+    reason: str
+    at: datetime
+
+
 class WaveRecord(BaseModel):
     index: int
     name: str
@@ -37,6 +46,7 @@ class WaveRecord(BaseModel):
     measurements: list[dict] = Field(default_factory=list)
     committed_at: datetime | None = None
     decided_at: datetime | None = None
+    approval: Approval | None = Field(default=None, description="The answer at this wave's manual gate, if it has one.")
 
 
 class RolloutRecord(BaseModel):
@@ -55,6 +65,21 @@ class RolloutRecord(BaseModel):
     started_at: datetime
     finished_at: datetime | None = None
 
+
+
+def with_approval(record: RolloutRecord, index: int, approved: bool | None, reason: str,
+                  at: datetime) -> RolloutRecord:
+    """The record after a person answered the manual gate of wave `index`: approved, the wave stays
+    advanced; rejected, its decision becomes a rollback; no answer in time, a hold. The answer's
+    reason is the wave's reason, so the run's name, the artifact and Git say who stopped it and why."""
+    record = record.model_copy(deep=True)
+    wave = record.waves[index]
+    wave.approval = Approval(approved=approved, reason=reason, at=at)
+    if approved is False:
+        wave.decision, wave.reason, wave.decided_at = "rollback", f"rejected at the manual gate: {reason}", at
+    elif approved is None:
+        wave.decision, wave.status, wave.reason, wave.decided_at = "hold", "held", reason, at
+    return record
 
 
 def summary(record: RolloutRecord) -> list[dict]:

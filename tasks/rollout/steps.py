@@ -10,6 +10,7 @@ import socket
 from collections.abc import Callable
 
 from prefect import task
+from pydantic import BaseModel, Field
 
 from edgewave.tasks.platform.fleetfile import Site, load_fleet_file
 from edgewave.tasks.platform.runs import LOCAL, REMOTE
@@ -183,16 +184,72 @@ def release(c: Controller, record: RolloutRecord) -> str | None:
     return c.release(record)
 
 
-def manual_gate(c: Controller, record: RolloutRecord, wave: int) -> None:
-    """Pause the flow run for approval in the Prefect UI after a wave whose policy asks for it."""
-    _, policy = c.plan(record)
-    if not policy.waves[wave].manual_gate:
-        return
-    from prefect.flow_runs import pause_flow_run
+class GateAnswer(BaseModel):
+    """The form a person fills in at a manual gate (the Prefect UI's Resume dialog)."""
 
-    c.io.log(f"{record.id}: wave {record.waves[wave].name} done; waiting for approval in the Prefect UI "
-             "(resume the flow run)")
-    pause_flow_run(timeout=24 * 3600)
+    approve: bool = Field(description="On: go on to the next wave. Off: roll back every site this rollout changed.")
+    reason: str = Field(min_length=1, description="Why: kept in the rollout record, its Git commit and the run's log.")
+
+
+def gate_key(record: RolloutRecord, wave: int) -> str:
+    """The pause's key: one answer per wave of an attempt (`edgewave approve` finds the form by it)."""
+    return f"gate-{record.id}-wave-{wave + 1}".lower()  # Prefect's keys: lowercase letters, digits, dashes
+
+
+def manual_gate(c: Controller, record: RolloutRecord, wave: int) -> RolloutRecord:
+    """After a wave whose policy asks for it, pause the flow run until a person approves the next wave
+    or rejects it, with a reason; no answer within the gate's timeout holds the attempt. Called from the
+    flow, not a task: only a flow run pauses."""
+    _, policy = c.plan(record)
+    gate = policy.waves[wave]
+    if not gate.manual_gate:
+        return record
+    from prefect.exceptions import FlowPauseTimeout
+    from prefect.flow_runs import pause_flow_run
+    from prefect.input import RunInput
+
+    c.await_approval(record, wave, gate.manual_gate_timeout_seconds)
+    try:
+        answer = pause_flow_run(wait_for_input=RunInput.subclass_from_base_model_type(GateAnswer),
+                                timeout=int(gate.manual_gate_timeout_seconds), key=gate_key(record, wave))
+    except FlowPauseTimeout:
+        return c.approved(record, wave, None, f"no answer at the manual gate after wave {record.waves[wave].name} "
+                                              f"within {gate.manual_gate_timeout_seconds:g} s")
+    return c.approved(record, wave, answer.approve, answer.reason)
+
+
+class NoGateWaiting(LookupError):
+    """No rollout waits at a manual gate (or several do and none was named)."""
+
+
+def answer_gate(approve: bool, reason: str, run: str | None = None) -> str:
+    """Resume a rollout run paused at a manual gate with a person's answer, as the Prefect UI's Resume
+    form does: the run named by its id or name, else the only one paused. Returns the run's name."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.flow_runs import resume_flow_run
+
+    if not reason.strip():
+        raise ValueError("say why (--reason): the answer is kept in the rollout record and its Git commit")
+    with get_client(sync_client=True) as client:
+        paused = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["rollout", "rollback"])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
+    chosen = [r for r in paused if run in (None, str(r.id), r.name)]
+    if len(chosen) != 1:
+        names = ", ".join(f"{r.name} ({r.id})" for r in paused) or "none"
+        raise NoGateWaiting(f"{'no' if not chosen else 'more than one'} rollout run waits at a manual gate"
+                            f"{f' named {run}' if run else ''}; paused now: {names}" +
+                            ("" if run or len(chosen) < 2 else "; name one with --run"))
+    resume_flow_run(chosen[0].id, run_input={"approve": approve, "reason": reason})
+    return chosen[0].name
 
 
 @task(name="rollout-report", **REMOTE)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -23,12 +24,13 @@ from tests.helpers import (
     edgewave_env,
     free_port,
     register_bundle,
+    wait_for,
     write_fleet_file,
 )
 
 
 def _world(bundles, split, trained, exported, tmp_path: Path):
-    """Six local sites, a registry with a good sklearn v1, a good torch v2 and a bad v3."""
+    """Six local sites, a registry with a good sklearn v1, a good torch v2, a bad v3 and a good sklearn v4."""
     home = tmp_path / "home"
     shutil.copytree(bundles.home / "keys", home / "keys")
     settings = Settings(home=home, fleet_path=tmp_path / "fleet.yaml")
@@ -44,6 +46,7 @@ def _world(bundles, split, trained, exported, tmp_path: Path):
     assert register_bundle(settings, "sklearn", store / "v1", exported["sklearn"].model) == 1
     assert register_bundle(settings, "torch", store / "v2", exported["torch"].model) == 2
     assert register_bundle(settings, "sklearn", store / "v3", exported["sklearn"].model) == 3
+    assert register_bundle(settings, "sklearn", bundles.make(store / "v4", 4, "sklearn"), exported["sklearn"].model) == 4
 
     write_fleet_file(
         settings.fleet_path, [{"id": f"site-{i}", "port": free_port(), "labels": {"line": str(i)}} for i in range(6)],
@@ -121,7 +124,8 @@ def on_v2_after_v1(settings: Settings) -> None:
     """v1 then v2 rolled out, unless an earlier test of the module left the fleet there."""
     if registry.alias_version(settings, "production") != 2:  # when run on its own
         for version in (1, 2):
-            assert rollout(settings, version)[0] == 0
+            code, _, log = rollout(settings, version)
+            assert code == 0, log
 
 
 def test_a_bad_model_is_caught_at_the_canary_and_every_touched_site_returns(world) -> None:
@@ -192,3 +196,62 @@ def test_a_bad_policy_fails_before_anything_is_deployed(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "rollout.analysis.max_error_rate" in result.stderr
     assert not (tmp_path / "home" / "desired-state").exists()
+
+
+def test_a_person_approves_one_wave_at_its_manual_gate_and_rejects_the_next(world, tmp_path: Path) -> None:
+    """Gates after the canary and after half the fleet: the first answer lets the rollout go on, the
+    second rolls back every site it changed; both answers (`edgewave approve`/`reject`, the Prefect
+    UI's Resume form through the same API) end up in the record and Git."""
+    import yaml
+
+    settings, fleet_file = world
+    repo = DesiredStateRepo.of(settings)
+    on_v2_after_v1(settings)
+    policy = yaml.safe_load(settings.fleet_path.read_text())
+    for wave in policy["rollout"]["waves"][:2]:
+        wave["manual_gate"] = True
+    gated = settings.model_copy(update={"fleet_path": tmp_path / "gated-fleet.yaml"})
+    gated.fleet_path.write_text(yaml.safe_dump(policy, sort_keys=False))
+    env = edgewave_env(settings.home, EDGEWAVE_FLEET_PATH=str(gated.fleet_path))
+
+    def answer(command: str, reason: str) -> bool:
+        """`edgewave approve|reject --reason …`: True once a run waited at a gate and took the answer."""
+        assert running.poll() is None, log.read_text()[-3000:]
+        done = subprocess.run([str(BIN / "edgewave"), command, "--reason", reason], capture_output=True, text=True,
+                              timeout=300, env=env)
+        assert done.returncode in (0, 2), done.stdout + done.stderr
+        assert done.returncode == 0 or "waits at a manual gate" in done.stdout + done.stderr, done.stdout + done.stderr
+        return done.returncode == 0
+
+    log = tmp_path / "rollout.log"
+    with log.open("w") as out:
+        running = subprocess.Popen([str(BIN / "edgewave"), "rollout", "4"], stdout=out, stderr=subprocess.STDOUT,
+                                   text=True, env=env)
+    try:
+        wait_for(lambda: answer("approve", "canary on line 0 looks fine"), 300, "the gate after the canary")
+        wait_for(lambda: answer("reject", "line 1 reports scrap it did not have"), 300, "the gate after half")
+        running.wait(timeout=300)
+    finally:
+        if running.poll() is None:
+            running.kill()
+    text = log.read_text()
+    assert running.returncode == 1, text
+    result = json.loads([line for line in text.splitlines() if line.startswith('{"rollout_id"')][-1])
+    assert result["status"] == "rolled_back", text
+    repo.sync()
+    record = repo.record(result["rollout_id"])
+    first, second = record["waves"][:2]
+    assert (first["approval"]["approved"], first["approval"]["reason"]) == (True, "canary on line 0 looks fine")
+    assert (second["approval"]["approved"], second["decision"]) == (False, "rollback")
+    assert second["reason"] == "rejected at the manual gate: line 1 reports scrap it did not have"
+    assert record["waves"][2]["status"] == "pending", "the wave after a rejection is never committed"
+    assert any("rollback after wave 2/3 (half): rejected at the manual gate: line 1 reports scrap" in s
+               for s in repo.log(result["rollout_id"]))
+    assert set(versions(fleet_file).values()) == {2}, "every site the rollout changed is back on v2"
+    assert registry.alias_version(settings, "production") == 2
+    held = [s for s in repo.log(result["rollout_id"]) if "(waiting for approval after wave" in s]
+    assert len(held) == 2, repo.log(result["rollout_id"])
+    until = datetime.strptime(held[0].split("lease until ")[1][:19], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+    assert until - datetime.fromisoformat(record["started_at"]) > timedelta(hours=23), \
+        "the lease covered the person's time to answer"
+    assert sum("(the manual gate answered)" in s for s in repo.log(result["rollout_id"])) == 2

@@ -247,3 +247,27 @@ def test_a_long_reason_goes_below_the_waves_table_not_into_a_cell() -> None:
     text = report_markdown(record, None, {})
     assert "| 1/1 canary | 2 | rolled_back | rollback | latency |" in text
     assert f"- 1/1 canary: {m.reason}" in text and f"| {m.reason}" not in text
+
+
+def test_a_persons_answer_at_the_manual_gate_decides_the_wave() -> None:
+    from datetime import UTC, datetime
+
+    from edgewave.tasks.rollout.record import RolloutRecord, WaveRecord, headline, with_approval
+
+    at = datetime(2026, 1, 1, 0, 5, tzinfo=UTC)
+    waves = [WaveRecord(index=0, name="canary", sites=["c1"], status="advanced", decision="advance", reason="passed"),
+             WaveRecord(index=1, name="rest", sites=["c2"])]
+    record = RolloutRecord(id="ro-x", model="m", version=4, from_version=3, waves=waves,
+                           started_at=datetime(2026, 1, 1, tzinfo=UTC))
+    approved = with_approval(record, 0, True, "line 1 looks fine", at)
+    assert approved.waves[0].decision == "advance" and approved.waves[0].approval.reason == "line 1 looks fine"
+    assert record.waves[0].approval is None, "the record given is not changed"
+    rejected = with_approval(record, 0, False, "scrap rate up on line 1", at)
+    assert (rejected.waves[0].decision, rejected.waves[0].reason) == ("rollback",
+                                                                      "rejected at the manual gate: scrap rate up on line 1")
+    ended = rejected.model_copy(update={"status": "rolled_back", "waves": [
+        rejected.waves[0].model_copy(update={"status": "rolled_back"}), rejected.waves[1]]})
+    assert headline(ended) == "rollout v4: rolled back at wave canary — rejected at the manual gate: scrap rate up on line 1"
+    unanswered = with_approval(record, 0, None, "no answer within 60 s", at)
+    assert (unanswered.waves[0].decision, unanswered.waves[0].status) == ("hold", "held")
+    assert unanswered.waves[0].approval.approved is None
