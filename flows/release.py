@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
 from datetime import UTC, datetime
 
 from prefect import flow
@@ -14,7 +15,7 @@ from edgewave.tasks.data.spec import load_any_spec
 from edgewave.tasks.platform.progress import Steps
 from edgewave.tasks.platform.runs import name_run, retried, run_logger
 from edgewave.tasks.platform.settings import Settings, active
-from edgewave.tasks.release import image_steps, steps
+from edgewave.tasks.release import image_steps, registry, steps
 from edgewave.tasks.release.gate import GateDecision
 from edgewave.tasks.release.registry import RegisteredVersion
 from edgewave.tasks.release.train import flagging_every_row, pick_champion
@@ -60,18 +61,28 @@ def _release(shuffle_labels: bool = False, force: bool = False, with_feedback: b
     settings = active()
     log = run_logger()
     seed = steps.draw_seed(settings)
-    release_id = f"rel-{datetime.now(UTC):%Y%m%dT%H%M%S}-{seed}"
+    started = datetime.now(UTC)
+    release_id = f"rel-{started:%Y%m%dT%H%M%S}-{seed}"
     log.info("release %s: model %s, data seed %d, tracking %s", release_id, settings.model_name, seed,
              redact(settings.mlflow_tracking_uri))
 
     retried(steps.check_model_inputs, settings)(settings)
-    if isinstance(load_any_spec(settings.dataset), ImageSpec):
-        return _images(settings, release_id, seed, shuffle_labels, force, with_feedback)
-    return _tables(settings, release_id, seed, shuffle_labels, force, with_feedback)
+    parent = retried(steps.start_release_run, settings)(settings, release_id, started.timestamp())
+    try:
+        if isinstance(load_any_spec(settings.dataset), ImageSpec):
+            result = _images(settings, release_id, seed, shuffle_labels, force, with_feedback, parent)
+        else:
+            result = _tables(settings, release_id, seed, shuffle_labels, force, with_feedback, parent)
+    except BaseException:
+        with suppress(Exception):  # the release's own error is what matters; MLflow may be why it failed
+            registry.end_release_run(settings, parent, "FAILED")
+        raise
+    retried(steps.end_release_run, settings)(settings, parent)
+    return result
 
 
 def _tables(settings: Settings, release_id: str, seed: int, shuffle_labels: bool, force: bool,
-            with_feedback: bool) -> ReleaseResult:
+            with_feedback: bool, parent: str) -> ReleaseResult:
     """Rows of sensor readings: tree ensembles, an MLP and their blend."""
     progress = Steps("release", STEPS)
     progress.start("read data")
@@ -86,8 +97,10 @@ def _tables(settings: Settings, release_id: str, seed: int, shuffle_labels: bool
     candidates = [steps.export(model, data, settings) for model in trained]
     champion = next(c for c in candidates if c.trained is pick_champion([c.trained for c in candidates]))
     progress.start("register")
-    run_ids = {c.trained.family: retried(steps.log_run, settings)(settings, release_id, c, data) for c in candidates}
+    run_ids = {c.trained.family: retried(steps.log_run, settings)(settings, release_id, c, data, parent)
+               for c in candidates}
     version = retried(steps.register, settings)(settings, run_ids[champion.trained.family], champion, data)
+    retried(steps.link_version, settings)(settings, version, parent)
     name_run(f"release v{version.version}")
     progress.start("sign bundle")
     folder = steps.build_bundle(settings, version, champion, data, release_id)
@@ -103,7 +116,7 @@ def _tables(settings: Settings, release_id: str, seed: int, shuffle_labels: bool
 
 
 def _images(settings: Settings, release_id: str, seed: int, shuffle_labels: bool, force: bool,
-            with_feedback: bool) -> ReleaseResult:
+            with_feedback: bool, parent: str) -> ReleaseResult:
     """Camera images: a CNN trained from scratch against a plain baseline, chosen on validation."""
     progress = Steps("release", IMAGE_STEPS)
     progress.start("read images")
@@ -116,9 +129,10 @@ def _images(settings: Settings, release_id: str, seed: int, shuffle_labels: bool
     candidates = [image_steps.export(model, data, settings) for model in (cnn, baseline)]
     champion = next(c for c in candidates if c.trained is pick_champion([c.trained for c in candidates]))
     progress.start("register")
-    run_ids = {c.trained.family: retried(image_steps.log_run, settings)(settings, release_id, c, data)
+    run_ids = {c.trained.family: retried(image_steps.log_run, settings)(settings, release_id, c, data, parent)
                for c in candidates}
     version = retried(image_steps.register, settings)(settings, run_ids[champion.trained.family], champion, data)
+    retried(steps.link_version, settings)(settings, version, parent)
     name_run(f"release v{version.version}")
     progress.start("sign bundle")
     folder = image_steps.build_bundle(settings, version, champion, data, release_id)
@@ -137,6 +151,8 @@ def _images(settings: Settings, release_id: str, seed: int, shuffle_labels: bool
 def _finished(progress: Steps, version: RegisteredVersion, family: str, decision: GateDecision, force: bool,
               release_id: str, url: str, metrics: dict[str, dict[str, float]]) -> ReleaseResult:
     staged = decision.passed or force
+    if staged:  # @staging moved: the rollout form offers it
+        steps.show_versions_on_forms(active())
     progress.finish(f"v{version.version} {'staged' if staged else 'rejected'}")
     run_logger().info("%s v%d (%s): gate %s: %s", version.name, version.version, family,
                       "PASSED, now @staging" if decision.passed else "REJECTED", decision.reason)

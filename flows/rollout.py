@@ -13,6 +13,7 @@ from prefect.states import Completed, Failed
 
 from edgewave.tasks.platform.runs import name_run, retried, run_logger, unwalked
 from edgewave.tasks.platform.settings import Settings, active
+from edgewave.tasks.release import steps as release_steps
 from edgewave.tasks.rollout import steps
 from edgewave.tasks.rollout.controller import Controller, Observed, next_wave
 from edgewave.tasks.rollout.gitops import HistoryRewritten
@@ -99,6 +100,7 @@ def _waves(controller: Controller, settings: Settings, record: RolloutRecord) ->
             if record.status == "succeeded":
                 retried(steps.promote, settings)(settings, unwalked(record))
                 steps.release(controller, unwalked(record))
+                release_steps.show_versions_on_forms(settings)  # @production and @previous moved
     except HistoryRewritten as exc:  # met renewing the lease or rolling back: held as it stands
         record = controller.held_by_rewrite(record, exc)
     return record

@@ -92,10 +92,11 @@ def prune_reports(store: MonitoringStore, keep: int) -> list[str]:
 
 @task(name="log-drift-to-mlflow", **REMOTE)
 def log_to_mlflow(settings: Settings, summary: drift.FleetDrift) -> dict[str, str]:
-    """One MLflow run per check: per-site metrics, the summary, the drifted sites' HTML reports.
+    """One MLflow run per check: per-site metrics, the summary, every checked site's HTML report (a
+    healthy site's page is what a person compares a drifted one with; the monitoring store keeps only
+    the last `reports_kept` checks, MLflow keeps them all, ~4 MB each).
 
-    Returns where each logged report can be opened. The HTML of undrifted sites stays in the
-    monitoring store only, for the last `reports_kept` checks (an Evidently page is ~4 MB).
+    Returns where each logged report can be opened.
     """
     from edgewave.tasks.release import registry
 
@@ -127,7 +128,7 @@ def _log_drift_run(settings: Settings, summary: drift.FleetDrift) -> dict[str, s
     store = MonitoringStore.of(settings)
     with tempfile.TemporaryDirectory(prefix="edgewave-drift-reports-") as tmp:
         for check in summary.sites:
-            if check.drifted and check.report:
+            if check.report:
                 local = store.get(Path(tmp) / f"{check.site}.html", *REPORTS, summary.check_id, f"{check.site}.html")
                 mlc.log_artifact(run_id, str(local), "reports")
                 links[check.site] = (registry.artifact_link(settings, run_id, experiment_id, f"reports/{local.name}")
@@ -145,7 +146,9 @@ def summary_markdown(summary: drift.FleetDrift, links: dict[str, str]) -> str:
     a site's details and its whole list of drifted features go below the table), links to the reports."""
     lines = [f"# Drift check {summary.check_id}: {'DRIFT DETECTED' if summary.detected else 'no fleet drift'}",
              "", summary.reason, "", f"MLflow: {markdown_link('drift check run', links.get('run'))}", "",
-             "| site | status | rows | version | drifted | top features (score/limit) | prediction drift | "
+             "*served*: the version that answered most of the site's rows in these windows (+ rows another "
+             "version answered, e.g. during a rollout); the site is judged against that version's reference.", "",
+             "| site | status | rows | served | drifted | top features (score/limit) | prediction drift | "
              "confidence ref→now | in a row | report |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     notes: list[str] = []
@@ -164,7 +167,9 @@ def summary_markdown(summary: drift.FleetDrift, links: dict[str, str]) -> str:
         if said:
             notes.append(f"- **{c.site}**: " + "; ".join(said))
         status = c.status + (" (below)" if c.detail else "")
-        lines.append(f"| {c.site} | {status} | {c.rows_new} | {c.model_version or '-'} | {share} | {top} | "
+        served = f"v{c.model_version}" + (f" (+{c.rows_other_version} other)" if c.rows_other_version else "") \
+            if c.model_version else "-"
+        lines.append(f"| {c.site} | {status} | {c.rows_new} | {served} | {share} | {top} | "
                      f"{prediction} | {confidence} | {c.consecutive} | {report} |")
     lines += ["", *notes] if notes else []
     if summary.top_features:

@@ -75,6 +75,37 @@ def name_run(name: str) -> None:
         run_logger().warning("could not name the run %r: %s", name, exc)
 
 
+NOW = " Now: "  # where a deployment's description of the current state begins (`describe_deployment`)
+
+
+def describe_deployment(name: str, now: str, parameters: dict | None = None) -> bool:
+    """Say on a deployment's page and Run form what holds now (`rollout/rollout`: which version is
+    @staging): its description keeps its own first part and gets " Now: <now>"; `parameters` become the
+    form's defaults. False when the API has no such deployment (a temporary API, or not deployed)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import DeploymentUpdate
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        with get_client(sync_client=True) as client:
+            deployment = client.read_deployment_by_name(name)
+            base = (deployment.description or "").split(NOW)[0]
+            client.update_deployment(deployment.id, DeploymentUpdate(
+                description=f"{base}{NOW}{now}", **({} if parameters is None else {"parameters": parameters})))
+    except ObjectNotFound:
+        return False
+    return True
+
+
+def prefect_run_url() -> str | None:
+    """The Prefect UI's page of the current flow run, for links from MLflow; None outside a flow run or
+    on Prefect's temporary API (no UI a person could open)."""
+    from prefect.runtime import flow_run
+
+    url = flow_run.ui_url
+    return url if url and url.startswith(("http://", "https://")) else None
+
+
 def markdown_link(label: str, where: str | None) -> str:
     """A clickable link in a Prefect artifact for a URL a browser opens; anything else as text."""
     if not where:

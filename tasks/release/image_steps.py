@@ -7,6 +7,7 @@ release does after the bundle is signed (store, gate record, serving image) is s
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from edgewave.tasks.release import bundle as bundles
 from edgewave.tasks.release import registry
 from edgewave.tasks.release.gate import GateDecision
 from edgewave.tasks.release.steps import gate_against_baseline, input_signature, version_tags
-from edgewave.tasks.release.train import evaluate
+from edgewave.tasks.release.train import evaluate, stamped
 from edgewave.tasks.release.vision import (
     ImageExport,
     ImageSplit,
@@ -100,12 +101,14 @@ def split(data: ImageSet) -> ImageSplit:
 
 @task(name="train-cnn", **LOCAL)
 def fit_cnn(data: ImageSplit, seed: int, epochs: int) -> TrainedImageModel:
-    return train_cnn(data, seed, epochs=epochs)
+    started = time.time()
+    return stamped([train_cnn(data, seed, epochs=epochs)], started)[0]
 
 
 @task(name="train-image-baseline", **LOCAL)
 def fit_baseline(data: ImageSplit, seed: int) -> TrainedImageModel:
-    return train_baseline(data, seed)
+    started = time.time()
+    return stamped([train_baseline(data, seed)], started)[0]
 
 
 @task(name="export-image-model", **LOCAL)
@@ -116,14 +119,15 @@ def export(trained: TrainedImageModel, data: ImageSplit, settings: Settings) -> 
 
 
 @task(name="log-training-run", **REMOTE)
-def log_run(settings: Settings, release_id: str, candidate: ImageCandidate, data: ImageSplit) -> str:
+def log_run(settings: Settings, release_id: str, candidate: ImageCandidate, data: ImageSplit, parent_run_id: str) -> str:
     q = candidate.exported.quantized
     params = {**candidate.trained.params, "int8_kept": q.kept}
     metrics = candidate.trained.metrics.as_dict() | {"validation_pr_auc": candidate.trained.validation_pr_auc}
     if q.pr_auc_delta is not None:
         metrics |= {"int8_pr_auc_delta": q.pr_auc_delta, "int8_max_abs_diff": float(q.max_abs_diff or 0.0)}
-    return registry.log_training_run(settings, release_id, candidate.trained.family, params, metrics,
-                                     data.data_fingerprint, candidate.exported.parity_max_abs_diff)
+    t = candidate.trained
+    return registry.log_training_run(settings, release_id, t.family, params, metrics, data.data_fingerprint,
+                                     candidate.exported.parity_max_abs_diff, parent_run_id, (t.started_at, t.finished_at))
 
 
 @task(name="register-candidate", **REMOTE)

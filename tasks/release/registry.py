@@ -121,10 +121,34 @@ def ensure_experiment(settings: Settings, name: str | None = None) -> str:
         return experiment.experiment_id
 
 
+PREFECT_RUN_TAG = "prefect.run_url"  # the Prefect flow run that made an MLflow run or version
+
+
+@speaks_to_registry("starting the release's MLflow run")
+def release_run(settings: Settings, release_id: str, started_at: float, prefect_run: str | None) -> str:
+    """The release's parent MLflow run (its trials are children), from the release's start; the existing
+    one on a retry."""
+    mlc = client(settings)
+    experiment_id = ensure_experiment(settings)
+    existing = mlc.search_runs([experiment_id], f"tags.`{RELEASE_TAG}` = '{release_id}' and "
+                                                "tags.`edgewave.role` = 'release'")
+    if existing:
+        return existing[0].info.run_id
+    tags = {RELEASE_TAG: release_id, "edgewave.role": "release", **({PREFECT_RUN_TAG: prefect_run} if prefect_run else {})}
+    return mlc.create_run(experiment_id, start_time=int(started_at * 1000), run_name=release_id, tags=tags).info.run_id
+
+
+@speaks_to_registry("ending the release's MLflow run")
+def end_release_run(settings: Settings, run_id: str, status: str = "FINISHED") -> None:
+    client(settings).set_terminated(run_id, status)
+
+
 @speaks_to_registry("logging the training run")
 def log_training_run(settings: Settings, release_id: str, family: str, params: dict[str, Any],
-                     metrics: dict[str, float], data_fingerprint: str, parity_max_abs_diff: float) -> str:
-    """One MLflow run per trained candidate; returns the existing run on a retry."""
+                     metrics: dict[str, float], data_fingerprint: str, parity_max_abs_diff: float,
+                     parent_run_id: str | None = None, span: tuple[float, float] | None = None) -> str:
+    """One MLflow run per trained candidate, a child of the release's run, spanning its training (epoch
+    seconds `span`); returns the existing run on a retry."""
     mlc = client(settings)
     experiment_id = ensure_experiment(settings)
     existing = mlc.search_runs(
@@ -132,15 +156,17 @@ def log_training_run(settings: Settings, release_id: str, family: str, params: d
     )
     if existing:
         return existing[0].info.run_id
-    run = mlc.create_run(experiment_id, run_name=f"{release_id}-{family}",
-                         tags={RELEASE_TAG: release_id, "edgewave.family": family, "data_fingerprint": data_fingerprint})
+    tags = {RELEASE_TAG: release_id, "edgewave.family": family, "data_fingerprint": data_fingerprint,
+            **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
+    started, ended = (int(t * 1000) for t in span) if span and span[0] else (None, None)
+    run = mlc.create_run(experiment_id, start_time=started, run_name=f"{release_id}-{family}", tags=tags)
     run_id = run.info.run_id
     mlc.log_batch(
         run_id,
         metrics=[Metric(k, float(v), 0, 0) for k, v in {**metrics, "parity_max_abs_diff": parity_max_abs_diff}.items()],
         params=[Param(k, json.dumps(v) if not isinstance(v, str) else v) for k, v in params.items()],
     )
-    mlc.set_terminated(run_id)
+    mlc.set_terminated(run_id, end_time=ended)
     return run_id
 
 
@@ -160,6 +186,7 @@ def register_candidate(settings: Settings, run_id: str, model: bytes, tags: dict
     name = settings.model_name
     version = _version_for_run(mlc, name, run_id)
     if version is None:
+        trained_until = mlc.get_run(run_id).info.end_time  # logging the model reopens the run: keep its span
         with mlflow.start_run(run_id=run_id):
             info = mlflow_onnx.log_model(
                 onnx.load_from_string(model),
@@ -167,7 +194,7 @@ def register_candidate(settings: Settings, run_id: str, model: bytes, tags: dict
                 pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
                 save_as_external_data=False,
             )
-        mlc.set_terminated(run_id)
+        mlc.set_terminated(run_id, end_time=trained_until)
         try:
             mlc.create_registered_model(name)
         except MlflowException as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,14 @@ from edgewave.tasks.data.machines import simulate
 from edgewave.tasks.data.spec import DatasetSpec, load_any_spec, load_spec
 from edgewave.tasks.data.userdata import load_user_data
 from edgewave.tasks.platform.monitoring import MonitoringStore
-from edgewave.tasks.platform.runs import LOCAL, REMOTE, markdown_link, run_logger
+from edgewave.tasks.platform.runs import (
+    LOCAL,
+    REMOTE,
+    describe_deployment,
+    markdown_link,
+    prefect_run_url,
+    run_logger,
+)
 from edgewave.tasks.platform.settings import Settings
 from edgewave.tasks.release import bundle as bundles
 from edgewave.tasks.release import registry
@@ -41,6 +49,7 @@ from edgewave.tasks.release.train import (
     evaluate,
     search_trees,
     split_data,
+    stamped,
     train_torch,
 )
 
@@ -99,19 +108,46 @@ def split(settings: Settings, frame: pd.DataFrame, seed: int) -> Split:
 
 @task(name="train-trees", **LOCAL)
 def fit_trees(data: Split, seed: int, budget: int = 4) -> list[TrainedModel]:
-    """The tree ensembles of a bounded search (EDGEWAVE_SEARCH_BUDGET trials), each scored on validation."""
-    return search_trees(data, seed, budget)
+    """The tree ensembles of a bounded search (EDGEWAVE_SEARCH_BUDGET trials), each scored on validation
+    (each stamped with the whole search's span: the search made the one that is kept)."""
+    started = time.time()
+    return stamped(search_trees(data, seed, budget), started)
 
 
 @task(name="train-torch", **LOCAL)
 def fit_torch(data: Split, seed: int) -> TrainedModel:
-    return train_torch(data, seed)
+    started = time.time()
+    return stamped([train_torch(data, seed)], started)[0]
 
 
 @task(name="blend-models", **LOCAL)
 def choose(data: Split, trees: list[TrainedModel], mlp: TrainedModel) -> list[TrainedModel]:
     """The best tree ensemble, the MLP, and their blend when it beats both on validation."""
-    return candidates(trees, mlp, data)
+    started = time.time()
+    return stamped(candidates(trees, mlp, data), started)
+
+
+@task(name="start-release-run", **REMOTE)
+def start_release_run(settings: Settings, release_id: str, started_at: float) -> str:
+    """The release's parent run in MLflow, linked to this Prefect run; the trials are its children."""
+    return registry.release_run(settings, release_id, started_at, prefect_run_url())
+
+
+@task(name="link-version", **REMOTE)
+def link_version(settings: Settings, version: registry.RegisteredVersion, release_run_id: str) -> None:
+    """The version's page says which release made it: the Prefect run (a tag and a link in its
+    description) and the release's MLflow run."""
+    url = prefect_run_url()
+    if url:
+        registry.tag_version(settings, version.version, {registry.PREFECT_RUN_TAG: url})
+    made_by = " · ".join(filter(None, [f"[Prefect run]({url})" if url else "",
+                                       markdown_link("MLflow release run", registry.run_link(settings, release_run_id))]))
+    registry.describe_version(settings, version.version, "Release", made_by)
+
+
+@task(name="end-release-run", **REMOTE)
+def end_release_run(settings: Settings, run_id: str, status: str = "FINISHED") -> None:
+    registry.end_release_run(settings, run_id, status)
 
 
 @task(name="export-onnx", **LOCAL)
@@ -122,7 +158,7 @@ def export(trained: TrainedModel, data: Split, settings: Settings) -> Candidate:
 
 
 @task(name="log-training-run", **REMOTE)
-def log_run(settings: Settings, release_id: str, candidate: Candidate, data: Split) -> str:
+def log_run(settings: Settings, release_id: str, candidate: Candidate, data: Split, parent_run_id: str) -> str:
     t = candidate.trained
     params = {**t.params, "int8_kept": candidate.exported.quantized.kept}
     metrics = t.metrics.as_dict()
@@ -130,7 +166,7 @@ def log_run(settings: Settings, release_id: str, candidate: Candidate, data: Spl
         metrics["int8_pr_auc_delta"] = candidate.exported.quantized.pr_auc_delta
         metrics["int8_max_abs_diff"] = float(candidate.exported.quantized.max_abs_diff or 0.0)
     return registry.log_training_run(settings, release_id, t.family, params, metrics, data.data_fingerprint,
-                                     candidate.exported.parity_max_abs_diff)
+                                     candidate.exported.parity_max_abs_diff, parent_run_id, (t.started_at, t.finished_at))
 
 
 @task(name="check-model-inputs", **REMOTE)
@@ -288,6 +324,36 @@ def record_gate(settings: Settings, version: registry.RegisteredVersion, decisio
     registry.record_gate(settings, version, tags, decision.passed or force)
     verdict = "PASSED → @staging" if decision.passed else "REJECTED, FORCED to @staging" if force else "REJECTED"
     registry.describe_version(settings, version.version, "Gate", f"{verdict}: {decision.reason}")
+
+
+def form_notes(staging: int | None, production: int | None, previous: int | None) -> tuple[str, str]:
+    """What the rollout and the rollback deployments' pages say holds now, so a person starting either
+    from the Prefect UI sees which version is which without opening MLflow."""
+    def v(alias: str, version: int | None) -> str:
+        return f"@{alias} v{version}" if version is not None else f"no @{alias}"
+
+    if staging is not None and staging == production:
+        rollout = f"{v('staging', staging)} is already @production: nothing new to roll out ({v('previous', previous)})."
+    else:
+        rollout = (f"{v('staging', staging)} (passed the quality gate), {v('production', production)}, "
+                   f"{v('previous', previous)}." + (" The form offers @staging." if staging is not None else ""))
+    rollback = (f"{v('production', production)}; an empty `to` returns the fleet to {v('previous', previous)}."
+                if previous is not None else f"{v('production', production)}; no @previous: name a version in `to`.")
+    return rollout, rollback
+
+
+@task(name="show-versions-on-forms", **LOCAL)
+def show_versions_on_forms(settings: Settings) -> None:
+    """After @staging or @production moved: the rollout and rollback deployments name the versions as
+    they now stand, and the rollout form offers @staging. A label, not a step: a failure only warns."""
+    try:
+        staging, production, previous = (registry.alias_version(settings, alias)
+                                         for alias in (registry.STAGING, registry.PRODUCTION, registry.PREVIOUS))
+        rollout, rollback = form_notes(staging, production, previous)
+        describe_deployment("rollout/rollout", rollout, {"version": staging} if staging is not None else None)
+        describe_deployment("rollback/rollback", rollback)
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        run_logger().warning("could not name the versions on the rollout forms: %s", exc)
 
 
 def draw_seed(settings: Settings) -> int:

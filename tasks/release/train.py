@@ -67,6 +67,8 @@ class TrainedModel:
     metrics: Metrics  # on the held-out test split: reported, never used to choose
     validation_pr_auc: float = float("nan")  # what the search and the champion choice go by
     validation_proba: np.ndarray | None = field(default=None, repr=False)  # what `blend` averages
+    started_at: float = 0.0  # when the training (or the search that chose it) began, epoch seconds
+    finished_at: float = 0.0  # and when it ended: the MLflow run's real span
 
 
 def stable_parts(rows: pd.DataFrame, y: np.ndarray, shares: tuple[float, float] = (0.15, 0.15)
@@ -261,6 +263,19 @@ def blend(models: list[TrainedModel], split: Split, rounds: int = BLEND_ROUNDS) 
               "members": {trial_name(models[i]): round(float(counts[i] / best_len), 4) for i in used},
               "seed": models[first].params.get("seed")}
     return _finish("ensemble", ensemble, ensemble.predict_proba, params, split)
+
+
+Stamped = TypeVar("Stamped", bound=Any)
+
+
+def stamped(models: list[Stamped], started_at: float) -> list[Stamped]:
+    """`models` with the span of the training that made them (from `started_at` to now) where they have
+    none yet: what their MLflow runs show as start and duration."""
+    import time
+    from dataclasses import replace
+
+    now = time.time()
+    return [m if m.finished_at else replace(m, started_at=started_at, finished_at=now) for m in models]
 
 
 def candidates(trees: list[TrainedModel], mlp: TrainedModel, split: Split) -> list[TrainedModel]:

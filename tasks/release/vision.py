@@ -87,6 +87,8 @@ class TrainedImageModel:
     params: dict[str, Any]
     metrics: Metrics  # of "defective" on the test split: reported, never used to choose
     validation_pr_auc: float = float("nan")
+    started_at: float = 0.0  # when its training began and ended, epoch seconds (the MLflow run's span)
+    finished_at: float = 0.0
 
     def defect_proba(self, images: np.ndarray) -> np.ndarray:
         return 1.0 - self.predict(images)[0][:, 0]

@@ -54,6 +54,23 @@ def test_two_releases_register_two_versions_judged_against_each_other(tmp_path: 
     assert "serving image of v2 skipped: no Docker engine configured" in second.stderr
     assert "image" not in versions[2]["tags"]
 
+    # One parent MLflow run per release, its trials as children, each with the span it really took.
+    from mlflow import MlflowClient
+
+    mlc = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    experiment = mlc.get_experiment_by_name("edgewave-release")
+    runs = mlc.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("edgewave.role") == "release"]
+    assert len(parents) == 2 and all(p.info.status == "FINISHED" for p in parents)
+    for parent in parents:
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert {c.data.tags["edgewave.family"] for c in children} >= {"sklearn", "torch"}, children
+        assert all(parent.info.start_time <= c.info.start_time < c.info.end_time <= parent.info.end_time
+                   for c in children), "each trial's span lies inside its release's"
+        assert parent.info.end_time - parent.info.start_time >= 2000, "the release's real duration, not 1 s"
+    assert len(runs) == sum(1 + sum(r.data.tags.get("mlflow.parentRunId") == p.info.run_id for r in runs)
+                            for p in parents), "no run outside a release"
+
     # Everything stayed under EDGEWAVE_HOME.
     assert {p.name for p in home.iterdir()} >= {"mlflow.db", "mlartifacts", "bundles", "keys", "prefect"}
 

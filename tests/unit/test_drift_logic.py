@@ -95,7 +95,7 @@ def test_the_drift_artifacts_table_keeps_short_cells_and_puts_long_details_below
     detail = "3 unreadable window(s) skipped and left in the store: " + "; ".join(f"w{i}.parquet: truncated"
                                                                                  for i in range(3))
     sites = [SiteCheck(site="line-1", check_id="c", status="checked", rows_new=900, model_version=2, drifted=True,
-                       drifted_share=1.0, columns=columns, detail=detail),
+                       drifted_share=1.0, columns=columns, detail=detail, rows_other_version=40),
              SiteCheck(site="line-2", check_id="c", status="waiting", rows_new=12, detail="12 new rows < min_samples 300")]
     summary = FleetDrift(check_id="c", model="m", detected=True, reason="1 site drifted", sites_checked=2,
                          sites_drifted=["line-1"], sites_confirmed=["line-1"], sites_waiting=["line-2"], sites_failed=[],
@@ -104,5 +104,6 @@ def test_the_drift_artifacts_table_keeps_short_cells_and_puts_long_details_below
     rows = [line for line in text.splitlines() if line.startswith("| line-")]
     assert len(rows) == 2 and all(len(cell) <= 60 for row in rows for cell in row.split("|")), rows
     assert "sensor_4 (0.70/0.2), sensor_3 (0.60/0.2) +3 more" in rows[0] and "checked (below)" in rows[0]
+    assert "| 900 | v2 (+40 other) |" in rows[0], "the version the site served in the window, and rows of others"
     assert f"- **line-1**: {detail}; drifted features: sensor_4" in text
     assert "- **line-2**: 12 new rows < min_samples 300" in text

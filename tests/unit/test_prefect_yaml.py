@@ -75,3 +75,15 @@ def test_every_deployed_form_explains_its_fields_and_offers_no_way_past_the_gate
     from edgewave.flows.rollout import rollout
 
     assert "@staging" in rollout.parameters.properties["version"]["description"]
+
+
+def test_the_rollout_forms_name_the_versions_as_they_stand() -> None:
+    from edgewave.tasks.release.steps import form_notes
+
+    rollout, rollback = form_notes(staging=5, production=4, previous=3)
+    assert rollout == "@staging v5 (passed the quality gate), @production v4, @previous v3. The form offers @staging."
+    assert rollback == "@production v4; an empty `to` returns the fleet to @previous v3."
+    rollout, rollback = form_notes(staging=4, production=4, previous=3)
+    assert rollout.startswith("@staging v4 is already @production: nothing new to roll out")
+    rollout, rollback = form_notes(staging=1, production=None, previous=None)
+    assert "no @production" in rollout and rollback == "no @production; no @previous: name a version in `to`."
