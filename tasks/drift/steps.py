@@ -138,39 +138,38 @@ def _log_drift_run(settings: Settings, summary: drift.FleetDrift) -> dict[str, s
     return links
 
 
-TOP_IN_CELL = 2  # drifted features named in a table cell; the rest below the table
+TOP_IN_CELL = 1  # drifted features named in a table cell; every one of them below the table
 
 
 def summary_markdown(summary: drift.FleetDrift, links: dict[str, str]) -> str:
-    """The Prefect artifact: verdict, a per-site table narrow enough for a laptop screen (short cells:
-    a site's details and its whole list of drifted features go below the table), links to the reports."""
+    """The Prefect artifact: verdict, a per-site table narrow enough for a laptop screen (1366 px, beside
+    the UI's side panels: seven short columns), then one line per site with the rest (rows, windows in a
+    row, confidence, every drifted feature, what went wrong), links to the reports."""
     lines = [f"# Drift check {summary.check_id}: {'DRIFT DETECTED' if summary.detected else 'no fleet drift'}",
              "", summary.reason, "", f"MLflow: {markdown_link('drift check run', links.get('run'))}", "",
              "*served*: the version that answered most of the site's rows in these windows (+ rows another "
              "version answered, e.g. during a rollout); the site is judged against that version's reference.", "",
-             "| site | status | rows | served | drifted | top features (score/limit) | prediction drift | "
-             "confidence ref→now | in a row | report |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| site | status | served | drifted | top feature (score/limit) | prediction drift | report |",
+             "|---|---|---|---|---|---|---|"]
     notes: list[str] = []
     for c in summary.sites:
         drifted = [f"{col.column} ({col.score:.2f}/{col.threshold:g})"
                    for col in sorted(c.columns, key=lambda col: -col.severity) if col.drifted]
-        top = ", ".join(drifted[:TOP_IN_CELL]) + (f" +{len(drifted) - TOP_IN_CELL} more" if len(drifted) > TOP_IN_CELL
+        top = ", ".join(drifted[:TOP_IN_CELL]) + (f" +{len(drifted) - TOP_IN_CELL}" if len(drifted) > TOP_IN_CELL
                                                   else "") or "-"
         prediction = f"{c.prediction.score:.3f}{' DRIFT' if c.prediction.drifted else ''}" if c.prediction else "-"
-        confidence = (f"{c.confidence_reference:.3f}→{c.confidence_current:.3f}"
-                      if c.confidence_current is not None else "-")
-        report = markdown_link("Evidently report", links.get(c.site) or c.report)
+        report = markdown_link("report", links.get(c.site) or c.report)
         share = f"{c.drifted_share:.0%}" if c.status == "checked" else "-"
-        said = [part for part in (c.detail, f"drifted features: {', '.join(drifted)}"
-                                  if len(drifted) > TOP_IN_CELL else "") if part]
-        if said:
-            notes.append(f"- **{c.site}**: " + "; ".join(said))
-        status = c.status + (" (below)" if c.detail else "")
-        served = f"v{c.model_version}" + (f" (+{c.rows_other_version} other)" if c.rows_other_version else "") \
+        served = f"v{c.model_version}" + (f" (+{c.rows_other_version})" if c.rows_other_version else "") \
             if c.model_version else "-"
-        lines.append(f"| {c.site} | {status} | {c.rows_new} | {served} | {share} | {top} | "
-                     f"{prediction} | {confidence} | {c.consecutive} | {report} |")
+        said = [f"{c.rows_new} rows" if c.rows_new else "",
+                f"{c.consecutive} drifted window(s) in a row" if c.consecutive else "",
+                f"confidence {c.confidence_reference:.3f} → {c.confidence_current:.3f}"
+                if c.confidence_current is not None and c.confidence_reference is not None else "",
+                f"drifted features: {', '.join(drifted)}" if drifted else "", c.detail]
+        if any(said):
+            notes.append(f"- **{c.site}**: " + "; ".join(part for part in said if part))
+        lines.append(f"| {c.site} | {c.status} | {served} | {share} | {top} | {prediction} | {report} |")
     lines += ["", *notes] if notes else []
     if summary.top_features:
         lines += ["", "Top drifted features across sites: "
@@ -183,9 +182,52 @@ def publish(summary: drift.FleetDrift, links: dict[str, str]) -> str:
     from prefect.artifacts import create_markdown_artifact
 
     markdown = summary_markdown(summary, links)
-    create_markdown_artifact(markdown, key=f"drift-{summary.model}".lower().replace("_", "-"),
-                             description=f"drift check {summary.check_id}")
+    create_markdown_artifact(markdown, key=artifact_key(summary.model), description=f"drift check {summary.check_id}")
     return markdown
+
+
+RETRAINING = "**Retraining it started:** "
+
+
+def artifact_key(model: str) -> str:
+    return f"drift-{model}".lower().replace("_", "-")
+
+
+def with_retraining(markdown: str, run_name: str, url: str | None) -> str:
+    """The drift artifact's text with the retraining run that the check's event started, under the verdict."""
+    line = RETRAINING + markdown_link(run_name, url) if url else RETRAINING + run_name
+    head, _, rest = markdown.partition("\n")
+    rest = "\n".join(x for x in rest.split("\n") if not x.startswith(RETRAINING))
+    return f"{head}\n\n{line}\n{rest}"
+
+
+@task(name="link-retraining", **LOCAL)
+def link_retraining(model: str, check_id: str, run_name: str, url: str | None) -> bool:
+    """Add the retraining run to the drift artifact of check `check_id` (a new version of the same key),
+    so the page that said "drift" says what it started. False when the newest artifact is another check's
+    (or the API refused: a link is a label, the retraining goes on)."""
+    try:
+        return _link_retraining(model, check_id, run_name, url)
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        logging.getLogger("edgewave").warning("could not link the retraining from the drift artifact: %s", exc)
+        return False
+
+
+def _link_retraining(model: str, check_id: str, run_name: str, url: str | None) -> bool:
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    key = artifact_key(model)
+    with get_client(sync_client=True) as client:
+        newest = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                       sort=ArtifactSort.CREATED_DESC, limit=1)
+    if not newest or newest[0].description != f"drift check {check_id}" or not isinstance(newest[0].data, str):
+        return False
+    create_markdown_artifact(with_retraining(newest[0].data, run_name, url), key=key,
+                             description=f"drift check {check_id}")
+    return True
 
 
 def event_payload(summary: drift.FleetDrift, links: dict[str, str]) -> dict:

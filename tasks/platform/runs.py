@@ -78,10 +78,16 @@ def name_run(name: str) -> None:
 NOW = " Now: "  # where a deployment's description of the current state begins (`describe_deployment`)
 
 
-def describe_deployment(name: str, now: str, parameters: dict | None = None) -> bool:
-    """Say on a deployment's page and Run form what holds now (`rollout/rollout`: which version is
-    @staging): its description keeps its own first part and gets " Now: <now>"; `parameters` become the
-    form's defaults. False when the API has no such deployment (a temporary API, or not deployed)."""
+def now_said(text: str | None, now: str) -> str:
+    """`text` with its " Now: …" part (if any) replaced by `now`."""
+    return f"{(text or '').split(NOW)[0]}{NOW}{now}"
+
+
+def describe_deployment(name: str, now: str, field: str, parameters: dict | None = None) -> bool:
+    """Say on a deployment's page and in its Run form what holds now (`rollout/rollout`: which version
+    is @staging): the description and the form's `field` keep their own text and get " Now: <now>";
+    `parameters` become the form's defaults. False when the API has no such deployment (a temporary
+    API, or not deployed)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import DeploymentUpdate
     from prefect.exceptions import ObjectNotFound
@@ -89,9 +95,16 @@ def describe_deployment(name: str, now: str, parameters: dict | None = None) -> 
     try:
         with get_client(sync_client=True) as client:
             deployment = client.read_deployment_by_name(name)
-            base = (deployment.description or "").split(NOW)[0]
-            client.update_deployment(deployment.id, DeploymentUpdate(
-                description=f"{base}{NOW}{now}", **({} if parameters is None else {"parameters": parameters})))
+            schema = dict(deployment.parameter_openapi_schema or {})
+            properties = {**schema.get("properties", {})}
+            if field in properties:
+                properties[field] = {**properties[field], "description": now_said(properties[field].get("description"), now)}
+            update: dict = {"description": now_said(deployment.description, now)}
+            if schema:
+                update["parameter_openapi_schema"] = {**schema, "properties": properties}
+            if parameters is not None:
+                update["parameters"] = parameters
+            client.update_deployment(deployment.id, DeploymentUpdate(**update))
     except ObjectNotFound:
         return False
     return True

@@ -350,8 +350,8 @@ def show_versions_on_forms(settings: Settings) -> None:
         staging, production, previous = (registry.alias_version(settings, alias)
                                          for alias in (registry.STAGING, registry.PRODUCTION, registry.PREVIOUS))
         rollout, rollback = form_notes(staging, production, previous)
-        describe_deployment("rollout/rollout", rollout, {"version": staging} if staging is not None else None)
-        describe_deployment("rollback/rollback", rollback)
+        describe_deployment("rollout/rollout", rollout, "version", {"version": staging} if staging is not None else None)
+        describe_deployment("rollback/rollback", rollback, "to")
     except Exception as exc:  # noqa: BLE001 - see the docstring
         run_logger().warning("could not name the versions on the rollout forms: %s", exc)
 

@@ -73,7 +73,8 @@ def stack(tmp_path_factory):
            "EDGEWAVE_DATA_SEED": "2", "EDGEWAVE_SEARCH_BUDGET": "1"}
     settings = Settings(home=home, fleet_path=fleet_path, train_rows=4000)
     try:
-        stack = servers.up(settings, free_port(), free_port(), deployments=["drift-monitor", "retrain-on-drift"],
+        stack = servers.up(settings, free_port(), free_port(),
+                           deployments=["drift-monitor", "retrain-on-drift", "release", "rollout", "rollback"],
                            scheduler=False, extra_env=env)
         yield settings, stack, servers.server_env(settings, stack.prefect_api, stack.mlflow_url) | env
     finally:
@@ -145,6 +146,47 @@ def test_a_drift_event_starts_retraining_through_the_deployment_trigger(stack, r
             "rollout v2 → 3 sites: succeeded"} <= names, names
 
 
+def deployment(base: str, name: str) -> dict:
+    return api(base, f"/deployments/name/{name}")
+
+
+def test_the_two_uis_link_each_other_and_say_what_holds_now(stack, retrained) -> None:
+    """Prefect ↔ MLflow: the version names the Prefect run that made it, the release is one MLflow run
+    with its trials as children, the rollout forms name @staging/@production as they now stand, the
+    drift artifact links the retraining it started, the automation is named after its event."""
+    from mlflow import MlflowClient
+
+    _, servers_, _ = stack
+    settings, retrain = retrained["settings"], retrained["retrain"]
+    rollout_form = deployment(servers_.prefect_api, "rollout/rollout")
+    # v1 was released but never rolled out: v2 is the first @production, nothing is @previous
+    assert rollout_form["description"].endswith(" Now: @staging v2 is already @production: nothing new to roll "
+                                                "out (no @previous)."), rollout_form["description"]
+    assert rollout_form["parameters"] == {"version": 2}
+    assert rollout_form["parameter_openapi_schema"]["properties"]["version"]["description"].endswith(
+        " Now: @staging v2 is already @production: nothing new to roll out (no @previous).")
+    assert deployment(servers_.prefect_api, "rollback/rollback")["description"].endswith(
+        " Now: @production v2; no @previous: name a version in `to`.")
+
+    mlc = MlflowClient(tracking_uri=servers_.mlflow_url)
+    version = mlc.get_model_version(settings.model_name, "2")
+    release_runs = api(servers_.prefect_api, "/flow_runs/filter", {"flow_runs": {"name": {"any_": ["release v2"]}}})
+    made_by = f"{servers_.prefect_url}/flow-runs/flow-run/{release_runs[0]['id']}"
+    assert version.tags["prefect.run_url"] == made_by
+    assert f"[Prefect run]({made_by})" in version.description and "**Rollout**: rollout v2 → 3 sites: succeeded" \
+        in version.description, version.description
+    parent = mlc.get_run(mlc.get_run(version.run_id).data.tags["mlflow.parentRunId"])
+    assert parent.data.tags["edgewave.role"] == "release" and parent.data.tags["prefect.run_url"] == made_by
+
+    automations = api(servers_.prefect_api, "/automations/filter", {})
+    assert "edgewave.drift.detected → retrain-on-drift" in [a["name"] for a in automations], automations
+    assert retrain["parameters"]["check_id"], "the event says which check it came from"
+    drift = api(servers_.prefect_api, "/artifacts/filter", {"artifacts": {"key": {"any_": [f"drift-{settings.model_name}"]}},
+                                                             "sort": "CREATED_DESC", "limit": 1})[0]
+    assert (f"**Retraining it started:** [retrain after drift at line-1, line-2]"
+            f"({servers_.prefect_url}/flow-runs/flow-run/{retrain['id']})") in drift["data"]
+
+
 @pytest.mark.skipif(browser.executable() is None, reason="Chromium is not installed (scripts/setup-system.sh "
                     "installs Debian's package; CI fails without it)")
 def test_a_person_sees_named_runs_and_the_rollout_and_drift_artifacts_in_the_prefect_ui(stack, retrained,
@@ -175,10 +217,24 @@ def test_a_person_sees_named_runs_and_the_rollout_and_drift_artifacts_in_the_pre
     assert "1/2 canary" in shown and f'href="{model_page}"' in shown
 
     drift = artifact(f"drift-{settings.model_name}")
-    shown = browser.page(f"{servers_.prefect_url}/artifacts/artifact/{drift['id']}", tmp_path / "drift.png",
-                         expect=["line-2", "Evidently report"])
+    shown = browser.page(f"{servers_.prefect_url}/artifacts/artifact/{drift['id']}", tmp_path / "drift-1366px.png",
+                         expect=["line-2", "artifactPath/reports/line-2.html", "Retraining it started"], width=1366)
     assert "<table" in shown and all(site in shown for site in SITES), "the per-site drift table"
     reports = re.findall(r'href="([^"]+/artifactPath/reports/(line-\d)\.html)"', shown)
-    assert sorted(site for _, site in reports) == ["line-1", "line-2"], reports
+    assert sorted(site for _, site in reports) == SITES, "every site's Evidently report is in MLflow"
     assert all(url.startswith(servers_.mlflow_url + "/#/experiments/") for url, _ in reports)
+
+    # The forms a person starts runs from: the rollout names the versions; the release has no switch past the gate.
+    rollout_form = deployment(servers_.prefect_api, "rollout/rollout")
+    shown = browser.page(f"{servers_.prefect_url}/deployments/deployment/{rollout_form['id']}/run",
+                         tmp_path / "rollout-form.png", expect=["Now: @staging v2 is already @production"])
+    assert "Now: @staging v2 is already @production" in shown, "the version field names the versions as they stand"
+    release_form = deployment(servers_.prefect_api, "release/release")
+    shown = browser.page(f"{servers_.prefect_url}/deployments/deployment/{release_form['id']}/run",
+                         tmp_path / "release-form.png", expect=["with_feedback", "maintenance-log feedback"])
+    assert "shuffle_labels" not in shown and "Shuffle" not in shown
+
+    # The MLflow version page: its description says how the gate and the rollout went, and links Prefect.
+    shown = browser.page(model_page, tmp_path / "mlflow-version.png", expect=["Prefect run", "PASSED"])
+    assert f'href="{servers_.prefect_url}/flow-runs/flow-run/' in shown
     print(f"screenshots: {tmp_path}")

@@ -102,8 +102,20 @@ def test_the_drift_artifacts_table_keeps_short_cells_and_puts_long_details_below
                          top_features=[("sensor_4", 1)], sites=sites)
     text = summary_markdown(summary, {"run": "http://127.0.0.1:5000/#/runs/1"})
     rows = [line for line in text.splitlines() if line.startswith("| line-")]
-    assert len(rows) == 2 and all(len(cell) <= 60 for row in rows for cell in row.split("|")), rows
-    assert "sensor_4 (0.70/0.2), sensor_3 (0.60/0.2) +3 more" in rows[0] and "checked (below)" in rows[0]
-    assert "| 900 | v2 (+40 other) |" in rows[0], "the version the site served in the window, and rows of others"
-    assert f"- **line-1**: {detail}; drifted features: sensor_4" in text
-    assert "- **line-2**: 12 new rows < min_samples 300" in text
+    assert len(rows) == 2 and all(len(row) <= 110 for row in rows), rows
+    assert rows[0] == "| line-1 | checked | v2 (+40) | 100% | sensor_4 (0.70/0.2) +4 | - | - |", rows[0]
+    assert (f"- **line-1**: 900 rows; drifted features: sensor_4 (0.70/0.2), sensor_3 (0.60/0.2), sensor_2 (0.50/0.2), "
+            f"sensor_1 (0.40/0.2), sensor_0 (0.30/0.2); {detail}") in text
+    assert "- **line-2**: 12 rows; 12 new rows < min_samples 300" in text
+
+
+def test_the_drift_artifact_names_the_retraining_it_started_once() -> None:
+    from edgewave.tasks.drift.steps import with_retraining
+
+    text = "# Drift check c: DRIFT DETECTED\n\n2 sites drifted\n\n| site |\n|---|\n| line-1 |"
+    linked = with_retraining(text, "retrain after drift at line-1", "http://127.0.0.1:4200/flow-runs/flow-run/9")
+    assert linked.splitlines()[:3] == ["# Drift check c: DRIFT DETECTED", "",
+                                       "**Retraining it started:** [retrain after drift at line-1]"
+                                       "(http://127.0.0.1:4200/flow-runs/flow-run/9)"]
+    again = with_retraining(linked, "retrain after drift at line-1", "http://127.0.0.1:4200/flow-runs/flow-run/9")
+    assert again.count("Retraining it started") == 1 and "| line-1 |" in again
