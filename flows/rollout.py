@@ -11,7 +11,7 @@ from prefect.exceptions import Abort
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
-from edgewave.tasks.platform.runs import name_run, retried, run_logger, unwalked
+from edgewave.tasks.platform.runs import name_run, quiet_decided_failures, retried, run_logger, unwalked
 from edgewave.tasks.platform.settings import Settings, active
 from edgewave.tasks.release import steps as release_steps
 from edgewave.tasks.rollout import steps
@@ -59,6 +59,7 @@ def run(settings: Settings, version: int, kind: Kind, reason: str, wait: bool) -
     they go to the next step `unwalked`, so Prefect passes them as they are instead of walking a
     record of every site's previous state on each call (bench/rollout_scale.py)."""
     log = run_logger()
+    quiet_decided_failures()  # a wave's failed verdict is logged as an ERROR line, without "NoneType: None"
     controller = steps.controller(settings, version, kind, reason, wait)
     record = steps.start(controller)
     sites = sum(len(wave.sites) for wave in record.waves)
@@ -89,6 +90,8 @@ def _waves(controller: Controller, settings: Settings, record: RolloutRecord) ->
             if record.waves[wave].decision == "advance":
                 record = steps.manual_gate(controller, record, wave)
             decision = record.waves[wave].decision
+            steps.verdict(record.waves[wave].name, decision or "none", record.waves[wave].reason or "",
+                          return_state=True)  # a failed wave is a red node, not an exception of the flow
             if decision == "rollback":
                 record = steps.rollback(controller, unwalked(record), wave)
                 break

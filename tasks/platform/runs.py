@@ -58,6 +58,24 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter:
         return logging.getLogger("edgewave")
 
 
+class _NoEmptyTraceback(logging.Filter):
+    """Prefect logs a task that returned a Failed state (a wave's verdict: tasks/rollout/steps.verdict)
+    with `exc_info=True` outside any exception, which prints "NoneType: None" under its line: a decided
+    failure has no traceback, so the line stands alone."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[0] is None:
+            record.exc_info = None
+        return True
+
+
+def quiet_decided_failures() -> None:
+    """Install `_NoEmptyTraceback` on Prefect's task-run logger (once per process)."""
+    logger = logging.getLogger("prefect.task_runs")
+    if not any(isinstance(f, _NoEmptyTraceback) for f in logger.filters):
+        logger.addFilter(_NoEmptyTraceback())
+
+
 def name_run(name: str) -> None:
     """Name the current flow run after what it does (`release v3`, `rollout v3 → 6 sites`) once that
     is known, for the runs list of the Prefect UI; nothing outside a flow run. A name is a label:

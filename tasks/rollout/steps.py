@@ -10,6 +10,7 @@ import socket
 from collections.abc import Callable
 
 from prefect import task
+from prefect.client.schemas.objects import State
 from pydantic import BaseModel, Field
 
 from edgewave.tasks.platform.fleetfile import Site, load_fleet_file
@@ -158,6 +159,17 @@ def converge(c: Controller, record: RolloutRecord, wave: int) -> RolloutRecord:
 @task(name="analyse-wave", **LOCAL)
 def analyse(c: Controller, record: RolloutRecord, wave: int, observed: Observed) -> tuple[RolloutRecord, Observed]:
     return c.analyse(record, wave, observed)
+
+
+@task(name="wave-verdict", task_run_name="wave {wave_name}: {decision}", **LOCAL)
+def verdict(wave_name: str, decision: str, reason: str) -> State:
+    """The wave's decision as a node of the run's graph: red (Failed, named RollBack or Held, the reason
+    as its message) where the rollout stopped, green where a wave advanced."""
+    from prefect.states import Completed, Failed
+
+    if decision in ("rollback", "hold"):
+        return Failed(name={"rollback": "RollBack", "hold": "Held"}[decision], message=reason)
+    return Completed(name="Advanced", message=reason)
 
 
 @task(name="rollback", **LOCAL)
