@@ -62,6 +62,7 @@ def status(
         out.print(f"fleet: {fleet_state['error']}", style="red")
     for name, url in state["links"].items():
         out.print(f"{ {'prefect': 'Prefect', 'mlflow': 'MLflow'}.get(name, name)} UI: {url}")
+    out.print("writes to: " + ", ".join(f"{what} {where}" for what, where in state["writes"].items()))
 
 
 def up(

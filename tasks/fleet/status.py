@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
+from edgewave.serving.redact import redact
 from edgewave.tasks.fleet import local
 from edgewave.tasks.fleet.servers import links
 from edgewave.tasks.platform.fleetfile import PolicyError, load_fleet_file
@@ -113,7 +114,17 @@ def fleet_state(settings: Settings) -> dict:
                                   fleet_file.drift.cooldown_minutes)}
 
 
+def writes(settings: Settings) -> dict[str, str]:
+    """Where this control plane writes: its home and the stores in it or elsewhere (credentials redacted).
+    A copied home writes to its own (tasks/platform/home.py); this says so before anything is written."""
+    return {"home": str(settings.home.resolve()), "mlflow": redact(settings.mlflow_tracking_uri),
+            "desired state": redact(settings.desired_state_url), "bundles": redact(settings.bundle_store),
+            "monitoring": redact(settings.monitoring_store)}
+
+
 def whole_state(settings: Settings) -> dict:
-    """The registry (refused at once, naming it, when MLflow does not answer), the fleet and the UI links."""
+    """The registry (refused at once, naming it, when MLflow does not answer), the fleet, the UI links and
+    where this home writes."""
     check_reachable(settings)
-    return {"registry": registry_state(settings), "fleet": fleet_state(settings), "links": links(settings)}
+    return {"registry": registry_state(settings), "fleet": fleet_state(settings), "links": links(settings),
+            "writes": writes(settings)}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from contextvars import ContextVar
@@ -20,6 +21,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, computed_field
 
 from edgewave.serving.settings import SITE_ID_PATTERN, EdgeSettings
+from edgewave.tasks.platform.home import relocate
 
 
 class Settings(EdgeSettings):
@@ -170,6 +172,9 @@ class Settings(EdgeSettings):
         Must run before prefect or mlflow is imported: both read these at import.
         """
         self.home.mkdir(parents=True, exist_ok=True)
+        relocated = relocate(self.home)  # a copied or moved home: its own paths, never the old home's
+        if relocated:
+            sys.stderr.write(f"edgewave: {relocated}\n")
         os.environ.setdefault("PREFECT_HOME", str(self.home / "prefect"))
         # MLflow's own HTTP retries default to ~4 minutes of backoff; keep them short so the
         # flow's task retries (which log what happens) do the waiting.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -255,3 +256,58 @@ def test_a_person_approves_one_wave_at_its_manual_gate_and_rejects_the_next(worl
     assert until - datetime.fromisoformat(record["started_at"]) > timedelta(hours=23), \
         "the lease covered the person's time to answer"
     assert sum("(the manual gate answered)" in s for s in repo.log(result["rollout_id"])) == 2
+
+
+def test_a_copied_home_rolls_back_on_its_own_and_leaves_the_original_alone(world, tmp_path: Path) -> None:
+    """A home copied after a rollout (a backup restored elsewhere) rolls the fleet back from the copy:
+    MLflow, the desired-state remote and the bundles it uses are the copy's; the original's database,
+    remote and artifacts are byte for byte as they were."""
+    import hashlib
+
+    import yaml
+
+    settings, _ = world
+    on_v2_after_v1(settings)
+    original = settings.home
+
+    def fingerprint() -> dict:
+        files = sorted(p for folder in ("mlartifacts", "bundles") for p in (original / folder).rglob("*") if p.is_file())
+        heads = subprocess.run(["git", "-C", str(original / "desired-state.git"), "show-ref"], capture_output=True,
+                               text=True, check=True).stdout
+        return {"mlflow.db": hashlib.sha256((original / "mlflow.db").read_bytes()).hexdigest(), "remote": heads,
+                "files": [(str(p.relative_to(original)), p.stat().st_size) for p in files]}
+
+    def copy_what_stays(source: str, target: str) -> None:  # a running site's sample files come and go
+        with suppress(FileNotFoundError):
+            shutil.copy2(source, target)
+
+    before = fingerprint()
+    copy = tmp_path / "restored" / "home"
+    shutil.copytree(original, copy, copy_function=copy_what_stays)
+    fleet = yaml.safe_load(settings.fleet_path.read_text())
+    for site in fleet["fleet"]["sites"]:
+        site["port"] = free_port()  # the copy's own sites, beside the original's
+    copied = Settings(home=copy, fleet_path=tmp_path / "restored" / "fleet.yaml")
+    copied.fleet_path.write_text(yaml.safe_dump(fleet, sort_keys=False))
+    env = edgewave_env(copy, EDGEWAVE_FLEET_PATH=str(copied.fleet_path))
+
+    shown = subprocess.run([str(BIN / "edgewave"), "status"], capture_output=True, text=True, timeout=300, env=env)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert f"this home was at {original}, now {copy}" in shown.stderr, shown.stderr
+    assert f"writes to: home {copy}, mlflow sqlite:///{copy}/mlflow.db, desired state {copy}/desired-state.git" \
+        in shown.stdout, shown.stdout
+
+    fleet_file = load_fleet_file(copied.fleet_path)
+    local.up(copied, fleet_file.fleet, extra_env={"EDGEWAVE_SYNC_INTERVAL_SECONDS": "0.5", "EDGEWAVE_SAMPLE_FRACTION": "0"})
+    try:
+        with Traffic(fleet_file.fleet.sites, ai4i_traffic(), rate_per_site=25):
+            result = subprocess.run([str(BIN / "edgewave"), "rollback", "--reason", "restored backup"],
+                                    capture_output=True, text=True, timeout=600, env=env)
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert set(versions(fleet_file).values()) == {1}, "the copy's sites are back on v1"
+    finally:
+        local.down(copied, fleet_file.fleet)
+    assert registry.alias_version(copied, "production") == 1
+    assert registry.rollout_target(copied, 1)[0].startswith(copy.as_uri()), "the copy's own bundle store"
+    assert fingerprint() == before, "nothing of the original changed"
+    assert registry.alias_version(settings, "production") == 2
