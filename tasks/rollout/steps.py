@@ -11,7 +11,8 @@ from collections.abc import Callable
 
 from prefect import task
 from prefect.client.schemas.objects import State
-from pydantic import BaseModel, Field
+from prefect.input import RunInput
+from pydantic import Field
 
 from edgewave.tasks.platform.fleetfile import Site, load_fleet_file
 from edgewave.tasks.platform.runs import LOCAL, REMOTE
@@ -196,7 +197,7 @@ def release(c: Controller, record: RolloutRecord) -> str | None:
     return c.release(record)
 
 
-class GateAnswer(BaseModel):
+class GateAnswer(RunInput):
     """The form a person fills in at a manual gate (the Prefect UI's Resume dialog)."""
 
     approve: bool = Field(description="On: go on to the next wave. Off: roll back every site this rollout changed.")
@@ -218,11 +219,10 @@ def manual_gate(c: Controller, record: RolloutRecord, wave: int) -> RolloutRecor
         return record
     from prefect.exceptions import FlowPauseTimeout
     from prefect.flow_runs import pause_flow_run
-    from prefect.input import RunInput
 
     c.await_approval(record, wave, gate.manual_gate_timeout_seconds)
     try:
-        answer = pause_flow_run(wait_for_input=RunInput.subclass_from_base_model_type(GateAnswer),
+        answer = pause_flow_run(wait_for_input=GateAnswer,
                                 timeout=int(gate.manual_gate_timeout_seconds), key=gate_key(record, wave))
     except FlowPauseTimeout:
         return c.approved(record, wave, None, f"no answer at the manual gate after wave {record.waves[wave].name} "
