@@ -130,9 +130,15 @@ def describe_deployment(name: str, now: str, field: str, parameters: dict | None
 
 def prefect_run_url() -> str | None:
     """The Prefect UI's page of the current flow run, for links from MLflow; None outside a flow run or
-    on Prefect's temporary API (no UI a person could open)."""
+    on Prefect's temporary API, which stops with the command (no UI a person could open later). A
+    server is one the environment names (PREFECT_API_URL: `make up`'s worker, a shell that exports it);
+    inside a run Prefect resolves a temporary API's address too, so the environment is what tells."""
+    import os
+
     from prefect.runtime import flow_run
 
+    if not os.environ.get("PREFECT_API_URL"):
+        return None
     url = flow_run.ui_url
     return url if url and url.startswith(("http://", "https://")) else None
 

@@ -335,8 +335,8 @@ def form_notes(staging: int | None, production: int | None, previous: int | None
     if staging is not None and staging == production:
         rollout = f"{v('staging', staging)} is already @production: nothing new to roll out ({v('previous', previous)})."
     else:
-        rollout = (f"{v('staging', staging)} (passed the quality gate), {v('production', production)}, "
-                   f"{v('previous', previous)}." + (" The form offers @staging." if staging is not None else ""))
+        rollout = (f"{v('staging', staging)}, {v('production', production)}, {v('previous', previous)}."
+                   + (" The form offers @staging." if staging is not None else ""))
     rollback = (f"{v('production', production)}; an empty `to` returns the fleet to {v('previous', previous)}."
                 if previous is not None else f"{v('production', production)}; no @previous: name a version in `to`.")
     return rollout, rollback

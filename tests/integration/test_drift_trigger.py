@@ -238,3 +238,51 @@ def test_a_person_sees_named_runs_and_the_rollout_and_drift_artifacts_in_the_pre
     shown = browser.page(model_page, tmp_path / "mlflow-version.png", expect=["Prefect run", "PASSED"])
     assert f'href="{servers_.prefect_url}/flow-runs/flow-run/' in shown
     print(f"screenshots: {tmp_path}")
+
+
+def final_run(base: str, flow: str, name_prefix: str, timeout: float, log: Path) -> dict:
+    """The run of `flow` whose name starts with `name_prefix`, once it is final (whatever its state)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = [r for r in flow_runs(base, flow) if r["name"].startswith(name_prefix)]
+        if runs and runs[0]["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            return runs[0]
+        time.sleep(1)
+    raise TimeoutError(f"{flow} {name_prefix}: no final run within {timeout:.0f}s\n{log.read_text()[-4000:]}")
+
+
+@pytest.mark.skipif(browser.executable() is None, reason="Chromium is not installed (scripts/setup-system.sh "
+                    "installs Debian's package; CI fails without it)")
+def test_a_person_sees_a_rolled_back_rollout_as_an_outcome_not_a_crash(stack, retrained, tmp_path) -> None:
+    """A deliberately bad v3 (the demo's switches: labels shuffled, staged past the gate) rolled out by the
+    deployed rollout: its page says it rolled back and where, its graph has the failed wave, its log has
+    no traceback."""
+    settings, servers_, env = stack
+    made = subprocess.run([str(BIN / "edgewave"), "release", "--shuffle-labels", "--force"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert json.loads(made.stdout.strip().splitlines()[-1])["version"] == 3
+    fleet_file = load_fleet_file(settings.fleet_path)
+    local.up(settings, fleet_file.fleet, extra_env={"EDGEWAVE_SYNC_INTERVAL_SECONDS": "0.5"})
+    try:
+        with Traffic(fleet_file.fleet.sites, ai4i_traffic(), rate_per_site=20):
+            started = subprocess.run([str(BIN / "prefect"), "deployment", "run", "rollout/rollout", "--param",
+                                      "version=3"], env=env, capture_output=True, text=True, timeout=60)
+            assert started.returncode == 0, started.stdout + started.stderr
+            run = final_run(servers_.prefect_api, "rollout", "rollout v3", 420, settings.home / "servers" / "worker.log")
+    finally:
+        local.down(settings, fleet_file.fleet)
+    assert (run["state"]["type"], run["state"]["name"]) == ("FAILED", "RolledBack"), run["state"]
+    assert run["name"].startswith("rollout v3: rolled back at wave canary — "), run["name"]
+    tasks = api(servers_.prefect_api, "/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
+    failed = [t["name"] for t in tasks if t["state"]["type"] == "FAILED"]
+    assert failed == ["wave canary: rollback"], failed
+
+    page = browser.page(f"{servers_.prefect_url}/runs/flow-run/{run['id']}", tmp_path / "rolled-back-run.png",
+                        expect=["RolledBack", "rolled back at wave canary"])
+    assert "RolledBack" in page and "rolled back at wave canary" in page
+    logs = browser.page(f"{servers_.prefect_url}/runs/flow-run/{run['id']}?tab=Logs", tmp_path / "rolled-back-logs.png",
+                        expect=["Finished in state RolledBack"])
+    assert "Finished in state RolledBack" in logs
+    assert "Traceback" not in logs and "NoneType: None" not in logs
+    print(f"screenshots: {tmp_path}")

@@ -81,7 +81,7 @@ def test_the_rollout_forms_name_the_versions_as_they_stand() -> None:
     from edgewave.tasks.release.steps import form_notes
 
     rollout, rollback = form_notes(staging=5, production=4, previous=3)
-    assert rollout == "@staging v5 (passed the quality gate), @production v4, @previous v3. The form offers @staging."
+    assert rollout == "@staging v5, @production v4, @previous v3. The form offers @staging."
     assert rollback == "@production v4; an empty `to` returns the fleet to @previous v3."
     rollout, rollback = form_notes(staging=4, production=4, previous=3)
     assert rollout.startswith("@staging v4 is already @production: nothing new to roll out")
