@@ -26,7 +26,7 @@ from edgewave.tasks.rollout.telemetry import scrape_sites
 from edgewave.tasks.sim.traffic import Traffic
 from edgewave.tasks.sim.windows import ship_windows
 from tests import browser
-from tests.helpers import BIN, ai4i_traffic, free_port, write_fleet_file
+from tests.helpers import BIN, ai4i_traffic, free_port, register_bundle, write_fleet_file
 
 DRIFTED = {"line-1": scenario("sensor_calibration_offset", offset=5.0), "line-2": scenario("worn_tool_regime")}
 SITES = ["line-0", "line-1", "line-2"]
@@ -254,14 +254,20 @@ def final_run(base: str, flow: str, name_prefix: str, timeout: float, log: Path)
 @pytest.mark.skipif(browser.executable() is None, reason="Chromium is not installed (scripts/setup-system.sh "
                     "installs Debian's package; CI fails without it)")
 def test_a_person_sees_a_rolled_back_rollout_as_an_outcome_not_a_crash(stack, retrained, tmp_path) -> None:
-    """A deliberately bad v3 (the demo's switches: labels shuffled, staged past the gate) rolled out by the
-    deployed rollout: its page says it rolled back and where, its graph has the failed wave, its log has
-    no traceback."""
-    settings, servers_, env = stack
-    made = subprocess.run([str(BIN / "edgewave"), "release", "--shuffle-labels", "--force"], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert made.returncode == 0, made.stdout + made.stderr
-    assert json.loads(made.stdout.strip().splitlines()[-1])["version"] == 3
+    """A bad v3 (v2's signed model with its threshold at 0: it flags every part) rolled out by the deployed
+    rollout: its page says it rolled back and where, its graph has the failed wave, its log has no
+    traceback."""
+    from edgewave.serving.bundle import BundleManifest
+    from edgewave.tasks.release.bundle import load_or_create_signing_key, write_bundle
+
+    _, servers_, env = stack
+    settings = retrained["settings"]
+    store = settings.home / "bundles" / settings.model_name
+    manifest = BundleManifest.model_validate_json((store / "v2" / "bundle.json").read_text())
+    model = (store / "v2" / "model.onnx").read_bytes()
+    bad = write_bundle(store / "v3", manifest.model_copy(update={"version": 3, "threshold": 0.0, "variants": {}}), model,
+                       None, load_or_create_signing_key(settings.signing_key))
+    assert register_bundle(settings, manifest.family, bad, model) == 3
     fleet_file = load_fleet_file(settings.fleet_path)
     local.up(settings, fleet_file.fleet, extra_env={"EDGEWAVE_SYNC_INTERVAL_SECONDS": "0.5"})
     try:
