@@ -33,7 +33,11 @@ class Machine:
 
 MACHINES: dict[str, Machine] = {
     "ai4i": Machine("ai4i", ai4i.generate, ai4i.SCENARIOS,
-                    (("sensor_calibration_offset", {"feature": "process_temperature_k", "offset": 5.0}),
+                    # 10 K, not 5: the first check after the change also holds the rows served before it
+                    # (~40 % of them), and at 5 K the site's score fell under its threshold (1.5) from a
+                    # 30 % share of such rows on, so `make run` needed a second check one run in two.
+                    # At 10 K: 2.6 at a 40 % share, 1.7 at 60 % (the lowest of 20 draws each).
+                    (("sensor_calibration_offset", {"feature": "process_temperature_k", "offset": 10.0}),
                      ("worn_tool_regime", {"life_factor": 1.6}))),
     "pump": Machine("pump", pump.generate_pump, pump.SCENARIOS,
                     (("sensor_calibration_offset", {"feature": "bearing_temperature_c", "offset": 8.0}),
