@@ -26,7 +26,7 @@ from edgewave.tasks.rollout.telemetry import scrape_sites
 from edgewave.tasks.sim.traffic import Traffic
 from edgewave.tasks.sim.windows import ship_windows
 from tests import browser
-from tests.helpers import BIN, ai4i_traffic, free_port, register_bundle, write_fleet_file
+from tests.helpers import BIN, ai4i_traffic, free_port, register_bundle, wait_for, write_fleet_file
 
 DRIFTED = {"line-1": scenario("sensor_calibration_offset", offset=5.0), "line-2": scenario("worn_tool_regime")}
 SITES = ["line-0", "line-1", "line-2"]
@@ -242,13 +242,15 @@ def test_a_person_sees_named_runs_and_the_rollout_and_drift_artifacts_in_the_pre
 
 def final_run(base: str, flow: str, name_prefix: str, timeout: float, log: Path) -> dict:
     """The run of `flow` whose name starts with `name_prefix`, once it is final (whatever its state)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        runs = [r for r in flow_runs(base, flow) if r["name"].startswith(name_prefix)]
-        if runs and runs[0]["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-            return runs[0]
-        time.sleep(1)
-    raise TimeoutError(f"{flow} {name_prefix}: no final run within {timeout:.0f}s\n{log.read_text()[-4000:]}")
+    def named() -> list[dict]:
+        return [r for r in flow_runs(base, flow) if r["name"].startswith(name_prefix)]
+
+    try:
+        wait_for(lambda: bool(named()) and named()[0]["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"),
+                 timeout, f"a final run of {flow} named {name_prefix}…", interval=1.0)
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}\n{log.read_text()[-4000:]}") from None
+    return named()[0]
 
 
 @pytest.mark.skipif(browser.executable() is None, reason="Chromium is not installed (scripts/setup-system.sh "
