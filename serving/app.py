@@ -38,6 +38,8 @@ log = logging.getLogger("edgewave.serving")
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+LINGER_SECONDS = 2.0  # after a body over the limit: how long the rest of it is read and dropped, at most
+LINGER_IDLE_SECONDS = 0.25  # ... and how long a pause in it ends that
 ROUTES = {"/v1/predict": "POST", "/v1/model": "GET", "/v1/site": "GET", "/healthz": "GET", "/readyz": "GET", "/metrics": "GET",
           "/openapi.json": "GET"}
 
@@ -125,10 +127,29 @@ class SiteApp:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
+                if message.get("more_body", False):
+                    await self._discard_rest(receive)
                 raise RequestError(413, f"body exceeds {self.max_body_bytes} bytes")
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+    async def _discard_rest(self, receive: Receive) -> None:
+        """Read and drop what the client is still sending before the 413 goes out (a lingering close, as
+        nginx does): a socket closed with unread bytes makes the kernel answer with a reset, which can
+        overtake the answer, and the client sees "connection reset" instead of the reason. Bounded: at
+        most another limit's worth of bytes, for at most LINGER_SECONDS, and only while the client keeps
+        sending (a pause of LINGER_IDLE_SECONDS ends it): a client that streams gigabytes is cut off."""
+        budget, deadline = self.max_body_bytes, time.monotonic() + LINGER_SECONDS
+        while budget > 0:
+            left = deadline - time.monotonic()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, min(left, LINGER_IDLE_SECONDS)))
+            except TimeoutError:
+                return
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return
+            budget -= len(message.get("body", b""))
 
     async def _predict(self, model: LoadedModel, body: bytes) -> bytes:
         x = parse_predict(body, model, self.max_batch)
