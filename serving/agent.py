@@ -28,6 +28,7 @@ from edgewave.serving.desired import DesiredState, DesiredStateError, parse_desi
 from edgewave.serving.gitmirror import GitMirror
 from edgewave.serving.metrics import SiteMetrics
 from edgewave.serving.model import BundleCache, ModelSlot
+from edgewave.serving.oci import HintWatcher
 from edgewave.serving.redact import redact
 from edgewave.serving.sampler import Sampler
 from edgewave.serving.transport import download_bundle, upload_confirmed
@@ -36,12 +37,16 @@ log = logging.getLogger("edgewave.agent")
 APPLIED = "applied.json"
 
 
+HEALTHY_JITTER = 0.2  # a healthy agent waits the interval ±20 %: sites started together drift apart
+
+
 def backoff(failures: int, interval: float) -> float:
-    """Wait before the next cycle: the interval when healthy; after failures, 1 s doubling up to
-    the interval, with jitter in [50 %, 100 %] so a fleet does not reconnect in step. Capped at
-    the interval so a site converges within one interval of the remote coming back."""
+    """Wait before the next cycle: the interval ±20 % when healthy (sites started together, after a
+    plant's power cut, say, would otherwise hit the Git host in step forever); after failures, 1 s
+    doubling up to the interval, with jitter in [50 %, 100 %] so a fleet does not reconnect in step.
+    Capped so a site converges within 1.2 intervals of the remote coming back."""
     if not failures:
-        return interval
+        return interval * random.uniform(1 - HEALTHY_JITTER, 1 + HEALTHY_JITTER)
     step = min(interval, min(1.0, interval) * 2 ** (failures - 1))
     return step * random.uniform(0.5, 1.0)
 
@@ -92,12 +97,14 @@ class Agent(Background):
     def __init__(self, site_id: str, site_dir: Path, remote: str | None, monitoring_store: str, slot: ModelSlot,
                  cache: BundleCache, trusted: dict[str, Ed25519PublicKey], metrics: SiteMetrics,
                  sampler: Sampler | None, interval: float, access: RemoteAccess | None = None,
-                 pinned: bool = False, clock: Callable[[], float] = time.time) -> None:
+                 pinned: bool = False, clock: Callable[[], float] = time.time, hint: HintWatcher | None = None,
+                 full_sync_seconds: float = 300.0) -> None:
         """`pinned`: the model comes from the image (a Kubernetes pod; Argo CD replaces pods to change
         it): the agent ships windows, reports and exposes its metrics, reads the desired state when
         a remote is given (to show what the fleet wants), and never swaps the model. `remote` None:
         no desired state is read at all. `clock`: wall time in seconds (when a refused bundle may be tried
-        again, when a model was applied); a test hands in its own."""
+        again, when a model was applied); a test hands in its own. `hint`: the desired state's change hint;
+        with it, Git is fetched only when the hint's digest moved, or `full_sync_seconds` after the last fetch."""
         self.site_id = site_id
         self.clock = clock
         self.site_dir = site_dir
@@ -105,6 +112,10 @@ class Agent(Background):
         self.pinned = pinned
         self.noted: int | None = None  # the desired version an image-pinned pod last said it does not follow
         self.mirror = GitMirror(remote, site_dir / "desired-state.git", self.access) if remote else None
+        self.hint = hint
+        self.full_sync_seconds = full_sync_seconds
+        self.hint_seen: str | None = None  # the hint's digest just before the last fetch
+        self.fetched_at = float("-inf")
         self.monitoring_store = monitoring_store
         self.slot = slot
         self.cache = cache
@@ -231,11 +242,32 @@ class Agent(Background):
     def sync_desired_state(self) -> DesiredState | None:
         if self.mirror is None:  # a site without EDGEWAVE_DESIRED_STATE_REMOTE has nothing to follow
             return None
-        commit = self.mirror.sync()
+        digest = self._hint_digest()
+        now = self.clock()
+        if (digest is not None and digest == self.hint_seen and self.mirror.head is not None
+                and now - self.fetched_at < self.full_sync_seconds):
+            commit = self.mirror.head  # nothing moved: the commit fetched last time still holds
+            self.metrics.agent_syncs.labels("unchanged").inc()
+        else:
+            commit = self.mirror.sync()
+            self.hint_seen, self.fetched_at = digest, now  # the digest read before the fetch: never newer than it
+            self.metrics.agent_syncs.labels("fetched").inc()
         text = self.mirror.read(site_file(self.site_id))
         desired = parse_desired(text, f"{site_file(self.site_id)} at {commit[:8]}", self.site_id) if text else None
         log.debug("desired state at %s: %s", commit[:8], desired)
         return desired
+
+    def _hint_digest(self) -> str | None:
+        """The change hint's digest, or None (no hint, nothing published yet, the registry not reached):
+        then Git is fetched as without a hint. A hint is a saving, never a reason not to sync."""
+        if self.hint is None:
+            return None
+        try:
+            return self.hint.digest()
+        except ConnectionError as exc:
+            self.metrics.agent_errors.labels("hint_unreachable").inc()
+            log.warning("%s; fetching the desired state instead", exc)
+            return None
 
     def ship_windows(self) -> int:
         """Upload finished windows, oldest first; each is deleted only after a confirmed upload."""

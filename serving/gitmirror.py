@@ -113,6 +113,11 @@ class GitMirror:
         self.access = access or RemoteAccess()
         self._head: bytes | None = None
 
+    @property
+    def head(self) -> str | None:
+        """The commit the last fetch brought (None before the first)."""
+        return self._head.decode() if self._head is not None else None
+
     def _repo(self):
         from dulwich.repo import Repo
 

@@ -126,6 +126,9 @@ class SiteMetrics:
         self.agent_applied_version = Gauge("edgewave_agent_applied_version", "Version the agent last applied.",
                                            registry=r)
         self.agent_errors = Counter("edgewave_agent_errors", "Agent errors by kind.", ["kind"], registry=r)
+        self.agent_syncs = Counter("edgewave_agent_syncs", "Desired-state syncs by what they cost: fetched (a Git "
+                                   "fetch over the network) or unchanged (the change hint said nothing moved).",
+                                   ["kind"], registry=r)
         self.windows_shipped = Counter("edgewave_agent_windows_shipped", "Sample windows uploaded.", registry=r)
         self.buffered_windows = Gauge("edgewave_agent_buffered_windows", "Sample windows waiting to ship.", registry=r)
         self.model_version.set(0)
@@ -135,6 +138,8 @@ class SiteMetrics:
         self.load_failures.labels("ModelLoadError")
         for kind in ("bundle_refused", "downgrade_refused"):
             self.agent_errors.labels(kind)
+        for kind in ("fetched", "unchanged"):
+            self.agent_syncs.labels(kind)
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         hot = self.hot

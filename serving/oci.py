@@ -9,6 +9,7 @@ caller then verifies the bundle's signature and file hashes as for any other tra
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -73,15 +74,45 @@ def plain_http(registry: str, access: RemoteAccess) -> bool:
     return host in ("127.0.0.1", "localhost", "[::1]")
 
 
-def client(registry: str, access: RemoteAccess):
-    """An oras client for `registry` with the configured credentials (basic auth), quiet."""
+ONCE_TIMEOUT = (5.0, 15.0)  # connect, read: one attempt's deadline for calls made `once`
+
+
+def client(registry: str, access: RemoteAccess, *, once: bool = False):
+    """An oras client for `registry` with the configured credentials (basic auth, or the token a
+    registry asks for), quiet. `once`: every request is one attempt with a deadline, where oras would
+    retry five times sleeping 3 + 3^n s (over two minutes on a registry that is down): for calls on
+    someone else's clock, a rollout's commit or an agent's cycle, which have their own retries."""
     import oras.client
 
     logging.getLogger("oras").setLevel(logging.WARNING)
     oras_client = oras.client.OrasClient(hostname=registry, insecure=plain_http(registry, access), auth_backend="basic")
     if access.registry_username and access.registry_password:
         oras_client.auth.set_basic_auth(access.registry_username, access.registry_password)
+    if once:
+        for scheme in ("http://", "https://"):
+            oras_client.session.mount(scheme, _deadline_adapter())
+        oras_client.do_request = functools.partial(type(oras_client).do_request.__wrapped__, oras_client)
     return oras_client
+
+
+@functools.cache
+def _deadline_adapter_class():
+    from requests.adapters import HTTPAdapter
+
+    class DeadlineAdapter(HTTPAdapter):
+        """Every request through it has a deadline (requests' own default is none: a stalled registry
+        would hold the caller forever)."""
+
+        def send(self, request, *args, **kwargs):
+            if kwargs.get("timeout") is None:
+                kwargs["timeout"] = ONCE_TIMEOUT
+            return super().send(request, *args, **kwargs)
+
+    return DeadlineAdapter
+
+
+def _deadline_adapter():
+    return _deadline_adapter_class()()
 
 
 def media_type(name: str) -> str:
@@ -131,3 +162,64 @@ def pull_bundle(url: str, folder: Path, access: RemoteAccess) -> Path:
     except Exception as exc:
         raise OciError(f"pull of {url} failed: {type(exc).__name__}: {exc}") from None
     return folder
+
+
+# -- the desired state's change hint ------------------------------------------------------------
+HINT_MEDIA_TYPE = "application/vnd.edgewave.desired-state-hint.v1+json"
+HINT_ANNOTATION = "org.edgewave.desired-state.sites-tree"
+
+
+def hint_reference(url: str) -> Reference:
+    """The hint's tag; ValueError for anything else (a digest cannot move)."""
+    ref = Reference.parse(url)
+    if ref.digest or not ref.tag:
+        raise ValueError(f"{url}: a change hint is a tag the control plane moves (oci://<registry>/<repository>:<tag>), "
+                         "never a digest")
+    return ref
+
+
+def push_hint(url: str, sites_tree: str, access: RemoteAccess) -> str:
+    """Point the tag `url` names at a config-only artifact that holds `sites_tree`, the Git tree id of the
+    desired state's `sites/` folder; returns the artifact's digest. The content is that id alone, so the
+    digest moves exactly when some site's file did (a lease renewal or a rollout record leaves it), and
+    pushing the same tree twice changes nothing."""
+    ref = hint_reference(url)
+    with tempfile.TemporaryDirectory(prefix="edgewave-hint-") as tmp:
+        config = Path(tmp) / "hint.json"
+        config.write_text(json.dumps({"sites_tree": sites_tree}))
+        try:
+            response = client(ref.registry, access, once=True).push(
+                target=ref.target, files=[], manifest_config=f"{config}:{HINT_MEDIA_TYPE}",
+                manifest_annotations={HINT_ANNOTATION: sites_tree}, quiet=True)
+        except Exception as exc:  # requests and oras raise many types; say which registry and what
+            raise OciError(f"push of the change hint to {ref.target} failed: {type(exc).__name__}: {exc}") from None
+    return response.headers.get("Docker-Content-Digest", "")
+
+
+class HintWatcher:
+    """What an agent asks before a Git fetch: the hint tag's current digest, by one HTTP HEAD on a
+    connection it keeps (an SSH handshake and a Git negotiation cost the Git host 10–100× more; see
+    bench/fleet_sync.py). The registry is asked, never trusted: a stale or missing hint only delays a
+    fetch until the agent's next full sync."""
+
+    def __init__(self, url: str, access: RemoteAccess) -> None:
+        self.ref = hint_reference(url)
+        self.access = access
+        self._client = None
+        scheme = "http" if plain_http(self.ref.registry, access) else "https"
+        self._url = f"{scheme}://{self.ref.registry}/v2/{self.ref.repository}/manifests/{self.ref.tag}"
+
+    def digest(self) -> str | None:
+        """The tag's digest now; None when nothing was published there yet. OciError when not reached."""
+        if self._client is None:
+            self._client = client(self.ref.registry, self.access, once=True)
+        try:
+            response = self._client.do_request(self._url, "HEAD", headers={"Accept": MANIFEST_ACCEPT[0]})
+        except Exception as exc:
+            self._client = None  # a new connection next time
+            raise OciError(f"change hint {self.ref.target}: {type(exc).__name__}: {exc}") from None
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise OciError(f"change hint {self.ref.target}: the registry answered {response.status_code}")
+        return response.headers.get("Docker-Content-Digest") or response.headers.get("ETag")

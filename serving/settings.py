@@ -62,7 +62,15 @@ class EdgeSettings(BaseSettings):
     monitoring_store_url: str | None = Field(
         default=None, description="fsspec URL sample windows are shipped to; default a folder under home."
     )
-    sync_interval_seconds: float = Field(default=10.0, gt=0, description="How often the agent syncs.")
+    sync_interval_seconds: float = Field(default=10.0, gt=0, description="How often the agent syncs (each wait "
+                                         "jittered by ±20 %, so a fleet never syncs in step).")
+    desired_state_hint: str | None = Field(
+        default=None, description="oci://<registry>/<repository>:<tag> the control plane updates after every "
+        "desired-state commit that changes a site's file: the agent asks its digest (one HTTP HEAD) and fetches Git "
+        "only when it moved. Git stays the source of truth; unset, the agent fetches every interval.")
+    desired_state_full_sync_seconds: float = Field(
+        default=300.0, gt=0, description="With a change hint, the agent still fetches Git at least this often (a hint "
+        "that was not updated delays a change by this much at most).")
     bundles_kept: int = Field(default=3, ge=1, description="Bundles a site keeps on disk for local rollback.")
 
     # --- credentials for the remotes (environment or files; never in a URL, log or artifact) ---
@@ -82,6 +90,17 @@ class EdgeSettings(BaseSettings):
     @model_validator(mode="after")
     def _absolute_home(self) -> EdgeSettings:
         self.home = self.home.expanduser().resolve()
+        return self
+
+    @model_validator(mode="after")
+    def _hint_is_a_tag(self) -> EdgeSettings:
+        if self.desired_state_hint is not None:
+            from edgewave.serving.oci import hint_reference
+
+            try:
+                hint_reference(self.desired_state_hint)
+            except ValueError as exc:
+                raise ValueError(f"desired_state_hint: {exc}") from None
         return self
 
     @model_validator(mode="after")

@@ -22,6 +22,7 @@ from edgewave.serving.app import SiteApp
 from edgewave.serving.bundle import BundleError
 from edgewave.serving.metrics import SiteMetrics
 from edgewave.serving.model import BundleCache, LoadedModel, ModelSlot
+from edgewave.serving.oci import HintWatcher
 from edgewave.serving.redact import RedactingFormatter, redact
 from edgewave.serving.sampler import Sampler
 from edgewave.serving.settings import EdgeSettings
@@ -92,8 +93,11 @@ def build_site(settings: EdgeSettings, bundle: Path | None = None, with_agent: b
     if with_agent:
         cache = BundleCache(site_dir / "bundles", keep=settings.bundles_kept)
         remote = settings.desired_state_remote if pinned else settings.desired_state_url
+        access = settings.remote_access()
+        hint = HintWatcher(settings.desired_state_hint, access) if settings.desired_state_hint and remote else None
         agent = Agent(settings.site_id, site_dir, remote, settings.monitoring_store, slot, cache, trusted, metrics,
-                      sampler, settings.sync_interval_seconds, settings.remote_access(), pinned=pinned)
+                      sampler, settings.sync_interval_seconds, access, pinned=pinned, hint=hint,
+                      full_sync_seconds=settings.desired_state_full_sync_seconds)
         if not pinned:
             agent.restore()
     if bundle is not None:

@@ -11,6 +11,11 @@ push. A remote whose history was rewritten under the controller (its head no lon
 from the last head the controller saw) raises `HistoryRewritten`: the rollout holds and says
 so rather than guess. Writing the same content again makes no commit, so a resumed rollout
 never commits a finished wave twice.
+
+With EDGEWAVE_DESIRED_STATE_HINT set, every commit that changed a site's file also moves the
+change hint (an OCI tag whose content is the `sites/` tree id, serving/oci.py) after its push:
+agents ask the hint's digest, one HTTP HEAD, and fetch Git only when it moved. The hint is
+moved after the push, so an agent that sees it move always finds the commit in Git.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -32,9 +38,11 @@ import yaml
 from edgewave.serving.access import RemoteAccess
 from edgewave.serving.desired import BRANCH, DesiredState, read_desired, site_file
 from edgewave.serving.errors import Actionable
+from edgewave.serving.oci import OciError, push_hint
 from edgewave.serving.redact import redact
 from edgewave.tasks.rollout import k8s
 
+log = logging.getLogger("edgewave.gitops")
 AUTHOR = ["-c", "user.name=edgewave", "-c", "user.email=edgewave@localhost"]
 PUSH_ATTEMPTS = 5
 KNOWN_HEAD = "edgewave-known-head"  # in the clone's .git: the last remote head this controller saw
@@ -94,8 +102,11 @@ class DesiredStateRepo:
     """
 
     def __init__(self, remote: str, path: Path, access: RemoteAccess | None = None,
-                 notify: Callable[[str], None] = lambda line: None, sleep: Callable[[float], None] = time.sleep) -> None:
+                 notify: Callable[[str], None] = lambda line: None, sleep: Callable[[float], None] = time.sleep,
+                 hint: str | None = None) -> None:
         self.remote = remote
+        self.hint = hint
+        self._hinted: str | None = None  # the sites/ tree the hint was last moved to by this process
         self.path = Path(path)
         self.access = access or RemoteAccess()
         self.notify = notify
@@ -122,7 +133,7 @@ class DesiredStateRepo:
     def of(cls, settings, notify: Callable[[str], None] = lambda line: None) -> DesiredStateRepo:
         """The repository a control plane with these settings works with (its clone under home)."""
         return cls(settings.desired_state_url, settings.home / "controller" / "desired-state",
-                   settings.remote_access(), notify)
+                   settings.remote_access(), notify, hint=settings.desired_state_hint)
 
     def _git(self, *args: str, timeout: float = 60) -> str:
         return git(*args, cwd=self.path, timeout=timeout, access=self.access)
@@ -328,8 +339,32 @@ class DesiredStateRepo:
                 continue
             head = self.head()
             self._remember(head)
+            self._move_hint()
             return head
         raise PushRejected(f"{redact(self.remote)} refused the push {PUSH_ATTEMPTS} times: {message[:120]}")
+
+
+    def _move_hint(self) -> None:
+        """Point the change hint at the pushed head's `sites/` tree. Not moved (the registry is down), the
+        commit still stands: sites see it at their next full sync (EDGEWAVE_DESIRED_STATE_FULL_SYNC_SECONDS),
+        so this says so and goes on."""
+        if self.hint is None:
+            return
+        try:
+            tree = self._git("rev-parse", "HEAD:sites").strip()
+        except GitError:
+            return  # no site has a file yet: nothing for an agent to fetch
+        if tree == self._hinted:
+            return
+        try:
+            push_hint(self.hint, tree, self.access)
+        except OciError as exc:
+            message = (f"desired state: the change hint was not moved ({exc}); sites see this commit at their next "
+                       "full sync")
+            log.warning("%s", message)
+            self.notify(message)
+            return
+        self._hinted = tree
 
 
 def record_file(rollout_id: str, content: dict) -> tuple[str, str]:

@@ -1,0 +1,118 @@
+"""The desired state's change hint in a real registry (Debian's docker-registry on 127.0.0.1): the
+controller moves it with every commit that changes a site's file, and only then; an agent asks it
+and fetches Git only when it moved, at least every full-sync period, and on every cycle while the
+hint cannot be read."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from edgewave.serving.access import RemoteAccess
+from edgewave.serving.agent import Agent
+from edgewave.serving.desired import DesiredState
+from edgewave.serving.metrics import SiteMetrics
+from edgewave.serving.model import BundleCache, ModelSlot
+from edgewave.serving.oci import HintWatcher
+from edgewave.tasks.rollout.gitops import DesiredStateRepo
+from tests.helpers import free_port
+from tests.integration.test_oci_bundles import registry  # noqa: F401  (the module's registry fixture)
+
+SHA = "a" * 64
+
+
+def state(site: str, version: int) -> DesiredState:
+    return DesiredState(site=site, model="m", version=version, bundle_url=f"file:///bundles/v{version}", sha256=SHA,
+                        rollout_id=f"ro-{version}")
+
+
+def repo_with_hint(folder: Path, hint: str, notes: list[str] | None = None) -> DesiredStateRepo:
+    return DesiredStateRepo(str(folder / "desired.git"), folder / "clone",
+                            notify=notes.append if notes is not None else lambda line: None, hint=hint).ensure()
+
+
+def test_the_hint_moves_with_a_sites_file_and_with_nothing_else(registry, tmp_path: Path) -> None:  # noqa: F811
+    hint = f"oci://{registry}/edgewave/desired-state:{uuid.uuid4().hex}"  # the registry outlives a run
+    watcher = HintWatcher(hint, RemoteAccess())
+    repo = repo_with_hint(tmp_path, hint)
+    assert watcher.digest() is None, "nothing published before a site has a file"
+    repo.commit([state("s1", 1), state("s2", 1)], "wave 1")
+    first = watcher.digest()
+    assert first is not None and first.startswith("sha256:")
+    repo.commit([], "lease renewed", extra={"leases/m.json": '{"owner": "x"}'})
+    assert watcher.digest() == first, "a commit that changes no site's file leaves the hint"
+    repo.commit([state("s2", 2)], "wave 2")
+    assert watcher.digest() not in (first, None)
+    # another controller process (nothing remembered) pushing the same tree: the same digest
+    moved = watcher.digest()
+    DesiredStateRepo(str(tmp_path / "desired.git"), tmp_path / "clone-2", hint=hint).ensure()._move_hint()
+    assert watcher.digest() == moved
+
+
+def test_a_registry_that_is_down_leaves_the_commit_standing_and_says_so(tmp_path: Path) -> None:
+    notes: list[str] = []
+    repo = repo_with_hint(tmp_path, f"oci://127.0.0.1:{free_port()}/edgewave/desired-state:head", notes)
+    head = repo.commit([state("s1", 1)], "wave 1")
+    assert head is not None and repo.read("s1") == state("s1", 1)
+    moved = [note for note in notes if "change hint" in note]
+    assert len(moved) == 1 and "the change hint was not moved" in moved[0] and "next full sync" in moved[0], notes
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def agent_for(folder: Path, remote: str, hint: HintWatcher | None, clock: Clock) -> Agent:
+    site = folder / "site"
+    site.mkdir()
+    return Agent("s1", site, remote, (folder / "store").as_uri(), ModelSlot(), BundleCache(site / "bundles"), {},
+                 SiteMetrics("s1"), None, 10.0, clock=clock, hint=hint, full_sync_seconds=300)
+
+
+def syncs(agent: Agent) -> dict[str, float]:
+    return {kind: agent.metrics.agent_syncs.labels(kind)._value.get() for kind in ("fetched", "unchanged")}
+
+
+def test_an_agent_fetches_git_only_when_the_hint_moved_or_its_full_sync_is_due(registry, tmp_path: Path) -> None:  # noqa: F811
+    hint = f"oci://{registry}/edgewave/desired-state:{uuid.uuid4().hex}"  # the registry outlives a run
+    repo = repo_with_hint(tmp_path, hint)
+    repo.commit([state("s1", 1)], "wave 1")
+    clock = Clock()
+    agent = agent_for(tmp_path, str(tmp_path / "desired.git"), HintWatcher(hint, RemoteAccess()), clock)
+    assert agent.sync_desired_state() == state("s1", 1)
+    for _ in range(3):
+        clock.now += 10
+        assert agent.sync_desired_state() == state("s1", 1)
+    assert syncs(agent) == {"fetched": 1, "unchanged": 3}
+
+    repo.commit([state("s1", 2)], "wave 2")
+    clock.now += 10
+    assert agent.sync_desired_state() == state("s1", 2), "the hint moved: fetched at once"
+    assert syncs(agent) == {"fetched": 2, "unchanged": 3}
+
+    # a change the hint never heard of (a person's push without the controller): found at the full sync
+    other = DesiredStateRepo(str(tmp_path / "desired.git"), tmp_path / "by-hand").ensure()
+    other.commit([state("s1", 3)], "hotfix by hand")
+    clock.now += 290
+    assert agent.sync_desired_state() == state("s1", 2)
+    clock.now += 11
+    assert agent.sync_desired_state() == state("s1", 3), "300 s after the last fetch: fetched whatever the hint says"
+    assert syncs(agent) == {"fetched": 3, "unchanged": 4}
+
+
+def test_an_unreadable_hint_means_a_fetch_every_cycle(tmp_path: Path) -> None:
+    repo = DesiredStateRepo(str(tmp_path / "desired.git"), tmp_path / "clone").ensure()
+    repo.commit([state("s1", 1)], "wave 1")
+    dead = HintWatcher(f"oci://127.0.0.1:{free_port()}/edgewave/desired-state:head", RemoteAccess())
+    clock = Clock()
+    agent = agent_for(tmp_path, str(tmp_path / "desired.git"), dead, clock)
+    for _ in range(3):
+        clock.now += 10
+        assert agent.sync_desired_state() == state("s1", 1)
+    assert syncs(agent) == {"fetched": 3, "unchanged": 0}
+    assert agent.metrics.agent_errors.labels("hint_unreachable")._value.get() == 3
+
