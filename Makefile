@@ -56,6 +56,8 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.release
 	$(BIN)/python -m bench.serving
 	$(BIN)/python -m bench.rollout_scale
+	@bash scripts/setup-system.sh  # sshd, docker-registry: the fleet's servers
+	$(BIN)/python -m bench.fleet_sync
 	$(BIN)/python -m bench.judgement
 	$(BIN)/python -m bench.drift
 	$(BIN)/python -m bench.image

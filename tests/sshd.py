@@ -135,8 +135,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start(sites: list[str]) -> SshServer:
-    """Start the server with an account and key per site and one for the control plane."""
+def start(sites: list[str], keys_from: SshServer | None = None) -> SshServer:
+    """Start the server with an account and key per site and one for the control plane. `keys_from`:
+    the sites keep the keys they have on that server (a Git host and a store, one identity per site)."""
     if not SSHD.exists() or shutil.which("git-shell") is None:
         raise SshUnavailable("Debian's openssh-server is not installed (scripts/setup-system.sh installs it)")
     if os.geteuid() != 0:
@@ -162,7 +163,8 @@ def start(sites: list[str]) -> SshServer:
     _account(GIT_USER, "/bin/sh", in_group=False)
     _account(CP_USER, "/usr/sbin/nologin", in_group=True)
     controller = Identity(CP_USER, _keypair(keys, "controller"))
-    identities = {site: Identity(site_user(site), _keypair(keys, site)) for site in sites}
+    identities = {site: Identity(site_user(site), keys_from.sites[site].key if keys_from else _keypair(keys, site))
+                  for site in sites}
     for identity in identities.values():
         _account(identity.user, "/usr/sbin/nologin", in_group=False)
 

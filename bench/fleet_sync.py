@@ -1,0 +1,488 @@
+"""Benchmark: what a fleet's sync costs its Git host, registry and store, at 50, 200 and 500 real agents.
+
+Every agent is the site's own agent code (serving/agent.py): the desired state fetched with
+dulwich over SSH from one sshd (the Git host, one key per site in its authorized_keys, as
+gitolite keeps them), bundles pulled by digest from one OCI registry (Debian's docker-registry)
+and verified, sample windows uploaded over SFTP to a second sshd (the store, one chrooted
+account per site). Agents share worker processes (threads) and load no ONNX Runtime session:
+the bundle is verified as a site does and not served. Two ways of syncing run side by side:
+
+- `fetch`: today's agent before the change hint: a Git fetch (SSH handshake and negotiation)
+  every interval, the interval exact;
+- `hint`: the agent asks the change hint's digest (one HTTP HEAD on a kept-alive connection) and
+  fetches only when it moved or its full sync is due; intervals ±20 %.
+
+For each size and way: an idle window (nothing changes: the servers' CPU per sync, the agents'
+CPU per sync, bytes their sockets sent and received per sync and per window shipped, errors), then one wave commit for every site (time
+until each site applied it). Written to bench/results/fleet_sync.json.
+
+    .venv/bin/python -m bench.fleet_sync [--sizes 50 200 500] [--idle-seconds 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "fleet_sync.json"
+MODES = ("fetch", "hint")
+WINDOW_BYTES = 16_384  # one sample window: a few hundred rows of sensor readings as Parquet
+
+
+# -- what the servers spend --------------------------------------------------------------------------
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, CPU ticks of the process and of its reaped children) from /proc."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rfind(")") + 2:].split()
+    return int(fields[1]), sum(float(f) for f in fields[11:15])
+
+
+def tree(root: int) -> dict[int, float]:
+    """The process `root` and all its live descendants, with their CPU ticks (theirs and their reaped children's)."""
+    procs = {int(p): s for p in os.listdir("/proc") if p.isdigit() and (s := _stat(int(p))) is not None}
+    found, frontier = {}, [root]
+    while frontier:
+        pid = frontier.pop()
+        if pid in procs and pid not in found:
+            found[pid] = procs[pid][1]
+            frontier += [child for child, (parent, _) in procs.items() if parent == pid]
+    return found
+
+
+def cpu_seconds(root: int) -> float:
+    """CPU a server has spent so far, its connection handlers and their git, shell and SFTP processes included:
+    a process that ended was reaped by its parent, whose children's time counts it."""
+    return sum(tree(root).values()) / os.sysconf("SC_CLK_TCK")
+
+
+def pss_mb(root: int) -> float:
+    """Proportional memory of a server's process tree (shared pages split, unlike RSS)."""
+    total = 0
+    for pid in tree(root):
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+# -- the agents' side (worker processes) ------------------------------------------------------------
+class VerifyingSlot:
+    """A site's model slot without ONNX Runtime: the bundle is verified (signature, hashes) as a site
+    does before it swaps, and nothing is loaded."""
+
+    def __init__(self) -> None:
+        self.current = None
+
+    def swap(self, folder: Path, trusted):
+        from edgewave.serving.bundle import verify_bundle
+
+        manifest = verify_bundle(folder, trusted)
+        self.current = SimpleNamespace(version=manifest.version, sha256=manifest.model.sha256)
+        return self.current
+
+
+class Windows:
+    """Stands in for the sampler: a finished window of WINDOW_BYTES every `seconds`, the first one
+    after a random part of it (sites do not start their windows together)."""
+
+    def __init__(self, folder: Path, seconds: float, offset: float) -> None:
+        self.folder, self.seconds = folder, seconds
+        self.next = time.time() + offset
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def windows(self) -> list[Path]:
+        now = time.time()
+        if now >= self.next:
+            (self.folder / f"{int(now * 1000)}.parquet").write_bytes(os.urandom(WINDOW_BYTES))
+            self.next += self.seconds
+        return sorted(self.folder.glob("*.parquet"))
+
+
+def count_socket_bytes() -> dict[int, int]:
+    """Count what this process's sockets send and receive from now on, by the server's port (payload
+    both ways: paramiko, dulwich and requests all go through these methods)."""
+    import socket
+    import weakref
+
+    by_port: dict[int, int] = {}
+    ports: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+    lock = threading.Lock()
+
+    def counted(method, size):
+        def wrapper(self, *args, **kwargs):
+            result = method(self, *args, **kwargs)
+            port = ports.get(self)
+            if port is None:
+                try:
+                    port = ports.setdefault(self, self.getpeername()[1])
+                except (OSError, IndexError, TypeError):
+                    port = 0
+            with lock:
+                by_port[port] = by_port.get(port, 0) + size(args, result)
+            return result
+        return wrapper
+
+    def sent(args, result) -> int:
+        return result if isinstance(result, int) else len(args[0])  # sendall answers None
+
+    socket.socket.send = counted(socket.socket.send, sent)
+    socket.socket.sendall = counted(socket.socket.sendall, sent)
+    socket.socket.recv = counted(socket.socket.recv, lambda args, result: len(result))
+    socket.socket.recv_into = counted(socket.socket.recv_into, lambda args, result: result)
+    return by_port
+
+
+def worker(spec_path: Path) -> None:
+    """Run the agents of one worker process until told to stop; answer `snapshot` with its counters."""
+    import logging
+    import random
+
+    from edgewave.serving import agent as agent_module
+    from edgewave.serving.access import RemoteAccess
+    from edgewave.serving.bundle import parse_public_keys
+    from edgewave.serving.metrics import SiteMetrics
+    from edgewave.serving.model import BundleCache
+    from edgewave.serving.oci import HintWatcher
+
+    spec = json.loads(spec_path.read_text())
+    traffic = count_socket_bytes()
+    logging.basicConfig(filename=spec["log"], level=logging.WARNING, format="%(asctime)s %(threadName)s %(message)s")
+    if spec["mode"] == "fetch":
+        agent_module.HEALTHY_JITTER = 0.0  # the agent before the change: every interval exactly
+    trusted = parse_public_keys(spec["trusted"])
+    agents = []
+    for site in spec["sites"]:
+        folder = Path(site["dir"])
+        folder.mkdir(parents=True, exist_ok=True)
+        access = RemoteAccess(ssh_key=Path(site["key"]), known_hosts=Path(spec["known_hosts"]))
+        hint = HintWatcher(spec["hint"], access) if spec["mode"] == "hint" else None
+        agent = agent_module.Agent(
+            site["id"], folder, spec["remote"], site["store"], VerifyingSlot(), BundleCache(folder / "bundles"),
+            trusted, SiteMetrics(site["id"]), Windows(folder / "windows", spec["window_seconds"],
+                                                       random.uniform(0, spec["window_seconds"])),
+            spec["interval"], access, hint=hint)
+        agent.thread_name = f"agent-{site['id']}"
+        agents.append((site["start_at"], agent))
+
+    def start_in_turn() -> None:  # as a fleet in its steady state: spread over one interval
+        for start_at, agent in sorted(agents, key=lambda pair: pair[0]):
+            time.sleep(max(0.0, start_at - time.time()))
+            agent.start()
+
+    threading.Thread(target=start_in_turn, daemon=True).start()
+
+    def snapshot() -> dict:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        syncs = {"fetched": 0.0, "unchanged": 0.0}
+        errors: dict[str, float] = {}
+        for _, agent in agents:
+            for kind in syncs:
+                syncs[kind] += agent.metrics.agent_syncs.labels(kind)._value.get()
+            for metric in agent.metrics.agent_errors.collect():
+                for sample in metric.samples:
+                    if sample.name.endswith("_total") and sample.value:
+                        errors[sample.labels["kind"]] = errors.get(sample.labels["kind"], 0) + sample.value
+        ports = spec["ports"]
+        traffic_now = {name: traffic.get(port, 0) for name, port in ports.items()}
+        return {"cpu_s": usage.ru_utime + usage.ru_stime, "bytes": traffic_now, "syncs": syncs, "errors": errors,
+                "windows": sum(a.metrics.windows_shipped._value.get() for _, a in agents)}
+
+    for line in sys.stdin:
+        if line.strip() == "stop":
+            for _, agent in agents:
+                agent._stop.set()
+            for _, agent in agents:
+                agent.stop()
+        print(json.dumps(snapshot()), flush=True)
+        if line.strip() == "stop":
+            return
+
+
+class Workers:
+    """The worker processes of one run, asked for counters all at once."""
+
+    def __init__(self, specs: list[Path]) -> None:
+        self.processes = [subprocess.Popen([sys.executable, "-m", "bench.fleet_sync", "--worker", str(spec)],
+                                           cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                           start_new_session=True) for spec in specs]
+
+    def ask(self, command: str = "snapshot") -> dict:
+        answers = []
+        for process in self.processes:
+            assert process.stdin is not None
+            process.stdin.write(command + "\n")
+            process.stdin.flush()
+        for process in self.processes:
+            assert process.stdout is not None
+            line = process.stdout.readline()
+            if not line:
+                raise RuntimeError(f"worker {process.pid} exited ({process.poll()}); see its log")
+            answers.append(json.loads(line))
+        total = {"cpu_s": sum(a["cpu_s"] for a in answers), "windows": sum(a["windows"] for a in answers),
+                 "bytes": {k: sum(a["bytes"][k] for a in answers) for k in answers[0]["bytes"]},
+                 "syncs": {k: sum(a["syncs"][k] for a in answers) for k in ("fetched", "unchanged")}, "errors": {}}
+        for answer in answers:
+            for kind, n in answer["errors"].items():
+                total["errors"][kind] = total["errors"].get(kind, 0) + n
+        return total
+
+    def stop(self) -> dict:
+        try:
+            return self.ask("stop")
+        finally:
+            for process in self.processes:
+                try:
+                    process.wait(60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, 9)
+                    process.wait(10)
+
+
+# -- one run ---------------------------------------------------------------------------------------
+def applied(site_dir: Path, version: int) -> float | None:
+    """When the site's agent applied `version` (its own record), None if it has not."""
+    try:
+        record = json.loads((site_dir / "applied.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return float(record["applied_at"]) if record.get("version") == version else None
+
+
+def wait_until(condition, timeout: float, what: str) -> float:
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"{what} not within {timeout:.0f}s")
+        time.sleep(0.5)
+    return time.monotonic() - started
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+def one_run(n: int, mode: str, env: SimpleNamespace, args) -> dict:
+    from edgewave.serving.access import RemoteAccess
+    from edgewave.serving.desired import DesiredState
+    from edgewave.tasks.rollout.gitops import DesiredStateRepo
+
+    work = env.work / f"{mode}-{n}"
+    sites = env.sites[:n]
+    hint = f"oci://{env.registry}/edgewave/desired-state:{mode}-{n}"
+    controller = DesiredStateRepo(env.git.git_url(), work / "controller", RemoteAccess(
+        ssh_key=env.git.controller.key, known_hosts=env.known_hosts), hint=hint if mode == "hint" else None).ensure()
+
+    def states(version: int) -> list[DesiredState]:
+        return [DesiredState(site=site, model="machine-failure", version=version, bundle_url=env.bundle_urls[version],
+                             sha256=env.sha, rollout_id=f"bench-{mode}-{n}-v{version}") for site in sites]
+
+    controller.commit(states(1), f"bench {mode} {n}: every site on v1")
+    workers_n = min(args.workers, n)
+    began = time.time() + 2
+    specs = []
+    for w in range(workers_n):
+        spec = work / f"worker-{w}.json"
+        spec.write_text(json.dumps({
+            "mode": mode, "remote": env.git.git_url(), "hint": hint, "interval": args.interval,
+            "ports": {"git": env.git.port, "store": env.store.port, "registry": int(env.registry.rsplit(":", 1)[1])},
+            "window_seconds": args.window_seconds, "known_hosts": str(env.known_hosts), "trusted": env.trusted,
+            "log": str(work / f"worker-{w}.log"),
+            "sites": [{"id": site, "dir": str(work / "sites" / site), "key": str(env.git.sites[site].key),
+                       "store": env.store.store_url(env.store.sites[site]),
+                       "start_at": began + args.interval * k / n} for k, site in enumerate(sites) if k % workers_n == w],
+        }))
+        specs.append(spec)
+    workers = Workers(specs)
+    try:
+        warm = wait_until(lambda: all(applied(work / "sites" / s, 1) for s in sites), 60 + n * 0.5,
+                          f"{n} agents on v1 ({mode})")
+        time.sleep(args.interval)  # every agent past its first cycles: what follows is the steady state
+        before = (workers.ask(), cpu_seconds(env.git.process.pid), cpu_seconds(env.store.process.pid),
+                  cpu_seconds(env.registry_pid), time.monotonic())
+        time.sleep(args.idle_seconds)
+        after = (workers.ask(), cpu_seconds(env.git.process.pid), cpu_seconds(env.store.process.pid),
+                 cpu_seconds(env.registry_pid), time.monotonic())
+        memory = {"git_host_pss_mb": round(pss_mb(env.git.process.pid), 1),
+                  "store_pss_mb": round(pss_mb(env.store.process.pid), 1)}
+        idle = idle_costs(before, after)
+
+        committed = time.time()
+        controller.commit(states(2), f"bench {mode} {n}: every site on v2")
+        try:
+            wait_until(lambda: all(applied(work / "sites" / s, 2) for s in sites), args.interval * 6,
+                       f"{n} agents on v2 ({mode})")
+        except TimeoutError:
+            pass  # reported as sites that did not apply it
+        times = [t - committed for s in sites if (t := applied(work / "sites" / s, 2)) is not None]
+        final = workers.stop()
+    except BaseException:
+        for process in workers.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, 9)
+        raise
+    wave = {"sites": n, "applied": len(times), "p50_s": round(percentile(times, 50), 2) if times else None,
+            "p99_s": round(percentile(times, 99), 2) if times else None,
+            "max_s": round(max(times), 2) if times else None,
+            "within_two_intervals": len(times) == n and percentile(times, 99) <= 2 * args.interval}
+    errors_total = {k: int(v) for k, v in final["errors"].items()}
+    return {"sites": n, "mode": mode, "warm_up_s": round(warm, 1), "idle": idle, "wave": wave,
+            "errors_whole_run": errors_total, "windows_shipped": int(final["windows"]), **memory}
+
+
+def idle_costs(before: tuple, after: tuple) -> dict:
+    (w0, git0, store0, reg0, t0), (w1, git1, store1, reg1, t1) = before, after
+    fetched = w1["syncs"]["fetched"] - w0["syncs"]["fetched"]
+    unchanged = w1["syncs"]["unchanged"] - w0["syncs"]["unchanged"]
+    syncs = fetched + unchanged
+    windows = w1["windows"] - w0["windows"]
+    errors = {k: int(v - w0["errors"].get(k, 0)) for k, v in w1["errors"].items() if v - w0["errors"].get(k, 0)}
+    per = (lambda x: round(1000 * x / syncs, 3)) if syncs else (lambda x: None)
+    return {
+        "seconds": round(t1 - t0, 1), "syncs": int(syncs), "fetched": int(fetched), "unchanged": int(unchanged),
+        "syncs_per_s": round(syncs / (t1 - t0), 1), "errors": errors, "sync_errors": sum(errors.values()),
+        "git_host_cpu_ms_per_sync": per(git1 - git0), "registry_cpu_ms_per_sync": per(reg1 - reg0),
+        "store_cpu_ms_per_sync": per(store1 - store0),
+        "server_cpu_ms_per_sync": per(git1 - git0 + reg1 - reg0 + store1 - store0),
+        "client_cpu_ms_per_sync": per(w1["cpu_s"] - w0["cpu_s"]),
+        "bytes_per_sync": round(sum(w1["bytes"][k] - w0["bytes"][k] for k in ("git", "registry")) / syncs)
+        if syncs else None,  # the desired state's check and fetch: Git host and registry
+        "store_bytes_per_window": round((w1["bytes"]["store"] - w0["bytes"]["store"]) / windows) if windows else None,
+        "git_host_cores": round((git1 - git0) / (t1 - t0), 3),
+        "windows_shipped": int(windows),
+    }
+
+
+# -- the servers -----------------------------------------------------------------------------------
+@contextmanager
+def servers(work: Path, n: int) -> Iterator[SimpleNamespace]:
+    """One Git host, one store (each an sshd of its own, the same key per site on both), one registry
+    holding a signed bundle as v1 and v2; all stopped by pid at the end, however it ends."""
+    from bench.common import signed_sklearn_bundles
+    from edgewave.serving.access import RemoteAccess
+    from edgewave.serving.oci import push_bundle
+    from edgewave.tasks.platform import engine
+    from edgewave.tasks.platform.settings import Settings
+    from edgewave.tasks.release.bundle import load_or_create_signing_key, public_pem
+    from tests import sshd
+    from tests.helpers import free_port
+
+    sites = [f"fs{i:04d}" for i in range(n)]
+    print(f"setting up: {n} site accounts and keys, a Git host, a store and a registry", flush=True)
+    with ExitStack() as stack:
+        git = sshd.start(sites)
+        stack.callback(git.stop)
+        store = sshd.start(sites, keys_from=git)
+        stack.callback(store.stop)  # runs first: its site keys are the Git host's files
+        stack.callback(engine.stop_registry, work / "registry")
+        registry = engine.start_registry(work / "registry", free_port())
+        registry_pid = int(json.loads((work / "registry" / "registry.json").read_text())["pid"])
+        known_hosts = work / "known_hosts"
+        known_hosts.write_text(git.known_hosts.read_text() + store.known_hosts.read_text())
+        settings = Settings(home=work / "control-plane")
+        folders = signed_sklearn_bundles(settings, [1, 2])
+        urls, sha = {}, json.loads((folders[0] / "bundle.json").read_text())["model"]["sha256"]
+        for version, folder in zip((1, 2), folders):
+            urls[version] = push_bundle(folder, f"oci://{registry}/edgewave-bundles/machine-failure", f"v{version}",
+                                        RemoteAccess(), {"name": "machine-failure", "version": version, "sha256": sha})
+        trusted = public_pem(load_or_create_signing_key(settings.signing_key))
+        yield SimpleNamespace(work=work, sites=sites, git=git, store=store, known_hosts=known_hosts, registry=registry,
+                              registry_pid=registry_pid, bundle_urls=urls, sha=sha, trusted=trusted)
+
+
+def summary(rows: list[dict], interval: float) -> dict:
+    """Side by side per size: how much cheaper an idle sync is with the hint, for the servers, blending in
+    the hint's full syncs (one Git fetch per full-sync period) at the fetch mode's measured cost."""
+    from edgewave.serving.settings import EdgeSettings
+
+    full_share = interval / EdgeSettings.model_fields["desired_state_full_sync_seconds"].default
+    out = []
+    for n in sorted({r["sites"] for r in rows}):
+        by = {r["mode"]: r for r in rows if r["sites"] == n}
+        if set(by) != set(MODES):
+            continue
+        fetch, hint = by["fetch"]["idle"], by["hint"]["idle"]
+        if not fetch["server_cpu_ms_per_sync"] or hint["server_cpu_ms_per_sync"] is None:
+            continue
+        blended = full_share * fetch["server_cpu_ms_per_sync"] + (1 - full_share) * hint["server_cpu_ms_per_sync"]
+        out.append({"sites": n, "fetch_server_cpu_ms_per_sync": fetch["server_cpu_ms_per_sync"],
+                    "hint_server_cpu_ms_per_sync": hint["server_cpu_ms_per_sync"],
+                    "hint_server_cpu_ms_per_sync_with_full_syncs": round(blended, 3),
+                    "server_cpu_lower_by": round(fetch["server_cpu_ms_per_sync"] / blended, 1) if blended else None,
+                    "client_cpu_lower_by": round(fetch["client_cpu_ms_per_sync"] / hint["client_cpu_ms_per_sync"], 1)
+                    if hint["client_cpu_ms_per_sync"] else None,
+                    "bytes_lower_by": round(fetch["bytes_per_sync"] / hint["bytes_per_sync"], 1)
+                    if hint["bytes_per_sync"] else None})
+    return {"full_sync_share_of_idle_syncs": round(full_share, 4), "by_size": out}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[50, 200, 500])
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--interval", type=float, default=10.0, help="sync interval (the agent's default)")
+    parser.add_argument("--idle-seconds", type=float, default=60.0)
+    parser.add_argument("--window-seconds", type=float, default=60.0, help="sample window length (the default)")
+    parser.add_argument("--workers", type=int, default=4, help="processes the agents share")
+    parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker)
+        return
+    work = Path(tempfile.mkdtemp(prefix="edgewave-bench-fleet-sync-"))
+    rows = []
+    with servers(work, max(args.sizes)) as env:
+        for n in args.sizes:
+            for mode in args.modes:
+                row = one_run(n, mode, env, args)
+                rows.append(row)
+                idle, wave = row["idle"], row["wave"]
+                print(f"{n:>4} agents, {mode:>5}: {idle['syncs_per_s']} syncs/s; per sync: Git host "
+                      f"{idle['git_host_cpu_ms_per_sync']} ms, registry {idle['registry_cpu_ms_per_sync']} ms, store "
+                      f"{idle['store_cpu_ms_per_sync']} ms CPU, agents {idle['client_cpu_ms_per_sync']} ms, "
+                      f"{idle['bytes_per_sync']} B; {idle['sync_errors']} errors; wave of {n}: p50 {wave['p50_s']} s, "
+                      f"p99 {wave['p99_s']} s, max {wave['max_s']} s ({wave['applied']}/{n} applied)", flush=True)
+    compared = summary(rows, args.interval)
+    largest = max(args.sizes)
+    at_largest = next((r for r in rows if r["sites"] == largest and r["mode"] == "hint"), None)
+    lower = next((c["server_cpu_lower_by"] for c in compared["by_size"] if c["sites"] == largest), None)
+    from bench.common import write_results
+
+    write_results(RESULTS, {
+        "benchmark": "desired-state sync of real agents over SSH, OCI and SFTP: fetch every interval vs change hint",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "command": "python -m bench.fleet_sync " + " ".join(sys.argv[1:]),
+        "interval_s": args.interval, "idle_window_s": args.idle_seconds, "window_seconds": args.window_seconds,
+        "workers": args.workers, "runs": rows, "compared": compared,
+        "targets": {
+            f"{largest} agents with the hint: zero sync errors": bool(at_largest and not at_largest["errors_whole_run"]),
+            f"{largest} agents with the hint: every site applies a wave within two intervals (p99)":
+                bool(at_largest and at_largest["wave"]["within_two_intervals"]),
+            f"server CPU per idle sync at {largest} agents at least 5x lower": bool(lower and lower >= 5),
+        },
+    })
+
+
+if __name__ == "__main__":
+    main()
