@@ -102,6 +102,7 @@ def environment(settings: Settings, site: Site, extra_env: dict[str, str] | None
         "EDGEWAVE_MONITORING_STORE_URL": settings.monitoring_store,
         "EDGEWAVE_TRUSTED_PUBLIC_KEYS": trusted_public_keys(settings),
         "EDGEWAVE_FLEET_ID": settings.fleet_identity(),  # stated by the site, checked by the controller
+        **({"EDGEWAVE_DESIRED_STATE_HINT": settings.desired_state_hint} if settings.desired_state_hint else {}),
         **(extra_env or {}),
     }
     if settings.site_env_dir is not None:

@@ -4,6 +4,9 @@ high loopback port), bundles from the OCI registry by digest, sample windows to 
 where each site's account may write only its own prefix. Everything the control plane does
 goes through the `edgewave` command line, as a user's would.
 
+The sites follow the desired state's change hint (an OCI tag the controller moves after each
+commit that changes a site's file): between commits they ask the registry, not the Git host.
+
 release → containers up → rollout in waves pushed over SSH → sites pull the bundle by digest →
 traffic → sample windows reach the SFTP store → a drift check reads them → a bad model caught at
 the canary and rolled back. Then: every wave is a commit on the remote, no container mounts
@@ -92,7 +95,8 @@ def control_plane(engine, server, tmp_path: Path):
         EDGEWAVE_MONITORING_STORE_URL=server.store_url(server.controller),
         EDGEWAVE_BUNDLE_REGISTRY=engine.registry, EDGEWAVE_IMAGE_REGISTRY=engine.registry,
         EDGEWAVE_DOCKER_HOST=engine.docker_host, EDGEWAVE_IMAGE_BASE=engine.base_image, EDGEWAVE_IMAGE_REQUIRED="true",
-        EDGEWAVE_REGISTRY_USERNAME="release", EDGEWAVE_REGISTRY_PASSWORD=REGISTRY_PASSWORD, EDGEWAVE_GIT_TOKEN=GIT_TOKEN)
+        EDGEWAVE_REGISTRY_USERNAME="release", EDGEWAVE_REGISTRY_PASSWORD=REGISTRY_PASSWORD, EDGEWAVE_GIT_TOKEN=GIT_TOKEN,
+        EDGEWAVE_DESIRED_STATE_HINT=f"oci://{engine.registry}/edgewave/desired-state:{tmp_path.name}")
     cli = ControlPlane(home, env)
     _remove_site_volumes(engine)
     yield cli, load_fleet_file(fleet)
@@ -136,6 +140,16 @@ def served(fleet_file) -> dict[str, int | None]:
     return versions
 
 
+def syncs(metrics_url: str) -> dict[str, float]:
+    """A site's desired-state syncs by kind, from its /metrics."""
+    import urllib.request
+
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    return {kind: sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                      if line.startswith(f'edgewave_agent_syncs_total{{kind="{kind}"}}'))
+            for kind in ("fetched", "unchanged")}
+
+
 def test_release_rollout_drift_and_rollback_with_sites_that_share_only_the_network(engine, server, control_plane,
                                                                                    tmp_path: Path) -> None:
     cli, fleet_file = control_plane
@@ -172,6 +186,9 @@ def test_release_rollout_drift_and_rollback_with_sites_that_share_only_the_netwo
         assert caught.returncode == 1, caught.stdout + caught.stderr  # 1: the rollout did not succeed
         assert cli.last_json(caught)["status"] == "rolled_back"
         wait_for(lambda: served(fleet_file) == {site: 1 for site in SITES}, 60, "every site back on v1")
+        # the waves above went out through the hint: between commits the sites asked the registry, not Git
+        hinted = {site.id: syncs(site.scrape_url) for site in fleet_file.fleet.sites}
+        assert all(s["unchanged"] > s["fetched"] > 0 for s in hinted.values()), hinted
     elapsed = time.monotonic() - started
 
     subjects = remote_subjects(server)
