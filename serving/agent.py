@@ -116,6 +116,7 @@ class Agent(Background):
         self.full_sync_seconds = full_sync_seconds
         self.hint_seen: str | None = None  # the hint's digest just before the last fetch
         self.fetched_at = float("-inf")
+        self.hint_failing = False
         self.monitoring_store = monitoring_store
         self.slot = slot
         self.cache = cache
@@ -263,11 +264,17 @@ class Agent(Background):
         if self.hint is None:
             return None
         try:
-            return self.hint.digest()
+            digest = self.hint.digest()
         except ConnectionError as exc:
             self.metrics.agent_errors.labels("hint_unreachable").inc()
-            log.warning("%s; fetching the desired state instead", exc)
+            if not self.hint_failing:  # said once per outage, not every cycle
+                log.warning("%s; fetching the desired state every cycle until it answers", exc)
+            self.hint_failing = True
             return None
+        if self.hint_failing:
+            log.info("change hint %s answers again", self.hint.ref.target)
+        self.hint_failing = False
+        return digest
 
     def ship_windows(self) -> int:
         """Upload finished windows, oldest first; each is deleted only after a confirmed upload."""

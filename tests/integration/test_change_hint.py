@@ -104,7 +104,7 @@ def test_an_agent_fetches_git_only_when_the_hint_moved_or_its_full_sync_is_due(r
     assert syncs(agent) == {"fetched": 3, "unchanged": 4}
 
 
-def test_an_unreadable_hint_means_a_fetch_every_cycle(tmp_path: Path) -> None:
+def test_an_unreadable_hint_means_a_fetch_every_cycle_said_once(tmp_path: Path, caplog) -> None:
     repo = DesiredStateRepo(str(tmp_path / "desired.git"), tmp_path / "clone").ensure()
     repo.commit([state("s1", 1)], "wave 1")
     dead = HintWatcher(f"oci://127.0.0.1:{free_port()}/edgewave/desired-state:head", RemoteAccess())
@@ -115,4 +115,6 @@ def test_an_unreadable_hint_means_a_fetch_every_cycle(tmp_path: Path) -> None:
         assert agent.sync_desired_state() == state("s1", 1)
     assert syncs(agent) == {"fetched": 3, "unchanged": 0}
     assert agent.metrics.agent_errors.labels("hint_unreachable")._value.get() == 3
+    said = [r.getMessage() for r in caplog.records if "change hint" in r.getMessage()]
+    assert len(said) == 1 and "fetching the desired state every cycle until it answers" in said[0], said
 
