@@ -175,7 +175,7 @@ def worker(spec_path: Path) -> None:
         folder = Path(site["dir"])
         folder.mkdir(parents=True, exist_ok=True)
         access = RemoteAccess(ssh_key=Path(site["key"]), known_hosts=Path(spec["known_hosts"]))
-        hint = HintWatcher(spec["hint"], access) if spec["mode"] == "hint" else None
+        hint = HintWatcher(spec["hint"], site["id"], access) if spec["mode"] == "hint" else None
         agent = agent_module.Agent(
             site["id"], folder, spec["remote"], site["store"], VerifyingSlot(), BundleCache(folder / "bundles"),
             trusted, SiteMetrics(site["id"]), Windows(folder / "windows", spec["window_seconds"],

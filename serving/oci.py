@@ -164,13 +164,13 @@ def pull_bundle(url: str, folder: Path, access: RemoteAccess) -> Path:
     return folder
 
 
-# -- the desired state's change hint ------------------------------------------------------------
+# -- the desired state's change hints ------------------------------------------------------------
 HINT_MEDIA_TYPE = "application/vnd.edgewave.desired-state-hint.v1+json"
-HINT_ANNOTATION = "org.edgewave.desired-state.sites-tree"
+HINT_ANNOTATION = "org.edgewave.desired-state.file"
 
 
 def hint_reference(url: str) -> Reference:
-    """The hint's tag; ValueError for anything else (a digest cannot move)."""
+    """The hints' base tag; ValueError for anything else (a digest cannot move)."""
     ref = Reference.parse(url)
     if ref.digest or not ref.tag:
         raise ValueError(f"{url}: a change hint is a tag the control plane moves (oci://<registry>/<repository>:<tag>), "
@@ -178,32 +178,42 @@ def hint_reference(url: str) -> Reference:
     return ref
 
 
-def push_hint(url: str, sites_tree: str, access: RemoteAccess) -> str:
-    """Point the tag `url` names at a config-only artifact that holds `sites_tree`, the Git tree id of the
-    desired state's `sites/` folder; returns the artifact's digest. The content is that id alone, so the
-    digest moves exactly when some site's file did (a lease renewal or a rollout record leaves it), and
-    pushing the same tree twice changes nothing."""
+def site_hint(url: str, site: str) -> Reference:
+    """A site's own hint: the tag `<tag>-<site>` in the hint's repository (one per site, so a wave
+    moves only its own sites' hints and a canary of five makes five sites fetch, not the fleet)."""
     ref = hint_reference(url)
+    tag = f"{ref.tag}-{site}"
+    if len(tag) > 128:
+        raise ValueError(f"{url}: the tag {tag[:40]}… for site {site} is longer than the 128 characters a tag may have")
+    return Reference(ref.registry, ref.repository, tag=tag)
+
+
+def push_hint(url: str, site: str, content: str, access: RemoteAccess, oras_client=None) -> str:
+    """Point `site`'s hint tag at a config-only artifact holding `content`: the Git blob id of its
+    desired-state file (or "absent"); returns the artifact's digest. The content is that id alone,
+    so the digest moves exactly when the site's file did, and pushing the same content twice changes
+    nothing. `oras_client`: one to reuse (a controller moving many hints keeps one per thread)."""
+    ref = site_hint(url, site)
     with tempfile.TemporaryDirectory(prefix="edgewave-hint-") as tmp:
         config = Path(tmp) / "hint.json"
-        config.write_text(json.dumps({"sites_tree": sites_tree}))
+        config.write_text(json.dumps({"site": site, "file": content}, sort_keys=True))
         try:
-            response = client(ref.registry, access, once=True).push(
+            response = (oras_client or client(ref.registry, access, once=True)).push(
                 target=ref.target, files=[], manifest_config=f"{config}:{HINT_MEDIA_TYPE}",
-                manifest_annotations={HINT_ANNOTATION: sites_tree}, quiet=True)
+                manifest_annotations={HINT_ANNOTATION: content}, quiet=True)
         except Exception as exc:  # requests and oras raise many types; say which registry and what
-            raise OciError(f"push of the change hint to {ref.target} failed: {type(exc).__name__}: {exc}") from None
+            raise OciError(f"push of the change hint {ref.target} failed: {type(exc).__name__}: {exc}") from None
     return response.headers.get("Docker-Content-Digest", "")
 
 
 class HintWatcher:
-    """What an agent asks before a Git fetch: the hint tag's current digest, by one HTTP HEAD on a
-    connection it keeps (an SSH handshake and a Git negotiation cost the Git host 10–100× more; see
+    """What an agent asks before a Git fetch: its own hint tag's current digest, by one HTTP HEAD on a
+    connection it keeps (an SSH handshake and a Git negotiation cost the Git host far more; see
     bench/fleet_sync.py). The registry is asked, never trusted: a stale or missing hint only delays a
     fetch until the agent's next full sync."""
 
-    def __init__(self, url: str, access: RemoteAccess) -> None:
-        self.ref = hint_reference(url)
+    def __init__(self, url: str, site: str, access: RemoteAccess) -> None:
+        self.ref = site_hint(url, site)
         self.access = access
         self._client = None
         scheme = "http" if plain_http(self.ref.registry, access) else "https"

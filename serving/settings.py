@@ -65,9 +65,10 @@ class EdgeSettings(BaseSettings):
     sync_interval_seconds: float = Field(default=10.0, gt=0, description="How often the agent syncs (each wait "
                                          "jittered by ±20 %, so a fleet never syncs in step).")
     desired_state_hint: str | None = Field(
-        default=None, description="oci://<registry>/<repository>:<tag> the control plane updates after every "
-        "desired-state commit that changes a site's file: the agent asks its digest (one HTTP HEAD) and fetches Git "
-        "only when it moved. Git stays the source of truth; unset, the agent fetches every interval.")
+        default=None, description="oci://<registry>/<repository>:<tag>: the control plane moves the tag "
+        "<tag>-<site> after every desired-state commit that changes that site's file; the agent asks its own tag's "
+        "digest (one HTTP HEAD) and fetches Git only when it moved. Git stays the source of truth; unset, the agent "
+        "fetches every interval.")
     desired_state_full_sync_seconds: float = Field(
         default=300.0, gt=0, description="With a change hint, the agent still fetches Git at least this often (a hint "
         "that was not updated delays a change by this much at most).")
@@ -95,10 +96,10 @@ class EdgeSettings(BaseSettings):
     @model_validator(mode="after")
     def _hint_is_a_tag(self) -> EdgeSettings:
         if self.desired_state_hint is not None:
-            from edgewave.serving.oci import hint_reference
+            from edgewave.serving.oci import site_hint
 
             try:
-                hint_reference(self.desired_state_hint)
+                site_hint(self.desired_state_hint, self.site_id)
             except ValueError as exc:
                 raise ValueError(f"desired_state_hint: {exc}") from None
         return self

@@ -94,7 +94,8 @@ def build_site(settings: EdgeSettings, bundle: Path | None = None, with_agent: b
         cache = BundleCache(site_dir / "bundles", keep=settings.bundles_kept)
         remote = settings.desired_state_remote if pinned else settings.desired_state_url
         access = settings.remote_access()
-        hint = HintWatcher(settings.desired_state_hint, access) if settings.desired_state_hint and remote else None
+        hint = (HintWatcher(settings.desired_state_hint, settings.site_id, access)
+                if settings.desired_state_hint and remote else None)
         agent = Agent(settings.site_id, site_dir, remote, settings.monitoring_store, slot, cache, trusted, metrics,
                       sampler, settings.sync_interval_seconds, access, pinned=pinned, hint=hint,
                       full_sync_seconds=settings.desired_state_full_sync_seconds)

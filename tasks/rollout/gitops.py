@@ -12,10 +12,11 @@ from the last head the controller saw) raises `HistoryRewritten`: the rollout ho
 so rather than guess. Writing the same content again makes no commit, so a resumed rollout
 never commits a finished wave twice.
 
-With EDGEWAVE_DESIRED_STATE_HINT set, every commit that changed a site's file also moves the
-change hint (an OCI tag whose content is the `sites/` tree id, serving/oci.py) after its push:
-agents ask the hint's digest, one HTTP HEAD, and fetch Git only when it moved. The hint is
-moved after the push, so an agent that sees it move always finds the commit in Git.
+With EDGEWAVE_DESIRED_STATE_HINT set, every commit also moves the change hint of each site whose
+file changed since the hints were last moved (one OCI tag per site whose content is its file's
+blob id, serving/oci.py), after its push: agents ask their hint's digest, one HTTP HEAD, and fetch
+Git only when it moved. Hints move after the push, so an agent that sees its hint move always
+finds the commit in Git; a wave moves only its own sites' hints.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import logging
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -38,7 +40,7 @@ import yaml
 from edgewave.serving.access import RemoteAccess
 from edgewave.serving.desired import BRANCH, DesiredState, read_desired, site_file
 from edgewave.serving.errors import Actionable
-from edgewave.serving.oci import OciError, push_hint
+from edgewave.serving.oci import OciError, client, hint_reference, push_hint
 from edgewave.serving.redact import redact
 from edgewave.tasks.rollout import k8s
 
@@ -46,6 +48,8 @@ log = logging.getLogger("edgewave.gitops")
 AUTHOR = ["-c", "user.name=edgewave", "-c", "user.email=edgewave@localhost"]
 PUSH_ATTEMPTS = 5
 KNOWN_HEAD = "edgewave-known-head"  # in the clone's .git: the last remote head this controller saw
+HINTED = "edgewave-hinted-sites"  # in the clone's .git: the sites/ tree whose files every hint names
+HINT_THREADS = 8  # hints are moved this many at a time (a wave of thousands is thousands of small pushes)
 HELD_BY_REWRITE = "edgewave-held-by-rewrite"  # in the clone's .git: attempts held because the history was rewritten
 README = ("# edgewave desired state\n\n`sites/<site>.yaml`: what each site should run (written by the rollout "
           "flow, applied by agents, Argo CD or Flux).\n`rollouts/<id>.json`: each rollout's waves and decisions.\n")
@@ -106,7 +110,6 @@ class DesiredStateRepo:
                  hint: str | None = None) -> None:
         self.remote = remote
         self.hint = hint
-        self._hinted: str | None = None  # the sites/ tree the hint was last moved to by this process
         self.path = Path(path)
         self.access = access or RemoteAccess()
         self.notify = notify
@@ -345,26 +348,62 @@ class DesiredStateRepo:
 
 
     def _move_hint(self) -> None:
-        """Point the change hint at the pushed head's `sites/` tree. Not moved (the registry is down), the
-        commit still stands: sites see it at their next full sync (EDGEWAVE_DESIRED_STATE_FULL_SYNC_SECONDS),
-        so this says so and goes on."""
+        """Move the hint of every site whose file differs from the one its hint names: against the tree
+        the hints were last all moved to (none: every site's, once), so a hand-made push or an earlier
+        failure is caught up too. Not moved (the registry is down), the commit still stands: those sites
+        see it at their next full sync (EDGEWAVE_DESIRED_STATE_FULL_SYNC_SECONDS); this says so and goes on."""
         if self.hint is None:
             return
         try:
             tree = self._git("rev-parse", "HEAD:sites").strip()
         except GitError:
             return  # no site has a file yet: nothing for an agent to fetch
-        if tree == self._hinted:
+        marker = self.path / ".git" / HINTED
+        last = marker.read_text().strip() if marker.exists() else None
+        if tree == last:
             return
-        try:
-            push_hint(self.hint, tree, self.access)
-        except OciError as exc:
-            message = (f"desired state: the change hint was not moved ({exc}); sites see this commit at their next "
-                       "full sync")
+        now, before = self._site_files(tree), self._site_files(last) if last else {}
+        changed = {site: blob for site, blob in now.items() if before.get(site) != blob}
+        changed.update({site: "absent" for site in before if site not in now})
+        failed = self._push_hints(changed)
+        if failed:
+            message = (f"desired state: the change hint was not moved for {len(failed)} of {len(changed)} site(s) "
+                       f"({failed[0]}); they see this commit at their next full sync")
             log.warning("%s", message)
             self.notify(message)
             return
-        self._hinted = tree
+        marker.write_text(tree + "\n")
+
+    def _site_files(self, tree: str) -> dict[str, str]:
+        """Site → blob id of its file in a `sites/` tree."""
+        files = {}
+        for line in self._git("ls-tree", tree).splitlines():
+            meta, _, name = line.partition("\t")
+            if meta.split()[1] == "blob" and name.endswith(".yaml"):
+                files[name.removesuffix(".yaml")] = meta.split()[2]
+        return files
+
+    def _push_hints(self, changed: dict[str, str]) -> list[str]:
+        """Push each site's hint, HINT_THREADS at a time (a client per thread); the errors, one per site that failed."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        hint = self.hint
+        if hint is None or not changed:
+            return []
+        registry = hint_reference(hint).registry
+        local = threading.local()
+
+        def push(item: tuple[str, str]) -> str | None:
+            if not hasattr(local, "client"):
+                local.client = client(registry, self.access, once=True)
+            try:
+                push_hint(hint, item[0], item[1], self.access, local.client)
+            except OciError as exc:
+                return str(exc)
+            return None
+
+        with ThreadPoolExecutor(min(HINT_THREADS, len(changed)), thread_name_prefix="hint") as pool:
+            return [error for error in pool.map(push, sorted(changed.items())) if error]
 
 
 def record_file(rollout_id: str, content: dict) -> tuple[str, str]:

@@ -1,7 +1,7 @@
-"""The desired state's change hint in a real registry (Debian's docker-registry on 127.0.0.1): the
-controller moves it with every commit that changes a site's file, and only then; an agent asks it
-and fetches Git only when it moved, at least every full-sync period, and on every cycle while the
-hint cannot be read."""
+"""The desired state's change hints in a real registry (Debian's docker-registry on 127.0.0.1): the
+controller moves a site's hint with every commit that changes that site's file, and only then; an
+agent asks its own hint and fetches Git only when it moved, at least every full-sync period, and on
+every cycle while the hint cannot be read."""
 
 from __future__ import annotations
 
@@ -31,22 +31,30 @@ def repo_with_hint(folder: Path, hint: str, notes: list[str] | None = None) -> D
                             notify=notes.append if notes is not None else lambda line: None, hint=hint).ensure()
 
 
-def test_the_hint_moves_with_a_sites_file_and_with_nothing_else(registry, tmp_path: Path) -> None:  # noqa: F811
-    hint = f"oci://{registry}/edgewave/desired-state:{uuid.uuid4().hex}"  # the registry outlives a run
-    watcher = HintWatcher(hint, RemoteAccess())
+def test_a_sites_hint_moves_with_its_file_and_with_nothing_else(registry, tmp_path: Path) -> None:  # noqa: F811
+    hint = f"oci://{registry}/edgewave/desired-state:{uuid.uuid4().hex[:12]}"  # the registry outlives a run
+    s1, s2 = (HintWatcher(hint, site, RemoteAccess()) for site in ("s1", "s2"))
     repo = repo_with_hint(tmp_path, hint)
-    assert watcher.digest() is None, "nothing published before a site has a file"
+    assert s1.digest() is None, "nothing published before a site has a file"
     repo.commit([state("s1", 1), state("s2", 1)], "wave 1")
-    first = watcher.digest()
-    assert first is not None and first.startswith("sha256:")
+    first = {"s1": s1.digest(), "s2": s2.digest()}
+    assert all(d and d.startswith("sha256:") for d in first.values()) and first["s1"] != first["s2"], first
     repo.commit([], "lease renewed", extra={"leases/m.json": '{"owner": "x"}'})
-    assert watcher.digest() == first, "a commit that changes no site's file leaves the hint"
-    repo.commit([state("s2", 2)], "wave 2")
-    assert watcher.digest() not in (first, None)
-    # another controller process (nothing remembered) pushing the same tree: the same digest
-    moved = watcher.digest()
+    assert (s1.digest(), s2.digest()) == (first["s1"], first["s2"]), "a commit that changes no site's file moves none"
+    repo.commit([state("s2", 2)], "wave 2: s2 only")
+    assert s1.digest() == first["s1"], "a wave moves only its own sites' hints"
+    assert s2.digest() not in (first["s2"], None)
+
+    # a change pushed by hand (no hint moved) is caught up by the controller's next commit, whatever it changes
+    DesiredStateRepo(str(tmp_path / "desired.git"), tmp_path / "by-hand").ensure().commit([state("s1", 3)], "by hand")
+    assert s1.digest() == first["s1"]
+    repo.commit([], "lease renewed again", extra={"leases/m.json": '{"owner": "y"}'})
+    assert s1.digest() not in (first["s1"], None)
+
+    # another controller's clone (nothing remembered) moves every hint once: to the same digests
+    moved = (s1.digest(), s2.digest())
     DesiredStateRepo(str(tmp_path / "desired.git"), tmp_path / "clone-2", hint=hint).ensure()._move_hint()
-    assert watcher.digest() == moved
+    assert (s1.digest(), s2.digest()) == moved
 
 
 def test_a_registry_that_is_down_leaves_the_commit_standing_and_says_so(tmp_path: Path) -> None:
@@ -55,7 +63,8 @@ def test_a_registry_that_is_down_leaves_the_commit_standing_and_says_so(tmp_path
     head = repo.commit([state("s1", 1)], "wave 1")
     assert head is not None and repo.read("s1") == state("s1", 1)
     moved = [note for note in notes if "change hint" in note]
-    assert len(moved) == 1 and "the change hint was not moved" in moved[0] and "next full sync" in moved[0], notes
+    assert len(moved) == 1 and "the change hint was not moved for 1 of 1 site(s)" in moved[0] \
+        and "next full sync" in moved[0], notes
 
 
 class Clock:
@@ -78,11 +87,11 @@ def syncs(agent: Agent) -> dict[str, float]:
 
 
 def test_an_agent_fetches_git_only_when_the_hint_moved_or_its_full_sync_is_due(registry, tmp_path: Path) -> None:  # noqa: F811
-    hint = f"oci://{registry}/edgewave/desired-state:{uuid.uuid4().hex}"  # the registry outlives a run
+    hint = f"oci://{registry}/edgewave/desired-state:{uuid.uuid4().hex[:12]}"
     repo = repo_with_hint(tmp_path, hint)
     repo.commit([state("s1", 1)], "wave 1")
     clock = Clock()
-    agent = agent_for(tmp_path, str(tmp_path / "desired.git"), HintWatcher(hint, RemoteAccess()), clock)
+    agent = agent_for(tmp_path, str(tmp_path / "desired.git"), HintWatcher(hint, "s1", RemoteAccess()), clock)
     assert agent.sync_desired_state() == state("s1", 1)
     for _ in range(3):
         clock.now += 10
@@ -107,7 +116,7 @@ def test_an_agent_fetches_git_only_when_the_hint_moved_or_its_full_sync_is_due(r
 def test_an_unreadable_hint_means_a_fetch_every_cycle_said_once(tmp_path: Path, caplog) -> None:
     repo = DesiredStateRepo(str(tmp_path / "desired.git"), tmp_path / "clone").ensure()
     repo.commit([state("s1", 1)], "wave 1")
-    dead = HintWatcher(f"oci://127.0.0.1:{free_port()}/edgewave/desired-state:head", RemoteAccess())
+    dead = HintWatcher(f"oci://127.0.0.1:{free_port()}/edgewave/desired-state:head", "s1", RemoteAccess())
     clock = Clock()
     agent = agent_for(tmp_path, str(tmp_path / "desired.git"), dead, clock)
     for _ in range(3):
