@@ -188,22 +188,58 @@ def site_hint(url: str, site: str) -> Reference:
     return Reference(ref.registry, ref.repository, tag=tag)
 
 
+HINT_CONFIG = b"{}"  # every hint shares this config blob; what moves is the manifest's annotation
+OCI_MANIFEST = MANIFEST_ACCEPT[0]
+
+
+def _api(ref: Reference, access: RemoteAccess) -> str:
+    """The registry API's base URL for the reference's repository."""
+    return f"{'http' if plain_http(ref.registry, access) else 'https'}://{ref.registry}/v2/{ref.repository}"
+
+
 def push_hint(url: str, site: str, content: str, access: RemoteAccess, oras_client=None) -> str:
-    """Point `site`'s hint tag at a config-only artifact holding `content`: the Git blob id of its
-    desired-state file (or "absent"); returns the artifact's digest. The content is that id alone,
-    so the digest moves exactly when the site's file did, and pushing the same content twice changes
-    nothing. `oras_client`: one to reuse (a controller moving many hints keeps one per thread)."""
+    """Point `site`'s hint tag at a manifest that names `content`, the Git blob id of its desired-state
+    file (or "absent"); returns the manifest's digest. The manifest is that id and the shared empty
+    config alone, so the digest moves exactly when the site's file did, pushing the same content twice
+    changes nothing, and a push is one request (the config is uploaded once, when the registry lacks
+    it). `oras_client`: one to reuse (a controller moving many hints keeps one per thread)."""
     ref = site_hint(url, site)
-    with tempfile.TemporaryDirectory(prefix="edgewave-hint-") as tmp:
-        config = Path(tmp) / "hint.json"
-        config.write_text(json.dumps({"site": site, "file": content}, sort_keys=True))
-        try:
-            response = (oras_client or client(ref.registry, access, once=True)).push(
-                target=ref.target, files=[], manifest_config=f"{config}:{HINT_MEDIA_TYPE}",
-                manifest_annotations={HINT_ANNOTATION: content}, quiet=True)
-        except Exception as exc:  # requests and oras raise many types; say which registry and what
-            raise OciError(f"push of the change hint {ref.target} failed: {type(exc).__name__}: {exc}") from None
-    return response.headers.get("Docker-Content-Digest", "")
+    api, oras_client = _api(ref, access), oras_client or client(ref.registry, access, once=True)
+    config = "sha256:" + hashlib.sha256(HINT_CONFIG).hexdigest()
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": [],
+        "config": {"mediaType": HINT_MEDIA_TYPE, "digest": config, "size": len(HINT_CONFIG)},
+        "annotations": {HINT_ANNOTATION: content},
+    }, sort_keys=True).encode()
+    try:
+        for attempt in (1, 2):
+            response = oras_client.do_request(f"{api}/manifests/{ref.tag}", "PUT", data=manifest,
+                                              headers={"Content-Type": OCI_MANIFEST})
+            if response.status_code == 201:
+                return response.headers.get("Docker-Content-Digest", "")
+            if attempt == 2 or response.status_code != 400:
+                raise OciError(f"push of the change hint {ref.target}: the registry answered {response.status_code} "
+                               f"{response.text[:200]}")
+            _upload_blob(oras_client, ref, api, HINT_CONFIG, config)  # 400: the config is not there yet
+    except OciError:
+        raise
+    except Exception as exc:  # requests raises many types; say which registry and what
+        raise OciError(f"push of the change hint {ref.target} failed: {type(exc).__name__}: {exc}") from None
+    raise AssertionError("unreachable")
+
+
+def _upload_blob(oras_client, ref: Reference, api: str, data: bytes, digest: str) -> None:
+    """A blob in one go: open an upload, put the bytes with their digest."""
+    response = oras_client.do_request(f"{api}/blobs/uploads/", "POST")
+    location = response.headers.get("Location", "")
+    if response.status_code != 202 or not location:
+        raise OciError(f"upload to {ref.registry}/{ref.repository}: the registry answered {response.status_code}")
+    if location.startswith("/"):
+        location = api.split("/v2/", 1)[0] + location
+    response = oras_client.do_request(f"{location}{'&' if '?' in location else '?'}digest={digest}", "PUT", data=data,
+                                      headers={"Content-Type": "application/octet-stream"})
+    if response.status_code != 201:
+        raise OciError(f"upload to {ref.registry}/{ref.repository}: the registry answered {response.status_code}")
 
 
 class HintWatcher:
@@ -216,15 +252,14 @@ class HintWatcher:
         self.ref = site_hint(url, site)
         self.access = access
         self._client = None
-        scheme = "http" if plain_http(self.ref.registry, access) else "https"
-        self._url = f"{scheme}://{self.ref.registry}/v2/{self.ref.repository}/manifests/{self.ref.tag}"
+        self._url = f"{_api(self.ref, access)}/manifests/{self.ref.tag}"
 
     def digest(self) -> str | None:
         """The tag's digest now; None when nothing was published there yet. OciError when not reached."""
         if self._client is None:
             self._client = client(self.ref.registry, self.access, once=True)
         try:
-            response = self._client.do_request(self._url, "HEAD", headers={"Accept": MANIFEST_ACCEPT[0]})
+            response = self._client.do_request(self._url, "HEAD", headers={"Accept": OCI_MANIFEST})
         except Exception as exc:
             self._client = None  # a new connection next time
             raise OciError(f"change hint {self.ref.target}: {type(exc).__name__}: {exc}") from None

@@ -32,7 +32,7 @@ def repo_with_hint(folder: Path, hint: str, notes: list[str] | None = None) -> D
 
 
 def test_a_sites_hint_moves_with_its_file_and_with_nothing_else(registry, tmp_path: Path) -> None:  # noqa: F811
-    hint = f"oci://{registry}/edgewave/desired-state:{uuid.uuid4().hex[:12]}"  # the registry outlives a run
+    hint = f"oci://{registry}/edgewave/hints-{uuid.uuid4().hex[:12]}:head"  # the registry outlives a run
     s1, s2 = (HintWatcher(hint, site, RemoteAccess()) for site in ("s1", "s2"))
     repo = repo_with_hint(tmp_path, hint)
     assert s1.digest() is None, "nothing published before a site has a file"
@@ -87,7 +87,7 @@ def syncs(agent: Agent) -> dict[str, float]:
 
 
 def test_an_agent_fetches_git_only_when_the_hint_moved_or_its_full_sync_is_due(registry, tmp_path: Path) -> None:  # noqa: F811
-    hint = f"oci://{registry}/edgewave/desired-state:{uuid.uuid4().hex[:12]}"
+    hint = f"oci://{registry}/edgewave/hints-{uuid.uuid4().hex[:12]}:head"
     repo = repo_with_hint(tmp_path, hint)
     repo.commit([state("s1", 1)], "wave 1")
     clock = Clock()
