@@ -211,21 +211,23 @@ def push_hint(url: str, site: str, content: str, access: RemoteAccess, oras_clie
         "config": {"mediaType": HINT_MEDIA_TYPE, "digest": config, "size": len(HINT_CONFIG)},
         "annotations": {HINT_ANNOTATION: content},
     }, sort_keys=True).encode()
+    def put():
+        return oras_client.do_request(f"{api}/manifests/{ref.tag}", "PUT", data=manifest,
+                                      headers={"Content-Type": OCI_MANIFEST})
+
     try:
-        for attempt in (1, 2):
-            response = oras_client.do_request(f"{api}/manifests/{ref.tag}", "PUT", data=manifest,
-                                              headers={"Content-Type": OCI_MANIFEST})
-            if response.status_code == 201:
-                return response.headers.get("Docker-Content-Digest", "")
-            if attempt == 2 or response.status_code != 400:
-                raise OciError(f"push of the change hint {ref.target}: the registry answered {response.status_code} "
-                               f"{response.text[:200]}")
-            _upload_blob(oras_client, ref, api, HINT_CONFIG, config)  # 400: the config is not there yet
+        response = put()
+        if response.status_code == 400:  # the config is not in this repository yet
+            _upload_blob(oras_client, ref, api, HINT_CONFIG, config)
+            response = put()
     except OciError:
         raise
     except Exception as exc:  # requests raises many types; say which registry and what
         raise OciError(f"push of the change hint {ref.target} failed: {type(exc).__name__}: {exc}") from None
-    raise AssertionError("unreachable")
+    if response.status_code != 201:
+        raise OciError(f"push of the change hint {ref.target}: the registry answered {response.status_code} "
+                       f"{response.text[:200]}")
+    return response.headers.get("Docker-Content-Digest", "")
 
 
 def _upload_blob(oras_client, ref: Reference, api: str, data: bytes, digest: str) -> None:
