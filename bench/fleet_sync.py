@@ -362,8 +362,8 @@ def idle_costs(before: tuple, after: tuple) -> dict:
         "seconds": round(t1 - t0, 1), "syncs": int(syncs), "fetched": int(fetched), "unchanged": int(unchanged),
         "syncs_per_s": round(syncs / (t1 - t0), 1), "errors": errors, "sync_errors": sum(errors.values()),
         "git_host_cpu_ms_per_sync": per(git1 - git0), "registry_cpu_ms_per_sync": per(reg1 - reg0),
-        "store_cpu_ms_per_sync": per(store1 - store0),
-        "server_cpu_ms_per_sync": per(git1 - git0 + reg1 - reg0 + store1 - store0),
+        "server_cpu_ms_per_sync": per(git1 - git0 + reg1 - reg0),  # the desired state's path: Git host + registry
+        "store_cpu_ms_per_window": round(1000 * (store1 - store0) / windows, 3) if windows else None,
         "client_cpu_ms_per_sync": per(w1["cpu_s"] - w0["cpu_s"]),
         "bytes_per_sync": round(sum(w1["bytes"][k] - w0["bytes"][k] for k in ("git", "registry")) / syncs)
         if syncs else None,  # the desired state's check and fetch: Git host and registry
@@ -433,7 +433,36 @@ def summary(rows: list[dict], interval: float) -> dict:
                     if hint["client_cpu_ms_per_sync"] else None,
                     "bytes_lower_by": round(fetch["bytes_per_sync"] / hint["bytes_per_sync"], 1)
                     if hint["bytes_per_sync"] else None})
-    return {"full_sync_share_of_idle_syncs": round(full_share, 4), "by_size": out}
+    return {"full_sync_share_of_idle_syncs": round(full_share, 4), "by_size": out,
+            "cost_model": cost_model(rows)}
+
+
+def cost_model(rows: list[dict], fleets=(500, 5_000, 50_000), intervals=(10.0, 30.0, 60.0)) -> list[dict]:
+    """What one Git host, one registry and one store must carry, in cores, for a fleet of a given size
+    and interval, from the per-operation costs measured at the largest size: a Git fetch (fetch mode),
+    a hint HEAD (hint mode), a window upload. Without the hint every sync is a fetch; with it, a site
+    fetches once per full-sync period (and once per wave that changes it, which is not steady load)."""
+    from edgewave.serving.settings import EdgeSettings
+
+    largest = max(r["sites"] for r in rows)
+    by = {r["mode"]: r["idle"] for r in rows if r["sites"] == largest}
+    if set(by) != set(MODES):
+        return []
+    fetch_ms = by["fetch"]["git_host_cpu_ms_per_sync"]
+    head_ms = by["hint"]["registry_cpu_ms_per_sync"]
+    window_ms = by["fetch"]["store_cpu_ms_per_window"]
+    full_sync = EdgeSettings.model_fields["desired_state_full_sync_seconds"].default
+    window = EdgeSettings.model_fields["sample_window_seconds"].default
+    out = []
+    for n in fleets:
+        for every in intervals:
+            out.append({"sites": n, "interval_s": every,
+                        "git_host_cores_fetch_every_interval": round(n / every * fetch_ms / 1000, 2),
+                        "git_host_cores_with_hint": round(n / full_sync * fetch_ms / 1000, 2),
+                        "registry_cores_with_hint": round(n / every * head_ms / 1000, 2),
+                        "store_cores": round(n / window * window_ms / 1000, 2) if window_ms else None})
+    return [{"measured_at_sites": largest, "git_fetch_ms": fetch_ms, "hint_head_ms": head_ms,
+             "window_upload_ms": window_ms, "full_sync_s": full_sync, "window_s": window}, *out]
 
 
 def main() -> None:
@@ -458,8 +487,8 @@ def main() -> None:
                 rows.append(row)
                 idle, wave = row["idle"], row["wave"]
                 print(f"{n:>4} agents, {mode:>5}: {idle['syncs_per_s']} syncs/s; per sync: Git host "
-                      f"{idle['git_host_cpu_ms_per_sync']} ms, registry {idle['registry_cpu_ms_per_sync']} ms, store "
-                      f"{idle['store_cpu_ms_per_sync']} ms CPU, agents {idle['client_cpu_ms_per_sync']} ms, "
+                      f"{idle['git_host_cpu_ms_per_sync']} ms, registry {idle['registry_cpu_ms_per_sync']} ms CPU, "
+                      f"agents {idle['client_cpu_ms_per_sync']} ms; store {idle['store_cpu_ms_per_window']} ms per window; "
                       f"{idle['bytes_per_sync']} B; {idle['sync_errors']} errors; wave of {n}: p50 {wave['p50_s']} s, "
                       f"p99 {wave['p99_s']} s, max {wave['max_s']} s ({wave['applied']}/{n} applied)", flush=True)
     compared = summary(rows, args.interval)
