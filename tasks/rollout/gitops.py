@@ -346,7 +346,6 @@ class DesiredStateRepo:
             return head
         raise PushRejected(f"{redact(self.remote)} refused the push {PUSH_ATTEMPTS} times: {message[:120]}")
 
-
     def _move_hint(self) -> None:
         """Move the hint of every site whose file differs from the one its hint names: against the tree
         the hints were last all moved to (none: every site's, once), so a hand-made push or an earlier
@@ -362,7 +361,11 @@ class DesiredStateRepo:
         last = marker.read_text().strip() if marker.exists() else None
         if tree == last:
             return
-        now, before = self._site_files(tree), self._site_files(last) if last else {}
+        now = self._site_files(tree)
+        try:
+            before = self._site_files(last) if last else {}
+        except GitError:  # that tree is gone (a rewritten history, a new clone's gc): move every hint once
+            before = {}
         changed = {site: blob for site, blob in now.items() if before.get(site) != blob}
         changed.update({site: "absent" for site in before if site not in now})
         failed = self._push_hints(changed)

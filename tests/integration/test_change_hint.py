@@ -14,7 +14,7 @@ from edgewave.serving.desired import DesiredState
 from edgewave.serving.metrics import SiteMetrics
 from edgewave.serving.model import BundleCache, ModelSlot
 from edgewave.serving.oci import HintWatcher
-from edgewave.tasks.rollout.gitops import DesiredStateRepo
+from edgewave.tasks.rollout.gitops import HINTED, DesiredStateRepo
 from tests.helpers import free_port
 from tests.integration.test_oci_bundles import registry  # noqa: F401  (the module's registry fixture)
 
@@ -55,6 +55,11 @@ def test_a_sites_hint_moves_with_its_file_and_with_nothing_else(registry, tmp_pa
     moved = (s1.digest(), s2.digest())
     DesiredStateRepo(str(tmp_path / "desired.git"), tmp_path / "clone-2", hint=hint).ensure()._move_hint()
     assert (s1.digest(), s2.digest()) == moved
+
+    # the tree the hints last named is gone (a rewritten history): every hint is moved again, the commit stands
+    (tmp_path / "clone" / ".git" / HINTED).write_text("0" * 40 + "\n")
+    assert repo.commit([state("s1", 4)], "after a rewrite") is not None
+    assert s1.digest() not in (moved[0], None) and s2.digest() == moved[1]
 
 
 def test_a_registry_that_is_down_leaves_the_commit_standing_and_says_so(tmp_path: Path) -> None:
