@@ -282,6 +282,23 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
 
 
+def push_through(controller, states, message: str, attempts: int = 10) -> int:
+    """Commit and push as the rollout does, retrying when the Git host refuses the connection (an sshd
+    over its MaxStartups drops new connections at random, the controller's too: the rollout's task
+    retries do the same); returns the attempts it took."""
+    from edgewave.tasks.rollout.gitops import GitError
+
+    for attempt in range(1, attempts + 1):
+        try:
+            controller.commit(states, message)
+            return attempt
+        except GitError:
+            if attempt == attempts:
+                raise
+            time.sleep(attempt)
+    return attempts
+
+
 def one_run(n: int, mode: str, env: SimpleNamespace, args) -> dict:
     from edgewave.serving.access import RemoteAccess
     from edgewave.serving.desired import DesiredState
@@ -297,7 +314,7 @@ def one_run(n: int, mode: str, env: SimpleNamespace, args) -> dict:
         return [DesiredState(site=site, model="machine-failure", version=version, bundle_url=env.bundle_urls[version],
                              sha256=env.sha, rollout_id=f"bench-{mode}-{n}-v{version}") for site in sites]
 
-    controller.commit(states(1), f"bench {mode} {n}: every site on v1")
+    push_through(controller, states(1), f"bench {mode} {n}: every site on v1")
     workers_n = min(args.workers, n)
     began = time.time() + 2
     specs = []
@@ -328,7 +345,7 @@ def one_run(n: int, mode: str, env: SimpleNamespace, args) -> dict:
         idle = idle_costs(before, after)
 
         committed = time.time()
-        controller.commit(states(2), f"bench {mode} {n}: every site on v2")
+        commit_attempts = push_through(controller, states(2), f"bench {mode} {n}: every site on v2")
         try:
             wait_until(lambda: all(applied(work / "sites" / s, 2) for s in sites), args.interval * 6,
                        f"{n} agents on v2 ({mode})")
@@ -346,6 +363,7 @@ def one_run(n: int, mode: str, env: SimpleNamespace, args) -> dict:
             "max_s": round(max(times), 2) if times else None,
             "within_two_intervals": len(times) == n and percentile(times, 99) <= 2 * args.interval}
     errors_total = {k: int(v) for k, v in final["errors"].items()}
+    wave["controller_commit_attempts"] = commit_attempts
     return {"sites": n, "mode": mode, "warm_up_s": round(warm, 1), "idle": idle, "wave": wave,
             "errors_whole_run": errors_total, "windows_shipped": int(final["windows"]), **memory}
 
