@@ -242,15 +242,17 @@ def test_a_person_sees_named_runs_and_the_rollout_and_drift_artifacts_in_the_pre
 
 def final_run(base: str, flow: str, name_prefix: str, timeout: float, log: Path) -> dict:
     """The run of `flow` whose name starts with `name_prefix`, once it is final (whatever its state)."""
-    def named() -> list[dict]:
-        return [r for r in flow_runs(base, flow) if r["name"].startswith(name_prefix)]
+    runs: list[dict] = []
+
+    def final() -> bool:  # one look at the API per poll; the run it saw final is the one returned
+        runs[:] = [r for r in flow_runs(base, flow) if r["name"].startswith(name_prefix)]
+        return bool(runs) and runs[0]["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
     try:
-        wait_for(lambda: bool(named()) and named()[0]["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"),
-                 timeout, f"a final run of {flow} named {name_prefix}…", interval=1.0)
+        wait_for(final, timeout, f"a final run of {flow} named {name_prefix}…", interval=1.0)
     except TimeoutError as exc:
         raise TimeoutError(f"{exc}\n{log.read_text()[-4000:]}") from None
-    return named()[0]
+    return runs[0]
 
 
 @pytest.mark.skipif(browser.executable() is None, reason="Chromium is not installed (scripts/setup-system.sh "
