@@ -13,8 +13,11 @@ the bundle is verified as a site does and not served. Two ways of syncing run si
   fetches only when it moved or its full sync is due; intervals ±20 %.
 
 For each size and way: an idle window (nothing changes: the servers' CPU per sync, the agents'
-CPU per sync, bytes their sockets sent and received per sync and per window shipped, errors), then one wave commit for every site (time
-until each site applied it). Written to bench/results/fleet_sync.json.
+CPU per sync, bytes their sockets sent and received per sync and per window shipped, errors), then
+the waves of the example rollout policy one commit each (a canary of one, half the rest, the rest:
+the time until each site of the wave applied it), then a rollback of every site in one commit (the
+worst case: the whole fleet at once, from the sites' caches). Sync errors are counted by phase
+(warm-up, idle, waves). Written to bench/results/fleet_sync.json.
 
     .venv/bin/python -m bench.fleet_sync [--sizes 50 200 500] [--idle-seconds 60]
 """
@@ -41,6 +44,10 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "fleet_sync.json"
 MODES = ("fetch", "hint")
 WINDOW_BYTES = 16_384  # one sample window: a few hundred rows of sensor readings as Parquet
+# sshd's default 10:30:100 drops new connections at random once ten are unauthenticated: with 500 agents
+# fetching every 10 s it refused 970 connections in a minute (the controller's pushes too). A Git host
+# for a fleet raises it (README, "Scaling")
+GIT_HOST_MAX_STARTUPS = "200:30:1000"
 
 
 # -- what the servers spend --------------------------------------------------------------------------
@@ -299,6 +306,33 @@ def push_through(controller, states, message: str, attempts: int = 10) -> int:
     return attempts
 
 
+def policy_waves(sites: list[str]) -> list[tuple[str, list[str]]]:
+    """The waves the example rollout policy (deployments/fleet.yaml: a canary of one, half the rest, the
+    rest) makes of these sites, planned by the controller's own planner."""
+    from edgewave.tasks.platform.fleetfile import Fleet, load_fleet_file, plan_waves
+
+    policy = load_fleet_file(ROOT / "deployments" / "fleet.yaml").rollout
+    fleet = Fleet.model_validate({"sites": [{"id": site, "kind": "agent", "metrics_url": f"http://127.0.0.1:9/{site}"}
+                                            for site in sites]})
+    return plan_waves(fleet, policy)
+
+
+def wave_times(name: str, wave: list[str], version: int, committed: float, attempts: int, work: Path,
+               interval: float) -> dict:
+    """How long after its commit each site of a wave applied `version` (p50, p99, max)."""
+    times = [t - committed for s in wave if (t := applied(work / "sites" / s, version)) is not None]
+    p99 = percentile(times, 99) if times else None
+    return {"wave": name, "sites": len(wave), "applied": len(times),
+            "p50_s": round(percentile(times, 50), 2) if times else None,
+            "p99_s": round(p99, 2) if p99 is not None else None, "max_s": round(max(times), 2) if times else None,
+            "within_two_intervals": len(times) == len(wave) and p99 is not None and p99 <= 2 * interval,
+            "controller_commit_attempts": attempts}
+
+
+def errors_between(earlier: dict, later: dict) -> dict[str, int]:
+    return {k: int(v - earlier.get(k, 0)) for k, v in later.items() if v - earlier.get(k, 0)}
+
+
 def one_run(n: int, mode: str, env: SimpleNamespace, args) -> dict:
     from edgewave.serving.access import RemoteAccess
     from edgewave.serving.desired import DesiredState
@@ -310,11 +344,12 @@ def one_run(n: int, mode: str, env: SimpleNamespace, args) -> dict:
     controller = DesiredStateRepo(env.git.git_url(), work / "controller", RemoteAccess(
         ssh_key=env.git.controller.key, known_hosts=env.known_hosts), hint=hint if mode == "hint" else None).ensure()
 
-    def states(version: int) -> list[DesiredState]:
+    def states(version: int, chosen: list[str], rollback: bool = False) -> list[DesiredState]:
         return [DesiredState(site=site, model="machine-failure", version=version, bundle_url=env.bundle_urls[version],
-                             sha256=env.sha, rollout_id=f"bench-{mode}-{n}-v{version}") for site in sites]
+                             sha256=env.sha, rollout_id=f"bench-{mode}-{n}-v{version}", rollback=rollback)
+                for site in chosen]
 
-    push_through(controller, states(1), f"bench {mode} {n}: every site on v1")
+    push_through(controller, states(1, sites), f"bench {mode} {n}: every site on v1")
     workers_n = min(args.workers, n)
     began = time.time() + 2
     specs = []
@@ -344,28 +379,31 @@ def one_run(n: int, mode: str, env: SimpleNamespace, args) -> dict:
                   "store_pss_mb": round(pss_mb(env.store.process.pid), 1)}
         idle = idle_costs(before, after)
 
-        committed = time.time()
-        commit_attempts = push_through(controller, states(2), f"bench {mode} {n}: every site on v2")
-        try:
-            wait_until(lambda: all(applied(work / "sites" / s, 2) for s in sites), args.interval * 6,
-                       f"{n} agents on v2 ({mode})")
-        except TimeoutError:
-            pass  # reported as sites that did not apply it
-        times = [t - committed for s in sites if (t := applied(work / "sites" / s, 2)) is not None]
+        # the rollout's waves one after another (v2), then a rollback of every site at once (v1, from the cache)
+        steps = [(name, wave, 2, False) for name, wave in policy_waves(sites)] + [("rollback of all", sites, 1, True)]
+        waves = []
+        for name, wave, version, rollback in steps:
+            committed = time.time()
+            attempts = push_through(controller, states(version, wave, rollback), f"bench {mode} {n}: {name} on v{version}")
+            try:
+                wait_until(lambda wave=wave, version=version: all(applied(work / "sites" / s, version) for s in wave),
+                           args.interval * 6,
+                           f"{name}: {len(wave)} agents on v{version} ({mode})")
+            except TimeoutError:
+                pass  # reported as sites that did not apply it
+            waves.append(wave_times(name, wave, version, committed, attempts, work, args.interval))
         final = workers.stop()
     except BaseException:
         for process in workers.processes:
             if process.poll() is None:
                 os.killpg(process.pid, 9)
         raise
-    wave = {"sites": n, "applied": len(times), "p50_s": round(percentile(times, 50), 2) if times else None,
-            "p99_s": round(percentile(times, 99), 2) if times else None,
-            "max_s": round(max(times), 2) if times else None,
-            "within_two_intervals": len(times) == n and percentile(times, 99) <= 2 * args.interval}
-    errors_total = {k: int(v) for k, v in final["errors"].items()}
-    wave["controller_commit_attempts"] = commit_attempts
-    return {"sites": n, "mode": mode, "warm_up_s": round(warm, 1), "idle": idle, "wave": wave,
-            "errors_whole_run": errors_total, "windows_shipped": int(final["windows"]), **memory}
+    errors = {"warm_up": errors_between({}, before[0]["errors"]), "idle": idle["errors"],
+              "waves": errors_between(after[0]["errors"], final["errors"])}
+    return {"sites": n, "mode": mode, "warm_up_s": round(warm, 1), "idle": idle, "waves": waves,
+            "rollout_waves_within_two_intervals": all(w["within_two_intervals"] for w in waves[:-1]),
+            "errors_by_phase": errors, "sync_errors_whole_run": sum(sum(e.values()) for e in errors.values()),
+            "windows_shipped": int(final["windows"]), **memory}
 
 
 def idle_costs(before: tuple, after: tuple) -> dict:
@@ -374,7 +412,7 @@ def idle_costs(before: tuple, after: tuple) -> dict:
     unchanged = w1["syncs"]["unchanged"] - w0["syncs"]["unchanged"]
     syncs = fetched + unchanged
     windows = w1["windows"] - w0["windows"]
-    errors = {k: int(v - w0["errors"].get(k, 0)) for k, v in w1["errors"].items() if v - w0["errors"].get(k, 0)}
+    errors = errors_between(w0["errors"], w1["errors"])
     per = (lambda x: round(1000 * x / syncs, 3)) if syncs else (lambda x: None)
     return {
         "seconds": round(t1 - t0, 1), "syncs": int(syncs), "fetched": int(fetched), "unchanged": int(unchanged),
@@ -393,9 +431,10 @@ def idle_costs(before: tuple, after: tuple) -> dict:
 
 # -- the servers -----------------------------------------------------------------------------------
 @contextmanager
-def servers(work: Path, n: int) -> Iterator[SimpleNamespace]:
-    """One Git host, one store (each an sshd of its own, the same key per site on both), one registry
-    holding a signed bundle as v1 and v2; all stopped by pid at the end, however it ends."""
+def servers(work: Path, n: int, max_startups: str) -> Iterator[SimpleNamespace]:
+    """One Git host (sshd's MaxStartups `max_startups`), one store (each an sshd of its own, the same key
+    per site on both), one registry holding a signed bundle as v1 and v2; all stopped by pid at the end,
+    however it ends."""
     from bench.common import signed_sklearn_bundles
     from edgewave.serving.access import RemoteAccess
     from edgewave.serving.oci import push_bundle
@@ -408,7 +447,7 @@ def servers(work: Path, n: int) -> Iterator[SimpleNamespace]:
     sites = [f"fs{i:04d}" for i in range(n)]
     print(f"setting up: {n} site accounts and keys, a Git host, a store and a registry", flush=True)
     with ExitStack() as stack:
-        git = sshd.start(sites)
+        git = sshd.start(sites, max_startups=max_startups)
         stack.callback(git.stop)
         store = sshd.start(sites, keys_from=git)
         stack.callback(store.stop)  # runs first: its site keys are the Git host's files
@@ -491,6 +530,8 @@ def main() -> None:
     parser.add_argument("--idle-seconds", type=float, default=60.0)
     parser.add_argument("--window-seconds", type=float, default=60.0, help="sample window length (the default)")
     parser.add_argument("--workers", type=int, default=4, help="processes the agents share")
+    parser.add_argument("--git-host-max-startups", default=GIT_HOST_MAX_STARTUPS,
+                        help="the Git host's sshd MaxStartups (sshd's own default: 10:30:100)")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -498,17 +539,19 @@ def main() -> None:
         return
     work = Path(tempfile.mkdtemp(prefix="edgewave-bench-fleet-sync-"))
     rows = []
-    with servers(work, max(args.sizes)) as env:
+    with servers(work, max(args.sizes), args.git_host_max_startups) as env:
         for n in args.sizes:
             for mode in args.modes:
                 row = one_run(n, mode, env, args)
                 rows.append(row)
-                idle, wave = row["idle"], row["wave"]
+                idle = row["idle"]
+                waves = "; ".join(f"{w['wave']} ({w['sites']}): p50 {w['p50_s']} s, p99 {w['p99_s']} s, max {w['max_s']} s"
+                                  + ("" if w["applied"] == w["sites"] else f" ({w['applied']}/{w['sites']} applied)")
+                                  for w in row["waves"])
                 print(f"{n:>4} agents, {mode:>5}: {idle['syncs_per_s']} syncs/s; per sync: Git host "
                       f"{idle['git_host_cpu_ms_per_sync']} ms, registry {idle['registry_cpu_ms_per_sync']} ms CPU, "
                       f"agents {idle['client_cpu_ms_per_sync']} ms; store {idle['store_cpu_ms_per_window']} ms per window; "
-                      f"{idle['bytes_per_sync']} B; {idle['sync_errors']} errors; wave of {n}: p50 {wave['p50_s']} s, "
-                      f"p99 {wave['p99_s']} s, max {wave['max_s']} s ({wave['applied']}/{n} applied)", flush=True)
+                      f"{idle['bytes_per_sync']} B; sync errors {row['errors_by_phase']}; waves: {waves}", flush=True)
     compared = summary(rows, args.interval)
     largest = max(args.sizes)
     at_largest = next((r for r in rows if r["sites"] == largest and r["mode"] == "hint"), None)
@@ -521,11 +564,11 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "command": "python -m bench.fleet_sync " + " ".join(sys.argv[1:]),
         "interval_s": args.interval, "idle_window_s": args.idle_seconds, "window_seconds": args.window_seconds,
-        "workers": args.workers, "runs": rows, "compared": compared,
+        "workers": args.workers, "git_host_max_startups": args.git_host_max_startups, "runs": rows, "compared": compared,
         "targets": {
-            f"{largest} agents with the hint: zero sync errors": bool(at_largest and not at_largest["errors_whole_run"]),
-            f"{largest} agents with the hint: every site applies a wave within two intervals (p99)":
-                bool(at_largest and at_largest["wave"]["within_two_intervals"]),
+            f"{largest} agents with the hint: zero sync errors": bool(at_largest and not at_largest["sync_errors_whole_run"]),
+            f"{largest} agents with the hint: every site of each rollout wave applies it within two intervals (p99)":
+                bool(at_largest and at_largest["rollout_waves_within_two_intervals"]),
             f"server CPU per idle sync at {largest} agents at least 5x lower": bool(lower and lower >= 5),
         },
     })

@@ -135,9 +135,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start(sites: list[str], keys_from: SshServer | None = None) -> SshServer:
+def start(sites: list[str], keys_from: SshServer | None = None, max_startups: str | None = None) -> SshServer:
     """Start the server with an account and key per site and one for the control plane. `keys_from`:
-    the sites keep the keys they have on that server (a Git host and a store, one identity per site)."""
+    the sites keep the keys they have on that server (a Git host and a store, one identity per site).
+    `max_startups`: sshd's MaxStartups (`start:rate:full`; its default 10:30:100 drops new connections at
+    random once ten are unauthenticated: a Git host that hundreds of sites reach raises it)."""
     if not SSHD.exists() or shutil.which("git-shell") is None:
         raise SshUnavailable("Debian's openssh-server is not installed (scripts/setup-system.sh installs it)")
     if os.geteuid() != 0:
@@ -212,6 +214,7 @@ AllowTcpForwarding no
 AllowAgentForwarding no
 PrintMotd no
 LogLevel VERBOSE
+{f"MaxStartups {max_startups}" if max_startups else ""}
 Subsystem sftp internal-sftp
 Match User {CP_USER},{",".join(i.user for i in identities.values())}
     ChrootDirectory {store}
