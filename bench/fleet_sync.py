@@ -498,7 +498,8 @@ def cost_model(rows: list[dict], fleets=(500, 5_000, 50_000), intervals=(10.0, 3
     """What one Git host, one registry and one store must carry, in cores, for a fleet of a given size
     and interval, from the per-operation costs measured at the largest size: a Git fetch (fetch mode),
     a hint HEAD (hint mode), a window upload. Without the hint every sync is a fetch; with it, a site
-    fetches once per full-sync period (and once per wave that changes it, which is not steady load)."""
+    fetches once per full-sync period, and once per wave that changes it: a burst, not steady load, sized here
+    for a wave of half the fleet (the example policy's largest) fetching within one interval."""
     from edgewave.serving.settings import EdgeSettings
 
     largest = max(r["sites"] for r in rows)
@@ -516,6 +517,8 @@ def cost_model(rows: list[dict], fleets=(500, 5_000, 50_000), intervals=(10.0, 3
             out.append({"sites": n, "interval_s": every,
                         "git_host_cores_fetch_every_interval": round(n / every * fetch_ms / 1000, 2),
                         "git_host_cores_with_hint": round(n / full_sync * fetch_ms / 1000, 2),
+                        # a wave of half the fleet learns of its commit within one interval and fetches
+                        "git_host_cores_during_a_half_fleet_wave": round(n / 2 / every * fetch_ms / 1000, 2),
                         "registry_cores_with_hint": round(n / every * head_ms / 1000, 2),
                         "store_cores": round(n / window * window_ms / 1000, 2) if window_ms else None})
     return [{"measured_at_sites": largest, "git_fetch_ms": fetch_ms, "hint_head_ms": head_ms,
