@@ -5,15 +5,19 @@ every cycle while the hint cannot be read."""
 
 from __future__ import annotations
 
+import threading
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+import pytest
 
 from edgewave.serving.access import RemoteAccess
 from edgewave.serving.agent import Agent
 from edgewave.serving.desired import DesiredState
 from edgewave.serving.metrics import SiteMetrics
 from edgewave.serving.model import BundleCache, ModelSlot
-from edgewave.serving.oci import HintWatcher
+from edgewave.serving.oci import HintWatcher, OciError
 from edgewave.tasks.rollout.gitops import HINTED, DesiredStateRepo
 from tests.helpers import free_port
 from tests.integration.test_oci_bundles import registry  # noqa: F401  (the module's registry fixture)
@@ -132,3 +136,45 @@ def test_an_unreadable_hint_means_a_fetch_every_cycle_said_once(tmp_path: Path, 
     said = [r.getMessage() for r in caplog.records if "change hint" in r.getMessage()]
     assert len(said) == 1 and "fetching the desired state every cycle until it answers" in said[0], said
 
+
+
+def answering(statuses: list[int]) -> tuple[ThreadingHTTPServer, list[int]]:
+    """An HTTP server on 127.0.0.1 answering HEADs with these statuses in turn (then the last), a digest with
+    each 200; it records what it answered."""
+    answered: list[int] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_HEAD(self) -> None:  # noqa: N802 (http.server's name)
+            status = statuses[min(len(answered), len(statuses) - 1)]
+            answered.append(status)
+            self.send_response(status)
+            if status == 200:
+                self.send_header("Docker-Content-Digest", "sha256:" + "b" * 64)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, answered
+
+
+@pytest.mark.parametrize(("statuses", "digest"), [([500, 200], "sha256:" + "b" * 64), ([503, 503, 200], None)])
+def test_a_registry_error_on_the_hint_is_asked_once_more_then_said(statuses: list[int], digest: str | None) -> None:
+    """docker-registry answers 500 to a HEAD that reads a tag while it is rewritten: asked again, the
+    hint is read; a registry that fails twice is an error (the agent then fetches Git)."""
+    server, answered = answering(statuses)
+    try:
+        watcher = HintWatcher(f"oci://127.0.0.1:{server.server_address[1]}/edgewave/desired-state:head", "s1",
+                              RemoteAccess())
+        if digest is not None:
+            assert watcher.digest() == digest
+        else:
+            with pytest.raises(OciError, match="answered 503"):
+                watcher.digest()
+        assert answered == statuses[:2], answered
+    finally:
+        server.shutdown()
+        server.server_close()
