@@ -17,7 +17,7 @@ CPU per sync, bytes their sockets sent and received per sync and per window ship
 the waves of the example rollout policy one commit each (a canary of one, half the rest, the rest:
 the time until each site of the wave applied it), then a rollback of every site in one commit (the
 worst case: the whole fleet at once, from the sites' caches). Sync errors are counted by phase
-(warm-up, idle, waves). Written to bench/results/fleet_sync.json.
+(warm-up, idle, rollout waves, rollback of all). Written to bench/results/fleet_sync.json.
 
     .venv/bin/python -m bench.fleet_sync [--sizes 50 200 500] [--idle-seconds 60]
 """
@@ -238,7 +238,7 @@ def worker(spec_path: Path) -> None:
         agent.thread_name = f"agent-{site['id']}"
         agents.append((site["start_at"], agent))
 
-    def start_in_turn() -> None:  # spread over --start-over seconds
+    def start_in_turn() -> None:  # spread at --start-rate agents a second
         for start_at, agent in sorted(agents, key=lambda pair: pair[0]):
             time.sleep(max(0.0, start_at - time.time()))
             agent.start()
@@ -525,7 +525,7 @@ def servers(work: Path, n: int, max_startups: str) -> Iterator[SimpleNamespace]:
                                         RemoteAccess(), {"name": "machine-failure", "version": version, "sha256": sha})
         trusted = public_pem(load_or_create_signing_key(settings.signing_key))
         yield SimpleNamespace(work=work, sites=sites, git=git, store=store, known_hosts=known_hosts, registry=registry,
-                              registry_pid=registry_pid, meters=meters, bundle_urls=urls, sha=sha, trusted=trusted)
+                              meters=meters, bundle_urls=urls, sha=sha, trusted=trusted)
 
 
 def summary(rows: list[dict], interval: float) -> dict:
