@@ -19,8 +19,8 @@ from edgewave.serving.metrics import SiteMetrics
 from edgewave.serving.model import BundleCache, ModelSlot
 from edgewave.serving.oci import HintWatcher, OciError
 from edgewave.tasks.rollout.gitops import HINTED, DesiredStateRepo
-from tests.helpers import free_port
-from tests.integration.test_oci_bundles import registry  # noqa: F401  (the module's registry fixture)
+from tests.helpers import free_port, wait_for
+from tests.integration.test_oci_bundles import STATE, registry  # noqa: F401  (the module's registry fixture)
 
 SHA = "a" * 64
 
@@ -64,6 +64,25 @@ def test_a_sites_hint_moves_with_its_file_and_with_nothing_else(registry, tmp_pa
     (tmp_path / "clone" / ".git" / HINTED).write_text("0" * 40 + "\n")
     assert repo.commit([state("s1", 4)], "after a rewrite") is not None
     assert s1.digest() not in (moved[0], None) and s2.digest() == moved[1]
+
+
+def test_a_wave_of_many_sites_uploads_the_hints_shared_config_once(registry, tmp_path: Path) -> None:  # noqa: F811
+    """Eight threads that each found the config missing uploaded it at once, and the registry refused some of
+    those uploads (DIGEST_INVALID at 500 sites in bench/fleet_sync.py): the first hint goes alone."""
+    repository = f"edgewave/hints-{uuid.uuid4().hex[:12]}"  # a new repository: it lacks the config
+    notes: list[str] = []
+    repo = repo_with_hint(tmp_path, f"oci://{registry}/{repository}:head", notes)
+    sites = [f"s{i:02d}" for i in range(24)]
+    repo.commit([state(site, 1) for site in sites], "wave 1: 24 sites at once")
+    assert not [note for note in notes if "change hint" in note], notes
+    assert all(HintWatcher(f"oci://{registry}/{repository}:head", site, RemoteAccess()).digest() for site in sites)
+
+    def uploads() -> int:
+        log = (STATE / "registry.log").read_text(errors="replace")
+        return sum(f"POST /v2/{repository}/blobs/uploads/" in line for line in log.splitlines())
+
+    wait_for(lambda: uploads() >= 1, 30, "the config's upload in the registry's access log")
+    assert uploads() == 1
 
 
 def test_a_registry_that_is_down_leaves_the_commit_standing_and_says_so(tmp_path: Path) -> None:
