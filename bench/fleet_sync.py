@@ -81,23 +81,52 @@ def cpu_seconds(root: int) -> float:
 
 
 CGROUPS = Path("/sys/fs/cgroup/cpuacct")  # cgroup v1 accounting, writable here as root
+CPU_GROUPS = Path("/sys/fs/cgroup/cpu")  # cgroup v1 CPU weights (cpu.shares)
+
+
+def join_group(hierarchy: Path, name: str, pid: int) -> Path | None:
+    """A cgroup of its own for `pid` (and every process it starts from now on) in `hierarchy`; None where
+    this machine does not let us make one."""
+    group = hierarchy / f"edgewave-bench-{name}-{os.getpid()}"
+    try:
+        group.mkdir(exist_ok=True)
+        (group / "cgroup.procs").write_text(str(pid))
+        return group
+    except OSError:
+        leave_group(group)
+        return None
+
+
+def leave_group(group: Path | None) -> None:
+    """Move what still runs in `group` back to its hierarchy's root and remove the group."""
+    if group is None or not group.exists():
+        return
+    for pid in (group / "cgroup.procs").read_text().split():
+        try:
+            (group.parent / "cgroup.procs").write_text(pid)
+        except OSError:
+            pass  # ended meanwhile
+    try:
+        group.rmdir()
+    except OSError:
+        pass  # a process still in it (it ends with its server)
 
 
 class CpuMeter:
     """CPU a server has spent, every process it started included. In a cgroup of its own (cpuacct) when
     this machine lets us make one: exact, whatever lived and died in it. Else from its process tree in
-    /proc, which misses a child that ended while its parent had not yet waited for it."""
+    /proc, which misses a child that ended while its parent had not yet waited for it.
+
+    Each server also gets a CPU group of its own at the default weight, as systemd gives every service
+    (CPUWeight=100): sharing one run queue, the Git host's sshd sessions of a rollback of every site at
+    once (180 runnable processes) starved the registry for over 15 s, and hint HEADs and the controller's
+    hint pushes timed out, a cost of three servers on two cores that servers on their own hosts (or in
+    their own systemd units) do not pay."""
 
     def __init__(self, name: str, pid: int) -> None:
-        self.pid, self.group = pid, None
-        group = CGROUPS / f"edgewave-bench-{name}-{os.getpid()}"
-        try:
-            group.mkdir()
-            (group / "cgroup.procs").write_text(str(pid))  # its children from now on are in it too
-            self.group = group
-        except OSError:
-            if group.exists():
-                group.rmdir()
+        self.pid = pid
+        self.group = join_group(CGROUPS, name, pid)
+        self.weight = join_group(CPU_GROUPS, name, pid)
 
     @property
     def how(self) -> str:
@@ -109,17 +138,8 @@ class CpuMeter:
         return cpu_seconds(self.pid)
 
     def close(self) -> None:
-        if self.group is None:
-            return
-        for pid in (self.group / "cgroup.procs").read_text().split():  # still running: back to the root group
-            try:
-                (CGROUPS / "cgroup.procs").write_text(pid)
-            except OSError:
-                pass  # ended meanwhile
-        try:
-            self.group.rmdir()
-        except OSError:
-            pass  # a process still in it (it ends with its server)
+        leave_group(self.group)
+        leave_group(self.weight)
 
 
 def pss_mb(root: int) -> float:
@@ -279,6 +299,8 @@ class Workers:
         self.processes = [subprocess.Popen([sys.executable, "-m", "bench.fleet_sync", "--worker", str(spec)],
                                            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                            start_new_session=True) for spec in specs]
+        # the sites stand in for other machines: one CPU group for them all beside each server's (CpuMeter)
+        self.groups = {join_group(CPU_GROUPS, "sites", process.pid) for process in self.processes}
 
     def ask(self, command: str = "snapshot") -> dict:
         answers = []
@@ -310,6 +332,8 @@ class Workers:
                 except subprocess.TimeoutExpired:
                     os.killpg(process.pid, 9)
                     process.wait(10)
+            for group in self.groups:
+                leave_group(group)
 
 
 # -- one run ---------------------------------------------------------------------------------------
