@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # dulwich itself is imported where it is used
     from dulwich.refs import Ref
 
 BRANCH = cast("Ref", b"refs/heads/main")
+FETCH_DEPTH = 1  # the tip only: what the agent reads
 
 
 class _Channel:
@@ -131,8 +132,10 @@ class GitMirror:
         repo = self._repo()
         try:
             client, path = _client(self.remote, self.access)
+            # depth 1: an agent reads only the tip, so a new site (or a fleet restarting at once) costs the Git
+            # host the tip's objects, not every rollout's history (measured: bench/fleet_sync.py)
             result = client.fetch(path, repo, determine_wants=lambda refs, depth=None: [refs[BRANCH]]
-                                  if BRANCH in refs else [])
+                                  if BRANCH in refs else [], depth=FETCH_DEPTH)
         except OSError as exc:
             raise ConnectionError(redact(f"fetch of {self.remote} failed: {type(exc).__name__}: {exc}")) from None
         except Exception as exc:  # dulwich and paramiko raise their own types (host key, auth, protocol)

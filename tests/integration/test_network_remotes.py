@@ -133,3 +133,27 @@ def test_a_site_account_sees_only_its_own_prefix_and_what_it_plants_there_is_nev
     assert windows.skipped == dict.fromkeys(planted, "a symbolic link, not followed")
     frame, _ = control.read_windows(windows)
     assert not [i for i in frame["sample_id"] if i.startswith("site-b-")], "none of site-b's rows through a link"
+
+
+def test_a_site_fetches_the_tip_not_the_history(server, tmp_path: Path) -> None:
+    """A new site's first fetch costs the Git host the tip's objects however many rollouts came before, and
+    later fetches bring what changed: the agent reads only the tip."""
+    from dulwich.repo import Repo
+
+    repo = DesiredStateRepo(server.git_url(), tmp_path / "clone", access(server, server.controller)).ensure()
+    for version in range(1, 13):
+        repo.commit([DesiredState(site=site, model="m", version=version, bundle_url=f"oci://r/b:v{version}",
+                                  sha256="c" * 64, rollout_id=f"ro-{version}") for site in SITES], f"v{version}")
+    mirror = GitMirror(server.git_url(), tmp_path / "site-a", access(server, server.sites["site-a"]))
+    assert mirror.sync() == repo.head()
+    assert parse_desired(mirror.read(site_file("site-a")), "site-a.yaml", "site-a").version == 12
+
+    def objects() -> int:
+        with Repo(str(tmp_path / "site-a")) as bare:
+            return sum(1 for _ in bare.object_store)
+
+    assert objects() <= 6, "the tip's commit, its trees and the two site files; not twelve rollouts' worth"
+    repo.commit([state("site-a")], "v13 for site-a")
+    assert mirror.sync() == repo.head()
+    assert parse_desired(mirror.read(site_file("site-a")), "site-a.yaml", "site-a").version == 2
+    assert objects() <= 12
