@@ -122,7 +122,7 @@ def _images(settings: Settings, release_id: str, seed: int, shuffle_labels: bool
     progress.start("read images")
     data = image_steps.split(image_steps.load_training_images(settings, seed, shuffle_labels, with_feedback))
     progress.start("train CNN")
-    cnn = image_steps.fit_cnn(data, seed, settings.cnn_epochs)
+    cnn = image_steps.fit_cnn(data, seed, settings.cnn_epochs, settings.cnn_widths)
     progress.start("train baseline")
     baseline = image_steps.fit_baseline(data, seed)
     progress.start("export ONNX")

@@ -18,10 +18,15 @@ from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from pathlib import Path
 
-from pydantic import Field, SecretStr, computed_field
+from pydantic import Field, PositiveInt, SecretStr, computed_field
 
 from edgewave.serving.settings import SITE_ID_PATTERN, EdgeSettings
 from edgewave.tasks.platform.home import relocate
+
+# Channels of the defect-detection CNN's four blocks. Measured (bench/vision.py): at 12-24-32-48 the int8
+# model ran slower than fp32 (0.76x: quantizing the tensors cost more than the tiny convolutions saved); at
+# 32-64-96-128 int8 runs 1.36x fp32 on one image and 1.6x on a batch of 8, at the same test PR-AUC.
+CNN_WIDTHS = (32, 64, 96, 128)
 
 
 class Settings(EdgeSettings):
@@ -68,6 +73,9 @@ class Settings(EdgeSettings):
     reference_rows: int = Field(default=5_000, ge=100, le=5_000)
     train_images: int = Field(default=2_400, ge=200, le=1_000_000, description="Parts the image generator makes for "
                               "an image dataset (kind: images) with no EDGEWAVE_DATA_PATH.")
+    cnn_widths: tuple[PositiveInt, PositiveInt, PositiveInt, PositiveInt] = Field(
+        default=CNN_WIDTHS, description="Channels of the defect-detection CNN's four conv blocks, JSON, e.g. "
+        "`[32, 64, 96, 128]`; narrower trains faster, but int8 then runs no faster than fp32 (bench/vision.py).")
     cnn_epochs: int = Field(default=10, ge=1, le=200, description="Epochs of the defect-detection CNN (the one with the "
                             "best validation PR-AUC is kept).")
 

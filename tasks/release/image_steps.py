@@ -100,9 +100,9 @@ def split(data: ImageSet) -> ImageSplit:
 
 
 @task(name="train-cnn", **LOCAL)
-def fit_cnn(data: ImageSplit, seed: int, epochs: int) -> TrainedImageModel:
+def fit_cnn(data: ImageSplit, seed: int, epochs: int, widths: tuple[int, int, int, int]) -> TrainedImageModel:
     started = time.time()
-    return stamped([train_cnn(data, seed, epochs=epochs)], started)[0]
+    return stamped([train_cnn(data, seed, epochs=epochs, widths=widths)], started)[0]
 
 
 @task(name="train-image-baseline", **LOCAL)

@@ -25,16 +25,13 @@ import onnx
 from edgewave.serving.bundle import Reference
 from edgewave.tasks.data.images import ImageSet
 from edgewave.tasks.platform.progress import report
+from edgewave.tasks.platform.settings import CNN_WIDTHS
 from edgewave.tasks.release.export import OPSET, ParityError, QuantizedVariant, quantized_bytes, session
 from edgewave.tasks.release.train import Metrics, best_f1_threshold, evaluate
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
 EMBEDDING_NAME = "embedding"
-# Channels of the CNN's four blocks. Measured (bench/vision.py): at 12-24-32-48 the int8 model ran slower
-# than fp32 (0.76x: quantizing the tensors cost more than the tiny convolutions saved); at 32-64-96-128
-# int8 runs 1.36x fp32 on one image and 1.6x on a batch of 8, at the same test PR-AUC.
-CNN_WIDTHS = (32, 64, 96, 128)
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm", "Relu", "MaxPool"]
 ImageFamily = Literal["cnn", "baseline"]
 

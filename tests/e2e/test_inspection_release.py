@@ -20,7 +20,8 @@ SPEC = DEPLOYMENTS / "inspection-dataset.yaml"
 
 def edgewave(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     chosen = {"EDGEWAVE_DATASET": str(SPEC), "EDGEWAVE_MODEL_NAME": "surface-defects", "EDGEWAVE_TRAIN_IMAGES": "900",
-              "EDGEWAVE_CNN_EPOCHS": "4", **env}
+              "EDGEWAVE_CNN_EPOCHS": "4",
+              "EDGEWAVE_CNN_WIDTHS": "[12, 24, 32, 48]", **env}
     environment = {k: v for k, v in edgewave_env(home, **chosen).items()
                    if k != "DOCKER_HOST"}  # no engine: the serving-image step skips
     return subprocess.run([str(BIN / "edgewave"), *args], env=environment, capture_output=True, text=True, timeout=900)
