@@ -118,12 +118,9 @@ def start(cmd: list[str], env: dict[str, str], log: Path, ready_url: str, timeou
 
 def in_process(model: bytes, x: np.ndarray, seconds: float) -> dict[str, float]:
     """onnxruntime called directly, same session options as the site: the model's own cost."""
-    import onnxruntime as ort
+    from edgewave.serving.model import site_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    session = site_session(model)
     times = []
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:

@@ -31,6 +31,7 @@ import numpy as np
 
 from bench.common import write_results
 from bench.serving import ensure_wrk, parse_wrk, rss_mb, start
+from edgewave.serving.model import site_session
 from tests.helpers import free_port, stop
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,21 +66,11 @@ def split_for(seed: int, images: int):
     return vision.split_images(ImageSet(pixels, np.array([CLASSES.index(c) for c in labels]), (), CLASSES))
 
 
-def session(model: bytes):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1  # as the site runs it
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-
-
 def in_process(model: bytes, png: bytes, seconds: float) -> dict[str, float]:
     """Decode + one ORT call per image in a loop: what no server can beat on one thread."""
     from PIL import Image
 
-    sess = session(model)
+    sess = site_session(model)
     times = []
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
@@ -157,7 +148,7 @@ def main() -> None:
 
     variants = {}
     for name, model in (("fp32", fp32), ("int8", int8)):
-        probabilities, _ = vision.onnx_predict(session(model), split.x_test)
+        probabilities, _ = vision.onnx_predict(site_session(model), split.x_test)
         variants[name] = {"model_bytes": len(model), "test_pr_auc": round(evaluate(y, 1 - probabilities[:, 0], 0.5).pr_auc, 4),
                           "in_process": in_process(model, png.read_bytes(), 4.0)}
         print(f"{name}: {variants[name]['in_process']['images_per_s']:.0f} images/s in process, "

@@ -64,7 +64,19 @@ def test_int8_is_measured_against_fp32_and_kept_only_within_its_bound(
     kept = vision.quantize_static(fp32, split.x_train[:64], split.x_test, y, cnn.metrics.threshold, max_delta=1.0)
     assert kept.kept and kept.model is not None and kept.pr_auc_delta is not None
     assert len(kept.model) < len(fp32), "int8 weights are smaller"
-    assert any(n.op_type == "QuantizeLinear" for n in onnx.load_from_string(kept.model).graph.node)
+    nodes = onnx.load_from_string(kept.model).graph.node
+    dequantized = {n.output[0] for n in nodes if n.op_type == "DequantizeLinear"}
+    convs = [n for n in nodes if n.op_type == "Conv"]
+    assert [n.input[1] in dequantized for n in convs] == [False, True, True, True], \
+        "the first convolution (one input channel) keeps float weights, the others are int8"
+
+    # the site's session pools in float where ONNX Runtime would pool uint8: the same numbers
+    import onnxruntime as ort
+
+    from edgewave.serving.model import site_session
+    plain = ort.InferenceSession(kept.model, providers=["CPUExecutionProvider"])
+    site, default = (vision.onnx_predict(s, split.x_test)[0] for s in (site_session(kept.model), plain))
+    assert np.abs(site - default).max() <= 1e-6
     strict = vision.quantize_static(fp32, split.x_train[:64], split.x_test, y, cnn.metrics.threshold,
                                     max_delta=kept.pr_auc_delta - 1e-6)
     assert not strict.kept and strict.model is None and "outside bound" in strict.reason
