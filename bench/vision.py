@@ -66,11 +66,11 @@ def split_for(seed: int, images: int):
     return vision.split_images(ImageSet(pixels, np.array([CLASSES.index(c) for c in labels]), (), CLASSES))
 
 
-def in_process(model: bytes, png: bytes, seconds: float) -> dict[str, float]:
-    """Decode + one ORT call per image in a loop: what no server can beat on one thread."""
+def in_process(model: bytes, png: bytes, seconds: float, threads: int = 1) -> dict[str, float]:
+    """Decode + one ORT call per image in a loop: what no server can beat on the same threads."""
     from PIL import Image
 
-    sess = site_session(model)
+    sess = site_session(model, threads)
     times = []
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
@@ -154,6 +154,9 @@ def main() -> None:
         print(f"{name}: {variants[name]['in_process']['images_per_s']:.0f} images/s in process, "
               f"{len(model) / 1024:.0f} kB, test PR-AUC {variants[name]['test_pr_auc']:.4f}", flush=True)
     results["variants"] = variants
+    variants["fp32"]["in_process_2_threads"] = in_process(fp32, png.read_bytes(), 4.0, threads=2)
+    print(f"fp32 on 2 threads: {variants['fp32']['in_process_2_threads']['images_per_s']:.0f} images/s in process",
+          flush=True)
 
     (work / "fp32.onnx").write_bytes(fp32)
     (work / "int8.onnx").write_bytes(int8)
@@ -168,6 +171,9 @@ def main() -> None:
         "edgewave_int8": lambda port: ([str(BIN / "edgewave"), "serve", "--bundle",
                                         str(bundle(work, int8, None, split, trained, "bundle-int8")), "--port", str(port)],
                                        {}, "/readyz", "/v1/predict"),
+        "edgewave_fp32_2_threads": lambda port: ([str(BIN / "edgewave"), "serve", "--bundle",
+                                                  str(work / "bundle-fp32"), "--port", str(port)],
+                                                 {"EDGEWAVE_INFERENCE_THREADS": "2"}, "/readyz", "/v1/predict"),
         "plain_fastapi": lambda port: ([str(BIN / "uvicorn"), "bench.plain_vision_app:app", "--host", "127.0.0.1",
                                         "--port", str(port), "--log-level", "warning"],
                                        {"EDGEWAVE_BENCH_MODEL": str(work / "fp32.onnx")}, "/health", "/predict"),
@@ -197,6 +203,11 @@ def main() -> None:
     results["ratios"] = {"site_vs_in_process_ceiling": round(site / ceiling, 3), "site_vs_plain_fastapi": round(site / plain, 2),
                          "int8_vs_fp32_in_process": round(int8_speed, 2),
                          "int8_site_vs_fp32_site": round(servers["edgewave_int8"]["runs"]["conns=8"]["requests_per_s"] / site, 2),
+                         "two_threads_site_vs_one": round(
+                             servers["edgewave_fp32_2_threads"]["runs"]["conns=8"]["requests_per_s"] / site, 2),
+                         "two_threads_site_vs_two_threads_ceiling": round(
+                             servers["edgewave_fp32_2_threads"]["runs"]["conns=8"]["requests_per_s"]
+                             / variants["fp32"]["in_process_2_threads"]["images_per_s"], 3),
                          "int8_pr_auc_drop": round(pr_auc_drop, 4)}
     results["targets"] = {
         "site >= 70% of the in-process ceiling (8 connections)": site >= 0.7 * ceiling,

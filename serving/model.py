@@ -84,24 +84,26 @@ class LoadedModel:
 DISABLED_OPTIMIZERS = ["QDQPropagationTransformer"]
 
 
-def site_session(model: Path | bytes) -> ort.InferenceSession:
-    """An ONNX Runtime session as a site runs it; benchmarks that measure "as the site" use it too."""
+def site_session(model: Path | bytes, threads: int = 1) -> ort.InferenceSession:
+    """An ONNX Runtime session as a site runs it; benchmarks that measure "as the site" use it too.
+    One thread by default: the site's event loop decodes and answers requests on another core while
+    the model runs (`EDGEWAVE_INFERENCE_THREADS` gives the model more where the box has them)."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 1  # latency over throughput: one small request at a time
+    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
                                 providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_OPTIMIZERS)
 
 
-def load_model(folder: Path, trusted: dict[str, Ed25519PublicKey], int8: bool = False) -> LoadedModel:
+def load_model(folder: Path, trusted: dict[str, Ed25519PublicKey], int8: bool = False, threads: int = 1) -> LoadedModel:
     """Verify, load, warm up and sanity-check a bundle; raise a `BundleError` on any failure. With
     `int8`, the bundle's int8 variant is served when it ships one (the release kept it only where its
-    quality held; its hash is verified like the model's)."""
+    quality held; its hash is verified like the model's); `threads`: ONNX Runtime's per call."""
     manifest = verify_bundle(folder, trusted)
     graph = manifest.variants["int8"].path if int8 and "int8" in manifest.variants else MODEL
     try:
-        session = site_session(folder / graph)
+        session = site_session(folder / graph, threads)
     except Exception as exc:  # ORT raises its own exception types for a bad graph
         raise ModelLoadError(f"{folder}: {graph} does not load in ONNX Runtime: {exc}") from None
     if isinstance(manifest.input, ImageInput):
@@ -170,17 +172,18 @@ class ModelSlot:
     """Holds the serving model; `swap` replaces it only with a model that passed every check."""
 
     def __init__(self, on_swap: Callable[[LoadedModel], None] | None = None,
-                 on_failure: Callable[[str], None] | None = None, int8: bool = False) -> None:
+                 on_failure: Callable[[str], None] | None = None, int8: bool = False, threads: int = 1) -> None:
         self.current: LoadedModel | None = None
         self._lock = threading.Lock()  # one swap at a time; readers never take it
         self._on_swap = on_swap
         self._on_failure = on_failure
         self.int8 = int8  # serve a bundle's int8 variant when it ships one
+        self.threads = threads  # ONNX Runtime's threads per call
 
     def swap(self, folder: Path, trusted: dict[str, Ed25519PublicKey]) -> LoadedModel:
         with self._lock:
             try:
-                model = load_model(folder, trusted, self.int8)
+                model = load_model(folder, trusted, self.int8, self.threads)
             except BundleError as exc:
                 reason = type(exc).__name__
                 log.error("refused bundle %s (%s): %s; still serving %s", folder, reason, exc,

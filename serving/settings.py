@@ -52,6 +52,10 @@ class EdgeSettings(BaseSettings):
     serve_int8: bool = Field(
         default=False, description="Serve a bundle's int8 variant when it ships one (kept by the release only "
         "where its PR-AUC held); the model's hash and version stay the bundle's.")
+    inference_threads: int = Field(
+        default=1, ge=1, le=64, description="ONNX Runtime threads per model call. One leaves the other cores "
+        "to the event loop, which decodes and answers requests meanwhile; an image model on a box with cores to "
+        "spare answers sooner with more (README, 'Visual inspection').")
     sample_image_bytes: int = Field(
         default=1_000_000, ge=0, description="An image model's sampled images kept per window (encoded bytes), the "
         "ones nearest the decision threshold first: what people label. 0: none.")

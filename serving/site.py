@@ -77,7 +77,7 @@ def build_site(settings: EdgeSettings, bundle: Path | None = None, with_agent: b
         metrics.serving(model.manifest.name, model.version, model.sha256)
 
     slot = ModelSlot(on_swap=served, on_failure=lambda reason: metrics.load_failures.labels(reason).inc(),
-                     int8=settings.serve_int8)
+                     int8=settings.serve_int8, threads=settings.inference_threads)
     trusted = settings.trusted()
     if not trusted:
         log.warning("no trusted keys (folder %s, EDGEWAVE_TRUSTED_PUBLIC_KEYS unset): every bundle will be refused",

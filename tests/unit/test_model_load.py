@@ -59,3 +59,10 @@ def test_a_model_outside_zero_one_is_refused_naming_what_it_gave(tmp_path: Path,
     folder = bundle_answering(tmp_path, positive)
     with pytest.raises(ModelLoadError, match=r"outside \[0, 1\] or not finite \(min"):
         load_model(folder, load_trusted_keys(tmp_path / "keys"))
+
+
+def test_a_site_runs_its_model_on_the_threads_it_is_given(tmp_path: Path) -> None:
+    folder = bundle_answering(tmp_path, 0.25)
+    for threads in (1, 2):
+        model = load_model(folder, load_trusted_keys(tmp_path / "keys"), threads=threads)
+        assert model.session.get_session_options().intra_op_num_threads == threads
