@@ -48,7 +48,7 @@ WINDOW_BYTES = 16_384  # one sample window: a few hundred rows of sensor reading
 # fetching every 10 s it refused 970 connections in a minute (the controller's pushes too). A Git host or
 # SFTP store for a fleet raises it (README, "Scaling")
 SSHD_MAX_STARTUPS = "200:30:1000"
-AGENT_NICE = 10  # the agents' worker processes yield these cores to the servers (see worker())
+AGENT_NICE = 10  # without CPU groups, the agents' worker processes yield these cores to the servers (worker())
 
 
 # -- what the servers spend --------------------------------------------------------------------------
@@ -235,9 +235,12 @@ def worker(spec_path: Path) -> None:
     from edgewave.serving.oci import HintWatcher
 
     spec = json.loads(spec_path.read_text())
-    # The agents stand in for hundreds of other machines. At nice 0 their threads (125 per worker, each a
-    # runnable thread to the scheduler) took the servers' share of these two cores: the registry answered
-    # hint HEADs after more than 15 s during the start. At nice 10 the servers come first, as on their own hosts
+    # The agents stand in for hundreds of other machines. At nice 0 and in the servers' run queue their
+    # threads (125 per worker, each a runnable thread to the scheduler) took the servers' share of these
+    # two cores: the registry answered hint HEADs after more than 15 s during the start. Where the bench
+    # can make CPU groups, the agents' own group ("sites") weighs them against the servers and this nice
+    # no longer does (nice weighs threads within one group); it is what keeps the servers first where no
+    # group can be made.
     os.nice(AGENT_NICE)
     traffic = count_socket_bytes()
     logging.basicConfig(filename=spec["log"], level=logging.WARNING, format="%(asctime)s %(threadName)s %(message)s")
