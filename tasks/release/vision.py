@@ -278,7 +278,7 @@ def quantize_static(model: bytes, calibration: np.ndarray, images: np.ndarray, y
     quantized too: left in float, every block dequantized and requantized its activations, and the
     int8 model ran no faster than fp32 (1.12x at widths 32-64-96-128; 1.36x with them, one image).
     The first convolution stays in float: on one to three input channels int8 saves no arithmetic,
-    and its QLinearConv took 137 µs where the float one takes 26 (with it in float, 1.9x, one image
+    and its QLinearConv took 137 µs where the float one takes 26 (with it in float, 2.0x, one image
     with its decode; the site's session keeps the pool after it in float, serving.model)."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as ort_quantize_static
