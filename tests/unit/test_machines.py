@@ -109,3 +109,14 @@ def test_feedback_reports_the_rows_that_were_sent_with_their_outcome() -> None:
     assert content_type == "application/json"
     assert json.loads(body) == {"instances": [{"a": 3.0, "b": 6.0}, {"a": 1.0, "b": 4.0}]}
     assert stream.outcomes([2, 0]).to_dict("list") == {"a": [3.0, 1.0], "b": [6.0, 4.0], "y": [0, 0]}
+
+
+def test_traffic_sends_every_row_of_a_stream_once_before_any_again() -> None:
+    from edgewave.tasks.sim.traffic import Picks
+
+    picks = Picks(10, np.random.default_rng(0))
+    first = np.concatenate([picks.take(3) for _ in range(3)] + [picks.take(1)])
+    assert sorted(first.tolist()) == list(range(10)), "the whole stream, each row once"
+    assert first.tolist() != list(range(10)), "in a shuffled order"
+    across = picks.take(25)  # more than the stream: whole rounds, each a fresh order
+    assert len(across) == 25 and sorted(across[:10].tolist()) == sorted(across[10:20].tolist()) == list(range(10))
