@@ -230,7 +230,7 @@ class Traffic:
         self.feedback_seconds = feedback_seconds
         self.statuses: dict[str, Counter] = {s.id: Counter() for s in sites}
         self.feedback_rows: Counter = Counter()
-        self._generation = 0
+        self._generations: Counter = Counter()  # per site: bumped by its scenario changes
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -240,7 +240,7 @@ class Traffic:
             self.scenarios.pop(site_id, None)
         else:
             self.scenarios[site_id] = self._check(scenario)
-        self._generation += 1
+        self._generations[site_id] += 1
 
     def _check(self, scenario: DriftScenario) -> DriftScenario:
         """A source that cannot drift says so here, in the caller, not in a traffic thread."""
@@ -250,10 +250,9 @@ class Traffic:
         return scenario
 
     def _stream(self, index: int, site: Site) -> RowStream | ImageStream:
-        return self.source.stream(self.seed + index + 1000 * self._generation, self.scenarios.get(site.id))
+        return self.source.stream(self.seed + index + 1000 * self._generations[site.id], self.scenarios.get(site.id))
 
-    def _run(self, index: int, site: Site) -> None:
-        generation, stream = self._generation, self._stream(index, site)
+    def _run(self, index: int, site: Site, stream: RowStream | ImageStream, generation: int) -> None:
         rng = np.random.default_rng(self.seed + index)
         picker = Picks(len(stream), rng)
         url = urlparse(site.base_url)
@@ -262,11 +261,11 @@ class Traffic:
         last_feedback = time.monotonic()
         while not self._stop.is_set():
             started = time.monotonic()
-            if generation != self._generation:  # the scenario changed: report rows of the old stream first
+            if generation != self._generations[site.id]:  # its scenario changed: report rows of the old stream first
                 if answered:
                     self._report(site, stream, answered)
                     answered = []
-                generation, stream = self._generation, self._stream(index, site)
+                generation, stream = self._generations[site.id], self._stream(index, site)
                 picker = Picks(len(stream), rng)
             picks = picker.take(self.rows_per_request)
             body, content_type = stream.body(picks)
@@ -303,7 +302,10 @@ class Traffic:
             self.statuses[site.id][f"feedback failed: {exc}"] += 1
 
     def start(self) -> Traffic:
-        self._threads = [threading.Thread(target=self._run, args=(i, s), name=f"traffic-{s.id}", daemon=True)
+        """Every site's stream is made before any is sent: made in the sending threads, a camera line's
+        2,000 parts a site held all traffic back for seconds (a demo's canary got no request to judge)."""
+        self._threads = [threading.Thread(target=self._run, args=(i, s, self._stream(i, s), self._generations[s.id]),
+                                          name=f"traffic-{s.id}", daemon=True)
                          for i, s in enumerate(self.sites)]
         for thread in self._threads:
             thread.start()
