@@ -9,6 +9,7 @@ bare repository of the remote's main branch and reads files from the fetched com
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 from urllib.parse import urlparse
@@ -20,6 +21,7 @@ if TYPE_CHECKING:  # dulwich itself is imported where it is used
     from dulwich.objects import Blob, Commit
     from dulwich.refs import Ref
 
+log = logging.getLogger("edgewave.agent")
 BRANCH = cast("Ref", b"refs/heads/main")
 FETCH_DEPTH = 1  # the tip only: what the agent reads
 
@@ -113,6 +115,18 @@ class GitMirror:
         self.folder = folder
         self.access = access or RemoteAccess()
         self._head: bytes | None = None
+        self._clear_stale_locks()
+
+    def _clear_stale_locks(self) -> None:
+        """Remove the lock files a process left when it stopped mid-fetch (a power cut, a kill, a home
+        copied while its sites ran). Only this agent writes its mirror, and it holds no lock before its
+        first fetch, so every one found now is stale; left in place, dulwich refused every later fetch
+        (FileLocked on `shallow.lock`) and the site never synced again."""
+        if not self.folder.is_dir():
+            return
+        for lock in sorted(self.folder.rglob("*.lock")):
+            lock.unlink(missing_ok=True)
+            log.warning("removed %s, left in the desired-state mirror by a process that stopped mid-fetch", lock)
 
     @property
     def head(self) -> str | None:

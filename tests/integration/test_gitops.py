@@ -68,6 +68,23 @@ def test_an_agent_mirror_sees_what_the_controller_pushed(tmp_path: Path) -> None
     assert parse_desired(mirror.read(site_file("s1")), "s1.yaml", "s1").rollout_id == "ro-1-rollback"
 
 
+def test_an_agent_restarted_after_dying_mid_fetch_syncs_again(tmp_path: Path) -> None:
+    """A fetch leaves `shallow.lock` and the ref's lock while it writes; a site that died then (or a home
+    copied at that moment) found them on its next start and could never fetch again."""
+    repo = desired_repo(tmp_path)
+    folder = tmp_path / "site" / "checkout"
+    repo.commit([state("s1", 2)], "ro-1: wave 1/1")
+    GitMirror(repo.remote, folder).sync()
+    left = [folder / "shallow.lock", folder / "refs" / "heads" / "main.lock"]
+    for lock in left:
+        lock.write_bytes(b"")
+    repo.commit([state("s1", 3)], "ro-2: wave 1/1")
+    restarted = GitMirror(repo.remote, folder)
+    assert restarted.sync() == repo.head()
+    assert parse_desired(restarted.read(site_file("s1")), "s1.yaml", "s1").version == 3
+    assert not any(lock.exists() for lock in left)
+
+
 def test_a_push_race_is_reapplied_on_the_new_head_and_keeps_the_other_change(tmp_path: Path) -> None:
     repo = desired_repo(tmp_path)
     person = other_writer(tmp_path / "desired.git", tmp_path / "person")
