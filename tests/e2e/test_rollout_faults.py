@@ -5,6 +5,7 @@ itself is killed). Faults are injected by watching Git for the wave's commit."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -150,8 +151,19 @@ def test_a_rewrite_mid_rollout_holds_it_a_canary_sent_back_is_no_pass_and_reconc
     person = tmp_path / "person"
     subprocess.run(["git", "clone", "--quiet", repo.remote, str(person)], check=True, capture_output=True)
 
+    baking = threading.Event()
+
+    class Baking(logging.Handler):
+        """The controller's word that the canary converged: it bakes only after it read v2 from site-0."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if "wave canary: baking" in record.getMessage():
+                baking.set()
+
     def rewrite() -> None:
-        wait_for(lambda: served(settings)["site-0"] == 2, 30, "the canary to serve v2")
+        # on the controller's word, not on the site's: the site served v2 for 0.45 s before the rewrite sent
+        # it back, between two of the controller's polls, and the canary read as never converged (offline)
+        wait_for(baking.is_set, 30, "the controller to read v2 from the canary and start baking")
 
         def run(*args: str) -> None:
             subprocess.run(["git", "-c", "user.name=person", "-c", "user.email=p@example.invalid", *args], cwd=person,
@@ -165,10 +177,15 @@ def test_a_rewrite_mid_rollout_holds_it_a_canary_sent_back_is_no_pass_and_reconc
         run("push", "--quiet", "--force", "origin", "HEAD:main")
         wait_for(lambda: served(settings)["site-0"] == 1, 30, "site-0 to follow the rewritten history back to v1")
 
-    rewriter = when_pushed(repo, "wave 1/2 (canary)", rewrite)
-    with Traffic(load_fleet_file(settings.fleet_path).fleet.sites, ai4i_traffic(), rate_per_site=30), use(settings):
-        state = rollout(2, return_state=True)
-    rewriter.join(5)
+    handler = Baking()
+    logging.getLogger("prefect.flow_runs").addHandler(handler)
+    try:
+        rewriter = when_pushed(repo, "wave 1/2 (canary)", rewrite)
+        with Traffic(load_fleet_file(settings.fleet_path).fleet.sites, ai4i_traffic(), rate_per_site=30), use(settings):
+            state = rollout(2, return_state=True)
+        rewriter.join(5)
+    finally:
+        logging.getLogger("prefect.flow_runs").removeHandler(handler)
     result = result_of(state)
     assert result["status"] == "held" and state.name == "Held", result
     assert "rewritten" in result["reason"] and "edgewave reconcile" in result["reason"], result["reason"]
