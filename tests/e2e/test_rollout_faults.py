@@ -154,15 +154,16 @@ def test_a_rewrite_mid_rollout_holds_it_a_canary_sent_back_is_no_pass_and_reconc
     baking = threading.Event()
 
     class Baking(logging.Handler):
-        """The controller's word that the canary converged: it bakes only after it read v2 from site-0."""
+        """The controller's word that its wait for the canary is over: it bakes once it read v2 from site-0 (or
+        its deadline passed), and site-0 stays on v2 until the rewrite below."""
 
         def emit(self, record: logging.LogRecord) -> None:
             if "wave canary: baking" in record.getMessage():
                 baking.set()
 
     def rewrite() -> None:
-        # on the controller's word, not on the site's: the site served v2 for 0.45 s before the rewrite sent
-        # it back, between two of the controller's polls, and the canary read as never converged (offline)
+        # on the controller's word, not on the site's: waiting for the site, the rewrite sent it back after
+        # 0.45 s on v2, between two of the controller's polls, and the canary read as never converged (offline)
         wait_for(baking.is_set, 30, "the controller to read v2 from the canary and start baking")
 
         def run(*args: str) -> None:
